@@ -1,0 +1,232 @@
+"""Avro encoding of our records on the wire.
+
+Two framings, chosen per message by its first byte when decoding:
+
+* Avro single-object encoding (the default): ``C3 01`` + the 8-byte little-endian
+  CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form + the body.
+* Confluent Schema Registry framing (when a registry URL is set): ``00`` + the 4-byte
+  big-endian schema id + the body.
+
+A writer schema other than ours is resolved against ours (Avro schema resolution), so
+older or newer producers with compatible schemas are read correctly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import fastavro
+from fastavro.schema import to_parsing_canonical_form
+
+from worker.errors import DecodeError
+
+SOE_MAGIC = b"\xc3\x01"
+REGISTRY_MAGIC = 0
+RECORD_NAMES = ("ExportRequested", "JobStatusChanged", "FileReady", "DeadLetter", "JobState")
+NAMESPACE = "export.v1"
+
+_EMPTY64 = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> list[int]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_EMPTY64 & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_FP_TABLE = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The CRC-64-AVRO fingerprint from the Avro specification."""
+    fp = _EMPTY64
+    for byte in data:
+        fp = (fp >> 8) ^ _FP_TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def schemas_dir() -> Path:
+    """The folder holding the ``.avsc`` files: the repository's, else the installed copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "schemas", here / "schemas"):
+        if (candidate / "ExportRequested.avsc").exists():
+            return candidate
+    raise FileNotFoundError("schemas/*.avsc not found next to the worker package")
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaInfo:
+    name: str
+    raw: Mapping[str, Any]
+    parsed: Any
+    canonical: str
+    fingerprint: bytes  # 8 bytes, little-endian, as written after C3 01
+
+
+def _info(name: str, raw: Mapping[str, Any]) -> SchemaInfo:
+    parsed = fastavro.parse_schema(dict(raw), _write_hint=True)
+    canonical = to_parsing_canonical_form(parsed)
+    fp = crc64_avro(canonical.encode()).to_bytes(8, "little")
+    return SchemaInfo(name, raw, parsed, canonical, fp)
+
+
+class SchemaSet:
+    """Our schemas by short name, plus every writer schema we can resolve from."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        folder = folder or schemas_dir()
+        self.by_name: dict[str, SchemaInfo] = {}
+        self.by_fingerprint: dict[bytes, SchemaInfo] = {}
+        for name in RECORD_NAMES:
+            raw = json.loads((folder / f"{name}.avsc").read_text())
+            info = _info(name, raw)
+            self.by_name[name] = info
+            self.by_fingerprint[info.fingerprint] = info
+
+    def add_writer(self, name: str, raw: Mapping[str, Any]) -> SchemaInfo:
+        """Accept data written with another version of one of our schemas."""
+        info = _info(name, raw)
+        self.by_fingerprint.setdefault(info.fingerprint, info)
+        return info
+
+
+class SchemaRegistry(Protocol):
+    """What the codec needs from a schema registry (see ``worker.registry``)."""
+
+    def schema_id_for(self, subject: str) -> int: ...
+
+    def cached_schema(self, schema_id: int) -> Mapping[str, Any] | None: ...
+
+    async def fetch_schema(self, schema_id: int) -> Mapping[str, Any]: ...
+
+
+class Codec:
+    """Encode our records and decode them from either framing.
+
+    Args:
+        schemas: our schemas.
+        registry: when given, records are written with Confluent framing under the
+            subject ``<topic>-value``; otherwise with single-object encoding.
+    """
+
+    def __init__(self, schemas: SchemaSet | None = None, registry: SchemaRegistry | None = None) -> None:
+        self.schemas = schemas or SchemaSet()
+        self.registry = registry
+        self._registry_writers: dict[int, SchemaInfo] = {}
+
+    # -- encoding -------------------------------------------------------------------
+    def encode(self, name: str, record: Mapping[str, Any], *, topic: str | None = None) -> bytes:
+        info = self.schemas.by_name[name]
+        buf = io.BytesIO()
+        if self.registry is not None and topic is not None:
+            schema_id = self.registry.schema_id_for(f"{topic}-value")
+            buf.write(struct.pack(">bI", REGISTRY_MAGIC, schema_id))
+        else:
+            buf.write(SOE_MAGIC)
+            buf.write(info.fingerprint)
+        fastavro.schemaless_writer(buf, info.parsed, record)
+        return buf.getvalue()
+
+    # -- decoding -------------------------------------------------------------------
+    def decode(self, name: str, data: bytes | None) -> dict[str, Any]:
+        """Decode without network I/O; raises DecodeError(unknown_schema) for an
+        uncached registry id (use ``decode_async`` to fetch it)."""
+        writer = self._writer_for(name, data)
+        return self._read(name, writer, data)  # type: ignore[arg-type]
+
+    async def decode_async(self, name: str, data: bytes | None) -> dict[str, Any]:
+        try:
+            return self.decode(name, data)
+        except _NeedsFetch as need:
+            await self._fetch_writer(name, need.schema_id)
+            return self.decode(name, data)
+
+    def _writer_for(self, name: str, data: bytes | None) -> SchemaInfo:
+        if not data:
+            raise DecodeError("not_avro", "empty message value")
+        first = data[0]
+        if first == SOE_MAGIC[0]:
+            if len(data) < 10 or data[1] != SOE_MAGIC[1]:
+                raise DecodeError("not_avro", "truncated single-object encoding header")
+            fp = data[2:10]
+            writer = self.schemas.by_fingerprint.get(fp)
+            if writer is None:
+                raise DecodeError("unknown_schema", f"unknown writer schema fingerprint {fp[::-1].hex()} (CRC-64-AVRO)")
+            return writer
+        if first == REGISTRY_MAGIC:
+            if len(data) < 5:
+                raise DecodeError("not_avro", "truncated schema registry header")
+            (schema_id,) = struct.unpack(">I", data[1:5])
+            if self.registry is None:
+                raise DecodeError(
+                    "unknown_schema",
+                    f"schema registry framing (schema id {schema_id}) but no registry is configured",
+                )
+            writer = self._registry_writers.get(schema_id)
+            if writer is None:
+                raw = self.registry.cached_schema(schema_id)
+                if raw is None:
+                    raise _NeedsFetch(schema_id)
+                writer = self._remember(name, schema_id, raw)
+            return writer
+        raise DecodeError("not_avro", f"first byte 0x{first:02x} is neither C3 (single-object) nor 00 (registry)")
+
+    async def _fetch_writer(self, name: str, schema_id: int) -> None:
+        assert self.registry is not None
+        try:
+            raw = await self.registry.fetch_schema(schema_id)
+        except Exception as exc:  # the registry client raises its own types
+            raise DecodeError("unknown_schema", f"schema id {schema_id} not found in the registry: {exc}") from exc
+        self._remember(name, schema_id, raw)
+
+    def _remember(self, name: str, schema_id: int, raw: Mapping[str, Any]) -> SchemaInfo:
+        full = f"{raw.get('namespace', '')}.{raw.get('name', '')}" if isinstance(raw, Mapping) else ""
+        if full != f"{NAMESPACE}.{name}":
+            raise DecodeError("schema_mismatch", f"schema id {schema_id} is {full or 'not a record'}, not {name}")
+        try:
+            info = _info(name, raw)
+        except Exception as exc:
+            raise DecodeError("unknown_schema", f"schema id {schema_id} does not parse: {exc}") from exc
+        self._registry_writers[schema_id] = info
+        return info
+
+    def _read(self, name: str, writer: SchemaInfo, data: bytes) -> dict[str, Any]:
+        reader = self.schemas.by_name[name]
+        header = 10 if data[0] == SOE_MAGIC[0] else 5
+        if writer.name != name:
+            raise DecodeError("schema_mismatch", f"record is a {writer.name}, expected {name}")
+        stream = io.BytesIO(data)
+        stream.seek(header)
+        try:
+            # A union of several records (the request's `job`) comes back as a
+            # (full name, record) pair; nullable single records stay plain.
+            record = fastavro.schemaless_reader(
+                stream,
+                writer.parsed,
+                None if writer.fingerprint == reader.fingerprint else reader.parsed,
+                return_record_name=True,
+                return_record_name_override=True,
+            )
+        except Exception as exc:  # fastavro raises many types for corrupt bodies
+            raise DecodeError("not_avro", f"corrupt {name} body: {type(exc).__name__}: {exc}") from exc
+        if stream.tell() != len(data):
+            raise DecodeError("not_avro", f"{len(data) - stream.tell()} trailing bytes after the {name} record")
+        if not isinstance(record, dict):
+            raise DecodeError("not_avro", f"decoded {name} is not a record")
+        return record
+
+
+class _NeedsFetch(DecodeError):
+    def __init__(self, schema_id: int) -> None:
+        super().__init__("unknown_schema", f"schema id {schema_id} not cached")
+        self.schema_id = schema_id

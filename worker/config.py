@@ -1,0 +1,207 @@
+"""Typed settings. Only ``cli.py`` builds ``Settings()`` from the environment; everything
+else receives settings objects (tests build them directly)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.engine.policy import Policy, UnknownOutcome
+from worker.errors import ConfigError
+
+VendorName = Literal["itron", "opengate", "elasticpath", "unicommerce"]
+VENDORS: tuple[str, ...] = ("itron", "opengate", "elasticpath", "unicommerce")
+
+
+class SecretRef(BaseModel):
+    """Where a credential comes from: an environment variable, a mounted file, or
+    (for local demos only) an inline value. Resolved at start-up, never logged."""
+
+    env: str | None = None
+    file: Path | None = None
+    value: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if sum(x is not None for x in (self.env, self.file, self.value)) != 1:
+            raise ValueError("a secret needs exactly one of env, file or value")
+        return self
+
+    def resolve(self) -> SecretStr:
+        if self.value is not None:
+            return self.value
+        if self.env is not None:
+            found = os.environ.get(self.env)
+            if found is None:
+                raise ConfigError(f"environment variable {self.env} (a credential) is not set")
+            return SecretStr(found)
+        assert self.file is not None
+        try:
+            return SecretStr(self.file.read_text().strip())
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+
+
+class PolicyConfig(BaseModel):
+    """Timing per connection; see ``worker.engine.policy.Policy``."""
+
+    first_poll_s: float | None = None
+    poll_initial_s: float | None = None
+    poll_multiplier: float | None = None
+    poll_max_s: float | None = None
+    jitter: float | None = None
+    retry_initial_s: float | None = None
+    retry_max_s: float | None = None
+    max_failing_s: float | None = None
+    busy_retry_s: float | None = None
+    link_ttl_s: float | None = None
+    retention_s: float | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class ConnectionConfig(BaseModel):
+    """One vendor account the workers may use (the ``connection`` of a request)."""
+
+    vendor: VendorName
+    base_url: str
+    auth_url: str | None = Field(None, description="token endpoint base when it differs (Itron identity server)")
+    client_id: str | None = None
+    client_secret: SecretRef | None = None
+    username: str | None = None
+    password: SecretRef | None = None
+    api_key: SecretRef | None = None
+    scope: str | None = None
+    # Itron
+    subscription_id: str | None = None
+    subscriber_id: str | None = None
+    # Unicommerce
+    facility: str | None = None
+    # limits
+    max_concurrency: int = Field(16, ge=1)
+    rate_per_s: float = Field(20.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0)
+    unknown_outcome: UnknownOutcome = UnknownOutcome.RESUBMIT
+    policy: PolicyConfig = PolicyConfig()
+    options: dict[str, Any] = Field(default_factory=dict, description="vendor-specific extras")
+
+
+class ConnectionsFile(BaseModel):
+    connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> ConnectionsFile:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read connections file {path}: {exc.strerror}") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+            return cls.model_validate(data)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"connections file {path} is invalid: {exc}") from None
+
+
+class TopicSettings(BaseModel):
+    requests: str = "export.requests"
+    status: str = "export.status"
+    files: str = "export.files"
+    jobs: str = "export.jobs"
+    dlq: str = "export.requests.dlq"
+    control: str = "export.control"
+    partitions: int = Field(6, ge=1, description="for topics the worker creates")
+    replication_factor: int = Field(1, ge=1)
+    create: bool = True
+
+    def prefixed(self, prefix: str) -> TopicSettings:
+        return self.model_copy(
+            update={
+                name: f"{prefix}{getattr(self, name)}"
+                for name in ("requests", "status", "files", "jobs", "dlq", "control")
+            }
+        )
+
+
+class KafkaSettings(BaseModel):
+    """Client security and tuning, rendered to a librdkafka dict by ``to_librdkafka``."""
+
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    extra: dict[str, str] = Field(default_factory=dict, description="any other librdkafka property")
+
+
+def _default_instance() -> str:
+    return os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXPORT_WORKER_", env_nested_delimiter="__", extra="ignore")
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("EXPORT_WORKER_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP", "kafka_bootstrap"),
+    )
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    group_id: str = "export-worker"
+    instance_id: str = Field(
+        default_factory=_default_instance, description="stable per worker; names its transactional.id"
+    )
+    schema_registry_url: str | None = None
+    connections_file: Path | None = None
+    result_store_url: str = "file://./export-results"
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(8080, description="side port for /healthz /readyz /metrics; 0 picks a free one, -1 disables")
+    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    commit_interval_ms: int = Field(100, ge=1)
+    consume_batch: int = Field(500, ge=1)
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+    transaction_timeout_ms: int = Field(15_000, ge=1000)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    shutdown_grace_s: float = Field(25.0, gt=0)
+    revoke_drain_s: float = Field(10.0, ge=0)
+
+    def librdkafka(self) -> dict[str, Any]:
+        return to_librdkafka(self.kafka_bootstrap, self.kafka)
+
+
+def to_librdkafka(bootstrap: str, kafka: KafkaSettings) -> dict[str, Any]:
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
+    mapping = {
+        "security.protocol": kafka.security_protocol,
+        "sasl.mechanism": kafka.sasl_mechanism,
+        "sasl.username": kafka.sasl_username,
+        "ssl.ca.location": kafka.ssl_ca_location,
+        "ssl.certificate.location": kafka.ssl_certificate_location,
+        "ssl.key.location": kafka.ssl_key_location,
+    }
+    conf.update({k: v for k, v in mapping.items() if v is not None})
+    if kafka.sasl_password is not None:
+        conf["sasl.password"] = kafka.sasl_password.get_secret_value()
+    conf.update(kafka.extra)
+    return conf
+
+
+def policy_for(conn: ConnectionConfig, *, can_reconcile: bool, can_cancel: bool, defaults: Policy) -> Policy:
+    values = {
+        **{k: getattr(defaults, k) for k in defaults.__slots__},  # type: ignore[attr-defined]
+        **conn.policy.overrides(),
+        "can_reconcile": can_reconcile,
+        "can_cancel": can_cancel,
+        "unknown_outcome": conn.unknown_outcome,
+    }
+    return Policy(**values)

@@ -1,0 +1,263 @@
+"""Frozen records the engine works on: state, the events it reacts to, the effects it asks for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Normalised status published on export.status (the ExportStatus enum)."""
+
+    ACCEPTED = "ACCEPTED"  # request decoded, validated and stored; no vendor call yet
+    REJECTED = "REJECTED"  # request cannot be run (invalid values, unknown connection)
+    DUPLICATE = "DUPLICATE"  # a request id already known arrived again; no new vendor job
+    SUBMITTED = "SUBMITTED"  # the vendor created a job and told us its id
+    QUEUED = "QUEUED"  # the vendor holds the job, not started yet
+    RUNNING = "RUNNING"  # the vendor is working on it
+    SUCCEEDED = "SUCCEEDED"  # finished with a file or artifact (announced on export.files)
+    FAILED = "FAILED"  # finished without a result, with an error
+    CANCELLED = "CANCELLED"  # cancelled at the vendor
+    EXPIRED = "EXPIRED"  # the announced link is no longer valid
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED, Status.REJECTED})
+
+
+class Phase(StrEnum):
+    """Where the worker is in its own protocol for a job (JobPhase in JobState)."""
+
+    PENDING = "PENDING"  # accepted, waiting for a submit slot
+    SUBMITTING = "SUBMITTING"  # intent durable; the vendor may or may not have a job
+    ACTIVE = "ACTIVE"  # vendor job id known, polling
+    DONE = "DONE"  # terminal; kept for duplicates and replays until retention ends
+
+
+class CallKind(StrEnum):
+    SUBMIT = "submit"
+    POLL = "poll"
+    RECONCILE = "reconcile"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    code: str
+    message: str
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    url: str
+    format: str
+    expires_at_ms: int | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """Everything the worker knows about one request; persisted to export.jobs."""
+
+    request_id: str
+    tenant: str
+    connection: str
+    vendor: str
+    job_json: str
+    requested_at_ms: int
+    origin_partition: int
+    origin_offset: int
+    phase: Phase
+    status: Status
+    sequence: int
+    created_at_ms: int
+    updated_at_ms: int
+    correlation_id: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    replay_of: str | None = None
+    vendor_status: str | None = None
+    vendor_job_id: str | None = None
+    submit_attempt: int = 0
+    possible_duplicate: bool = False
+    cancel_requested: bool = False
+    next_action_at_ms: int = 0
+    poll_attempt: int = 0
+    failing_since_ms: int = 0
+    file: FileInfo | None = None
+    error: ErrorInfo | None = None
+    finished_at_ms: int | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.phase is not Phase.DONE
+
+
+# ---- events ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """A decoded, validated request (ingest's output)."""
+
+    request_id: str
+    tenant: str
+    connection: str
+    vendor: str
+    job_json: str
+    requested_at_ms: int
+    partition: int
+    offset: int
+    correlation_id: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    replay_of: str | None = None
+    cancel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    request: RequestInfo
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRejected:
+    """Decoded enough to know the request id, but it cannot be run."""
+
+    request_id: str
+    tenant: str
+    connection: str
+    vendor: str
+    partition: int
+    offset: int
+    error: ErrorInfo
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """``next_action_at_ms`` of the job is due and the connection has capacity."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """The state was just read back from export.jobs by a new owner."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitAnswered:
+    vendor_job_id: str
+    vendor_status: str | None
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class PollAnswered:
+    vendor_status: str
+    status: Status
+    file: FileInfo | None = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileAnswered:
+    """What the vendor knows of a submit whose outcome we lost.
+
+    ``known`` is False when the vendor cannot tell (no way to look a job up)."""
+
+    known: bool
+    vendor_job_id: str | None = None
+    vendor_status: str | None = None
+    status: Status | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    kind: CallKind
+    error: ErrorInfo
+    retry_after_s: float | None = None
+    outcome_unknown: bool = False  # the vendor may have acted (timeout, reset, 5xx)
+    busy: bool = False  # the vendor will take it later (queue, do not count as failure)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAnswered:
+    vendor_status: str | None
+    status: Status
+
+
+Event = (
+    RequestReceived
+    | RequestRejected
+    | TimerFired
+    | Restored
+    | SubmitAnswered
+    | PollAnswered
+    | ReconcileAnswered
+    | CallFailed
+    | CancelAnswered
+)
+
+
+# ---- effects -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublishStatus:
+    """A JobStatusChanged to publish (fields beyond the state's own)."""
+
+    status: Status
+    previous_status: Status | None
+    sequence: int
+    occurred_at_ms: int
+    vendor_status: str | None = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """A FileReady to publish."""
+
+    file: FileInfo
+    produced_at_ms: int
+    reannounced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallVendor:
+    """Run a vendor call once every record emitted so far is durable."""
+
+    kind: CallKind
+
+
+Emit = PublishStatus | Announce | CallVendor
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What one step produced: the new state (None = forget it, write a tombstone),
+    whether it changed and must be persisted, and the effects in order."""
+
+    state: JobState | None
+    persist: bool
+    effects: tuple[Emit, ...] = ()
+
+    @classmethod
+    def unchanged(cls, state: JobState | None) -> Transition:
+        return cls(state, False, ())
+
+
+def job_summary(state: JobState) -> dict[str, Any]:
+    """A short description for logs (no secrets can be in state)."""
+    return {
+        "request_id": state.request_id,
+        "vendor": state.vendor,
+        "connection": state.connection,
+        "vendor_job_id": state.vendor_job_id,
+        "phase": state.phase.value,
+        "status": state.status.value,
+    }

@@ -1,0 +1,73 @@
+"""Timing and duplicate rules, as data and pure functions (no clock, no randomness:
+callers pass ``now`` and a uniform draw ``u`` in [0, 1))."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class UnknownOutcome(StrEnum):
+    """What to do with a submit whose outcome is lost, when the vendor cannot be asked."""
+
+    RESUBMIT = "resubmit"  # submit again and flag possible_duplicate=true
+    FAIL = "fail"  # end the request FAILED (submit_outcome_unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Per-connection timing. Defaults suit jobs that take minutes.
+
+    Args:
+        first_poll_s: delay between a submit's answer and the first poll.
+        poll_initial_s / poll_multiplier / poll_max_s: poll n waits
+            ``min(poll_max_s, poll_initial_s * poll_multiplier**n)``.
+        jitter: the fraction each delay is spread by (0.2 = +-20%).
+        retry_initial_s / retry_max_s: backoff after transient vendor errors.
+        max_failing_s: how long a run of transient errors may last before the job
+            fails (a vendor down for minutes must not fail its jobs at once).
+        busy_retry_s: wait before submitting again after the vendor said "busy".
+        link_ttl_s: expiry assumed for a link whose expiry the vendor does not say.
+        retention_s: how long a finished job's compact record is kept.
+        can_reconcile: the vendor can look up a job by our request id.
+        can_cancel: the vendor has a cancel call.
+        unknown_outcome: see UnknownOutcome.
+    """
+
+    first_poll_s: float = 5.0
+    poll_initial_s: float = 5.0
+    poll_multiplier: float = 1.5
+    poll_max_s: float = 60.0
+    jitter: float = 0.2
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 60.0
+    max_failing_s: float = 1800.0
+    busy_retry_s: float = 30.0
+    link_ttl_s: float = 7 * 86400.0
+    retention_s: float = 7 * 86400.0
+    can_reconcile: bool = False
+    can_cancel: bool = False
+    unknown_outcome: UnknownOutcome = UnknownOutcome.RESUBMIT
+
+
+def spread(delay_s: float, jitter: float, u: float) -> float:
+    """``delay_s`` moved by up to +-``jitter`` of itself, using the uniform draw ``u``."""
+    return max(0.0, delay_s * (1.0 - jitter + 2.0 * jitter * u))
+
+
+def poll_delay_s(policy: Policy, attempt: int, u: float) -> float:
+    base = policy.poll_initial_s * policy.poll_multiplier ** min(attempt, 64)
+    return spread(min(policy.poll_max_s, base), policy.jitter, u)
+
+
+def retry_delay_s(policy: Policy, failures: int, u: float, retry_after_s: float | None) -> float:
+    """Backoff after a transient error; never shorter than the vendor's Retry-After."""
+    base = policy.retry_initial_s * 2.0 ** min(failures, 32)
+    delay = spread(min(policy.retry_max_s, base), policy.jitter, u)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s)
+    return delay
+
+
+def at(now_ms: int, delay_s: float) -> int:
+    return now_ms + max(1, round(delay_s * 1000))

@@ -1,0 +1,146 @@
+"""Bytes from export.requests -> a validated request, or a rejection with a reason.
+
+Nothing here raises for bad input: every outcome is a value the runtime turns into
+state, a status event and (for rejections) a dead letter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from worker.codec import Codec
+from worker.config import ConnectionConfig
+from worker.engine.model import ErrorInfo, RequestInfo, RequestRejected
+from worker.errors import ConfigError, DecodeError, InvalidRequest
+from worker.vendors import validator
+
+JOB_VENDORS = {
+    "ItronBatchRequest": "itron",
+    "OpenGateJob": "opengate",
+    "ElasticPathJob": "elasticpath",
+    "UnicommerceExport": "unicommerce",
+}
+CANCEL = "CancelExport"
+MAX_ID_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Goes to the DLQ; ``event`` is set when the request id is known, so the producer
+    also gets a REJECTED status."""
+
+    reason_code: str
+    reason: str
+    event: RequestRejected | None = None
+
+
+def jsonable(value: Any) -> Any:
+    """Decoded Avro -> JSON-ready: datetimes to epoch ms, union pairs to tagged dicts."""
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        return {"type": value[0].rsplit(".", 1)[-1], **jsonable(value[1])}
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _ms(value: Any) -> int:
+    return int(value.timestamp() * 1000) if isinstance(value, dt.datetime) else int(value)
+
+
+class Ingest:
+    """Decode and validate requests against the configured connections.
+
+    Args:
+        codec: the wire codec.
+        connections: connection name -> config (the vendor of each).
+        max_bytes: larger values are refused as ``oversize``.
+    """
+
+    def __init__(self, codec: Codec, connections: dict[str, ConnectionConfig], *, max_bytes: int) -> None:
+        self.codec = codec
+        self.connections = connections
+        self.max_bytes = max_bytes
+
+    async def read(
+        self, key: bytes | None, value: bytes | None, *, partition: int, offset: int, now_ms: int
+    ) -> RequestInfo | Rejection:
+        if value is not None and len(value) > self.max_bytes:
+            return Rejection("oversize", f"value of {len(value)} bytes exceeds the limit of {self.max_bytes}")
+        try:
+            record = await self.codec.decode_async("ExportRequested", value)
+        except DecodeError as exc:
+            return Rejection(exc.reason_code, exc.message)
+        return self.validate(record, key, partition=partition, offset=offset, now_ms=now_ms)
+
+    def validate(
+        self, record: dict[str, Any], key: bytes | None, *, partition: int, offset: int, now_ms: int
+    ) -> RequestInfo | Rejection:
+        request_id = str(record.get("request_id") or "")
+        tenant = str(record.get("tenant") or "")
+        connection = str(record.get("connection") or "")
+        correlation = record.get("correlation_id")
+        conn = self.connections.get(connection)
+        vendor = conn.vendor if conn is not None else ""
+
+        def reject(code: str, message: str, *, with_event: bool = True) -> Rejection:
+            event = None
+            if with_event:
+                event = RequestRejected(
+                    request_id=request_id,
+                    tenant=tenant,
+                    connection=connection,
+                    vendor=vendor,
+                    partition=partition,
+                    offset=offset,
+                    error=ErrorInfo(code, message, False),
+                    correlation_id=correlation,
+                )
+            return Rejection(code, message, event)
+
+        if not request_id.strip() or len(request_id) > MAX_ID_LENGTH:
+            return reject("invalid_request", f"request_id must be 1-{MAX_ID_LENGTH} characters", with_event=False)
+        if key is None or key != request_id.encode():
+            # State is co-partitioned by key; a request under another key would escape
+            # duplicate detection, so it is refused rather than guessed at.
+            shown = key.decode("utf-8", "replace")[:80] if key is not None else "null"
+            return reject("key_mismatch", f"message key {shown!r} must equal request_id", with_event=False)
+        if not tenant.strip():
+            return reject("invalid_request", "tenant is empty")
+        if conn is None:
+            return reject("unknown_connection", f"no connection named {connection!r} is configured")
+        job_type, job = record["job"] if isinstance(record.get("job"), tuple) else ("", {})
+        short = job_type.rsplit(".", 1)[-1]
+        cancel = short == CANCEL
+        if not cancel:
+            expected = JOB_VENDORS.get(short)
+            if expected != conn.vendor:
+                return reject(
+                    "invalid_request", f"connection {connection!r} is {conn.vendor}, but the job is a {short}"
+                )
+            try:
+                validator(conn.vendor)(jsonable(job), now_ms, conn)
+            except InvalidRequest as exc:
+                return reject(exc.reason_code, exc.message)
+            except ConfigError as exc:
+                return reject("unknown_connection", str(exc))
+        return RequestInfo(
+            request_id=request_id,
+            tenant=tenant,
+            connection=connection,
+            vendor=conn.vendor,
+            job_json=json.dumps(jsonable(record["job"]), separators=(",", ":"), sort_keys=True),
+            requested_at_ms=_ms(record.get("requested_at") or now_ms),
+            partition=partition,
+            offset=offset,
+            correlation_id=correlation,
+            labels=dict(record.get("labels") or {}),
+            replay_of=record.get("replay_of"),
+            cancel=cancel,
+        )

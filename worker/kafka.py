@@ -1,0 +1,233 @@
+"""Kafka plumbing: client configs, topic creation, and restoring export.jobs partitions.
+
+Every blocking admin call runs in a thread; the consumers and the producer are
+confluent-kafka's asyncio ``AIOConsumer`` / ``AIOProducer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec
+from confluent_kafka.aio import AIOConsumer
+
+from worker.config import Settings
+from worker.errors import ConfigError, ExportWorkerError
+
+
+class BrokerUnavailable(ExportWorkerError):
+    """The Kafka cluster cannot be reached or refused an admin call."""
+
+    retriable = True
+
+
+def consumer_config(settings: Settings, *, group_id: str | None = None) -> dict[str, Any]:
+    return {
+        **settings.librdkafka(),
+        "group.id": group_id or settings.group_id,
+        "client.id": f"{settings.group_id}-{settings.instance_id}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
+        "max.poll.interval.ms": 300_000,
+        "statistics.interval.ms": 0,
+    }
+
+
+def producer_config(settings: Settings, *, transactional_id: str | None = None) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        **settings.librdkafka(),
+        "client.id": f"{settings.group_id}-{settings.instance_id}",
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        # The Java client's partitioner, so a key lands in the same partition whoever
+        # produced it (librdkafka's default hashes differently).
+        "partitioner": "murmur2_random",
+    }
+    if transactional_id is not None:
+        conf["transactional.id"] = transactional_id
+        conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
+    return conf
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(settings.librdkafka())
+
+
+async def _wait(future: Any, what: str, timeout: float = 30.0) -> Any:
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"{what}: {exc.args[0].str() if exc.args else exc}") from None
+    except TimeoutError:
+        raise BrokerUnavailable(f"{what}: no answer from the broker within {timeout:.0f} s") from None
+
+
+async def describe_partitions(admin: AdminClient, topics: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
+    """Partition counts of the topics that exist."""
+    loop = asyncio.get_running_loop()
+    try:
+        metadata = await asyncio.wait_for(
+            loop.run_in_executor(None, lambda: admin.list_topics(timeout=timeout)), timeout + 5
+        )
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"cannot reach the Kafka cluster: {exc.args[0].str() if exc.args else exc}") from None
+    wanted = set(topics)
+    return {name: len(t.partitions) for name, t in metadata.topics.items() if name in wanted and t.error is None}
+
+
+async def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> dict[str, int]:
+    """Create missing topics (export.jobs compacted) and check co-partitioning."""
+    admin = admin or admin_client(settings)
+    t = settings.topics
+    names = [t.requests, t.status, t.files, t.jobs, t.dlq, t.control]
+    existing = await describe_partitions(admin, names)
+    missing = [n for n in names if n not in existing]
+    if missing and t.create:
+        partitions = existing.get(t.requests, t.partitions)
+        new = []
+        for name in missing:
+            config: dict[str, str] = {}
+            count = partitions
+            if name == t.jobs:
+                config = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
+            if name == t.control:
+                count = 1
+                config = {"cleanup.policy": "compact"}
+            new.append(NewTopic(name, num_partitions=count, replication_factor=t.replication_factor, config=config))
+        futures = admin.create_topics(new, operation_timeout=30)
+        for name, future in futures.items():
+            try:
+                await asyncio.wrap_future(future)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise BrokerUnavailable(f"cannot create topic {name}: {exc.args[0].str()}") from None
+        existing = await _wait_for_topics(admin, names)
+    elif missing:
+        raise ConfigError(f"topics missing and topic creation is off: {', '.join(missing)}")
+    if existing.get(t.jobs) != existing.get(t.requests):
+        raise ConfigError(
+            f"{t.jobs} has {existing.get(t.jobs)} partitions but {t.requests} has {existing.get(t.requests)}: "
+            "the state topic must be co-partitioned with the request topic"
+        )
+    await _check_compacted(admin, t.jobs)
+    return existing
+
+
+async def _wait_for_topics(admin: AdminClient, names: list[str], timeout: float = 30.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        existing = await describe_partitions(admin, names)
+        if all(n in existing for n in names) or time.monotonic() > deadline:
+            return existing
+        await asyncio.sleep(0.1)
+
+
+async def _check_compacted(admin: AdminClient, topic: str) -> None:
+    futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+    for future in futures.values():
+        configs = await _wait(future, f"describe {topic}")
+        policy = configs.get("cleanup.policy")
+        if policy is not None and "compact" not in str(policy.value):
+            raise ConfigError(f"{topic} must have cleanup.policy=compact (it has {policy.value})")
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredPartition:
+    partition: int
+    values: dict[bytes, bytes]  # key -> latest value (tombstoned keys removed)
+    records: int
+    seconds: float
+
+
+async def wait_stable(admin: AdminClient, topic: str, partitions: list[int], *, timeout: float) -> None:
+    """Wait until no transaction is open on these partitions (last stable offset =
+    high watermark), so a restore cannot miss the previous owner's last commit."""
+    deadline = time.monotonic() + timeout
+    tps = [TopicPartition(topic, p) for p in partitions]
+    target: dict[int, int] = {}
+    for tp, fut in admin.list_offsets(
+        {tp: OffsetSpec.latest() for tp in tps}, isolation_level=IsolationLevel.READ_UNCOMMITTED
+    ).items():
+        target[tp.partition] = (await _wait(fut, "list offsets")).offset
+    while True:
+        stable = admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in tps}, isolation_level=IsolationLevel.READ_COMMITTED
+        )
+        lagging = []
+        for tp, fut in stable.items():
+            if (await _wait(fut, "list offsets")).offset < target[tp.partition]:
+                lagging.append(tp.partition)
+        if not lagging or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def restore(
+    settings: Settings,
+    topic: str,
+    partitions: list[int],
+    *,
+    admin: AdminClient | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[RestoredPartition]:
+    """Read ``partitions`` of a compacted topic from the beginning to their end
+    (read_committed), keeping the latest value per key."""
+    if not partitions:
+        return []
+    started = time.monotonic()
+    admin = admin or admin_client(settings)
+    # An open transaction of a dead owner holds the stable offset back until the
+    # transaction times out (transaction_timeout_ms) or its owner restarts.
+    await wait_stable(admin, topic, partitions, timeout=settings.transaction_timeout_ms / 1000 + 5)
+    conf = {
+        **settings.librdkafka(),
+        "group.id": f"{settings.group_id}.restore",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "fetch.max.bytes": 52_428_800,
+        "max.partition.fetch.bytes": 10_485_760,
+        "queued.max.messages.kbytes": 262_144,
+    }
+    consumer = AIOConsumer(conf, max_workers=2)
+    values: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+    counts = dict.fromkeys(partitions, 0)
+    pending = set(partitions)
+    try:
+        await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        while pending:
+            batch = await consumer.consume(num_messages=10_000, timeout=0.5)
+            for msg in batch:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                        continue
+                    raise BrokerUnavailable(f"restoring {topic}[{msg.partition()}]: {err.str()}")
+                key = msg.key()
+                if key is None:
+                    continue
+                part = values[msg.partition()]
+                value = msg.value()
+                if value is None:
+                    part.pop(key, None)
+                else:
+                    part[key] = value
+                counts[msg.partition()] += 1
+            if on_progress is not None and batch:
+                on_progress(len(batch))
+    finally:
+        await consumer.close()
+    seconds = time.monotonic() - started
+    return [RestoredPartition(p, values[p], counts[p], seconds) for p in partitions]

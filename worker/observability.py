@@ -1,0 +1,176 @@
+"""Logs (structlog, secrets redacted), Prometheus metrics and the HTTP side port."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from worker.redaction import MASK, SECRET_KEYS, redact
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask secret-looking keys and scrub tokens out of values."""
+    for key, value in list(event_dict.items()):
+        if key.lower() in SECRET_KEYS:
+            event_dict[key] = MASK
+        elif isinstance(value, str | dict | list | tuple):
+            event_dict[key] = redact(value)
+    return event_dict
+
+
+def _redact_exception(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    exc = event_dict.get("exception")
+    if isinstance(exc, str):
+        event_dict["exception"] = redact(exc)
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """JSON lines for machines; a readable console when attached to a TTY."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_processor,
+            structlog.processors.format_exc_info,
+            _redact_exception,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+class _OpenJobs(Collector):
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "export_worker_open_jobs", "Jobs not yet terminal, by vendor and status", labels=["vendor", "status"]
+        )
+        for (vendor, status), n in sorted(self._counts().items()):
+            family.add_metric([vendor, status], n)
+        yield family
+
+
+class Metrics:
+    """All metrics of one worker, in their own registry (several workers may share a
+    process in tests and the demo)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("export_worker_requests", "Requests read, by outcome", ["outcome"], registry=r)
+        self.dead_letters = Counter(
+            "export_worker_dead_letters", "Records sent to the DLQ, by reason", ["reason"], registry=r
+        )
+        self.vendor_calls = Counter(
+            "export_worker_vendor_calls",
+            "Vendor calls by connection, operation and outcome",
+            ["vendor", "connection", "operation", "outcome"],
+            registry=r,
+        )
+        self.vendor_latency = Histogram(
+            "export_worker_vendor_latency_seconds",
+            "Vendor HTTP call latency",
+            ["vendor", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "export_worker_vendor_rate_limited", "429 answers received", ["vendor", "connection"], registry=r
+        )
+        self.status_events = Counter(
+            "export_worker_status_events", "Status events published", ["vendor", "status"], registry=r
+        )
+        self.files = Counter("export_worker_files_announced", "FileReady events published", ["vendor"], registry=r)
+        self.transactions = Counter(
+            "export_worker_transactions", "Kafka transactions by outcome", ["outcome"], registry=r
+        )
+        self.restore_seconds = Histogram(
+            "export_worker_restore_seconds",
+            "Time to restore assigned export.jobs partitions",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.restored_jobs = Counter("export_worker_restored_jobs", "Job states restored", registry=r)
+        self.consumer_lag = Gauge(
+            "export_worker_consumer_lag", "Requests not yet read, by partition", ["partition"], registry=r
+        )
+        self.assigned = Gauge("export_worker_assigned_partitions", "Partitions owned", registry=r)
+        self.poll_lateness = Histogram(
+            "export_worker_timer_lateness_seconds",
+            "How late a due job was handed its call",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+
+    def watch_open_jobs(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self.registry.register(_OpenJobs(counts))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class SidePort:
+    """``/healthz`` (the process is alive), ``/readyz`` (assigned partitions restored,
+    broker reachable), ``/metrics`` (Prometheus text format)."""
+
+    def __init__(self, metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
+        self.metrics = metrics
+        self.ready = ready
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        ok, why = self.ready()
+        return web.json_response({"ready": ok, "detail": why}, status=200 if ok else 503)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def start(self, host: str, port: int) -> int:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

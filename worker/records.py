@@ -1,0 +1,172 @@
+"""Engine values <-> the Avro records of our schemas (no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.engine.model import (
+    Announce,
+    ErrorInfo,
+    FileInfo,
+    JobState,
+    Phase,
+    PublishStatus,
+    Status,
+)
+
+
+def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {"code": error.code, "message": error.message, "retryable": error.retryable}
+
+
+def state_to_record(state: JobState) -> dict[str, Any]:
+    file = state.file
+    return {
+        "request_id": state.request_id,
+        "tenant": state.tenant,
+        "connection": state.connection,
+        "vendor": state.vendor,
+        "correlation_id": state.correlation_id,
+        "labels": state.labels,
+        "replay_of": state.replay_of,
+        "job_json": state.job_json,
+        "requested_at_ms": state.requested_at_ms,
+        "origin_partition": state.origin_partition,
+        "origin_offset": state.origin_offset,
+        "phase": state.phase.value,
+        "status": state.status.value,
+        "vendor_status": state.vendor_status,
+        "vendor_job_id": state.vendor_job_id,
+        "sequence": state.sequence,
+        "submit_attempt": state.submit_attempt,
+        "possible_duplicate": state.possible_duplicate,
+        "cancel_requested": state.cancel_requested,
+        "next_action_at_ms": state.next_action_at_ms,
+        "poll_attempt": state.poll_attempt,
+        "failing_since_ms": state.failing_since_ms,
+        "file": None
+        if file is None
+        else {
+            "url": file.url,
+            "expires_at_ms": file.expires_at_ms,
+            "format": file.format,
+            "size_bytes": file.size_bytes,
+            "sha256": file.sha256,
+        },
+        "error": _error(state.error),
+        "created_at_ms": state.created_at_ms,
+        "updated_at_ms": state.updated_at_ms,
+        "finished_at_ms": state.finished_at_ms,
+    }
+
+
+def state_from_record(rec: dict[str, Any]) -> JobState:
+    file = rec.get("file")
+    error = rec.get("error")
+    return JobState(
+        request_id=rec["request_id"],
+        tenant=rec["tenant"],
+        connection=rec["connection"],
+        vendor=rec["vendor"],
+        job_json=rec["job_json"],
+        requested_at_ms=rec["requested_at_ms"],
+        origin_partition=rec["origin_partition"],
+        origin_offset=rec["origin_offset"],
+        phase=Phase(rec["phase"]),
+        status=Status(rec["status"]),
+        sequence=rec["sequence"],
+        created_at_ms=rec["created_at_ms"],
+        updated_at_ms=rec["updated_at_ms"],
+        correlation_id=rec.get("correlation_id"),
+        labels=rec.get("labels") or {},
+        replay_of=rec.get("replay_of"),
+        vendor_status=rec.get("vendor_status"),
+        vendor_job_id=rec.get("vendor_job_id"),
+        submit_attempt=rec.get("submit_attempt", 0),
+        possible_duplicate=rec.get("possible_duplicate", False),
+        cancel_requested=rec.get("cancel_requested", False),
+        next_action_at_ms=rec.get("next_action_at_ms", 0),
+        poll_attempt=rec.get("poll_attempt", 0),
+        failing_since_ms=rec.get("failing_since_ms", 0),
+        file=None
+        if file is None
+        else FileInfo(
+            url=file["url"],
+            format=file["format"],
+            expires_at_ms=file.get("expires_at_ms"),
+            size_bytes=file.get("size_bytes"),
+            sha256=file.get("sha256"),
+        ),
+        error=None if error is None else ErrorInfo(error["code"], error["message"], error["retryable"]),
+        finished_at_ms=rec.get("finished_at_ms"),
+    )
+
+
+def status_record(state: JobState, effect: PublishStatus) -> dict[str, Any]:
+    return {
+        "request_id": state.request_id,
+        "vendor": state.vendor,
+        "vendor_job_id": state.vendor_job_id,
+        "status": effect.status.value,
+        "previous_status": None if effect.previous_status is None else effect.previous_status.value,
+        "vendor_status": effect.vendor_status,
+        "sequence": effect.sequence,
+        "occurred_at": effect.occurred_at_ms,
+        "error": _error(effect.error),
+        "possible_duplicate": state.possible_duplicate,
+        "tenant": state.tenant,
+        "connection": state.connection,
+        "correlation_id": state.correlation_id,
+    }
+
+
+def file_record(state: JobState, effect: Announce) -> dict[str, Any]:
+    file = effect.file
+    return {
+        "request_id": state.request_id,
+        "vendor": state.vendor,
+        "vendor_job_id": state.vendor_job_id or "",
+        "url": file.url,
+        "expires_at": file.expires_at_ms,
+        "format": file.format,
+        "size_bytes": file.size_bytes,
+        "sha256": file.sha256,
+        "produced_at": effect.produced_at_ms,
+        "tenant": state.tenant,
+        "connection": state.connection,
+        "correlation_id": state.correlation_id,
+        "reannounced": effect.reannounced,
+    }
+
+
+def dead_letter_record(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes | None]] | None,
+    reason_code: str,
+    reason: str,
+    failed_at_ms: int,
+    request_id: str | None,
+    worker: str,
+) -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp": timestamp_ms,
+        "key": key,
+        "value": value,
+        "headers": [{"key": k, "value": v} for k, v in (headers or [])],
+        "reason_code": reason_code,
+        "reason": reason,
+        "failed_at": failed_at_ms,
+        "request_id": request_id,
+        "worker": worker,
+    }

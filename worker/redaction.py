@@ -1,0 +1,84 @@
+"""Scrub secrets out of text and mappings before they reach logs, events or exceptions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MASK = "***"
+
+SECRET_KEYS = frozenset(
+    {
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "token",
+        "jwt",
+        "password",
+        "client_secret",
+        "secret",
+        "api_key",
+        "apikey",
+        "x-apikey",
+        "authorization",
+        "sasl_password",
+        "sasl.password",
+        "sig",
+        "signature",
+        "cookie",
+        "set-cookie",
+    }
+)
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Authorization headers and bearer tokens in free text.
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/=]{6,}"), r"\1 " + MASK),
+    # key=value in query strings and form bodies (signed URLs carry sig=).
+    (
+        re.compile(
+            r"(?i)\b(access_token|refresh_token|id_token|password|client_secret|api_?key|sig|signature|token)"
+            r"=([^&\s\"']+)"
+        ),
+        r"\1=" + MASK,
+    ),
+    # "key": "value" in JSON bodies.
+    (
+        re.compile(
+            r"(?i)(\"(?:access_token|refresh_token|id_token|token|password|client_secret|api_?key|secret|jwt)\""
+            r"\s*:\s*)\"[^\"]*\""
+        ),
+        r'\1"' + MASK + '"',
+    ),
+    # X-ApiKey: value in dumped headers.
+    (re.compile(r"(?i)(x-apikey['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"), r"\1" + MASK),
+)
+
+
+def redact_text(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact(value: Any) -> Any:
+    """Redact strings, and mask values under secret-looking keys, recursively."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: (MASK if str(k).lower() in SECRET_KEYS else redact(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+def excerpt(body: bytes | str | None, limit: int = 300) -> str:
+    """A short, redacted, printable piece of a vendor's answer for error messages."""
+    if body is None:
+        return "<no body>"
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    if not text:
+        return "<empty body>"
+    text = redact_text(text)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,864 @@
+"""The worker process: composition root and the one loop that owns all state.
+
+One asyncio task (the *loop*) owns the consumer, the transactional producer and every
+job state. Each turn it:
+
+  1. consumes a batch of requests and turns each into engine steps (or a dead letter),
+  2. applies the answers of finished vendor calls and fires due timers,
+  3. commits everything produced so far in ONE Kafka transaction, together with the
+     consumer's positions (``send_offsets_to_transaction``), every ``commit_interval_ms``,
+  4. only then starts the vendor calls those steps asked for.
+
+Vendor calls run as separate tasks that only report back through a queue. Rebalance
+callbacks run while the loop is parked inside ``consume()``, so they may touch the
+state too: on revoke they let in-flight calls finish (bounded), commit, and drop the
+partitions; on assign they pause the new partitions until their slice of export.jobs
+is restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import structlog
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.aio import AIOConsumer, AIOProducer
+
+from worker import kafka as kafka_io
+from worker.codec import Codec
+from worker.config import ConnectionConfig, ConnectionsFile, Settings, policy_for
+from worker.engine.machine import Context, step
+from worker.engine.model import (
+    Announce,
+    CallFailed,
+    CallKind,
+    CallVendor,
+    ErrorInfo,
+    Event,
+    JobState,
+    Phase,
+    PublishStatus,
+    RequestInfo,
+    RequestReceived,
+    Restored,
+    TimerFired,
+)
+from worker.engine.policy import Policy
+from worker.errors import ConfigError, ExportWorkerError, RateLimited, VendorBusy, VendorError
+from worker.ingest import Ingest, Rejection
+from worker.observability import Metrics, SidePort
+from worker.records import dead_letter_record, file_record, state_from_record, state_to_record, status_record
+from worker.redaction import redact_text
+from worker.results import ResultStore, result_store_from_url
+from worker.scheduler import Limiter, TimerHeap
+from worker.vendors import Cancellable, JobSpec, VendorAdapter, build_adapter
+
+log = structlog.get_logger("export_worker")
+
+TIMERS_PER_TURN = 5_000
+
+
+class WorkerFenced(ExportWorkerError):
+    """Another worker took over this worker's transactional id or partitions: stop."""
+
+
+@dataclass
+class Connection:
+    """A configured vendor connection with its adapter, timing policy and limits."""
+
+    name: str
+    config: ConnectionConfig
+    adapter: VendorAdapter
+    policy: Policy
+    limiter: Limiter
+    parked: list[tuple[int, str]] = field(default_factory=list)  # PENDING jobs held by a pause
+
+
+@dataclass
+class OwnedPartition:
+    number: int
+    incarnation: int
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    ready: bool = False
+    revoking: bool = False
+
+
+@dataclass(slots=True)
+class Call:
+    partition: int
+    incarnation: int
+    request_id: str
+    kind: CallKind
+    connection: Connection
+    state: JobState
+    has_slot: bool
+
+
+@dataclass(slots=True)
+class CallResult:
+    partition: int
+    incarnation: int
+    request_id: str
+    event: Event
+
+
+@dataclass(slots=True)
+class RestoreDone:
+    incarnations: dict[int, int]
+    states: dict[int, list[JobState]]
+    seconds: float
+
+
+@dataclass(slots=True)
+class Outgoing:
+    partition: int  # the request partition the record belongs to
+    topic: str
+    key: bytes
+    value: bytes | None
+    target_partition: int | None  # explicit for export.jobs (co-partitioned), else keyed
+
+
+def build_connections(
+    settings: Settings,
+    configs: dict[str, ConnectionConfig],
+    session: aiohttp.ClientSession,
+    metrics: Metrics,
+    *,
+    defaults: Policy | None = None,
+    result_store: Any = None,
+) -> dict[str, Connection]:
+    out: dict[str, Connection] = {}
+    for name, conf in configs.items():
+
+        def observe(connection: str, operation: str, seconds: float, outcome: str, vendor: str = conf.vendor) -> None:
+            metrics.vendor_latency.labels(vendor, operation).observe(seconds)
+            metrics.vendor_calls.labels(vendor, connection, operation, outcome).inc()
+            if outcome == RateLimited.code:
+                metrics.rate_limited.labels(vendor, connection).inc()
+
+        adapter = build_adapter(name, conf, session, observe=observe, result_store=result_store)
+        policy = policy_for(
+            conf,
+            can_reconcile=bool(getattr(adapter, "can_reconcile", False)),
+            can_cancel=isinstance(adapter, Cancellable),
+            defaults=defaults or Policy(),
+        )
+        limiter = Limiter(max_concurrency=conf.max_concurrency, rate_per_s=conf.rate_per_s)
+        out[name] = Connection(name, conf, adapter, policy, limiter)
+    return out
+
+
+def load_connection_configs(settings: Settings) -> dict[str, ConnectionConfig]:
+    if settings.connections_file is None:
+        raise ConfigError("no connections file: set EXPORT_WORKER_CONNECTIONS_FILE")
+    return ConnectionsFile.load(settings.connections_file).connections
+
+
+class Worker:
+    """One worker process.
+
+    Args:
+        settings: topics, Kafka, timing.
+        connections: connection configs by name (tests, demo); read from
+            ``settings.connections_file`` when omitted.
+        result_store: where collected artifacts go; from ``settings.result_store_url``
+            when omitted.
+        codec: wire codec; single-object encoding when omitted.
+        clock: wall clock in seconds (time is an input to the engine).
+        rng: source of jitter.
+        metrics: metrics registry; a fresh one when omitted.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connections: dict[str, ConnectionConfig] | None = None,
+        result_store: ResultStore | None = None,
+        codec: Codec | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.codec = codec or Codec()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
+        self._connection_configs = connections
+        self._result_store = result_store
+        self.connections: dict[str, Connection] = {}
+        self.transactional_id = f"{settings.group_id}-{settings.instance_id}"
+        self.partitions: dict[int, OwnedPartition] = {}
+        self._incarnation = 0
+        self._timers = TimerHeap()
+        self._results: asyncio.Queue[CallResult | RestoreDone] = asyncio.Queue()
+        self._outgoing: list[Outgoing] = []
+        self._after_commit: list[Call] = []
+        self._waiting_calls: list[Call] = []
+        self._in_flight: dict[int, set[asyncio.Task[None]]] = {}
+        self._restores: set[asyncio.Task[None]] = set()
+        self._offsets_dirty = False
+        self._first_pending = 0.0
+        self._stopping = False
+        self._started = False
+        self._session: aiohttp.ClientSession | None = None
+        self.consumer: AIOConsumer | None = None
+        self.producer: AIOProducer | None = None
+        self.side_port: SidePort | None = None
+        self.ingest: Ingest | None = None
+        self.admin = kafka_io.admin_client(settings)
+        self.metrics.watch_open_jobs(self.open_job_counts)
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or the task is cancelled), then shut down gracefully."""
+        stop = stop or asyncio.Event()
+        await self._start()
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            loop_task = asyncio.create_task(self._loop(stopper))
+            await loop_task
+        finally:
+            stopper.cancel()
+            await self._shutdown()
+
+    async def _start(self) -> None:
+        await kafka_io.ensure_topics(self.settings, self.admin)
+        configs = self._connection_configs
+        if configs is None:
+            configs = load_connection_configs(self.settings)
+        self._session = aiohttp.ClientSession()
+        self.connections = build_connections(
+            self.settings,
+            configs,
+            self._session,
+            self.metrics,
+            result_store=self._result_store or result_store_from_url(self.settings.result_store_url),
+        )
+        self.ingest = Ingest(
+            self.codec,
+            {name: c.config for name, c in self.connections.items()},
+            max_bytes=self.settings.max_request_bytes,
+        )
+        if self.settings.http_port >= 0:
+            self.side_port = SidePort(self.metrics, self.readiness)
+            port = await self.side_port.start(self.settings.http_host, self.settings.http_port)
+            log.info("side port listening", port=port)
+        self.producer = AIOProducer(
+            kafka_io.producer_config(self.settings, transactional_id=self.transactional_id),
+            batch_size=10_000,
+            buffer_timeout=0,
+        )
+        await self.producer.init_transactions(30)
+        self.consumer = AIOConsumer(kafka_io.consumer_config(self.settings), max_workers=4)
+        await self.consumer.subscribe(
+            [self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self._started = True
+        log.info(
+            "worker started",
+            transactional_id=self.transactional_id,
+            topic=self.topics.requests,
+            connections=sorted(self.connections),
+        )
+
+    async def _shutdown(self) -> None:
+        """Stop taking requests, let in-flight calls finish within the grace period,
+        commit, leave the group, close."""
+        self._stopping = True
+        deadline = time.monotonic() + self.settings.shutdown_grace_s * 0.8
+        try:
+            if self.producer is not None and self.consumer is not None:
+                # Intents written in the last turn still get their call: the state
+                # says SUBMITTING, and a call made now saves the next owner a reconcile.
+                await self._commit()
+                await self._drain_in_flight(set(self.partitions), deadline)
+                await self._commit()
+        except Exception:
+            log.exception("error while draining at shutdown")
+        for task in list(self._restores):
+            task.cancel()
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.close()  # triggers on_revoke: commits whatever is left
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.close()
+        for tasks in self._in_flight.values():
+            for task in tasks:
+                task.cancel()
+        if self.side_port is not None:
+            await self.side_port.stop()
+        if self._session is not None:
+            await self._session.close()
+        log.info("worker stopped")
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "starting"
+        if self._stopping:
+            return False, "stopping"
+        restoring = sorted(p.number for p in self.partitions.values() if not p.ready)
+        if restoring:
+            return False, f"restoring partitions {restoring}"
+        return True, f"owns partitions {sorted(self.partitions)}"
+
+    def open_job_counts(self) -> dict[tuple[str, str], int]:
+        tally: Tally[tuple[str, str]] = Tally()
+        for part in list(self.partitions.values()):
+            for state in list(part.jobs.values()):
+                if state.phase is not Phase.DONE:
+                    tally[(state.vendor, state.status.value)] += 1
+        return dict(tally)
+
+    def open_jobs(self) -> int:
+        return sum(sum(1 for s in p.jobs.values() if s.phase is not Phase.DONE) for p in self.partitions.values())
+
+    # ---- the loop ------------------------------------------------------------------
+
+    async def _loop(self, stopper: asyncio.Task[Any]) -> None:
+        assert self.consumer is not None
+        while not stopper.done():
+            messages = await self.consumer.consume(self.settings.consume_batch, self._consume_timeout())
+            await self._turn(messages)
+
+    def _consume_timeout(self) -> float:
+        if not self._results.empty() or self._waiting_calls:
+            return 0.0
+        if self._outgoing or self._offsets_dirty or any(self._in_flight.values()) or self._restores:
+            return 0.02
+        nxt = self._timers.next_due_ms()
+        if nxt is None:
+            return 0.25
+        return max(0.0, min(0.25, (nxt - self._now_ms()) / 1000))
+
+    async def _turn(self, messages: list[Any]) -> None:
+        await self._on_messages(messages)
+        await self._apply_results()
+        self._fire_timers()
+        self._retry_waiting_calls()
+        if self._outgoing or self._offsets_dirty:
+            if not self._first_pending:
+                self._first_pending = time.monotonic()
+            due = time.monotonic() - self._first_pending >= self.settings.commit_interval_ms / 1000
+            if due or len(self._outgoing) >= 50_000:
+                await self._commit()
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # ---- requests ------------------------------------------------------------------
+
+    async def _on_messages(self, messages: list[Any]) -> None:
+        assert self.ingest is not None and self.consumer is not None
+        rewind: dict[int, int] = {}
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error", error=err.str())
+                continue
+            number = msg.partition()
+            part = self.partitions.get(number)
+            if part is None:
+                continue  # not ours (any more): the owner reads it
+            if not part.ready:
+                # Fetched before the pause took effect: read it again once restored.
+                rewind.setdefault(number, msg.offset())
+                continue
+            if number in rewind:
+                continue
+            await self._on_request(part, msg)
+        for number, offset in rewind.items():
+            await self.consumer.seek(TopicPartition(self.topics.requests, number, offset))
+
+    async def _on_request(self, part: OwnedPartition, msg: Any) -> None:
+        assert self.ingest is not None
+        self._offsets_dirty = True
+        now = self._now_ms()
+        outcome = await self.ingest.read(msg.key(), msg.value(), partition=part.number, offset=msg.offset(), now_ms=now)
+        if isinstance(outcome, Rejection):
+            self._dead_letter(part, msg, outcome, now)
+            if outcome.event is not None:
+                self._step(part, outcome.event.request_id, outcome.event)
+            return
+        self.metrics.requests.labels("read").inc()
+        self._step(part, outcome.request_id, _received(outcome))
+
+    def _dead_letter(self, part: OwnedPartition, msg: Any, rejection: Rejection, now_ms: int) -> None:
+        self.metrics.dead_letters.labels(rejection.reason_code).inc()
+        self.metrics.requests.labels("dead_lettered").inc()
+        ts_type, ts = msg.timestamp()
+        request_id = rejection.event.request_id if rejection.event is not None else None
+        log.warning(
+            "request dead-lettered",
+            reason_code=rejection.reason_code,
+            reason=rejection.reason,
+            partition=part.number,
+            offset=msg.offset(),
+            request_id=request_id,
+        )
+        record = dead_letter_record(
+            topic=msg.topic(),
+            partition=part.number,
+            offset=msg.offset(),
+            timestamp_ms=ts if ts_type != 0 else None,
+            key=msg.key(),
+            value=msg.value(),
+            headers=[(k, v) for k, v in (msg.headers() or [])],
+            reason_code=rejection.reason_code,
+            reason=redact_text(rejection.reason),
+            failed_at_ms=now_ms,
+            request_id=request_id,
+            worker=self.transactional_id,
+        )
+        self._emit(part.number, self.topics.dlq, msg.key() or b"", "DeadLetter", record, None)
+
+    # ---- engine steps ----------------------------------------------------------------
+
+    def _step(self, part: OwnedPartition, request_id: str, event: Event, *, slot: Connection | None = None) -> None:
+        state = part.jobs.get(request_id)
+        conn_name = (
+            state.connection if state is not None else getattr(getattr(event, "request", event), "connection", "")
+        )
+        conn = self.connections.get(conn_name)
+        policy = conn.policy if conn is not None else _FALLBACK_POLICY
+        transition = step(state, event, Context(self._now_ms(), self.rng.random(), policy))
+        new = transition.state
+        if new is None:
+            part.jobs.pop(request_id, None)
+        else:
+            part.jobs[request_id] = new
+        if transition.persist:
+            value = None if new is None else self.codec.encode("JobState", state_to_record(new), topic=self.topics.jobs)
+            self._outgoing.append(Outgoing(part.number, self.topics.jobs, request_id.encode(), value, part.number))
+        call: Call | None = None
+        for effect in transition.effects:
+            assert new is not None
+            if isinstance(effect, PublishStatus):
+                self._emit(
+                    part.number,
+                    self.topics.status,
+                    request_id.encode(),
+                    "JobStatusChanged",
+                    status_record(new, effect),
+                    None,
+                )
+                self.metrics.status_events.labels(new.vendor, effect.status.value).inc()
+                log.info(
+                    "status",
+                    request_id=request_id,
+                    vendor=new.vendor,
+                    connection=new.connection,
+                    vendor_job_id=new.vendor_job_id,
+                    status=effect.status.value,
+                    previous=effect.previous_status.value if effect.previous_status else None,
+                    sequence=effect.sequence,
+                    error=effect.error.message if effect.error else None,
+                )
+            elif isinstance(effect, Announce):
+                self._emit(
+                    part.number, self.topics.files, request_id.encode(), "FileReady", file_record(new, effect), None
+                )
+                self.metrics.files.labels(new.vendor).inc()
+            elif isinstance(effect, CallVendor) and conn is not None:
+                call = Call(part.number, part.incarnation, request_id, effect.kind, conn, new, slot is not None)
+        if call is not None:
+            if transition.persist:
+                self._after_commit.append(call)  # e.g. the SUBMITTING intent must be durable first
+            else:
+                self._dispatch(call)
+        elif slot is not None:
+            slot.limiter.release()
+        if (
+            new is not None
+            and new.next_action_at_ms > 0
+            and (state is None or new.next_action_at_ms != state.next_action_at_ms)
+        ):
+            self._timers.schedule(new.next_action_at_ms, part.number, request_id)
+
+    def _emit(
+        self, partition: int, topic: str, key: bytes, schema: str, record: dict[str, Any], target: int | None
+    ) -> None:
+        if not self._outgoing and not self._offsets_dirty:
+            self._first_pending = time.monotonic()
+        value = self.codec.encode(schema, record, topic=topic)
+        self._outgoing.append(Outgoing(partition, topic, key, value, target))
+
+    # ---- timers ----------------------------------------------------------------------
+
+    def _fire_timers(self) -> None:
+        if self._stopping:
+            return
+        now_ms = self._now_ms()
+        mono = time.monotonic()
+        deferred: Tally[str] = Tally()
+        for due, number, request_id in self._timers.pop_due(now_ms, TIMERS_PER_TURN):
+            part = self.partitions.get(number)
+            if part is None or not part.ready or part.revoking:
+                continue
+            state = part.jobs.get(request_id)
+            if state is None or state.next_action_at_ms != due:
+                continue  # stale entry: the job moved on
+            if state.phase is Phase.DONE:
+                self._step(part, request_id, TimerFired())
+                continue
+            conn = self.connections.get(state.connection)
+            if conn is None:
+                self._step(part, request_id, _no_connection(state))
+                continue
+            if state.phase is Phase.PENDING and conn.limiter.paused:
+                conn.parked.append((number, request_id))
+                continue
+            if not conn.limiter.try_acquire(mono):
+                # Space the waiting jobs out at the connection's rate instead of retrying all at once.
+                wait_s = conn.limiter.available_at(mono) - mono + deferred[conn.name] / conn.limiter.rate_per_s
+                deferred[conn.name] += 1
+                later = now_ms + max(1, int(wait_s * 1000))
+                part.jobs[request_id] = replace(state, next_action_at_ms=later)
+                self._timers.schedule(later, number, request_id)
+                continue
+            self.metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
+            self._step(part, request_id, TimerFired(), slot=conn)
+
+    def pause(self, connection: str) -> None:
+        conn = self.connections[connection]
+        conn.limiter.paused = True
+
+    def resume(self, connection: str) -> None:
+        conn = self.connections[connection]
+        conn.limiter.paused = False
+        now = self._now_ms()
+        for number, request_id in conn.parked:
+            part = self.partitions.get(number)
+            state = part.jobs.get(request_id) if part else None
+            if part is not None and state is not None and state.phase is Phase.PENDING:
+                part.jobs[request_id] = replace(state, next_action_at_ms=now)
+                self._timers.schedule(now, number, request_id)
+        conn.parked.clear()
+
+    # ---- vendor calls ----------------------------------------------------------------
+
+    def _dispatch(self, call: Call) -> None:
+        part = self.partitions.get(call.partition)
+        if part is None or part.incarnation != call.incarnation or part.revoking:
+            if call.has_slot:
+                call.connection.limiter.release()
+            return
+        if not call.has_slot:
+            if not call.connection.limiter.try_acquire(time.monotonic()):
+                self._waiting_calls.append(call)
+                return
+            call.has_slot = True
+        task = asyncio.create_task(self._run_call(call))
+        tasks = self._in_flight.setdefault(call.partition, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _retry_waiting_calls(self) -> None:
+        if not self._waiting_calls:
+            return
+        waiting, self._waiting_calls = self._waiting_calls, []
+        for call in waiting:
+            self._dispatch(call)
+
+    async def _run_call(self, call: Call) -> None:
+        state = call.state
+        conn = call.connection
+        adapter = conn.adapter
+        spec = JobSpec.from_json(
+            state.request_id,
+            state.tenant,
+            state.connection,
+            state.job_json,
+            correlation_id=state.correlation_id,
+            submit_attempt=state.submit_attempt,
+            labels=state.labels,
+        )
+        event: Event
+        try:
+            with structlog.contextvars.bound_contextvars(
+                request_id=state.request_id,
+                vendor=state.vendor,
+                connection=conn.name,
+                vendor_job_id=state.vendor_job_id,
+            ):
+                event = await self._call_adapter(adapter, call.kind, spec, state)
+        except VendorError as exc:
+            if isinstance(exc, RateLimited):
+                conn.limiter.block(time.monotonic(), exc.retry_after if exc.retry_after is not None else 1.0)
+            event = CallFailed(
+                kind=call.kind,
+                error=ErrorInfo(exc.code, redact_text(exc.message), exc.retriable),
+                retry_after_s=exc.retry_after,
+                outcome_unknown=exc.outcome_unknown,
+                busy=isinstance(exc, VendorBusy),
+            )
+            log.info(
+                "vendor call failed",
+                request_id=state.request_id,
+                vendor=state.vendor,
+                connection=conn.name,
+                operation=call.kind.value,
+                code=exc.code,
+                error=exc.message,
+            )
+        except asyncio.CancelledError:
+            conn.limiter.release()
+            raise
+        except Exception as exc:  # an adapter bug must not stop the worker; the job retries
+            log.exception("vendor adapter crashed", request_id=state.request_id, operation=call.kind.value)
+            event = CallFailed(
+                kind=call.kind,
+                error=ErrorInfo("adapter_error", redact_text(f"{type(exc).__name__}: {exc}"), True),
+                outcome_unknown=call.kind is CallKind.SUBMIT,
+            )
+        conn.limiter.release()
+        self._results.put_nowait(CallResult(call.partition, call.incarnation, call.request_id, event))
+
+    async def _call_adapter(self, adapter: VendorAdapter, kind: CallKind, spec: JobSpec, state: JobState) -> Event:
+        if kind is CallKind.SUBMIT:
+            return await adapter.submit(spec)
+        if kind is CallKind.RECONCILE:
+            return await adapter.reconcile(spec)
+        assert state.vendor_job_id is not None
+        if kind is CallKind.CANCEL:
+            if not isinstance(adapter, Cancellable):
+                raise VendorError(f"{state.vendor} has no cancel call")
+            return await adapter.cancel(spec, state.vendor_job_id)
+        return await adapter.poll(spec, state.vendor_job_id)
+
+    async def _apply_results(self) -> None:
+        while not self._results.empty():
+            item = self._results.get_nowait()
+            if isinstance(item, RestoreDone):
+                await self._install(item)
+                continue
+            part = self.partitions.get(item.partition)
+            if part is None or part.incarnation != item.incarnation:
+                continue  # the partition moved or was reset meanwhile: its new owner redoes it
+            self._step(part, item.request_id, item.event)
+
+    async def _drain_in_flight(self, numbers: set[int], deadline: float) -> None:
+        tasks = set().union(*(self._in_flight.get(n, set()) for n in numbers)) if numbers else set()
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        await self._apply_results()
+
+    # ---- transactions ----------------------------------------------------------------
+
+    async def _commit(self, group_metadata: Any = None) -> None:
+        """Commit state, events, dead letters and input positions atomically.
+
+        1. begin: nothing visible yet; a crash here loses nothing (inputs are re-read).
+        2. produce every pending record (export.jobs to the request's own partition).
+        3. send the consumer's positions with the group metadata: the coordinator
+           refuses them if this worker no longer owns its partitions (zombie fencing).
+        4. commit: all of it becomes visible to read_committed readers at once.
+        5. start the vendor calls that were waiting for their intent to be durable.
+        """
+        assert self.producer is not None and self.consumer is not None
+        if not self._outgoing and not self._offsets_dirty:
+            self._first_pending = 0.0
+            return
+        outgoing, self._outgoing = self._outgoing, []
+        calls, self._after_commit = self._after_commit, []
+        self._offsets_dirty = False
+        self._first_pending = 0.0
+        producer = self.producer
+        try:
+            await producer.begin_transaction()
+            futures = []
+            for out in outgoing:
+                if out.target_partition is None:
+                    futures.append(await producer.produce(out.topic, value=out.value, key=out.key))
+                else:
+                    futures.append(
+                        await producer.produce(out.topic, value=out.value, key=out.key, partition=out.target_partition)
+                    )
+            offsets = await self._positions()
+            if offsets:
+                metadata = group_metadata or await self.consumer.consumer_group_metadata()
+                await producer.send_offsets_to_transaction(offsets, metadata, 30)
+            await producer.commit_transaction(60)
+            await asyncio.gather(*futures, return_exceptions=True)
+        except KafkaException as exc:
+            await self._transaction_failed(exc)
+            return
+        self.metrics.transactions.labels("committed").inc()
+        for call in calls:
+            self._dispatch(call)
+
+    async def _positions(self) -> list[TopicPartition]:
+        assert self.consumer is not None
+        owned = [TopicPartition(self.topics.requests, n) for n, p in self.partitions.items() if p.ready]
+        if not owned:
+            return []
+        positions = await self.consumer.position(owned)
+        return [tp for tp in positions if tp.offset >= 0]
+
+    async def _transaction_failed(self, exc: KafkaException) -> None:
+        error: KafkaError = exc.args[0]
+        self.metrics.transactions.labels("aborted").inc()
+        if error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+            log.error("transactional producer fenced: another worker owns this work now", error=error.str())
+            raise WorkerFenced(error.str())
+        log.warning("transaction failed; aborting and restoring owned partitions", error=error.str())
+        with contextlib.suppress(KafkaException):
+            await self.producer.abort_transaction(30)  # type: ignore[union-attr]
+        # In-memory state ran ahead of what is durable: rebuild it from Kafka.
+        await self._resync(set(self.partitions))
+
+    async def _resync(self, numbers: set[int]) -> None:
+        """Forget in-memory state of these partitions and read it back from Kafka,
+        rewinding the consumer to the committed offsets."""
+        assert self.consumer is not None
+        if not numbers:
+            return
+        tps = [TopicPartition(self.topics.requests, n) for n in numbers]
+        await self.consumer.pause(tps)
+        committed = await self.consumer.committed(tps, timeout=30)
+        self._outgoing = [o for o in self._outgoing if o.partition not in numbers]
+        self._after_commit = [c for c in self._after_commit if c.partition not in numbers]
+        for tp in committed:
+            if tp.offset >= 0:
+                await self.consumer.seek(tp)
+        self._begin_restore(numbers)
+
+    # ---- rebalancing -----------------------------------------------------------------
+
+    async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        await consumer.incremental_assign(partitions)
+        ours = [tp for tp in partitions if tp.topic == self.topics.requests]
+        if not ours:
+            return
+        await consumer.pause(ours)
+        numbers = {tp.partition for tp in ours}
+        log.info("partitions assigned", partitions=sorted(numbers))
+        self._begin_restore(numbers)
+        self.metrics.assigned.set(len(self.partitions))
+
+    def _begin_restore(self, numbers: set[int]) -> None:
+        incarnations = {}
+        for n in numbers:
+            self._incarnation += 1
+            self.partitions[n] = OwnedPartition(n, self._incarnation)
+            incarnations[n] = self._incarnation
+        task = asyncio.create_task(self._restore(incarnations))
+        self._restores.add(task)
+        task.add_done_callback(self._restores.discard)
+
+    async def _restore(self, incarnations: dict[int, int]) -> None:
+        started = time.monotonic()
+        try:
+            restored = await kafka_io.restore(self.settings, self.topics.jobs, sorted(incarnations), admin=self.admin)
+        except Exception:
+            log.exception("restore failed; retrying", partitions=sorted(incarnations))
+            await asyncio.sleep(1.0)
+            task = asyncio.create_task(self._restore(incarnations))
+            self._restores.add(task)
+            task.add_done_callback(self._restores.discard)
+            return
+        states: dict[int, list[JobState]] = {}
+        for part in restored:
+            decoded = []
+            for key, value in part.values.items():
+                try:
+                    decoded.append(state_from_record(await self.codec.decode_async("JobState", value)))
+                except Exception as exc:  # a state we cannot read must not stop the others
+                    log.error("unreadable job state skipped", key=key.decode("utf-8", "replace"), error=str(exc))
+            states[part.partition] = decoded
+        self._results.put_nowait(RestoreDone(incarnations, states, time.monotonic() - started))
+
+    async def _install(self, done: RestoreDone) -> None:
+        assert self.consumer is not None
+        ready = []
+        total = 0
+        for number, incarnation in done.incarnations.items():
+            part = self.partitions.get(number)
+            if part is None or part.incarnation != incarnation:
+                continue
+            for state in done.states.get(number, []):
+                conn = self.connections.get(state.connection)
+                ctx = Context(self._now_ms(), self.rng.random(), conn.policy if conn else _FALLBACK_POLICY)
+                resumed = step(state, Restored(), ctx).state
+                assert resumed is not None
+                part.jobs[state.request_id] = resumed
+                if resumed.next_action_at_ms > 0:
+                    self._timers.schedule(resumed.next_action_at_ms, number, state.request_id)
+                total += 1
+            part.ready = True
+            ready.append(TopicPartition(self.topics.requests, number))
+        if ready:
+            await self.consumer.resume(ready)
+        self.metrics.restore_seconds.observe(done.seconds)
+        self.metrics.restored_jobs.inc(total)
+        log.info(
+            "partitions restored",
+            partitions=sorted(tp.partition for tp in ready),
+            jobs=total,
+            seconds=round(done.seconds, 3),
+        )
+
+    async def _on_revoke(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        numbers = {tp.partition for tp in partitions if tp.topic == self.topics.requests}
+        if not numbers:
+            return
+        for n in numbers:
+            if n in self.partitions:
+                self.partitions[n].revoking = True
+        metadata = await consumer.consumer_group_metadata()
+        if self.producer is not None:
+            deadline = time.monotonic() + (0 if self._stopping else self.settings.revoke_drain_s)
+            await self._drain_in_flight(numbers, deadline)
+            try:
+                await self._commit(metadata)
+            except WorkerFenced:
+                log.error("fenced while handing partitions over", partitions=sorted(numbers))
+        self._drop(numbers)
+        log.info("partitions revoked", partitions=sorted(numbers))
+
+    async def _on_lost(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        numbers = {tp.partition for tp in partitions if tp.topic == self.topics.requests}
+        log.warning("partitions lost (session expired): dropping uncommitted work", partitions=sorted(numbers))
+        self._outgoing = [o for o in self._outgoing if o.partition not in numbers]
+        self._after_commit = [c for c in self._after_commit if c.partition not in numbers]
+        self._drop(numbers)
+
+    def _drop(self, numbers: set[int]) -> None:
+        for n in numbers:
+            self.partitions.pop(n, None)
+            for task in self._in_flight.pop(n, set()):
+                task.cancel()
+        self._waiting_calls = [c for c in self._waiting_calls if c.partition not in numbers]
+        for conn in self.connections.values():
+            conn.parked = [(p, r) for p, r in conn.parked if p not in numbers]
+        self._timers.compact(set(self.partitions))
+        self.metrics.assigned.set(len(self.partitions))
+
+
+_FALLBACK_POLICY = Policy()
+
+
+def _received(request: RequestInfo) -> Event:
+    return RequestReceived(request)
+
+
+def _no_connection(state: JobState) -> Event:
+    kind = CallKind.SUBMIT if state.phase in (Phase.PENDING, Phase.SUBMITTING) else CallKind.POLL
+    return CallFailed(
+        kind=kind,
+        error=ErrorInfo("unknown_connection", f"connection {state.connection!r} is no longer configured", False),
+    )

@@ -1,0 +1,184 @@
+"""What every simulator shares: tokens, a request log, jobs that progress with time,
+fault injection and the ``/_sim`` control routes.
+
+Control routes (not part of any vendor API):
+  GET  /_sim/jobs          every job created (id, match key, status, created_at)
+  GET  /_sim/requests      the HTTP requests received (for contract tests)
+  POST /_sim/faults        change the FaultPlan (JSON object of fields)
+  POST /_sim/expire-tokens invalidate every token issued so far
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from worker.simulators.faults import FaultPlan, Faults
+
+
+@dataclass
+class SimJob:
+    job_id: str
+    match_key: str  # what ties the job to a client request (correlation id, external_ref ...)
+    body: Any
+    created: float
+    fails: bool
+    durations: tuple[float, ...]
+    cancelled_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stage(self, now: float) -> int:
+        """Index of the current stage: 0 .. len(durations) (the last means finished)."""
+        elapsed = now - self.created
+        for i, _ in enumerate(self.durations):
+            elapsed -= self.durations[i]
+            if elapsed < 0:
+                return i
+        return len(self.durations)
+
+
+@dataclass
+class Timing:
+    """How long each in-progress stage of a simulated job lasts, in seconds."""
+
+    stages: tuple[float, ...] = (1.0, 1.0, 1.0)
+    token_ttl_s: float = 3600.0
+    link_ttl_s: float = 30 * 86400.0
+
+
+class Simulator:
+    """Base for one vendor's simulator; subclasses add the vendor's routes."""
+
+    vendor = "vendor"
+    api_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, *, timing: Timing | None = None, faults: FaultPlan | None = None, seed: int | None = None):
+        self.timing = timing or Timing()
+        self.faults = Faults(faults, seed=seed)
+        self.tokens: dict[str, float] = {}  # token -> expiry (monotonic)
+        self.jobs: dict[str, SimJob] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+
+    # ---- building blocks for subclasses ----------------------------------------------
+    def issue_token(self) -> tuple[str, int]:
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = time.monotonic() + self.timing.token_ttl_s
+        return token, int(self.timing.token_ttl_s)
+
+    def token_valid(self, token: str | None) -> bool:
+        expiry = self.tokens.get(token or "")
+        return expiry is not None and expiry > time.monotonic()
+
+    def bearer(self, request: web.Request, scheme: str = "bearer") -> str | None:
+        header = request.headers.get("Authorization", "")
+        prefix = f"{scheme} "
+        if header.lower().startswith(prefix):
+            return header[len(prefix) :].strip()
+        return None
+
+    def new_job(self, match_key: str, body: Any, **extra: Any) -> SimJob:
+        job = SimJob(
+            job_id=self.make_job_id(),
+            match_key=match_key,
+            body=body,
+            created=time.monotonic(),
+            fails=self.faults.job_fails(),
+            durations=self.timing.stages,
+            extra=dict(extra),
+        )
+        self.jobs[job.job_id] = job
+        return job
+
+    def make_job_id(self) -> str:
+        import uuid
+
+        return str(uuid.uuid4())
+
+    def is_api(self, request: web.Request) -> bool:
+        return request.path.startswith(self.api_prefixes)
+
+    def is_authenticated_call(self, request: web.Request) -> bool:
+        return self.is_api(request)
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    # ---- app -------------------------------------------------------------------------
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/_sim"):
+            body = await request.read()
+            self.requests.append(
+                {
+                    "method": request.method,
+                    "path": request.path,
+                    "query": dict(request.query),
+                    "headers": dict(request.headers),
+                    "body": body.decode("utf-8", "replace"),
+                }
+            )
+        return await handler(request)
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[
+                self._record,
+                self.faults.middleware(is_api=self.is_api, authenticated=self.is_authenticated_call),
+            ]
+        )
+        app.router.add_get("/_sim/jobs", self._sim_jobs)
+        app.router.add_get("/_sim/requests", self._sim_requests)
+        app.router.add_post("/_sim/faults", self._sim_faults)
+        app.router.add_post("/_sim/expire-tokens", self._sim_expire)
+        self.routes(app)
+        return app
+
+    async def _sim_jobs(self, _request: web.Request) -> web.Response:
+        now = time.monotonic()
+        return web.json_response(
+            [
+                {
+                    "job_id": j.job_id,
+                    "match_key": j.match_key,
+                    "stage": j.stage(now),
+                    "fails": j.fails,
+                    "cancelled": j.cancelled_at is not None,
+                }
+                for j in self.jobs.values()
+            ]
+        )
+
+    async def _sim_requests(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
+
+    async def _sim_faults(self, request: web.Request) -> web.Response:
+        try:
+            self.faults.plan.update(await request.json())
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"faults": self.faults.plan.as_dict(), "injected": self.faults.injected})
+
+    async def _sim_expire(self, _request: web.Request) -> web.Response:
+        self.tokens.clear()
+        return web.json_response({"expired": True})
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+        bound = sockets[0].getsockname()[1] if sockets else port
+        self.base_url = f"http://{host}:{bound}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

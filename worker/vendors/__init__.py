@@ -1,0 +1,63 @@
+"""Vendor adapters, one module each, registered by vendor name."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from worker.config import ConnectionConfig
+from worker.errors import ConfigError
+from worker.vendors.base import Cancellable, JobSpec, VendorAdapter
+from worker.vendors.http import Observer, VendorHttp
+
+__all__ = ["Cancellable", "JobSpec", "VendorAdapter", "adapter_class", "build_adapter", "validator"]
+
+# vendor name -> module under worker.vendors holding `<Name>Adapter` and `validate`
+MODULES: dict[str, tuple[str, str]] = {
+    "itron": ("worker.vendors.itron", "ItronAdapter"),
+    "opengate": ("worker.vendors.opengate", "OpenGateAdapter"),
+    "elasticpath": ("worker.vendors.elasticpath", "ElasticPathAdapter"),
+    "unicommerce": ("worker.vendors.unicommerce", "UnicommerceAdapter"),
+}
+
+Validator = Callable[[dict[str, Any], int, ConnectionConfig], None]
+
+
+def _module(vendor: str) -> Any:
+    try:
+        module_name, _ = MODULES[vendor]
+    except KeyError:
+        raise ConfigError(f"unknown vendor {vendor!r}") from None
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise ConfigError(f"vendor {vendor!r} is not available in this build") from None
+        raise
+
+
+def adapter_class(vendor: str) -> type[Any]:
+    return getattr(_module(vendor), MODULES[vendor][1])  # type: ignore[no-any-return]
+
+
+def validator(vendor: str) -> Validator:
+    return _module(vendor).validate  # type: ignore[no-any-return]
+
+
+def build_adapter(
+    name: str,
+    conn: ConnectionConfig,
+    session: aiohttp.ClientSession,
+    *,
+    observe: Observer | None = None,
+    **extras: Any,
+) -> VendorAdapter:
+    """Create the adapter for connection ``name``; ``extras`` go to adapters that take them
+    (e.g. ``result_store`` for vendors whose result the worker collects)."""
+    http = VendorHttp(session, connection=name, base_url=conn.base_url, timeout_s=conn.timeout_s, observe=observe)
+    cls = adapter_class(conn.vendor)
+    accepted = getattr(cls, "extras", ())
+    return cls(conn, http, **{k: v for k, v in extras.items() if k in accepted})  # type: ignore[no-any-return]
