@@ -161,6 +161,7 @@ class Settings(BaseSettings):
         default_factory=_default_instance, description="stable per worker; names its transactional.id"
     )
     schema_registry_url: str | None = None
+    schema_registry_basic_auth: str | None = Field(None, description="user:password for the registry")
     connections_file: Path | None = None
     result_store_url: str = "file://./export-results"
     http_host: str = "0.0.0.0"

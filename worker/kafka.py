@@ -7,6 +7,7 @@ confluent-kafka's asyncio ``AIOConsumer`` / ``AIOProducer``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,6 +20,13 @@ from confluent_kafka.aio import AIOConsumer
 from worker.config import Settings
 from worker.errors import ConfigError, ExportWorkerError
 
+# librdkafka's own log lines go through Python logging (rendered by structlog).
+CLIENT_LOGGER = logging.getLogger("export_worker.kafka")
+
+
+def base_config(settings: Settings) -> dict[str, Any]:
+    return {**settings.librdkafka(), "logger": CLIENT_LOGGER}
+
 
 class BrokerUnavailable(ExportWorkerError):
     """The Kafka cluster cannot be reached or refused an admin call."""
@@ -28,7 +36,7 @@ class BrokerUnavailable(ExportWorkerError):
 
 def consumer_config(settings: Settings, *, group_id: str | None = None) -> dict[str, Any]:
     return {
-        **settings.librdkafka(),
+        **base_config(settings),
         "group.id": group_id or settings.group_id,
         "client.id": f"{settings.group_id}-{settings.instance_id}",
         "enable.auto.commit": False,
@@ -45,7 +53,7 @@ def consumer_config(settings: Settings, *, group_id: str | None = None) -> dict[
 
 def producer_config(settings: Settings, *, transactional_id: str | None = None) -> dict[str, Any]:
     conf: dict[str, Any] = {
-        **settings.librdkafka(),
+        **base_config(settings),
         "client.id": f"{settings.group_id}-{settings.instance_id}",
         "enable.idempotence": True,
         "acks": "all",
@@ -61,7 +69,7 @@ def producer_config(settings: Settings, *, transactional_id: str | None = None) 
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient(settings.librdkafka())
+    return AdminClient(base_config(settings))
 
 
 async def _wait(future: Any, what: str, timeout: float = 30.0) -> Any:
@@ -191,7 +199,7 @@ async def restore(
     # transaction times out (transaction_timeout_ms) or its owner restarts.
     await wait_stable(admin, topic, partitions, timeout=settings.transaction_timeout_ms / 1000 + 5)
     conf = {
-        **settings.librdkafka(),
+        **base_config(settings),
         "group.id": f"{settings.group_id}.restore",
         "enable.auto.commit": False,
         "isolation.level": "read_committed",

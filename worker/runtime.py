@@ -57,6 +57,7 @@ from worker.ingest import Ingest, Rejection
 from worker.observability import Metrics, SidePort
 from worker.records import dead_letter_record, file_record, state_from_record, state_to_record, status_record
 from worker.redaction import redact_text
+from worker.registry import registry_for
 from worker.results import ResultStore, result_store_from_url
 from worker.scheduler import Limiter, TimerHeap
 from worker.vendors import Cancellable, JobSpec, VendorAdapter, build_adapter
@@ -235,6 +236,8 @@ class Worker:
 
     async def _start(self) -> None:
         await kafka_io.ensure_topics(self.settings, self.admin)
+        if self.settings.schema_registry_url and self.codec.registry is None:
+            self.codec = Codec(self.codec.schemas, await registry_for(self.settings, self.codec.schemas))
         configs = self._connection_configs
         if configs is None:
             configs = load_connection_configs(self.settings)

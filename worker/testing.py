@@ -16,7 +16,7 @@ from confluent_kafka.aio import AIOConsumer, AIOProducer
 
 from worker.codec import Codec
 from worker.config import Settings, TopicSettings
-from worker.kafka import describe_partitions, producer_config
+from worker.kafka import admin_client, base_config, describe_partitions, producer_config
 
 T = TypeVar("T")
 
@@ -147,15 +147,13 @@ class OutputReader:
         if self.include_jobs:
             self._names[t.jobs] = "JobState"
         conf = {
-            **self.settings.librdkafka(),
+            **base_config(self.settings),
             "group.id": "export-worker-test-reader",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
         }
         self._consumer = AIOConsumer(conf, max_workers=2)
-        from confluent_kafka.admin import AdminClient
-
-        counts = await describe_partitions(AdminClient(self.settings.librdkafka()), list(self._names))
+        counts = await describe_partitions(admin_client(self.settings), list(self._names))
         tps = [TopicPartition(topic, p, OFFSET_BEGINNING) for topic, n in counts.items() for p in range(n)]
         await self._consumer.assign(tps)
         return self

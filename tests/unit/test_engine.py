@@ -1,0 +1,331 @@
+"""The pure state machine, one behaviour per test (no I/O, time passed in)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from worker.engine.machine import Context, step
+from worker.engine.model import (
+    Announce,
+    CallFailed,
+    CallKind,
+    CallVendor,
+    CancelAnswered,
+    ErrorInfo,
+    FileInfo,
+    JobState,
+    Phase,
+    PollAnswered,
+    PublishStatus,
+    ReconcileAnswered,
+    RequestInfo,
+    RequestReceived,
+    RequestRejected,
+    Restored,
+    Status,
+    SubmitAnswered,
+    TimerFired,
+    Transition,
+)
+from worker.engine.policy import Policy, UnknownOutcome
+
+NOW = 1_700_000_000_000
+POLICY = Policy(jitter=0.0, link_ttl_s=3600, retention_s=86400, max_failing_s=60)
+
+
+def ctx(now: int = NOW, policy: Policy = POLICY, u: float = 0.5) -> Context:
+    return Context(now, u, policy)
+
+
+def request(rid: str = "r1", *, offset: int = 10, partition: int = 0, cancel: bool = False) -> RequestInfo:
+    return RequestInfo(
+        request_id=rid,
+        tenant="acme",
+        connection="itron",
+        vendor="itron",
+        job_json='{"type":"ItronBatchRequest"}',
+        requested_at_ms=NOW,
+        partition=partition,
+        offset=offset,
+        cancel=cancel,
+    )
+
+
+def statuses(tr: Transition) -> list[Status]:
+    return [e.status for e in tr.effects if isinstance(e, PublishStatus)]
+
+
+def calls(tr: Transition) -> list[CallKind]:
+    return [e.kind for e in tr.effects if isinstance(e, CallVendor)]
+
+
+def accepted() -> JobState:
+    tr = step(None, RequestReceived(request()), ctx())
+    assert tr.state is not None
+    return tr.state
+
+
+def submitting(policy: Policy = POLICY) -> JobState:
+    tr = step(accepted(), TimerFired(), ctx(policy=policy))
+    assert tr.state is not None
+    return tr.state
+
+
+def active() -> JobState:
+    tr = step(submitting(), SubmitAnswered("job-1", "New", Status.QUEUED), ctx())
+    assert tr.state is not None
+    return tr.state
+
+
+def succeeded(expires_at_ms: int | None = NOW + 10_000) -> JobState:
+    file = FileInfo("https://blob/x.zip?se=1", "csv.zip", expires_at_ms)
+    tr = step(active(), PollAnswered("Success", Status.SUCCEEDED, file=file), ctx())
+    assert tr.state is not None
+    return tr.state
+
+
+class TestNewRequests:
+    def test_new_request_is_accepted_persisted_and_due_now(self) -> None:
+        """A new request publishes ACCEPTED with sequence 1 and is due for submit at once."""
+        tr = step(None, RequestReceived(request()), ctx())
+        assert tr.persist and tr.state is not None
+        assert statuses(tr) == [Status.ACCEPTED]
+        assert tr.state.phase is Phase.PENDING and tr.state.sequence == 1
+        assert tr.state.next_action_at_ms == NOW
+
+    def test_timer_on_pending_writes_intent_before_submitting(self) -> None:
+        """The submit call comes with a persisted SUBMITTING intent (attempt 1), never without."""
+        tr = step(accepted(), TimerFired(), ctx())
+        assert tr.state is not None and tr.state.phase is Phase.SUBMITTING
+        assert tr.persist and calls(tr) == [CallKind.SUBMIT]
+        assert tr.state.submit_attempt == 1
+        assert tr.state.next_action_at_ms == 0  # no timer while the call is in flight
+
+    def test_submit_answer_publishes_submitted_and_schedules_first_poll(self) -> None:
+        tr = step(submitting(), SubmitAnswered("job-1", "New", Status.QUEUED), ctx())
+        assert tr.state is not None and tr.state.phase is Phase.ACTIVE
+        assert statuses(tr) == [Status.SUBMITTED] and tr.state.sequence == 2
+        assert tr.state.vendor_job_id == "job-1"
+        assert tr.state.next_action_at_ms == NOW + int(POLICY.first_poll_s * 1000)
+
+
+class TestPolling:
+    def test_status_change_is_published_once(self) -> None:
+        """RUNNING is published on the first answer that says so, not on the next identical one."""
+        first = step(active(), PollAnswered("Running", Status.RUNNING), ctx())
+        assert statuses(first) == [Status.RUNNING] and first.persist
+        assert first.state is not None
+        again = step(first.state, PollAnswered("Running", Status.RUNNING), ctx(NOW + 1000))
+        assert statuses(again) == [] and not again.persist
+        assert again.state is not None and again.state.next_action_at_ms > NOW + 1000
+
+    def test_poll_interval_grows_to_the_maximum(self) -> None:
+        state = active()
+        delays = []
+        now = NOW
+        for _ in range(12):
+            tr = step(state, PollAnswered("Running", Status.RUNNING), ctx(now))
+            assert tr.state is not None
+            delays.append(tr.state.next_action_at_ms - now)
+            state = tr.state
+        assert delays[1] > delays[0]
+        assert max(delays) == int(POLICY.poll_max_s * 1000)
+
+    def test_success_announces_one_file_and_ends_the_job(self) -> None:
+        file = FileInfo("https://blob/x.zip", "csv.zip", None)
+        tr = step(active(), PollAnswered("Success", Status.SUCCEEDED, file=file), ctx())
+        assert tr.state is not None and tr.state.phase is Phase.DONE
+        assert statuses(tr) == [Status.SUCCEEDED]
+        announces = [e for e in tr.effects if isinstance(e, Announce)]
+        assert len(announces) == 1 and not announces[0].reannounced
+        # An unknown link expiry gets the configured default.
+        assert announces[0].file.expires_at_ms == NOW + 3600 * 1000
+
+    def test_success_without_a_link_keeps_polling(self) -> None:
+        """file-ready only with a non-empty link: a bare Success is not the end."""
+        tr = step(active(), PollAnswered("Success", Status.SUCCEEDED, file=None), ctx())
+        assert tr.state is not None and tr.state.phase is Phase.ACTIVE
+        assert statuses(tr) == [] and tr.state.next_action_at_ms > NOW
+
+    def test_vendor_failure_ends_failed_with_its_message(self) -> None:
+        error = ErrorInfo("vendor_failed", "disk full", False)
+        tr = step(active(), PollAnswered("Failed", Status.FAILED, error=error), ctx())
+        assert tr.state is not None and tr.state.status is Status.FAILED and tr.state.phase is Phase.DONE
+        published = [e for e in tr.effects if isinstance(e, PublishStatus)]
+        assert published[0].error == error
+
+    def test_transient_poll_errors_back_off_then_give_up(self) -> None:
+        """5xx keeps the job alive with growing delays, and fails it only after max_failing_s."""
+        state = active()
+        err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))
+        tr = step(state, err, ctx(NOW))
+        assert tr.state is not None and tr.state.phase is Phase.ACTIVE and tr.state.failing_since_ms == NOW
+        tr = step(tr.state, err, ctx(NOW + 30_000))
+        assert tr.state is not None and tr.state.phase is Phase.ACTIVE
+        tr = step(tr.state, err, ctx(NOW + 61_000))
+        assert tr.state is not None and tr.state.status is Status.FAILED
+        assert "gave up after 61 s" in (tr.state.error.message if tr.state.error else "")
+
+    def test_retry_after_is_never_shortened(self) -> None:
+        err = CallFailed(CallKind.POLL, ErrorInfo("rate_limited", "429", True), retry_after_s=42)
+        tr = step(active(), err, ctx())
+        assert tr.state is not None and tr.state.next_action_at_ms >= NOW + 42_000
+
+    def test_a_successful_answer_resets_the_error_run(self) -> None:
+        err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))
+        tr = step(active(), err, ctx(NOW))
+        assert tr.state is not None
+        tr = step(tr.state, PollAnswered("Running", Status.RUNNING), ctx(NOW + 1000))
+        assert tr.state is not None and tr.state.failing_since_ms == 0
+
+
+class TestSubmitFailures:
+    def test_rate_limited_submit_returns_to_pending_without_flag(self) -> None:
+        """A 429 means the vendor did nothing: retry plainly, no possible_duplicate."""
+        err = CallFailed(CallKind.SUBMIT, ErrorInfo("rate_limited", "429", True), retry_after_s=5)
+        tr = step(submitting(), err, ctx())
+        assert tr.state is not None and tr.state.phase is Phase.PENDING and tr.persist
+        assert not tr.state.possible_duplicate
+        assert tr.state.next_action_at_ms >= NOW + 5000
+
+    def test_lost_submit_answer_keeps_the_intent(self) -> None:
+        """A timeout after sending may have created a job: stay SUBMITTING to reconcile."""
+        err = CallFailed(CallKind.SUBMIT, ErrorInfo("vendor_unavailable", "timeout", True), outcome_unknown=True)
+        tr = step(submitting(), err, ctx())
+        assert tr.state is not None and tr.state.phase is Phase.SUBMITTING and tr.state.next_action_at_ms > NOW
+
+    def test_rejected_submit_fails_the_request(self) -> None:
+        err = CallFailed(CallKind.SUBMIT, ErrorInfo("vendor_rejected", "HTTP 400: bad filter", False))
+        tr = step(submitting(), err, ctx())
+        assert tr.state is not None and tr.state.status is Status.FAILED
+        assert statuses(tr) == [Status.FAILED]
+
+    def test_busy_vendor_queues_instead_of_failing(self) -> None:
+        """Elastic Path's one-billing-run-per-store refusal waits and tries again."""
+        err = CallFailed(CallKind.SUBMIT, ErrorInfo("vendor_busy", "409", True), busy=True)
+        tr = step(submitting(), err, ctx())
+        assert tr.state is not None and tr.state.phase is Phase.PENDING and tr.state.status is Status.ACCEPTED
+        assert tr.state.next_action_at_ms >= NOW + POLICY.busy_retry_s * 800
+        assert statuses(tr) == []
+
+
+class TestRestoreAndReconcile:
+    def test_restored_intent_is_reconciled_when_the_vendor_can_tell(self) -> None:
+        policy = replace(POLICY, can_reconcile=True)
+        state = step(submitting(policy), Restored(), ctx(policy=policy)).state
+        assert state is not None and state.next_action_at_ms >= NOW
+        tr = step(state, TimerFired(), ctx(state.next_action_at_ms, policy))
+        assert calls(tr) == [CallKind.RECONCILE] and not tr.persist
+
+    def test_reconcile_finding_the_job_resumes_it_without_a_duplicate(self) -> None:
+        policy = replace(POLICY, can_reconcile=True)
+        tr = step(submitting(policy), ReconcileAnswered(True, "job-9", "pending", Status.QUEUED), ctx(policy=policy))
+        assert tr.state is not None and tr.state.vendor_job_id == "job-9" and tr.state.phase is Phase.ACTIVE
+        assert not tr.state.possible_duplicate and statuses(tr) == [Status.SUBMITTED]
+
+    def test_reconcile_finding_nothing_submits_again_unflagged(self) -> None:
+        policy = replace(POLICY, can_reconcile=True)
+        tr = step(submitting(policy), ReconcileAnswered(True, None), ctx(policy=policy))
+        assert tr.state is not None and calls(tr) == [CallKind.SUBMIT] and tr.persist
+        assert tr.state.submit_attempt == 2 and not tr.state.possible_duplicate
+
+    def test_vendor_that_cannot_tell_resubmits_flagged(self) -> None:
+        """Itron and Unicommerce: resubmit and say possible_duplicate on every later event."""
+        tr = step(submitting(), TimerFired(), ctx())
+        assert tr.state is not None and tr.state.possible_duplicate and calls(tr) == [CallKind.SUBMIT]
+        assert tr.persist and tr.state.submit_attempt == 2
+
+    def test_fail_policy_ends_the_request_clearly(self) -> None:
+        policy = replace(POLICY, unknown_outcome=UnknownOutcome.FAIL)
+        tr = step(submitting(policy), TimerFired(), ctx(policy=policy))
+        assert tr.state is not None and tr.state.status is Status.FAILED
+        assert tr.state.error is not None and tr.state.error.code == "submit_outcome_unknown"
+
+    def test_restored_overdue_polls_are_spread_not_bunched(self) -> None:
+        state = replace(active(), next_action_at_ms=NOW - 50_000)
+        dues = {step(state, Restored(), ctx(u=u)).state.next_action_at_ms for u in (0.0, 0.5, 0.99)}  # type: ignore[union-attr]
+        assert len(dues) == 3 and min(dues) >= NOW
+
+
+class TestDuplicatesAndReplays:
+    def test_redelivery_of_the_same_message_changes_nothing(self) -> None:
+        tr = step(active(), RequestReceived(request(offset=10)), ctx())
+        assert tr.effects == () and not tr.persist
+
+    def test_duplicate_of_an_open_request_creates_no_job(self) -> None:
+        state = active()
+        tr = step(state, RequestReceived(request(offset=11)), ctx())
+        assert statuses(tr) == [Status.DUPLICATE] and calls(tr) == []
+        assert tr.state is not None and tr.state.status is Status.SUBMITTED  # its own status is unchanged
+        assert tr.state.sequence == state.sequence + 1
+
+    def test_replay_of_a_finished_request_reannounces_its_file(self) -> None:
+        tr = step(succeeded(), RequestReceived(request(offset=99)), ctx())
+        announces = [e for e in tr.effects if isinstance(e, Announce)]
+        assert len(announces) == 1 and announces[0].reannounced
+        assert calls(tr) == []
+
+    def test_replay_after_the_link_expired_says_so(self) -> None:
+        state = succeeded(expires_at_ms=NOW + 1000)
+        expired = step(state, TimerFired(), ctx(NOW + 2000))
+        assert statuses(expired) == [Status.EXPIRED]
+        assert expired.state is not None
+        tr = step(expired.state, RequestReceived(request(offset=99)), ctx(NOW + 3000))
+        published = [e for e in tr.effects if isinstance(e, PublishStatus)]
+        assert [p.status for p in published] == [Status.DUPLICATE]
+        assert published[0].error is not None and published[0].error.code == "link_expired"
+        assert not [e for e in tr.effects if isinstance(e, Announce)]
+
+    def test_rejected_id_can_come_back_fixed_with_sequence_continuing(self) -> None:
+        rejected = step(
+            None,
+            RequestRejected("r1", "acme", "nope", "", 0, 5, ErrorInfo("unknown_connection", "no such", False)),
+            ctx(),
+        ).state
+        assert rejected is not None and rejected.status is Status.REJECTED and rejected.sequence == 1
+        tr = step(rejected, RequestReceived(request(offset=6)), ctx())
+        assert statuses(tr) == [Status.ACCEPTED]
+        assert tr.state is not None and tr.state.sequence == 2 and tr.state.phase is Phase.PENDING
+
+
+class TestRetention:
+    def test_finished_job_expires_then_is_forgotten_after_retention(self) -> None:
+        """SUCCEEDED -> EXPIRED at the (default) link expiry, then a tombstone after retention."""
+        state = succeeded(expires_at_ms=None)
+        assert state.next_action_at_ms == NOW + 3_600_000  # link_ttl_s default applied
+        expired = step(state, TimerFired(), ctx(NOW + 3_600_000))
+        assert statuses(expired) == [Status.EXPIRED] and expired.state is not None
+        assert expired.state.next_action_at_ms == NOW + 86_400_000
+        tr = step(expired.state, TimerFired(), ctx(NOW + 86_400_000))
+        assert tr.state is None and tr.persist  # a tombstone
+
+    def test_failed_job_is_forgotten_after_retention(self) -> None:
+        error = ErrorInfo("vendor_failed", "x", False)
+        failed = step(active(), PollAnswered("Failed", Status.FAILED, error=error), ctx()).state
+        assert failed is not None
+        early = step(failed, TimerFired(), ctx(NOW + 1000))
+        assert early.state is not None and early.effects == ()
+        tr = step(failed, TimerFired(), ctx(NOW + 86_400_000))
+        assert tr.state is None and tr.persist
+
+
+class TestCancel:
+    def test_cancel_before_submit_cancels_locally(self) -> None:
+        tr = step(accepted(), RequestReceived(request(offset=20, cancel=True)), ctx())
+        assert statuses(tr) == [Status.CANCELLED] and calls(tr) == []
+
+    def test_cancel_of_an_active_job_calls_the_vendor(self) -> None:
+        policy = replace(POLICY, can_cancel=True)
+        tr = step(active(), RequestReceived(request(offset=20, cancel=True)), ctx(policy=policy))
+        assert calls(tr) == [CallKind.CANCEL] and tr.state is not None and tr.state.cancel_requested
+        done = step(tr.state, CancelAnswered("CANCELLED", Status.CANCELLED), ctx(policy=policy))
+        assert statuses(done) == [Status.CANCELLED]
+
+    def test_cancel_without_vendor_support_is_answered_not_ignored(self) -> None:
+        tr = step(active(), RequestReceived(request(offset=20, cancel=True)), ctx())
+        published = [e for e in tr.effects if isinstance(e, PublishStatus)]
+        assert published and published[0].error is not None and published[0].error.code == "cancel_unsupported"
+
+    def test_cancel_of_an_unknown_request_is_rejected(self) -> None:
+        tr = step(None, RequestReceived(request(cancel=True)), ctx())
+        assert statuses(tr) == [Status.REJECTED]
