@@ -158,27 +158,54 @@ class RestoredPartition:
     seconds: float
 
 
-async def wait_stable(admin: AdminClient, topic: str, partitions: list[int], *, timeout: float) -> None:
-    """Wait until no transaction is open on these partitions (last stable offset =
-    high watermark), so a restore cannot miss the previous owner's last commit."""
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+async def list_offsets(
+    admin: AdminClient, topic: str, partitions: list[int], isolation: IsolationLevel, *, timeout: float = 30.0
+) -> dict[int, int]:
+    """Latest offsets (high watermark, or last stable offset with READ_COMMITTED),
+    retrying the transient errors of freshly created or moving partitions."""
     deadline = time.monotonic() + timeout
-    tps = [TopicPartition(topic, p) for p in partitions]
-    target: dict[int, int] = {}
-    for tp, fut in admin.list_offsets(
-        {tp: OffsetSpec.latest() for tp in tps}, isolation_level=IsolationLevel.READ_UNCOMMITTED
-    ).items():
-        target[tp.partition] = (await _wait(fut, "list offsets")).offset
     while True:
-        stable = admin.list_offsets(
-            {tp: OffsetSpec.latest() for tp in tps}, isolation_level=IsolationLevel.READ_COMMITTED
-        )
-        lagging = []
-        for tp, fut in stable.items():
-            if (await _wait(fut, "list offsets")).offset < target[tp.partition]:
-                lagging.append(tp.partition)
-        if not lagging or time.monotonic() > deadline:
-            return
-        await asyncio.sleep(0.2)
+        request = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}
+        try:
+            result = {}
+            for tp, fut in admin.list_offsets(request, isolation_level=isolation).items():
+                result[tp.partition] = (await asyncio.wait_for(asyncio.wrap_future(fut), timeout)).offset
+            return result
+        except KafkaException as exc:
+            error = exc.args[0]
+            transient = error.retriable() or error.code() in _TRANSIENT_CODES
+            if not transient or time.monotonic() > deadline:
+                raise BrokerUnavailable(f"list offsets of {topic}: {error.str()}") from None
+        except TimeoutError:
+            raise BrokerUnavailable(f"list offsets of {topic}: no answer within {timeout:.0f} s") from None
+        await asyncio.sleep(0.05)
+
+
+async def wait_stable(admin: AdminClient, topic: str, partitions: list[int], *, timeout: float) -> bool:
+    """Wait until no transaction is open on these partitions (last stable offset has
+    reached the high watermark seen at the start), so a restore cannot miss the previous
+    owner's last commit. Returns False when it gave up after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    target = await list_offsets(admin, topic, partitions, IsolationLevel.READ_UNCOMMITTED)
+    while True:
+        stable = await list_offsets(admin, topic, partitions, IsolationLevel.READ_COMMITTED)
+        if all(stable[p] >= target[p] for p in partitions):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
 
 
 async def restore(
@@ -197,13 +224,15 @@ async def restore(
     admin = admin or admin_client(settings)
     # An open transaction of a dead owner holds the stable offset back until the
     # transaction times out (transaction_timeout_ms) or its owner restarts.
-    await wait_stable(admin, topic, partitions, timeout=settings.transaction_timeout_ms / 1000 + 5)
+    if not await wait_stable(admin, topic, partitions, timeout=settings.transaction_timeout_ms / 1000 + 5):
+        CLIENT_LOGGER.warning("restoring %s %s past an open transaction that did not end in time", topic, partitions)
     conf = {
         **base_config(settings),
         "group.id": f"{settings.group_id}.restore",
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
         "enable.partition.eof": True,
+        "fetch.wait.max.ms": 50,
         "fetch.max.bytes": 52_428_800,
         "max.partition.fetch.bytes": 10_485_760,
         "queued.max.messages.kbytes": 262_144,
@@ -215,7 +244,9 @@ async def restore(
     try:
         await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         while pending:
-            batch = await consumer.consume(num_messages=10_000, timeout=0.5)
+            # consume() returns early only when the batch is full: keep the wait short so
+            # the end-of-partition markers are seen as soon as they arrive.
+            batch = await consumer.consume(num_messages=10_000, timeout=0.05)
             for msg in batch:
                 err = msg.error()
                 if err is not None:

@@ -16,7 +16,7 @@ from confluent_kafka.aio import AIOConsumer, AIOProducer
 
 from worker.codec import Codec
 from worker.config import Settings, TopicSettings
-from worker.kafka import admin_client, base_config, describe_partitions, producer_config
+from worker.kafka import admin_client, base_config, describe_partitions, ensure_topics, producer_config
 
 T = TypeVar("T")
 
@@ -83,6 +83,7 @@ class Publisher:
         self._producer: AIOProducer | None = None
 
     async def __aenter__(self) -> Publisher:
+        await ensure_topics(self.settings, admin_client(self.settings))
         self._producer = AIOProducer(producer_config(self.settings), batch_size=1000, buffer_timeout=0.05)
         return self
 
@@ -153,6 +154,7 @@ class OutputReader:
             "isolation.level": "read_committed",
         }
         self._consumer = AIOConsumer(conf, max_workers=2)
+        await ensure_topics(self.settings, admin_client(self.settings))
         counts = await describe_partitions(admin_client(self.settings), list(self._names))
         tps = [TopicPartition(topic, p, OFFSET_BEGINNING) for topic, n in counts.items() for p in range(n)]
         await self._consumer.assign(tps)
@@ -201,3 +203,49 @@ def terminal(out: Output, request_ids: Iterable[str], statuses: frozenset[str] |
     wanted = statuses or frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "REJECTED"})
     last = out.last_status()
     return all(last.get(r) in wanted for r in request_ids)
+
+
+def worker_env(settings: Settings, *, connections_file: str, instance_id: str, http_port: int = -1) -> dict[str, str]:
+    """Environment for an ``export-worker run`` process with these settings."""
+    import os
+
+    t = settings.topics
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_WORKER_") and k != "KAFKA_BOOTSTRAP"}
+    env.update(
+        {
+            "EXPORT_WORKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "EXPORT_WORKER_GROUP_ID": settings.group_id,
+            "EXPORT_WORKER_INSTANCE_ID": instance_id,
+            "EXPORT_WORKER_CONNECTIONS_FILE": connections_file,
+            "EXPORT_WORKER_RESULT_STORE_URL": settings.result_store_url,
+            "EXPORT_WORKER_HTTP_PORT": str(http_port),
+            "EXPORT_WORKER_HTTP_HOST": "127.0.0.1",
+            "EXPORT_WORKER_COMMIT_INTERVAL_MS": str(settings.commit_interval_ms),
+            "EXPORT_WORKER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+            "EXPORT_WORKER_TRANSACTION_TIMEOUT_MS": str(settings.transaction_timeout_ms),
+            "EXPORT_WORKER_SHUTDOWN_GRACE_S": str(settings.shutdown_grace_s),
+            "EXPORT_WORKER_REVOKE_DRAIN_S": str(settings.revoke_drain_s),
+            "EXPORT_WORKER_LOG_FORMAT": "json",
+            "EXPORT_WORKER_LOG_LEVEL": os.environ.get("EXPORT_WORKER_TEST_LOG_LEVEL", "warning"),
+            "EXPORT_WORKER_TOPICS__PARTITIONS": str(t.partitions),
+        }
+    )
+    for name in ("requests", "status", "files", "jobs", "dlq", "control"):
+        env[f"EXPORT_WORKER_TOPICS__{name.upper()}"] = getattr(t, name)
+    return env
+
+
+def connections_json(connections: dict[str, Any]) -> str:
+    """A connections file (JSON) for ConnectionConfig objects, secrets written in clear
+    (for simulators only)."""
+    import json
+
+    out = {}
+    for name, conf in connections.items():
+        data = json.loads(conf.model_dump_json())
+        for field_name in ("client_secret", "password", "api_key"):
+            ref = getattr(conf, field_name)
+            if ref is not None and ref.value is not None:
+                data[field_name] = {"value": ref.value.get_secret_value()}
+        out[name] = data
+    return json.dumps({"connections": out}, indent=2)

@@ -116,6 +116,7 @@ class Simulator:
             body = await request.read()
             self.requests.append(
                 {
+                    "at": time.monotonic(),
                     "method": request.method,
                     "path": request.path,
                     "query": dict(request.query),
