@@ -98,9 +98,11 @@ class VendorBusy(VendorError):
 
 
 class VendorRejected(VendorError):
-    """The vendor refused the job for good; the request ends FAILED."""
+    """The vendor refused the job for good; the request ends FAILED. ``answer`` holds the
+    refused HTTP answer when there was one (adapters may look closer, e.g. a 409)."""
 
     code = "vendor_rejected"
+    answer: object = None
 
 
 class MalformedAnswer(VendorError):

@@ -35,6 +35,7 @@ from confluent_kafka.aio import AIOConsumer, AIOProducer
 from worker import kafka as kafka_io
 from worker.codec import Codec
 from worker.config import ConnectionConfig, ConnectionsFile, Settings, policy_for
+from worker.control import ControlFollower, ControlState
 from worker.engine.machine import Context, step
 from worker.engine.model import (
     Announce,
@@ -52,7 +53,7 @@ from worker.engine.model import (
     TimerFired,
 )
 from worker.engine.policy import Policy
-from worker.errors import ConfigError, ExportWorkerError, RateLimited, VendorBusy, VendorError
+from worker.errors import ConfigError, ExportWorkerError, RateLimited, ResultStoreError, VendorBusy, VendorError
 from worker.ingest import Ingest, Rejection
 from worker.observability import Metrics, SidePort
 from worker.records import dead_letter_record, file_record, state_from_record, state_to_record, status_record
@@ -116,6 +117,11 @@ class RestoreDone:
     incarnations: dict[int, int]
     states: dict[int, list[JobState]]
     seconds: float
+
+
+@dataclass(slots=True)
+class ControlChange:
+    state: ControlState
 
 
 @dataclass(slots=True)
@@ -202,7 +208,7 @@ class Worker:
         self.partitions: dict[int, OwnedPartition] = {}
         self._incarnation = 0
         self._timers = TimerHeap()
-        self._results: asyncio.Queue[CallResult | RestoreDone] = asyncio.Queue()
+        self._results: asyncio.Queue[CallResult | RestoreDone | ControlChange] = asyncio.Queue()
         self._outgoing: list[Outgoing] = []
         self._after_commit: list[Call] = []
         self._waiting_calls: list[Call] = []
@@ -216,6 +222,8 @@ class Worker:
         self.consumer: AIOConsumer | None = None
         self.producer: AIOProducer | None = None
         self.side_port: SidePort | None = None
+        self._control: ControlFollower | None = None
+        self._lag_checked = 0.0
         self.ingest: Ingest | None = None
         self.admin = kafka_io.admin_client(settings)
         self.metrics.watch_open_jobs(self.open_job_counts)
@@ -264,6 +272,8 @@ class Worker:
             buffer_timeout=0,
         )
         await self.producer.init_transactions(30)
+        self._control = ControlFollower(self.settings, lambda state: self._results.put_nowait(ControlChange(state)))
+        self._control.start()
         self.consumer = AIOConsumer(kafka_io.consumer_config(self.settings), max_workers=4)
         await self.consumer.subscribe(
             [self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -292,6 +302,8 @@ class Worker:
             log.exception("error while draining at shutdown")
         for task in list(self._restores):
             task.cancel()
+        if self._control is not None:
+            await self._control.stop()
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.close()  # triggers on_revoke: commits whatever is left
@@ -347,6 +359,8 @@ class Worker:
         return max(0.0, min(0.25, (nxt - self._now_ms()) / 1000))
 
     async def _turn(self, messages: list[Any]) -> None:
+        if time.monotonic() - self._lag_checked > 5.0:
+            await self._measure_lag()
         await self._on_messages(messages)
         await self._apply_results()
         self._fire_timers()
@@ -357,6 +371,18 @@ class Worker:
             due = time.monotonic() - self._first_pending >= self.settings.commit_interval_ms / 1000
             if due or len(self._outgoing) >= 50_000:
                 await self._commit()
+
+    async def _measure_lag(self) -> None:
+        """Consumer lag per owned partition from the watermarks of the last fetch (no round trip)."""
+        assert self.consumer is not None
+        self._lag_checked = time.monotonic()
+        ready = [TopicPartition(self.topics.requests, n) for n, p in self.partitions.items() if p.ready]
+        if not ready:
+            return
+        for tp in await self.consumer.position(ready):
+            _low, high = await self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -536,9 +562,15 @@ class Worker:
             self.metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
             self._step(part, request_id, TimerFired(), slot=conn)
 
-    def pause(self, connection: str) -> None:
-        conn = self.connections[connection]
-        conn.limiter.paused = True
+    def _apply_control(self, control: ControlState) -> None:
+        for conn in self.connections.values():
+            paused = control.is_paused(conn.name, conn.config.vendor)
+            if paused and not conn.limiter.paused:
+                conn.limiter.paused = True
+                log.warning("connection paused: no new submits, open jobs keep polling", connection=conn.name)
+            elif not paused and conn.limiter.paused:
+                self.resume(conn.name)
+                log.warning("connection resumed", connection=conn.name)
 
     def resume(self, connection: str) -> None:
         conn = self.connections[connection]
@@ -618,6 +650,14 @@ class Worker:
                 code=exc.code,
                 error=exc.message,
             )
+        except ExportWorkerError as exc:  # e.g. the result store refused an artifact: retry later
+            code = "result_store_error" if isinstance(exc, ResultStoreError) else "worker_error"
+            event = CallFailed(
+                kind=call.kind,
+                error=ErrorInfo(code, redact_text(str(exc)), exc.retriable),
+                outcome_unknown=call.kind is CallKind.SUBMIT,
+            )
+            log.warning("vendor call failed", request_id=state.request_id, operation=call.kind.value, error=str(exc))
         except asyncio.CancelledError:
             conn.limiter.release()
             raise
@@ -648,6 +688,9 @@ class Worker:
             item = self._results.get_nowait()
             if isinstance(item, RestoreDone):
                 await self._install(item)
+                continue
+            if isinstance(item, ControlChange):
+                self._apply_control(item.state)
                 continue
             part = self.partitions.get(item.partition)
             if part is None or part.incarnation != item.incarnation:
@@ -843,6 +886,8 @@ class Worker:
     def _drop(self, numbers: set[int]) -> None:
         for n in numbers:
             self.partitions.pop(n, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(str(n))
             for task in self._in_flight.pop(n, set()):
                 task.cancel()
         self._waiting_calls = [c for c in self._waiting_calls if c.partition not in numbers]

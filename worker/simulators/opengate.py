@@ -20,8 +20,9 @@ Quirks reproduced:
   * ``listing_gone = True``: a FINISHED job's ``/operations`` answers ``204`` while
     ``search/entities/operations/history`` still has them (seen on real tenants).
 
-Test hooks beyond the shared faults: ``fail_puts`` (numbers of the PUTs to answer 503,
-counting from 1) and ``queue_answer()`` (canned answers for the next API calls).
+Test hooks beyond the shared faults: ``fail_puts`` (PUT number, counting from 1 ->
+HTTP status to answer it with) and ``queue_answer()`` (canned answers for the next API
+calls).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class OpenGateSimulator(Simulator):
         self.max_body_bytes = max_body_bytes
         self.tag_size = tag_size
         self.listing_gone = False
-        self.fail_puts: set[int] = set()
+        self.fail_puts: dict[int, int] = {}
         self.puts_seen = 0
         self.logins = 0
         self._canned: list[tuple[int, bytes, str, dict[str, str]]] = []
@@ -402,8 +403,11 @@ class OpenGateSimulator(Simulator):
         if refused is not None:
             return refused
         self.puts_seen += 1
-        if self.puts_seen in self.fail_puts:
-            return web.Response(status=503, text="<html><body>503 Service Unavailable</body></html>")
+        failure = self.fail_puts.get(self.puts_seen)
+        if failure is not None and failure >= 500:
+            return web.Response(status=failure, text=f"<html><body>{failure} Service Unavailable</body></html>")
+        if failure is not None:
+            return _errors(failure, "0x010001", "update refused")
         job = self.jobs.get(request.match_info["job_id"])
         if job is None:
             return _errors(404, "0x000404", "job not found")

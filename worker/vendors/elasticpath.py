@@ -60,11 +60,10 @@ STATUSES: dict[str, Status] = {
 FILTER_SAFE = re.compile(r"[A-Za-z0-9$._-]+")
 PAGE_LIMIT = 100
 MAX_OFFSET = 10_000
-BUSY_WORDS = ("already", "in progress", "running", "conflict")
-OK = (200, 201, 202, 204)
+# A 422 with these words reads as busy. Narrow on purpose: a busy answer is re-queued
+# without an error budget, so a permanent refusal misread as busy would wait forever.
+BUSY_WORDS = ("already running", "already in progress", "in progress", "write conflict")
 # 4xx answers this adapter reads itself, for their JSON:API words; 401 (refresh and
-# retry), 408/425 and 429 (retry later) and 5xx stay with VendorHttp's mapping.
-OWN_4XX = tuple(s for s in range(400, 500) if s not in (401, 408, 425, 429))
 
 
 def job_type_of(job: dict[str, Any]) -> str:
@@ -136,6 +135,11 @@ def _resource(answer: Answer, operation: str, *, outcome_unknown: bool = False) 
     return data
 
 
+def _busy(answer: Answer) -> bool:
+    """A 409 write conflict, or a 422 saying a run is in progress: refused for now."""
+    return answer.status == 409 or (answer.status == 422 and any(w in describe(answer).lower() for w in BUSY_WORDS))
+
+
 def _status_of(job: dict[str, Any]) -> str:
     return str(job["attributes"]["status"]).strip()
 
@@ -177,11 +181,7 @@ class ElasticPathAdapter:
         return token_answer(answer)
 
     async def _call(self, method: str, path: str, *, operation: str, **kwargs: Any) -> Answer:
-        return await self.http.call(method, path, operation=operation, ok=OK + OWN_4XX, **kwargs)
-
-    @staticmethod
-    def _refused(answer: Answer, operation: str) -> VendorRejected:
-        return VendorRejected(f"{operation}: HTTP {answer.status}: {describe(answer)}", status=answer.status)
+        return await self.http.call(method, path, operation=operation, describe=describe, **kwargs)
 
     # ---- submit ------------------------------------------------------------------------
 
@@ -193,8 +193,12 @@ class ElasticPathAdapter:
                 "attributes": {"job_type": job_type, "external_ref": spec.request_id},
             }
         }
-        answer = await self._call("POST", JOBS, operation="submit", json_body=body)
-        if answer.status == 409 or (answer.status == 422 and any(w in describe(answer).lower() for w in BUSY_WORDS)):
+        try:
+            answer = await self._call("POST", JOBS, operation="submit", json_body=body)
+        except VendorRejected as exc:
+            refused = exc.answer if isinstance(exc.answer, Answer) else None
+            if refused is None or not _busy(refused):
+                raise
             # Either the store runs a job of this type already, or our external_ref is
             # taken (a job from an earlier submit whose answer we lost): adopt our own.
             ours = await self._find(spec.request_id)
@@ -202,12 +206,10 @@ class ElasticPathAdapter:
                 raw = _status_of(ours)
                 return SubmitAnswered(vendor_job_id=ours["id"], vendor_status=raw, status=map_status(STATUSES, raw))
             raise VendorBusy(
-                f"submit: {job_type} refused for now (HTTP {answer.status}): {describe(answer)}",
-                status=answer.status,
-                retry_after=parse_retry_after(answer.headers.get("Retry-After")),
-            )
-        if answer.status >= 400:
-            raise self._refused(answer, "submit")
+                f"submit: {job_type} refused for now (HTTP {refused.status}): {describe(refused)}",
+                status=refused.status,
+                retry_after=parse_retry_after(refused.headers.get("Retry-After")),
+            ) from None
         job = _resource(answer, "submit", outcome_unknown=True)
         raw = _status_of(job)
         return SubmitAnswered(vendor_job_id=job["id"], vendor_status=raw, status=map_status(STATUSES, raw))
@@ -216,8 +218,6 @@ class ElasticPathAdapter:
 
     async def poll(self, spec: JobSpec, vendor_job_id: str) -> PollAnswered:
         answer = await self._call("GET", f"{JOBS}/{quote(vendor_job_id, safe='')}", operation="poll")
-        if answer.status >= 400:
-            raise self._refused(answer, "poll")
         job = _resource(answer, "poll")
         raw = _status_of(job)
         status = map_status(STATUSES, raw)
@@ -278,13 +278,14 @@ class ElasticPathAdapter:
         """The job carrying ``external_ref``: by filter when the value is filter-safe,
         else (or when the filter is refused) by paging through the list."""
         if FILTER_SAFE.fullmatch(external_ref):
-            answer = await self._call(
-                "GET", JOBS, operation="reconcile", params={"filter": f"eq(external_ref,{external_ref})"}
-            )
-            if answer.status < 400:
+            try:
+                answer = await self._call(
+                    "GET", JOBS, operation="reconcile", params={"filter": f"eq(external_ref,{external_ref})"}
+                )
                 return self._match(self._page(answer), external_ref)
-            if answer.status != 400:
-                raise self._refused(answer, "reconcile")
+            except VendorRejected as exc:
+                if exc.status != 400:  # a refused filter falls back to paging
+                    raise
         offset = 0
         while offset <= MAX_OFFSET:
             answer = await self._call(
@@ -293,8 +294,6 @@ class ElasticPathAdapter:
                 operation="reconcile",
                 params={"page[limit]": str(PAGE_LIMIT), "page[offset]": str(offset)},
             )
-            if answer.status >= 400:
-                raise self._refused(answer, "reconcile")
             page = self._page(answer)
             found = self._match(page, external_ref)
             if found is not None or len(page) < PAGE_LIMIT:

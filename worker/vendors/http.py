@@ -29,6 +29,7 @@ from worker.errors import (
 from worker.redaction import excerpt
 
 Observer = Callable[[str, str, float, str], None]  # (connection, operation, seconds, outcome)
+Describe = Callable[["Answer"], str]  # a vendor's own words for a refused answer (redacted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +205,14 @@ class VendorHttp:
         headers: Mapping[str, str] | None = None,
         authenticated: bool = True,
         ok: tuple[int, ...] = (200, 201, 202, 204),
+        describe: Describe | None = None,
     ) -> Answer:
-        """One authenticated call; a 401 refreshes the credentials and retries once."""
+        """One authenticated call; a 401 refreshes the credentials and retries once.
+
+        Any status outside ``ok`` raises: 429 -> RateLimited, 5xx/408 -> VendorUnavailable,
+        other 4xx -> VendorRejected (with ``.answer`` for adapters that look closer).
+        ``describe`` turns the refused answer into the vendor's own words for the message.
+        """
         started = time.monotonic()
         outcome = "ok"
         try:
@@ -215,7 +222,7 @@ class VendorHttp:
                 answer = await self._send(method, path, json_body, data, params, headers, authenticated)
                 if answer.status == 401:
                     raise AuthFailed(f"{operation}: credentials refused after a token refresh", status=401)
-            self._raise_for(answer, method, operation, ok)
+            self._raise_for(answer, method, operation, ok, describe)
             return answer
         except VendorError as exc:
             outcome = exc.code
@@ -261,11 +268,13 @@ class VendorHttp:
         except aiohttp.ClientError as exc:
             raise VendorUnavailable(f"connection failed: {type(exc).__name__}", outcome_unknown=reached) from None
 
-    def _raise_for(self, answer: Answer, method: str, operation: str, ok: tuple[int, ...]) -> None:
+    def _raise_for(
+        self, answer: Answer, method: str, operation: str, ok: tuple[int, ...], describe: Describe | None
+    ) -> None:
         status = answer.status
         if status in ok:
             return
-        detail = excerpt(answer.body)
+        detail = _described(answer, describe)
         if status == 429:
             raise RateLimited(
                 f"{operation}: rate limited (HTTP 429): {detail}",
@@ -280,4 +289,17 @@ class VendorHttp:
                 status=status,
                 outcome_unknown=method.upper() not in ("GET", "HEAD"),
             )
-        raise VendorRejected(f"{operation}: HTTP {status}: {detail}", status=status)
+        rejected = VendorRejected(f"{operation}: HTTP {status}: {detail}", status=status)
+        rejected.answer = answer
+        raise rejected
+
+
+def _described(answer: Answer, describe: Describe | None) -> str:
+    if describe is not None:
+        try:
+            text = describe(answer)
+        except Exception:  # describing must never hide the real error
+            text = ""
+        if text:
+            return excerpt(text)
+    return excerpt(answer.body)

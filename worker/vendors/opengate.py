@@ -455,7 +455,7 @@ class OpenGateAdapter:
         return SubmitAnswered(vendor_job_id=job_id, vendor_status=None, status=Status.QUEUED)
 
     def _created_id(self, answer: Answer) -> str:
-        location = None
+        location = _header(answer.headers, "Location")
         if location:
             tail = urlsplit(location).path.rstrip("/").rsplit("/", 1)[-1]
             if tail and tail != "jobs":

@@ -19,8 +19,8 @@ What the public reference says, and what is assumed:
   is the human text, ``message`` often a code: both are reported). They are read as
   ``VendorRejected`` (the request is wrong, or the job code unknown: retrying the same
   call cannot help), except that words saying "try again later" make them
-  ``VendorUnavailable`` and, on create, words saying another export is running or a limit
-  is reached make them ``VendorBusy``. An answer without a boolean ``successful`` is
+  ``VendorUnavailable`` and, on create, words saying another export is already running
+  make them ``VendorBusy``. An answer without a boolean ``successful`` is
   ``MalformedAnswer``: a 200 is never read as success on its own.
 * The docs say ``SUCCESSFUL``; real clients see ``COMPLETE``: both succeed (and
   ``COMPLETED``). ``FAILED`` and ``CANCELLED`` end the job. Any other value is not
@@ -66,11 +66,11 @@ STATUSES: dict[str, Status] = {
     "cancelled": Status.CANCELLED,
     "canceled": Status.CANCELLED,
 }
-TRANSIENT_WORDS = ("try again", "try after", "retry", "temporarily", "timed out", "timeout")
-BUSY_WORDS = ("already running", "already in progress", "in progress", "limit", "too many")
-OK = (200, 201, 202, 204)
-# 4xx answers read here for Uniware's own words; 401, 408/425, 429 and 5xx stay with VendorHttp.
-OWN_4XX = tuple(s for s in range(400, 500) if s not in (401, 408, 425, 429))
+# Words that make a successful=false answer retriable. Kept narrow on purpose: a busy
+# answer is re-queued without an error budget, so a permanent refusal misread as busy
+# would wait forever.
+TRANSIENT_WORDS = ("try again", "try after", "retry later", "please retry", "temporarily", "timed out")
+BUSY_WORDS = ("already running", "already in progress", "is in progress")
 _SEEN_LIMIT = 10_000
 
 
@@ -146,27 +146,31 @@ def vendor_messages(data: dict[str, Any]) -> list[str]:
     return words
 
 
+def describe(answer: Answer) -> str:
+    """Uniware's words in a refused answer (for VendorHttp's error messages)."""
+    try:
+        return "; ".join(vendor_messages(answer.json_object()))
+    except MalformedAnswer:
+        return ""
+
+
 def read_answer(answer: Answer, operation: str, *, outcome_unknown: bool = False) -> dict[str, Any]:
     """The body of a 200 whose ``successful`` is true; anything else raises."""
     try:
         data = answer.json_object()
     except MalformedAnswer as exc:
-        if answer.status >= 400:  # an HTML error page, say: the status speaks for itself
-            raise VendorRejected(
-                f"{operation}: HTTP {answer.status}: {excerpt(answer.body)}", status=answer.status
-            ) from None
         exc.outcome_unknown = outcome_unknown
         raise
     flag = data.get("successful")
-    if flag is True and answer.status < 400:
+    if flag is True:
         return data
     words = vendor_messages(data)
     text = excerpt("; ".join(words)) if words else excerpt(answer.body)
-    if flag is False or answer.status >= 400:
+    if flag is False:
         lowered = text.lower()
-        if answer.status < 400 and any(w in lowered for w in TRANSIENT_WORDS):
+        if any(w in lowered for w in TRANSIENT_WORDS):
             raise VendorUnavailable(f"{operation}: Unicommerce asks to retry later: {text}", outcome_unknown=False)
-        if operation == "submit" and answer.status < 400 and any(w in lowered for w in BUSY_WORDS):
+        if operation == "submit" and any(w in lowered for w in BUSY_WORDS):
             raise VendorBusy(f"{operation}: Unicommerce refuses for now: {text}")
         raise VendorRejected(f"{operation}: Unicommerce refused (HTTP {answer.status}): {text}", status=answer.status)
     raise MalformedAnswer(
@@ -236,7 +240,7 @@ class UnicommerceAdapter:
             "frequency": "ONETIME",
         }
         answer = await self.http.call(
-            "POST", CREATE, operation="submit", json_body=body, headers=self._headers(spec), ok=OK + OWN_4XX
+            "POST", CREATE, operation="submit", json_body=body, headers=self._headers(spec), describe=describe
         )
         data = read_answer(answer, "submit", outcome_unknown=True)
         code = data.get("jobCode") or data.get("exportJobCode")
@@ -251,7 +255,7 @@ class UnicommerceAdapter:
             operation="poll",
             json_body={"jobCode": vendor_job_id},
             headers=self._headers(spec),
-            ok=OK + OWN_4XX,
+            describe=describe,
         )
         data = read_answer(answer, "poll")
         raw = data.get("status")
