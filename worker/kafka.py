@@ -24,6 +24,35 @@ from worker.errors import ConfigError, ExportWorkerError
 CLIENT_LOGGER = logging.getLogger("export_worker.kafka")
 
 
+class _RepeatFilter(logging.Filter):
+    """librdkafka repeats a connection failure many times a second while a broker is
+    down: keep one line per facility and client every ``window_s``, as a warning."""
+
+    TRANSIENT = frozenset({"FAIL", "CONNECT", "REQTMOUT", "BROKERFAIL", "GETPID", "ERROR"})
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._last: dict[tuple[object, ...], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        facility = args[0] if args else None
+        if facility not in self.TRANSIENT:
+            return True
+        key = args[:2]
+        now = time.monotonic()
+        if now - self._last.get(key, -self.window_s) < self.window_s:
+            return False
+        self._last[key] = now
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+CLIENT_LOGGER.addFilter(_RepeatFilter())
+
+
 def base_config(settings: Settings) -> dict[str, Any]:
     return {**settings.librdkafka(), "logger": CLIENT_LOGGER}
 

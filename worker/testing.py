@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
@@ -249,3 +252,11 @@ def connections_json(connections: dict[str, Any]) -> str:
                 data[field_name] = {"value": ref.value.get_secret_value()}
         out[name] = data
     return json.dumps({"connections": out}, indent=2)
+
+
+def spawn_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``export-worker run`` as a separate process (stopped by its PID by the caller)."""
+    if log is None:
+        return subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -15,14 +14,9 @@ from tests.conftest import itron_connection, make_settings
 from worker.config import TopicSettings
 from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator
-from worker.testing import OutputReader, Publisher, connections_json, itron_request, terminal, worker_env
+from worker.testing import OutputReader, Publisher, connections_json, itron_request, spawn_worker, terminal, worker_env
 from worker.vendors.base import JobSpec
 from worker.vendors.itron import correlation_id
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 class TestKillAndResume:
@@ -37,7 +31,7 @@ class TestKillAndResume:
         conn_file.write_text(connections_json({"itron": itron_connection(sim.base_url)}))
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            first = start_worker(
+            first = spawn_worker(
                 worker_env(settings, connections_file=str(conn_file), instance_id="a"), tmp_path / "a.log"
             )
             procs.append(first)
@@ -56,7 +50,7 @@ class TestKillAndResume:
                 finished_before = sum(terminal(before, [r]) for r in ids)
                 assert finished_before < len(ids), "the kill came too late to prove anything"
 
-                second = start_worker(
+                second = spawn_worker(
                     worker_env(settings, connections_file=str(conn_file), instance_id="b"), tmp_path / "b.log"
                 )
                 procs.append(second)

@@ -115,7 +115,8 @@ class EmbeddedKafka:
         self.heap = heap
         self.log_level = log_level
         self._own_dir = data_dir is None
-        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="export-worker-kafka-"))
+        self.data_dir = (data_dir or Path(tempfile.mkdtemp(prefix="export-worker-kafka-"))).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = 0
         self.controller_port = 0
         self.process: subprocess.Popen[bytes] | None = None

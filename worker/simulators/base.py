@@ -89,7 +89,9 @@ class Simulator:
             body=body,
             created=time.monotonic(),
             fails=self.faults.job_fails(),
-            durations=self.timing.stages,
+            durations=tuple(d * self.faults.plan.slow_factor for d in self.timing.stages)
+            if self.faults.job_slow()
+            else self.timing.stages,
             extra=dict(extra),
         )
         self.jobs[job.job_id] = job

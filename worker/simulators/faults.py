@@ -32,6 +32,8 @@ class FaultPlan:
     slow_s: float = 0.0  # added to every answer
     lost_submit: float = 0.0  # probability a submit creates the job but the answer is lost
     next_lost_submit: int = 0
+    slow_jobs: float = 0.0  # probability a job takes ``slow_factor`` times longer
+    slow_factor: float = 5.0
     fail_jobs: float = 0.0  # probability a job ends in the vendor's failed status
     next_fail: int = 0  # the next N jobs fail
     malformed: float = 0.0  # probability of an HTML error page with status 200
@@ -71,6 +73,12 @@ class Faults:
         hit = self.plan.take("next_fail", self.plan.fail_jobs, self.rng)
         if hit:
             self.count("failed_job")
+        return hit
+
+    def job_slow(self) -> bool:
+        hit = self.plan.slow_jobs > 0 and self.rng.random() < self.plan.slow_jobs
+        if hit:
+            self.count("slow_job")
         return hit
 
     def submit_lost(self) -> bool:
