@@ -137,6 +137,7 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(None, description="read the SASL password from this (mounted) file")
     ssl_ca_location: str | None = None
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
@@ -161,7 +162,7 @@ class Settings(BaseSettings):
         default_factory=_default_instance, description="stable per worker; names its transactional.id"
     )
     schema_registry_url: str | None = None
-    schema_registry_basic_auth: str | None = Field(None, description="user:password for the registry")
+    schema_registry_basic_auth: SecretStr | None = Field(None, description="user:password for the registry")
     connections_file: Path | None = None
     result_store_url: str = "file://./export-results"
     http_host: str = "0.0.0.0"
@@ -193,6 +194,8 @@ def to_librdkafka(bootstrap: str, kafka: KafkaSettings) -> dict[str, Any]:
     conf.update({k: v for k, v in mapping.items() if v is not None})
     if kafka.sasl_password is not None:
         conf["sasl.password"] = kafka.sasl_password.get_secret_value()
+    elif kafka.sasl_password_file is not None:
+        conf["sasl.password"] = SecretRef(file=kafka.sasl_password_file).resolve().get_secret_value()
     conf.update(kafka.extra)
     return conf
 

@@ -62,7 +62,10 @@ async def registry_for(settings: Settings, schemas: SchemaSet) -> ConfluentRegis
     """The registry configured in ``settings``, with our writer schemas registered."""
     if not settings.schema_registry_url:
         return None
-    registry = ConfluentRegistry(settings.schema_registry_url, basic_auth=settings.schema_registry_basic_auth)
+    auth = settings.schema_registry_basic_auth
+    registry = ConfluentRegistry(
+        settings.schema_registry_url, basic_auth=auth.get_secret_value() if auth is not None else None
+    )
     t = settings.topics
     by_topic = {
         t.requests: "ExportRequested",
