@@ -91,6 +91,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter("export_worker_requests", "Requests read, by outcome", ["outcome"], registry=r)
         self.dead_letters = Counter(
@@ -119,6 +120,18 @@ class Metrics:
         self.transactions = Counter(
             "export_worker_transactions", "Kafka transactions by outcome", ["outcome"], registry=r
         )
+        self.commit_seconds = Histogram(
+            "export_worker_commit_seconds",
+            "Duration of one Kafka transaction (begin to commit)",
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=r,
+        )
+        self.commit_records = Histogram(
+            "export_worker_commit_records",
+            "Records written per transaction",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000),
+            registry=r,
+        )
         self.restore_seconds = Histogram(
             "export_worker_restore_seconds",
             "Time to restore assigned export.jobs partitions",
@@ -136,6 +149,14 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached (labels() costs microseconds per call)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def watch_open_jobs(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
         self.registry.register(_OpenJobs(counts))

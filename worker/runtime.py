@@ -23,6 +23,7 @@ import contextlib
 import random
 import time
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -66,6 +67,8 @@ from worker.vendors import Cancellable, JobSpec, VendorAdapter, build_adapter
 log = structlog.get_logger("export_worker")
 
 TIMERS_PER_TURN = 5_000
+# Submits whose intent may wait for a commit or a slot, per call slot of the connection.
+INTENTS_PER_SLOT = 4
 
 
 class WorkerFenced(ExportWorkerError):
@@ -82,6 +85,11 @@ class Connection:
     policy: Policy
     limiter: Limiter
     parked: list[tuple[int, str]] = field(default_factory=list)  # PENDING jobs held by a pause
+    # Due jobs waiting for a call slot, oldest first: (partition, request_id, due_ms).
+    waiting: deque[tuple[int, str, int]] = field(default_factory=deque)
+    # Submits whose intent is written but whose call has not started: bounded, so a
+    # crash leaves few intents the next owner must reconcile.
+    intents: int = 0
 
 
 @dataclass
@@ -102,6 +110,7 @@ class Call:
     connection: Connection
     state: JobState
     has_slot: bool
+    intent: bool = False  # counted in connection.intents until it starts
 
 
 @dataclass(slots=True)
@@ -117,6 +126,16 @@ class RestoreDone:
     incarnations: dict[int, int]
     states: dict[int, list[JobState]]
     seconds: float
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one transaction writes."""
+
+    outgoing: list[Outgoing]
+    calls: list[Call]  # to start once it is committed
+    offsets: list[TopicPartition]
+    metadata: Any  # consumer group metadata, taken with the offsets
 
 
 @dataclass(slots=True)
@@ -146,8 +165,8 @@ def build_connections(
     for name, conf in configs.items():
 
         def observe(connection: str, operation: str, seconds: float, outcome: str, vendor: str = conf.vendor) -> None:
-            metrics.vendor_latency.labels(vendor, operation).observe(seconds)
-            metrics.vendor_calls.labels(vendor, connection, operation, outcome).inc()
+            metrics.child(metrics.vendor_latency, vendor, operation).observe(seconds)
+            metrics.child(metrics.vendor_calls, vendor, connection, operation, outcome).inc()
             if outcome == RateLimited.code:
                 metrics.rate_limited.labels(vendor, connection).inc()
 
@@ -210,12 +229,16 @@ class Worker:
         self._timers = TimerHeap()
         self._results: asyncio.Queue[CallResult | RestoreDone | ControlChange] = asyncio.Queue()
         self._outgoing: list[Outgoing] = []
+        # Latest state per job since the last cut: a job changed twice in one batch needs
+        # one record (the transaction is atomic, compaction keeps the last); encoded at cut.
+        self._states: dict[tuple[int, str], JobState | None] = {}
         self._after_commit: list[Call] = []
         self._waiting_calls: list[Call] = []
         self._in_flight: dict[int, set[asyncio.Task[None]]] = {}
         self._restores: set[asyncio.Task[None]] = set()
         self._offsets_dirty = False
         self._first_pending = 0.0
+        self._committing: tuple[asyncio.Task[KafkaException | None], Batch] | None = None
         self._stopping = False
         self._started = False
         self._session: aiohttp.ClientSession | None = None
@@ -351,7 +374,12 @@ class Worker:
     def _consume_timeout(self) -> float:
         if not self._results.empty() or self._waiting_calls:
             return 0.0
-        if self._outgoing or self._offsets_dirty or any(self._in_flight.values()) or self._restores:
+        busy = (
+            self._committing is not None
+            or any(self._in_flight.values())
+            or any(c.waiting for c in self.connections.values())
+        )
+        if busy or self._pending() or self._restores:
             return 0.02
         nxt = self._timers.next_due_ms()
         if nxt is None:
@@ -359,18 +387,23 @@ class Worker:
         return max(0.0, min(0.25, (nxt - self._now_ms()) / 1000))
 
     async def _turn(self, messages: list[Any]) -> None:
+        if self._committing is not None and self._committing[0].done():
+            await self._await_commit()
         if time.monotonic() - self._lag_checked > 5.0:
             await self._measure_lag()
         await self._on_messages(messages)
         await self._apply_results()
         self._fire_timers()
         self._retry_waiting_calls()
-        if self._outgoing or self._offsets_dirty:
+        if self._pending():
             if not self._first_pending:
                 self._first_pending = time.monotonic()
             due = time.monotonic() - self._first_pending >= self.settings.commit_interval_ms / 1000
-            if due or len(self._outgoing) >= 50_000:
-                await self._commit()
+            # Vendor calls waiting for their intent to be durable do not wait for the interval.
+            if len(self._outgoing) + len(self._states) >= 50_000:
+                await self._commit()  # backpressure: let the broker catch up
+            elif (due or self._after_commit) and self._committing is None:
+                await self._start_commit()
 
     async def _measure_lag(self) -> None:
         """Consumer lag per owned partition from the watermarks of the last fetch (no round trip)."""
@@ -383,6 +416,9 @@ class Worker:
             _low, high = await self.consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0 and tp.offset >= 0:
                 self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
+
+    def _pending(self) -> bool:
+        return bool(self._outgoing or self._states or self._offsets_dirty)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -423,7 +459,7 @@ class Worker:
             if outcome.event is not None:
                 self._step(part, outcome.event.request_id, outcome.event)
             return
-        self.metrics.requests.labels("read").inc()
+        self.metrics.child(self.metrics.requests, "read").inc()
         self._step(part, outcome.request_id, _received(outcome))
 
     def _dead_letter(self, part: OwnedPartition, msg: Any, rejection: Rejection, now_ms: int) -> None:
@@ -471,8 +507,9 @@ class Worker:
         else:
             part.jobs[request_id] = new
         if transition.persist:
-            value = None if new is None else self.codec.encode("JobState", state_to_record(new), topic=self.topics.jobs)
-            self._outgoing.append(Outgoing(part.number, self.topics.jobs, request_id.encode(), value, part.number))
+            if not self._pending():
+                self._first_pending = time.monotonic()
+            self._states[(part.number, request_id)] = new
         call: Call | None = None
         for effect in transition.effects:
             assert new is not None
@@ -485,7 +522,7 @@ class Worker:
                     status_record(new, effect),
                     None,
                 )
-                self.metrics.status_events.labels(new.vendor, effect.status.value).inc()
+                self.metrics.child(self.metrics.status_events, new.vendor, effect.status.value).inc()
                 log.info(
                     "status",
                     request_id=request_id,
@@ -501,11 +538,14 @@ class Worker:
                 self._emit(
                     part.number, self.topics.files, request_id.encode(), "FileReady", file_record(new, effect), None
                 )
-                self.metrics.files.labels(new.vendor).inc()
+                self.metrics.child(self.metrics.files, new.vendor).inc()
             elif isinstance(effect, CallVendor) and conn is not None:
                 call = Call(part.number, part.incarnation, request_id, effect.kind, conn, new, slot is not None)
         if call is not None:
             if transition.persist:
+                if not call.has_slot:
+                    call.intent = True
+                    call.connection.intents += 1
                 self._after_commit.append(call)  # e.g. the SUBMITTING intent must be durable first
             else:
                 self._dispatch(call)
@@ -521,7 +561,7 @@ class Worker:
     def _emit(
         self, partition: int, topic: str, key: bytes, schema: str, record: dict[str, Any], target: int | None
     ) -> None:
-        if not self._outgoing and not self._offsets_dirty:
+        if not self._pending():
             self._first_pending = time.monotonic()
         value = self.codec.encode(schema, record, topic=topic)
         self._outgoing.append(Outgoing(partition, topic, key, value, target))
@@ -529,11 +569,10 @@ class Worker:
     # ---- timers ----------------------------------------------------------------------
 
     def _fire_timers(self) -> None:
+        """Hand due jobs to their connection's queue; admit as many as it has capacity for."""
         if self._stopping:
             return
         now_ms = self._now_ms()
-        mono = time.monotonic()
-        deferred: Tally[str] = Tally()
         for due, number, request_id in self._timers.pop_due(now_ms, TIMERS_PER_TURN):
             part = self.partitions.get(number)
             if part is None or not part.ready or part.revoking:
@@ -542,25 +581,47 @@ class Worker:
             if state is None or state.next_action_at_ms != due:
                 continue  # stale entry: the job moved on
             if state.phase is Phase.DONE:
-                self._step(part, request_id, TimerFired())
+                self._step(part, request_id, TimerFired())  # expiry or retention: no vendor call
                 continue
             conn = self.connections.get(state.connection)
             if conn is None:
                 self._step(part, request_id, _no_connection(state))
                 continue
-            if state.phase is Phase.PENDING and conn.limiter.paused:
-                conn.parked.append((number, request_id))
-                continue
-            if not conn.limiter.try_acquire(mono):
-                # Space the waiting jobs out at the connection's rate instead of retrying all at once.
-                wait_s = conn.limiter.available_at(mono) - mono + deferred[conn.name] / conn.limiter.rate_per_s
-                deferred[conn.name] += 1
-                later = now_ms + max(1, int(wait_s * 1000))
-                part.jobs[request_id] = replace(state, next_action_at_ms=later)
-                self._timers.schedule(later, number, request_id)
-                continue
-            self.metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
-            self._step(part, request_id, TimerFired(), slot=conn)
+            conn.waiting.append((number, request_id, due))
+        self._admit_waiting(now_ms)
+
+    def _admit_waiting(self, now_ms: int) -> None:
+        mono = time.monotonic()
+        for conn in self.connections.values():
+            queue = conn.waiting
+            while queue:
+                number, request_id, due = queue[0]
+                part = self.partitions.get(number)
+                state = part.jobs.get(request_id) if part is not None and not part.revoking else None
+                if part is None or state is None or state.next_action_at_ms != due:
+                    queue.popleft()  # moved on, or its partition is gone
+                    continue
+                if state.phase is Phase.PENDING:
+                    if conn.limiter.paused:
+                        queue.popleft()
+                        conn.parked.append((number, request_id))
+                        continue
+                    # A submit takes its call slot only once its intent is durable, so
+                    # slots are not held through a commit; intents in waiting are bounded.
+                    if (
+                        conn.intents >= INTENTS_PER_SLOT * conn.limiter.max_concurrency
+                        or mono < conn.limiter.blocked_until
+                    ):
+                        break
+                    queue.popleft()
+                    self.metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
+                    self._step(part, request_id, TimerFired())
+                    continue
+                if not conn.limiter.try_acquire(mono):
+                    break  # at capacity, rate-limited or blocked by a 429: wait in line
+                queue.popleft()
+                self.metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
+                self._step(part, request_id, TimerFired(), slot=conn)
 
     def _apply_control(self, control: ControlState) -> None:
         for conn in self.connections.values():
@@ -591,16 +652,24 @@ class Worker:
         if part is None or part.incarnation != call.incarnation or part.revoking:
             if call.has_slot:
                 call.connection.limiter.release()
+            self._call_started(call)
             return
         if not call.has_slot:
             if not call.connection.limiter.try_acquire(time.monotonic()):
                 self._waiting_calls.append(call)
                 return
             call.has_slot = True
+        self._call_started(call)
         task = asyncio.create_task(self._run_call(call))
         tasks = self._in_flight.setdefault(call.partition, set())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    @staticmethod
+    def _call_started(call: Call) -> None:
+        if call.intent:
+            call.intent = False
+            call.connection.intents -= 1
 
     def _retry_waiting_calls(self) -> None:
         if not self._waiting_calls:
@@ -624,13 +693,14 @@ class Worker:
         )
         event: Event
         try:
-            with structlog.contextvars.bound_contextvars(
+            # Each call runs in its own task, whose context copy ends with it: bind once, no reset.
+            structlog.contextvars.bind_contextvars(
                 request_id=state.request_id,
                 vendor=state.vendor,
                 connection=conn.name,
                 vendor_job_id=state.vendor_job_id,
-            ):
-                event = await self._call_adapter(adapter, call.kind, spec, state)
+            )
+            event = await self._call_adapter(adapter, call.kind, spec, state)
         except VendorError as exc:
             if isinstance(exc, RateLimited):
                 conn.limiter.block(time.monotonic(), exc.retry_after if exc.retry_after is not None else 1.0)
@@ -706,45 +776,86 @@ class Worker:
     # ---- transactions ----------------------------------------------------------------
 
     async def _commit(self, group_metadata: Any = None) -> None:
-        """Commit state, events, dead letters and input positions atomically.
+        """Commit everything pending now, after any commit already in flight."""
+        await self._await_commit()
+        batch = await self._cut_batch(group_metadata)
+        if batch is not None:
+            await self._settle(batch, await self._write(batch))
 
-        1. begin: nothing visible yet; a crash here loses nothing (inputs are re-read).
-        2. produce every pending record (export.jobs to the request's own partition).
-        3. send the consumer's positions with the group metadata: the coordinator
-           refuses them if this worker no longer owns its partitions (zombie fencing).
-        4. commit: all of it becomes visible to read_committed readers at once.
-        5. start the vendor calls that were waiting for their intent to be durable.
-        """
-        assert self.producer is not None and self.consumer is not None
-        if not self._outgoing and not self._offsets_dirty:
-            self._first_pending = 0.0
+    async def _start_commit(self) -> None:
+        """Cut a batch and write it in the background while the loop keeps working; the
+        next batch waits for this one (transactions are strictly one after another)."""
+        batch = await self._cut_batch()
+        if batch is not None:
+            self._committing = (asyncio.create_task(self._write(batch)), batch)
+
+    async def _await_commit(self) -> None:
+        if self._committing is None:
             return
+        task, batch = self._committing
+        self._committing = None
+        await self._settle(batch, await task)
+
+    async def _cut_batch(self, group_metadata: Any = None) -> Batch | None:
+        """Take the pending records, the calls waiting on them and the consumer's
+        positions (everything consumed so far has been turned into those records)."""
+        assert self.consumer is not None
+        if not self._pending():
+            self._first_pending = 0.0
+            return None
         outgoing, self._outgoing = self._outgoing, []
+        states, self._states = self._states, {}
+        jobs = self.topics.jobs
+        for (number, request_id), state in states.items():
+            value = None if state is None else self.codec.encode("JobState", state_to_record(state), topic=jobs)
+            outgoing.append(Outgoing(number, jobs, request_id.encode(), value, number))
         calls, self._after_commit = self._after_commit, []
         self._offsets_dirty = False
         self._first_pending = 0.0
+        offsets = await self._positions()
+        metadata = (group_metadata or await self.consumer.consumer_group_metadata()) if offsets else None
+        return Batch(outgoing, calls, offsets, metadata)
+
+    async def _write(self, batch: Batch) -> KafkaException | None:
+        """Write one batch in one Kafka transaction; never touches the consumer (a
+        rebalance callback may be waiting for it while the consumer is busy).
+
+        1. begin: nothing visible yet; a crash here loses nothing (inputs are re-read).
+        2. produce every record (export.jobs to the request's own partition).
+        3. send the consumer's positions with the group metadata: the coordinator
+           refuses them if this worker no longer owns its partitions (zombie fencing).
+        4. commit: all of it becomes visible to read_committed readers at once.
+        Then (``_settle``) the vendor calls waiting for their intent to be durable start.
+        """
+        assert self.producer is not None
         producer = self.producer
+        started = time.monotonic()
         try:
             await producer.begin_transaction()
             futures = []
-            for out in outgoing:
+            for out in batch.outgoing:
                 if out.target_partition is None:
                     futures.append(await producer.produce(out.topic, value=out.value, key=out.key))
                 else:
                     futures.append(
                         await producer.produce(out.topic, value=out.value, key=out.key, partition=out.target_partition)
                     )
-            offsets = await self._positions()
-            if offsets:
-                metadata = group_metadata or await self.consumer.consumer_group_metadata()
-                await producer.send_offsets_to_transaction(offsets, metadata, 30)
+            if batch.offsets:
+                await producer.send_offsets_to_transaction(batch.offsets, batch.metadata, 30)
             await producer.commit_transaction(60)
             await asyncio.gather(*futures, return_exceptions=True)
         except KafkaException as exc:
-            await self._transaction_failed(exc)
-            return
+            return exc
         self.metrics.transactions.labels("committed").inc()
-        for call in calls:
+        self.metrics.commit_seconds.observe(time.monotonic() - started)
+        self.metrics.commit_records.observe(len(batch.outgoing))
+        return None
+
+    async def _settle(self, batch: Batch, error: KafkaException | None) -> None:
+        if error is not None:
+            await self._transaction_failed(error)
+            return
+        for call in batch.calls:
             self._dispatch(call)
 
     async def _positions(self) -> list[TopicPartition]:
@@ -777,7 +888,8 @@ class Worker:
         await self.consumer.pause(tps)
         committed = await self.consumer.committed(tps, timeout=30)
         self._outgoing = [o for o in self._outgoing if o.partition not in numbers]
-        self._after_commit = [c for c in self._after_commit if c.partition not in numbers]
+        self._states = {k: v for k, v in self._states.items() if k[0] not in numbers}
+        self._forget_calls(numbers)
         for tp in committed:
             if tp.offset >= 0:
                 await self.consumer.seek(tp)
@@ -880,8 +992,21 @@ class Worker:
         numbers = {tp.partition for tp in partitions if tp.topic == self.topics.requests}
         log.warning("partitions lost (session expired): dropping uncommitted work", partitions=sorted(numbers))
         self._outgoing = [o for o in self._outgoing if o.partition not in numbers]
-        self._after_commit = [c for c in self._after_commit if c.partition not in numbers]
+        self._states = {k: v for k, v in self._states.items() if k[0] not in numbers}
+        self._forget_calls(numbers)
         self._drop(numbers)
+
+    def _forget_calls(self, numbers: set[int]) -> None:
+        """Calls of these partitions that never started (their records were not committed)."""
+        keep = []
+        for call in self._after_commit:
+            if call.partition in numbers:
+                self._call_started(call)
+                if call.has_slot:
+                    call.connection.limiter.release()
+            else:
+                keep.append(call)
+        self._after_commit = keep
 
     def _drop(self, numbers: set[int]) -> None:
         for n in numbers:
@@ -890,9 +1015,13 @@ class Worker:
                 self.metrics.consumer_lag.remove(str(n))
             for task in self._in_flight.pop(n, set()):
                 task.cancel()
+        for call in self._waiting_calls:
+            if call.partition in numbers:
+                self._call_started(call)
         self._waiting_calls = [c for c in self._waiting_calls if c.partition not in numbers]
         for conn in self.connections.values():
             conn.parked = [(p, r) for p, r in conn.parked if p not in numbers]
+            conn.waiting = deque(w for w in conn.waiting if w[0] not in numbers)
         self._timers.compact(set(self.partitions))
         self.metrics.assigned.set(len(self.partitions))
 

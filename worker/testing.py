@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import subprocess
 import sys
 import time
@@ -210,7 +211,6 @@ def terminal(out: Output, request_ids: Iterable[str], statuses: frozenset[str] |
 
 def worker_env(settings: Settings, *, connections_file: str, instance_id: str, http_port: int = -1) -> dict[str, str]:
     """Environment for an ``export-worker run`` process with these settings."""
-    import os
 
     t = settings.topics
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_WORKER_") and k != "KAFKA_BOOTSTRAP"}
@@ -254,9 +254,14 @@ def connections_json(connections: dict[str, Any]) -> str:
     return json.dumps({"connections": out}, indent=2)
 
 
-def spawn_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``export-worker run`` as a separate process (stopped by its PID by the caller)."""
+def spawn_worker(
+    env: dict[str, str], log: Path | None = None, *, profile: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``export-worker run`` as a separate process (stopped by its PID by the caller);
+    with ``profile``, under pyinstrument (if installed) writing its report there on exit."""
+    profiler = ["-m", "pyinstrument", "-r", "text", "-o", str(profile)] if profile else []
+    args = [sys.executable, *profiler, "-m", "worker", "run"]
     if log is None:
-        return subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env)
+        return subprocess.Popen(args, env=env)
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)

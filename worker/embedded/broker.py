@@ -11,11 +11,13 @@ fails with the Maven output.
 from __future__ import annotations
 
 import base64
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -70,6 +72,27 @@ def fetch_jars(version: str = KAFKA_VERSION, *, quiet: bool = True) -> Path:
     staging.rename(libs)
     marker.write_text(version)
     return libs
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded here, in the parent: the child below only makes one syscall between fork and exec.
+_LIBC = _load_libc()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: have Linux SIGTERM the broker when the process that
+    started it dies (a killed test run must not leave a broker behind)."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -195,7 +218,10 @@ class EmbeddedKafka:
         config = self._write_config()
         if not self._formatted:
             fmt = subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)),
+                # --cluster-id=: a random id may start with "-" and would read as a flag.
+                self._java(
+                    libs, "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", f"{config}"
+                ),
                 capture_output=True,
                 text=True,
                 check=False,
@@ -209,6 +235,7 @@ class EmbeddedKafka:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one syscall, no allocation or locks
         )
         out.close()
         self._wait_ready(timeout)

@@ -15,6 +15,7 @@ Rules kept here and nowhere else:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from worker.engine.model import (
     Announce,
@@ -84,14 +85,27 @@ class _Out:
     """Collects the effects of one transition while the state is rebuilt."""
 
     def __init__(self, state: JobState, ctx: Context) -> None:
-        self.state = state
+        self._state = state
+        self._changes: dict[str, object] = {}
         self.ctx = ctx
         self.effects: list[Emit] = []
         self.persist = False
         self.forget = False  # end of retention: write a tombstone
 
+    @property
+    def state(self) -> JobState:
+        """The state with every change so far (copied once, when first read)."""
+        if self._changes:
+            self._state = self._state.evolve(**self._changes)
+            self._changes = {}
+        return self._state
+
+    def get(self, name: str) -> Any:
+        """One field of the state with the changes so far, without copying it."""
+        return self._changes[name] if name in self._changes else getattr(self._state, name)
+
     def update(self, **changes: object) -> None:
-        self.state = replace(self.state, **changes)  # type: ignore[arg-type]
+        self._changes.update(changes)
 
     def publish(
         self,
@@ -103,15 +117,15 @@ class _Out:
     ) -> None:
         """Publish a status event. ``keep_status`` publishes feedback (DUPLICATE, a
         cancel that could not be done) without changing the job's own status."""
-        previous = self.state.status
-        sequence = self.state.sequence + 1
+        previous = self.get("status")
+        sequence = self.get("sequence") + 1
         self.effects.append(
             PublishStatus(
                 status=status,
                 previous_status=previous,
                 sequence=sequence,
                 occurred_at_ms=self.ctx.now_ms,
-                vendor_status=vendor_status if vendor_status is not None else self.state.vendor_status,
+                vendor_status=vendor_status if vendor_status is not None else self.get("vendor_status"),
                 error=error,
             )
         )

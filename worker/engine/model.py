@@ -97,6 +97,28 @@ class JobState:
     def open(self) -> bool:
         return self.phase is not Phase.DONE
 
+    def evolve(self, **changes: Any) -> JobState:
+        """A copy with ``changes``, like ``dataclasses.replace`` but several times faster
+        (no ``__init__``, no per-field loop): a state is copied on every step."""
+        return _evolve(self, changes)
+
+
+_STATE_FIELDS: tuple[str, ...] = tuple(JobState.__dataclass_fields__)
+
+
+def _make_evolve() -> Any:
+    """Build ``_evolve(state, changes)`` as straight-line code over JobState's slots."""
+    lines = ["def _evolve(state, changes):", "    new = new_state(JobState)", "    get = changes.get"]
+    lines += [f"    set_{i}(new, get({name!r}, state.{name}))" for i, name in enumerate(_STATE_FIELDS)]
+    lines.append("    return new")
+    namespace: dict[str, Any] = {"JobState": JobState, "new_state": object.__new__}
+    namespace.update({f"set_{i}": getattr(JobState, name).__set__ for i, name in enumerate(_STATE_FIELDS)})
+    exec("\n".join(lines), namespace)  # generated from the dataclass's own field names
+    return namespace["_evolve"]
+
+
+_evolve = _make_evolve()
+
 
 # ---- events ------------------------------------------------------------------------
 
