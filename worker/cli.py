@@ -6,23 +6,67 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
-from worker.config import Settings
+from worker.config import ConnectionConfig, Settings
 from worker.errors import ExportWorkerError
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import ClickException  # type: ignore[assignment]
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (bad flag, bad value) as one line on stderr and exit code 2, like
+    the rest of the command's errors, instead of a usage box."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except ClickException as exc:
+            if exc.__class__.__name__ != "NoArgsIsHelpError":  # that one has printed the help
+                ctx = getattr(exc, "ctx", None)
+                where = f"{ctx.command_path}: " if ctx is not None else ""
+                print_error(f"{where}{exc.format_message()} (see --help)")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="export-worker",
+    cls=OneLineErrors,
     help="Kafka workers that run vendor export jobs: submit, poll, announce files.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """One line on stderr, however long and whatever it contains."""
+    err.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", soft_wrap=True)
 
 
 def settings_from_env(**overrides: Any) -> Settings:
@@ -35,12 +79,13 @@ def settings_from_env(**overrides: Any) -> Settings:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    print_error(message)
     return typer.Exit(code)
 
 
 def run_async(coro: Any) -> Any:
-    """Run a coroutine; known errors become one clear line and exit code 1."""
+    """Run a coroutine; known errors become one clear line and exit code 1 (2 for
+    usage errors found while running), Ctrl-C exit code 130."""
     from worker.kafka import BrokerUnavailable
 
     try:
@@ -48,7 +93,7 @@ def run_async(coro: Any) -> Any:
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except (ExportWorkerError, BrokerUnavailable) as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), getattr(exc, "exit_code", 1)) from None
 
 
 @app.command()
@@ -204,11 +249,287 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+# ---- operator commands: jobs, replay, dlq, pause/resume ---------------------------------------
+
+jobs_app = typer.Typer(
+    name="jobs", help="Jobs in export.jobs and their lineage.", no_args_is_help=True, add_completion=False
+)
+dlq_app = typer.Typer(
+    name="dlq", help="The dead-letter topic: list and replay.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(jobs_app)
+app.add_typer(dlq_app)
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap servers (else KAFKA_BOOTSTRAP)")]
+Output = Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json")]
+Since = Annotated[
+    str | None, typer.Option(help="only since TIME: ISO 8601 (2026-03-01T12:00Z) or relative (-24h, -30m, -7d)")
+]
+Connections = Annotated[
+    Path | None,
+    typer.Option("--connections", "-c", help="the workers' connections file, to check connections and vendor rules"),
+]
+Checkpoint = Annotated[
+    Path | None, typer.Option(help="resumable run: progress is saved here; rerun the same command to continue")
+]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="publish nothing; say what the worker would do with each")]
+
+
+def connection_configs(settings: Settings) -> dict[str, ConnectionConfig] | None:
+    from worker.config import ConnectionsFile
+
+    if settings.connections_file is None:
+        return None
+    try:
+        return ConnectionsFile.load(settings.connections_file).connections
+    except ExportWorkerError as exc:
+        raise fail(str(exc), 2) from None
+
+
+@jobs_app.command("list")
+def jobs_list(
+    vendor: Annotated[str | None, typer.Option(help="only these vendors (comma-separated)")] = None,
+    status: Annotated[str | None, typer.Option(help="only these statuses, e.g. RUNNING,SUBMITTED")] = None,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+    connection: Annotated[str | None, typer.Option(help="only this connection")] = None,
+    since: Since = None,
+    output: Output = OutputFormat.table,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """List jobs from export.jobs with their status, vendor job and last update.
+
+    Reads every partition to its end (read_committed) and keeps the latest state per
+    request; oldest update first.
+
+    Example: export-worker jobs list --vendor itron --status RUNNING,SUBMITTED --since -2h
+    """
+    from worker.ops import lineage, render
+
+    settings = settings_from_env(kafka_bootstrap=bootstrap)
+    hooks = render.ConsoleHooks()
+    listing = run_async(
+        lineage.list_jobs(
+            settings, vendor=vendor, status=status, tenant=tenant, connection=connection, since=since, hooks=hooks
+        )
+    )
+    if output is OutputFormat.json:
+        render.print_json([lineage.job_row(s) for s in listing.jobs])
+    else:
+        render.jobs_table(listing.jobs, total=listing.total)
+    if listing.undecodable:
+        render.note(f"{listing.undecodable} state records could not be decoded")
+
+
+@jobs_app.command("show")
+def jobs_show(
+    request_id: Annotated[str, typer.Argument(help="the request id (the records' key)")],
+    output: Output = OutputFormat.table,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Show a request's lineage: request -> vendor job -> every status change -> file(s).
+
+    Example: export-worker jobs show 3f2c9a7e-itron-march --output json
+    """
+    from worker.ops import lineage, render
+
+    settings = settings_from_env(kafka_bootstrap=bootstrap)
+    found = run_async(lineage.show_job(settings, request_id, hooks=render.ConsoleHooks()))
+    if output is OutputFormat.json:
+        render.print_json(found.as_json())
+    else:
+        render.lineage_view(found)
+
+
+@app.command()
+def replay(
+    from_time: Annotated[str | None, typer.Option("--from", help="start at TIME: ISO 8601 or relative (-24h)")] = None,
+    from_offset: Annotated[
+        list[str] | None, typer.Option(help="start at PARTITION:OFFSET (repeatable; only these partitions)")
+    ] = None,
+    to_time: Annotated[str | None, typer.Option("--to", help="stop before TIME (default: the end now)")] = None,
+    to_offset: Annotated[list[str] | None, typer.Option(help="stop after PARTITION:OFFSET (inclusive)")] = None,
+    vendor: Annotated[str | None, typer.Option(help="only requests for these vendors (comma-separated)")] = None,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's requests")] = None,
+    connection: Annotated[str | None, typer.Option(help="only requests for this connection")] = None,
+    topic: Annotated[str | None, typer.Option(help="topic to read requests from (default the request topic)")] = None,
+    dry_run: DryRun = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="export again under new ids <id>~r<tag> with replay_of=<id>")
+    ] = False,
+    tag: Annotated[
+        str | None, typer.Option(help="the <tag> of --force ids (default: from the checkpoint, or now)")
+    ] = None,
+    checkpoint: Checkpoint = None,
+    connections: Connections = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Re-publish requests of a time or offset range, without creating duplicate vendor jobs.
+
+    Each request goes back to the request topic with its original key and value; the
+    worker finds it in its state: a finished export is re-announced (while its link is
+    valid), an open one is answered DUPLICATE, a rejected or unknown one runs.
+    --dry-run says per request what the worker would do; --force exports again under
+    derived ids <id>~r<tag>. Ctrl-C saves the --checkpoint and exits 130; running the
+    same command again continues after the last replayed record.
+
+    Example: export-worker replay --from -24h --vendor itron --dry-run -c connections.toml
+    (then without --dry-run, with --checkpoint itron-day.json)
+    """
+    from worker.ops import render
+    from worker.ops.replay import ReplayOptions, replay_requests
+
+    settings = settings_from_env(kafka_bootstrap=bootstrap, connections_file=connections)
+    options = ReplayOptions(
+        from_time=from_time,
+        from_offsets=tuple(from_offset or ()),
+        to_time=to_time,
+        to_offsets=tuple(to_offset or ()),
+        vendor=vendor,
+        tenant=tenant,
+        connection=connection,
+        topic=topic,
+        force=force,
+        tag=tag,
+        dry_run=dry_run,
+        checkpoint=checkpoint,
+        connections=connection_configs(settings),
+    )
+    report = run_async(replay_requests(settings, options, hooks=render.ConsoleHooks()))
+    render.run_summary(report)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    reason: Annotated[str | None, typer.Option(help="only these reason codes, e.g. unknown_connection")] = None,
+    since: Since = None,
+    output: Output = OutputFormat.table,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """List dead letters: reason, when, where the record was, its request id and key.
+
+    Example: export-worker dlq list --reason unknown_connection,out_of_range --since -7d
+    """
+    from worker.ops import dlq, render
+
+    settings = settings_from_env(kafka_bootstrap=bootstrap)
+    listing = run_async(dlq.list_dead_letters(settings, reason=reason, since=since, hooks=render.ConsoleHooks()))
+    if output is OutputFormat.json:
+        render.print_json(listing.rows)
+    else:
+        render.dlq_table(listing.rows)
+        render.note(f"{len(listing.rows)} of {listing.read} dead letters")
+    if listing.undecodable:
+        render.note(f"{listing.undecodable} records on the dead-letter topic are not DeadLetters")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: Annotated[str | None, typer.Option(help="only these reason codes (comma-separated)")] = None,
+    since: Since = None,
+    dry_run: DryRun = False,
+    checkpoint: Checkpoint = None,
+    connections: Connections = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Write dead letters back to their original topic once the cause is fixed.
+
+    Each dead letter's original key, value and headers go to its original topic and
+    partition (e.g. after a missing connection was added). --dry-run says per record
+    whether the worker would now accept it, or why it is still invalid.
+
+    Example: export-worker dlq replay --reason unknown_connection --dry-run -c connections.toml
+    """
+    from worker.ops import dlq, render
+
+    settings = settings_from_env(kafka_bootstrap=bootstrap, connections_file=connections)
+    report = run_async(
+        dlq.replay_dead_letters(
+            settings,
+            reason=reason,
+            since=since,
+            dry_run=dry_run,
+            checkpoint=checkpoint,
+            connections=connection_configs(settings),
+            hooks=render.ConsoleHooks(),
+        )
+    )
+    render.run_summary(report)
+
+
+def operator_name() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+Target = Annotated[str, typer.Argument(help="a connection name, or a vendor with --vendor")]
+VendorFlag = Annotated[bool, typer.Option("--vendor", help="TARGET is a vendor: every connection of it")]
+Reason = Annotated[str | None, typer.Option(help="why, shown by `export-worker paused`")]
+
+
+def _set_paused(target: str, vendor: bool, paused: bool, reason: str | None, bootstrap: str | None) -> None:
+    from worker.ops.pause import set_paused
+
+    settings = settings_from_env(kafka_bootstrap=bootstrap)
+    key = run_async(set_paused(settings, target, vendor=vendor, paused=paused, reason=reason, by=operator_name()))
+    what = "paused: no new submits; open jobs keep polling to the end" if paused else "resumed: waiting jobs submit"
+    err.print(f"{escape(key)} {what}", soft_wrap=True)
+
+
+@app.command()
+def pause(target: Target, vendor: VendorFlag = False, reason: Reason = None, bootstrap: Bootstrap = None) -> None:
+    """Pause a connection (or a whole vendor) so it drains: no new submits, open jobs finish.
+
+    Workers keep polling its open jobs to the end; new requests are accepted and wait
+    until `export-worker resume`.
+
+    Example: export-worker pause itron-prod --reason "vendor maintenance 02:00-04:00"
+    """
+    _set_paused(target, vendor, True, reason, bootstrap)
+
+
+@app.command()
+def resume(target: Target, vendor: VendorFlag = False, reason: Reason = None, bootstrap: Bootstrap = None) -> None:
+    """Resume a paused connection (or vendor): the requests that waited are submitted.
+
+    Example: export-worker resume itron --vendor
+    """
+    _set_paused(target, vendor, False, reason, bootstrap)
+
+
+@app.command()
+def paused(output: Output = OutputFormat.table, bootstrap: Bootstrap = None) -> None:
+    """Show what is paused now (from the control topic), with reason, by whom and since when.
+
+    Example: export-worker paused --output json
+    """
+    from worker.ops import render
+    from worker.ops.pause import list_paused
+
+    settings = settings_from_env(kafka_bootstrap=bootstrap)
+    rows = run_async(list_paused(settings))
+    if output is OutputFormat.json:
+        render.print_json(rows)
+    else:
+        render.paused_table(rows)
+
+
 def main() -> None:
     try:
         app()
     except ExportWorkerError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        print_error(str(exc))
         sys.exit(1)
 
 

@@ -1,0 +1,342 @@
+"""``jobs list`` and ``jobs show``: what export.jobs, export.status and export.files say
+about requests.
+
+A request's records are keyed by its id. The worker writes its state to the partition
+the request was read from and its events with Kafka's default partitioner, so the
+key's murmur2 partition is read first; when the key is not there (a producer used
+another partitioner) every partition is read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Message
+
+from worker.codec import Codec
+from worker.config import VENDORS, Settings
+from worker.engine.model import JobState, Status
+from worker.errors import DecodeError
+from worker.ops.errors import OperatorError, UsageError
+from worker.ops.kafkaio import Cluster, RangeReader, connect, read_all
+from worker.ops.partitioner import partition_for
+from worker.ops.progress import Hooks, NoHooks
+from worker.ops.timeparse import format_ms, parse_time
+from worker.ops.wire import codec_for
+from worker.records import state_from_record
+from worker.redaction import redact, redact_text
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilters:
+    """Which jobs ``jobs list`` shows; None matches anything. ``statuses`` and
+    ``vendors`` match any of their members."""
+
+    vendors: frozenset[str] | None = None
+    statuses: frozenset[str] | None = None
+    tenant: str | None = None
+    connection: str | None = None
+    since_ms: int | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        vendor: str | None = None,
+        status: str | None = None,
+        tenant: str | None = None,
+        connection: str | None = None,
+        since_ms: int | None = None,
+    ) -> JobFilters:
+        """From comma-separated flag values; UsageError for unknown vendors or statuses."""
+        vendors = _members(vendor, VENDORS, "--vendor", lower=True)
+        statuses = _members(status, tuple(s.value for s in Status), "--status", lower=False)
+        return cls(vendors, statuses, tenant, connection, since_ms)
+
+    def match(self, state: JobState) -> bool:
+        return (
+            (self.vendors is None or state.vendor in self.vendors)
+            and (self.statuses is None or state.status.value in self.statuses)
+            and (self.tenant is None or state.tenant == self.tenant)
+            and (self.connection is None or state.connection == self.connection)
+            and (self.since_ms is None or state.updated_at_ms >= self.since_ms)
+        )
+
+
+def _members(text: str | None, allowed: tuple[str, ...], flag: str, *, lower: bool) -> frozenset[str] | None:
+    if text is None:
+        return None
+    values = {v.strip().lower() if lower else v.strip().upper() for v in text.split(",") if v.strip()}
+    unknown = sorted(values - set(allowed))
+    if unknown or not values:
+        raise UsageError(f"{flag} {text!r}: unknown {', '.join(unknown) or 'value'}; one of {', '.join(allowed)}")
+    return frozenset(values)
+
+
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """The latest state of every request in export.jobs (tombstoned ones removed)."""
+
+    states: dict[str, JobState]
+    undecodable: int = 0
+
+
+async def load_states(
+    settings: Settings, cluster: Cluster, codec: Codec, *, on_batch: Progress | None = None
+) -> StateSnapshot:
+    """Read export.jobs to its end (read_committed), keeping the latest value per key."""
+    topic = settings.topics.jobs
+    latest: dict[bytes, bytes] = {}
+    async with RangeReader(settings, topic, await cluster.whole(topic), batch=10_000) as reader:
+        while not reader.exhausted:
+            batch = await reader.next_batch()
+            for msg in batch:
+                key, value = msg.key(), msg.value()
+                if key is None:
+                    continue
+                if value is None:
+                    latest.pop(key, None)
+                else:
+                    latest[key] = value
+            if on_batch is not None and batch:
+                on_batch(len(batch))
+    states: dict[str, JobState] = {}
+    bad = 0
+    for key, value in latest.items():
+        state = await _decode_state(codec, value)
+        if state is None:
+            bad += 1
+        else:
+            states[key.decode("utf-8", "replace")] = state
+    return StateSnapshot(states, bad)
+
+
+async def _decode_state(codec: Codec, value: bytes) -> JobState | None:
+    try:
+        return state_from_record(await codec.decode_async("JobState", value))
+    except (DecodeError, KeyError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class JobsListing:
+    jobs: list[JobState]
+    total: int
+    undecodable: int
+
+
+async def list_jobs(
+    settings: Settings,
+    *,
+    vendor: str | None = None,
+    status: str | None = None,
+    tenant: str | None = None,
+    connection: str | None = None,
+    since: str | None = None,
+    hooks: Hooks | None = None,
+) -> JobsListing:
+    """The jobs in export.jobs that match the filters (comma-separated vendors and
+    statuses; ``since`` a TIME of the last update), oldest update first."""
+    hooks = hooks or NoHooks()
+    since_ms = None if since is None else parse_time(since, now_ms=int(time.time() * 1000), flag="--since")
+    filters = JobFilters.parse(vendor=vendor, status=status, tenant=tenant, connection=connection, since_ms=since_ms)
+    cluster = await connect(settings)
+    hooks.phase(f"reading {settings.topics.jobs}", None)
+    try:
+        snapshot = await load_states(settings, cluster, await codec_for(settings), on_batch=hooks.advance)
+    finally:
+        hooks.done()
+    jobs = sorted(
+        (s for s in snapshot.states.values() if filters.match(s)), key=lambda s: (s.updated_at_ms, s.request_id)
+    )
+    return JobsListing(jobs, len(snapshot.states), snapshot.undecodable)
+
+
+def job_row(state: JobState) -> dict[str, Any]:
+    """One ``jobs list`` row (also its JSON form)."""
+    return {
+        "request_id": state.request_id,
+        "tenant": state.tenant,
+        "connection": state.connection,
+        "vendor": state.vendor,
+        "status": state.status.value,
+        "phase": state.phase.value,
+        "vendor_job_id": state.vendor_job_id,
+        "sequence": state.sequence,
+        "possible_duplicate": state.possible_duplicate,
+        "updated_at": format_ms(state.updated_at_ms),
+    }
+
+
+# ---- one request's lineage -----------------------------------------------------------
+
+
+@dataclass
+class Lineage:
+    """Everything the topics hold about one request id."""
+
+    request_id: str
+    state: JobState | None = None
+    state_partition: int | None = None
+    state_deleted: bool = False  # a tombstone ended it (retention)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    scanned_all: list[str] = field(default_factory=list)  # topics where the key was not in its murmur2 partition
+
+    @property
+    def found(self) -> bool:
+        return self.state is not None or bool(self.statuses) or bool(self.files) or self.state_deleted
+
+    def as_json(self) -> dict[str, Any]:
+        """The lineage as JSON-ready data, secrets redacted."""
+        state = self.state
+        request: dict[str, Any] | None = None
+        vendor_job: dict[str, Any] | None = None
+        if state is not None:
+            request = {
+                "request_id": state.request_id,
+                "tenant": state.tenant,
+                "connection": state.connection,
+                "vendor": state.vendor,
+                "requested_at": format_ms(state.requested_at_ms),
+                "correlation_id": state.correlation_id,
+                "labels": redact(dict(state.labels)),
+                "replay_of": state.replay_of,
+                "job": _job(state.job_json),
+                "read_from": f"{state.origin_partition}:{state.origin_offset}",
+            }
+            vendor_job = {
+                "vendor_job_id": state.vendor_job_id,
+                "submit_attempts": state.submit_attempt,
+                "possible_duplicate": state.possible_duplicate,
+                "phase": state.phase.value,
+                "status": state.status.value,
+                "vendor_status": state.vendor_status,
+                "error": _error(state.error.code, state.error.message) if state.error else None,
+                "created_at": format_ms(state.created_at_ms),
+                "updated_at": format_ms(state.updated_at_ms),
+                "finished_at": format_ms(state.finished_at_ms),
+            }
+        return {
+            "request_id": self.request_id,
+            "request": request,
+            "vendor_job": vendor_job,
+            "state_partition": self.state_partition,
+            "state_deleted": self.state_deleted,
+            "statuses": [
+                {
+                    "sequence": e["sequence"],
+                    "status": e["status"],
+                    "previous_status": e.get("previous_status"),
+                    "vendor_status": e.get("vendor_status"),
+                    "vendor_job_id": e.get("vendor_job_id"),
+                    "at": format_ms(e["occurred_at"]),
+                    "possible_duplicate": e.get("possible_duplicate", False),
+                    "error": _error(e["error"]["code"], e["error"]["message"]) if e.get("error") else None,
+                }
+                for e in self.statuses
+            ],
+            "files": [
+                {
+                    "url": redact_text(f["url"]),
+                    "format": f.get("format"),
+                    "expires_at": format_ms(f.get("expires_at")),
+                    "size_bytes": f.get("size_bytes"),
+                    "sha256": f.get("sha256"),
+                    "vendor_job_id": f.get("vendor_job_id"),
+                    "produced_at": format_ms(f.get("produced_at")),
+                    "reannounced": f.get("reannounced", False),
+                }
+                for f in self.files
+            ],
+            "scanned_all_partitions": self.scanned_all,
+        }
+
+
+def _error(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": redact_text(message)}
+
+
+def _job(job_json: str) -> Any:
+    try:
+        return redact(json.loads(job_json))
+    except ValueError:
+        return redact_text(job_json)
+
+
+def _ms(value: Any) -> int | None:
+    """Avro timestamp-millis comes back as a datetime."""
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+async def _records_for_key(
+    settings: Settings, cluster: Cluster, topic: str, key: bytes, scanned_all: list[str], on_batch: Progress | None
+) -> list[Message]:
+    count = await cluster.partitions(topic)
+    home = partition_for(key, count)
+    spans = await cluster.whole(topic, [home])
+    found = [m for m in await read_all(settings, topic, spans, on_batch=on_batch) if m.key() == key]
+    if found or count == 1:
+        return found
+    scanned_all.append(topic)
+    spans = await cluster.whole(topic, [p for p in range(count) if p != home])
+    return [m for m in await read_all(settings, topic, spans, on_batch=on_batch) if m.key() == key]
+
+
+async def show_job(settings: Settings, request_id: str, *, hooks: Hooks | None = None) -> Lineage:
+    """Request -> vendor job -> every status change -> file(s), for one request id;
+    OperatorError when no topic knows it."""
+    hooks = hooks or NoHooks()
+    hooks.phase(f"looking for {request_id}", None)
+    try:
+        lineage = await _lineage(settings, request_id, hooks.advance)
+    finally:
+        hooks.done()
+    if not lineage.found:
+        t = settings.topics
+        raise OperatorError(f"no request {request_id!r} in {t.jobs}, {t.status} or {t.files}")
+    return lineage
+
+
+async def _lineage(settings: Settings, request_id: str, on_batch: Progress) -> Lineage:
+    cluster = await connect(settings)
+    codec = await codec_for(settings)
+    key = request_id.encode()
+    t = settings.topics
+    lineage = Lineage(request_id)
+    states = await _records_for_key(settings, cluster, t.jobs, key, lineage.scanned_all, on_batch)
+    if states:
+        last = states[-1]
+        lineage.state_partition = last.partition()
+        value = last.value()
+        if value is None:
+            lineage.state_deleted = True
+        else:
+            lineage.state = await _decode_state(codec, value)
+    for msg in await _records_for_key(settings, cluster, t.status, key, lineage.scanned_all, on_batch):
+        try:
+            lineage.statuses.append(await codec.decode_async("JobStatusChanged", msg.value()))
+        except DecodeError:
+            continue
+    for msg in await _records_for_key(settings, cluster, t.files, key, lineage.scanned_all, on_batch):
+        try:
+            record = await codec.decode_async("FileReady", msg.value())
+        except DecodeError:
+            continue
+        record["expires_at"] = _ms(record.get("expires_at"))
+        record["produced_at"] = _ms(record.get("produced_at"))
+        lineage.files.append(record)
+    for event in lineage.statuses:
+        event["occurred_at"] = _ms(event.get("occurred_at"))
+    lineage.statuses.sort(key=lambda e: e["sequence"])
+    return lineage
