@@ -71,13 +71,23 @@ class SchemaInfo:
     parsed: Any
     canonical: str
     fingerprint: bytes  # 8 bytes, little-endian, as written after C3 01
+    record_unions: bool  # has a union of several records (decoded as (name, record) pairs)
+
+
+def _has_record_union(node: Any) -> bool:
+    if isinstance(node, list):
+        records = [b for b in node if isinstance(b, dict) and b.get("type") == "record"]
+        return len(records) > 1 or any(_has_record_union(b) for b in node)
+    if isinstance(node, dict):
+        return any(_has_record_union(v) for k, v in node.items() if k in ("type", "fields", "items", "values"))
+    return False
 
 
 def _info(name: str, raw: Mapping[str, Any]) -> SchemaInfo:
     parsed = fastavro.parse_schema(dict(raw), _write_hint=True)
     canonical = to_parsing_canonical_form(parsed)
     fp = crc64_avro(canonical.encode()).to_bytes(8, "little")
-    return SchemaInfo(name, raw, parsed, canonical, fp)
+    return SchemaInfo(name, raw, parsed, canonical, fp, _has_record_union(dict(raw)))
 
 
 class SchemaSet:
@@ -214,8 +224,8 @@ class Codec:
                 stream,
                 writer.parsed,
                 None if writer.fingerprint == reader.fingerprint else reader.parsed,
-                return_record_name=True,
-                return_record_name_override=True,
+                return_record_name=reader.record_unions,
+                return_record_name_override=reader.record_unions,
             )
         except Exception as exc:  # fastavro raises many types for corrupt bodies
             raise DecodeError("not_avro", f"corrupt {name} body: {type(exc).__name__}: {exc}") from exc

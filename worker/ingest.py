@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from worker.codec import Codec
 from worker.config import ConnectionConfig
-from worker.engine.model import ErrorInfo, RequestInfo, RequestRejected
+from worker.engine.model import NO_LABELS, ErrorInfo, RequestInfo, RequestRejected
 from worker.errors import ConfigError, DecodeError, InvalidRequest
 from worker.vendors import validator
 
@@ -130,17 +131,19 @@ class Ingest:
                 return reject(exc.reason_code, exc.message)
             except ConfigError as exc:
                 return reject("unknown_connection", str(exc))
+        labels = record.get("labels")
         return RequestInfo(
             request_id=request_id,
-            tenant=tenant,
-            connection=connection,
-            vendor=conn.vendor,
+            # Tens of thousands of open jobs share a few tenants and connections: intern.
+            tenant=sys.intern(tenant),
+            connection=sys.intern(connection),
+            vendor=sys.intern(conn.vendor),
             job_json=json.dumps(jsonable(record["job"]), separators=(",", ":"), sort_keys=True),
             requested_at_ms=_ms(record.get("requested_at") or now_ms),
             partition=partition,
             offset=offset,
             correlation_id=correlation,
-            labels=dict(record.get("labels") or {}),
+            labels=dict(labels) if labels else NO_LABELS,
             replay_of=record.get("replay_of"),
             cancel=cancel,
         )

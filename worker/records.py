@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from worker.engine.model import (
+    NO_LABELS,
     Announce,
     ErrorInfo,
     FileInfo,
@@ -65,42 +67,46 @@ def state_to_record(state: JobState) -> dict[str, Any]:
 def state_from_record(rec: dict[str, Any]) -> JobState:
     file = rec.get("file")
     error = rec.get("error")
-    return JobState(
-        request_id=rec["request_id"],
-        tenant=rec["tenant"],
-        connection=rec["connection"],
-        vendor=rec["vendor"],
-        job_json=rec["job_json"],
-        requested_at_ms=rec["requested_at_ms"],
-        origin_partition=rec["origin_partition"],
-        origin_offset=rec["origin_offset"],
-        phase=Phase(rec["phase"]),
-        status=Status(rec["status"]),
-        sequence=rec["sequence"],
-        created_at_ms=rec["created_at_ms"],
-        updated_at_ms=rec["updated_at_ms"],
-        correlation_id=rec.get("correlation_id"),
-        labels=rec.get("labels") or {},
-        replay_of=rec.get("replay_of"),
-        vendor_status=rec.get("vendor_status"),
-        vendor_job_id=rec.get("vendor_job_id"),
-        submit_attempt=rec.get("submit_attempt", 0),
-        possible_duplicate=rec.get("possible_duplicate", False),
-        cancel_requested=rec.get("cancel_requested", False),
-        next_action_at_ms=rec.get("next_action_at_ms", 0),
-        poll_attempt=rec.get("poll_attempt", 0),
-        failing_since_ms=rec.get("failing_since_ms", 0),
-        file=None
-        if file is None
-        else FileInfo(
-            url=file["url"],
-            format=file["format"],
-            expires_at_ms=file.get("expires_at_ms"),
-            size_bytes=file.get("size_bytes"),
-            sha256=file.get("sha256"),
-        ),
-        error=None if error is None else ErrorInfo(error["code"], error["message"], error["retryable"]),
-        finished_at_ms=rec.get("finished_at_ms"),
+    vendor_status = rec.get("vendor_status")
+    return JobState.from_fields(
+        {
+            "request_id": rec["request_id"],
+            # Restored by the 100,000: strings every job repeats are interned.
+            "tenant": sys.intern(rec["tenant"]),
+            "connection": sys.intern(rec["connection"]),
+            "vendor": sys.intern(rec["vendor"]),
+            "job_json": rec["job_json"],
+            "requested_at_ms": rec["requested_at_ms"],
+            "origin_partition": rec["origin_partition"],
+            "origin_offset": rec["origin_offset"],
+            "phase": Phase(rec["phase"]),
+            "status": Status(rec["status"]),
+            "sequence": rec["sequence"],
+            "created_at_ms": rec["created_at_ms"],
+            "updated_at_ms": rec["updated_at_ms"],
+            "correlation_id": rec.get("correlation_id"),
+            "labels": rec.get("labels") or NO_LABELS,
+            "replay_of": rec.get("replay_of"),
+            "vendor_status": sys.intern(vendor_status) if vendor_status is not None else None,
+            "vendor_job_id": rec.get("vendor_job_id"),
+            "submit_attempt": rec.get("submit_attempt", 0),
+            "possible_duplicate": rec.get("possible_duplicate", False),
+            "cancel_requested": rec.get("cancel_requested", False),
+            "next_action_at_ms": rec.get("next_action_at_ms", 0),
+            "poll_attempt": rec.get("poll_attempt", 0),
+            "failing_since_ms": rec.get("failing_since_ms", 0),
+            "file": None
+            if file is None
+            else FileInfo(
+                url=file["url"],
+                format=file["format"],
+                expires_at_ms=file.get("expires_at_ms"),
+                size_bytes=file.get("size_bytes"),
+                sha256=file.get("sha256"),
+            ),
+            "error": None if error is None else ErrorInfo(error["code"], error["message"], error["retryable"]),
+            "finished_at_ms": rec.get("finished_at_ms"),
+        }
     )
 
 

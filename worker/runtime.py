@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 import time
 from collections import Counter as Tally
 from collections import deque
@@ -85,8 +86,10 @@ class Connection:
     policy: Policy
     limiter: Limiter
     parked: list[tuple[int, str]] = field(default_factory=list)  # PENDING jobs held by a pause
-    # Due jobs waiting for a call slot, oldest first: (partition, request_id, due_ms).
+    # Due jobs waiting for capacity, oldest first: (partition, request_id, due_ms). Jobs
+    # already at the vendor (polls, reconciles, cancels) go before new submits.
     waiting: deque[tuple[int, str, int]] = field(default_factory=deque)
+    waiting_submits: deque[tuple[int, str, int]] = field(default_factory=deque)
     # Submits whose intent is written but whose call has not started: bounded, so a
     # crash leaves few intents the next owner must reconcile.
     intents: int = 0
@@ -377,7 +380,7 @@ class Worker:
         busy = (
             self._committing is not None
             or any(self._in_flight.values())
-            or any(c.waiting for c in self.connections.values())
+            or any(c.waiting or c.waiting_submits for c in self.connections.values())
         )
         if busy or self._pending() or self._restores:
             return 0.02
@@ -587,41 +590,57 @@ class Worker:
             if conn is None:
                 self._step(part, request_id, _no_connection(state))
                 continue
-            conn.waiting.append((number, request_id, due))
+            (conn.waiting_submits if state.phase is Phase.PENDING else conn.waiting).append((number, request_id, due))
         self._admit_waiting(now_ms)
 
     def _admit_waiting(self, now_ms: int) -> None:
         mono = time.monotonic()
         for conn in self.connections.values():
-            queue = conn.waiting
-            while queue:
-                number, request_id, due = queue[0]
-                part = self.partitions.get(number)
-                state = part.jobs.get(request_id) if part is not None and not part.revoking else None
-                if part is None or state is None or state.next_action_at_ms != due:
-                    queue.popleft()  # moved on, or its partition is gone
-                    continue
-                if state.phase is Phase.PENDING:
-                    if conn.limiter.paused:
-                        queue.popleft()
-                        conn.parked.append((number, request_id))
-                        continue
-                    # A submit takes its call slot only once its intent is durable, so
-                    # slots are not held through a commit; intents in waiting are bounded.
-                    if (
-                        conn.intents >= INTENTS_PER_SLOT * conn.limiter.max_concurrency
-                        or mono < conn.limiter.blocked_until
-                    ):
-                        break
-                    queue.popleft()
-                    self.metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
-                    self._step(part, request_id, TimerFired())
-                    continue
-                if not conn.limiter.try_acquire(mono):
-                    break  # at capacity, rate-limited or blocked by a 429: wait in line
+            self._admit_calls(conn, now_ms, mono)
+            self._admit_submits(conn, now_ms, mono)
+
+    def _due(self, entry: tuple[int, str, int]) -> tuple[OwnedPartition, JobState] | None:
+        """The job of a queue entry, if it is still owned and still due at that time."""
+        number, request_id, due = entry
+        part = self.partitions.get(number)
+        if part is None or part.revoking:
+            return None
+        state = part.jobs.get(request_id)
+        if state is None or state.next_action_at_ms != due:
+            return None
+        return part, state
+
+    def _admit_calls(self, conn: Connection, now_ms: int, mono: float) -> None:
+        queue = conn.waiting
+        while queue:
+            found = self._due(queue[0])
+            if found is None:
+                queue.popleft()  # moved on, or its partition is gone
+                continue
+            if not conn.limiter.try_acquire(mono):
+                return  # at capacity, rate-limited or blocked by a 429: wait in line
+            _, request_id, due = queue.popleft()
+            self.metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
+            self._step(found[0], request_id, TimerFired(), slot=conn)
+
+    def _admit_submits(self, conn: Connection, now_ms: int, mono: float) -> None:
+        queue = conn.waiting_submits
+        while queue:
+            found = self._due(queue[0])
+            if found is None:
                 queue.popleft()
-                self.metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
-                self._step(part, request_id, TimerFired(), slot=conn)
+                continue
+            if conn.limiter.paused:
+                number, request_id, _ = queue.popleft()
+                conn.parked.append((number, request_id))
+                continue
+            # A submit takes its call slot only once its intent is durable, so slots are
+            # not held through a commit; the intents waiting for one are bounded.
+            if conn.intents >= INTENTS_PER_SLOT * conn.limiter.max_concurrency or mono < conn.limiter.blocked_until:
+                return
+            _, request_id, due = queue.popleft()
+            self.metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
+            self._step(found[0], request_id, TimerFired())
 
     def _apply_control(self, control: ControlState) -> None:
         for conn in self.connections.values():
@@ -739,6 +758,10 @@ class Worker:
                 outcome_unknown=call.kind is CallKind.SUBMIT,
             )
         conn.limiter.release()
+        raw = getattr(event, "vendor_status", None)
+        if raw is not None and type(event) is not CallFailed:
+            # A handful of vendor status names, held by every open job: keep one copy.
+            event = replace(event, vendor_status=sys.intern(raw))  # type: ignore[type-var]
         self._results.put_nowait(CallResult(call.partition, call.incarnation, call.request_id, event))
 
     async def _call_adapter(self, adapter: VendorAdapter, kind: CallKind, spec: JobSpec, state: JobState) -> Event:
@@ -1022,6 +1045,7 @@ class Worker:
         for conn in self.connections.values():
             conn.parked = [(p, r) for p, r in conn.parked if p not in numbers]
             conn.waiting = deque(w for w in conn.waiting if w[0] not in numbers)
+            conn.waiting_submits = deque(w for w in conn.waiting_submits if w[0] not in numbers)
         self._timers.compact(set(self.partitions))
         self.metrics.assigned.set(len(self.partitions))
 

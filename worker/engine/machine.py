@@ -299,7 +299,9 @@ def _on_restored(state: JobState | None, ctx: Context) -> Transition:
         due = at(now, spread(policy.retry_initial_s, 1.0, ctx.u))
     else:
         due = max(state.next_action_at_ms, now)
-    return Transition(replace(state, next_action_at_ms=due), False, ())
+    if due == state.next_action_at_ms:
+        return Transition(state, False, ())
+    return Transition(state.evolve(next_action_at_ms=due), False, ())
 
 
 def _on_timer(state: JobState, ctx: Context) -> Transition:

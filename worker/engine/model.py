@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+NO_LABELS: dict[str, str] = {}  # shared by every job without labels; never mutated
+
 
 class Status(StrEnum):
     """Normalised status published on export.status (the ExportStatus enum)."""
@@ -97,6 +99,12 @@ class JobState:
     def open(self) -> bool:
         return self.phase is not Phase.DONE
 
+    @classmethod
+    def from_fields(cls, values: dict[str, Any]) -> JobState:
+        """Build a state from a complete field dict (restore path: 100,000s of them),
+        skipping the frozen dataclass's per-field ``__init__`` machinery."""
+        return _build(values)
+
     def evolve(self, **changes: Any) -> JobState:
         """A copy with ``changes``, like ``dataclasses.replace`` but several times faster
         (no ``__init__``, no per-field loop): a state is copied on every step."""
@@ -118,6 +126,19 @@ def _make_evolve() -> Any:
 
 
 _evolve = _make_evolve()
+
+
+def _make_build() -> Any:
+    lines = ["def _build(values):", "    new = new_state(JobState)"]
+    lines += [f"    set_{i}(new, values[{name!r}])" for i, name in enumerate(_STATE_FIELDS)]
+    lines.append("    return new")
+    namespace: dict[str, Any] = {"JobState": JobState, "new_state": object.__new__}
+    namespace.update({f"set_{i}": getattr(JobState, name).__set__ for i, name in enumerate(_STATE_FIELDS)})
+    exec("\n".join(lines), namespace)  # generated from the dataclass's own field names
+    return namespace["_build"]
+
+
+_build = _make_build()
 
 
 # ---- events ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class SimJob:
     durations: tuple[float, ...]
     cancelled_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    created_wall: float = field(default_factory=time.time)
 
     def stage(self, now: float) -> int:
         """Index of the current stage: 0 .. len(durations) (the last means finished)."""
@@ -56,8 +57,16 @@ class Simulator:
     vendor = "vendor"
     api_prefixes: tuple[str, ...] = ()
 
-    def __init__(self, *, timing: Timing | None = None, faults: FaultPlan | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        *,
+        timing: Timing | None = None,
+        faults: FaultPlan | None = None,
+        seed: int | None = None,
+        record: bool = True,
+    ):
         self.timing = timing or Timing()
+        self.record = record  # keep a log of every request (tests); off for long load runs
         self.faults = Faults(faults, seed=seed)
         self.tokens: dict[str, float] = {}  # token -> expiry (monotonic)
         self.jobs: dict[str, SimJob] = {}
@@ -103,7 +112,10 @@ class Simulator:
         return str(uuid.uuid4())
 
     def is_api(self, request: web.Request) -> bool:
-        return request.path.startswith(self.api_prefixes)
+        return self.is_api_path(request.path)
+
+    def is_api_path(self, path: str) -> bool:
+        return path.startswith(self.api_prefixes)
 
     def is_authenticated_call(self, request: web.Request) -> bool:
         return self.is_api(request)
@@ -114,7 +126,7 @@ class Simulator:
     # ---- app -------------------------------------------------------------------------
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if not request.path.startswith("/_sim"):
+        if self.record and not request.path.startswith("/_sim"):
             body = await request.read()
             self.requests.append(
                 {
@@ -139,6 +151,7 @@ class Simulator:
         app.router.add_get("/_sim/requests", self._sim_requests)
         app.router.add_post("/_sim/faults", self._sim_faults)
         app.router.add_post("/_sim/expire-tokens", self._sim_expire)
+        app.router.add_get("/_sim/rate-limits", self._sim_rate_limits)
         self.routes(app)
         return app
 
@@ -152,6 +165,8 @@ class Simulator:
                     "stage": j.stage(now),
                     "fails": j.fails,
                     "cancelled": j.cancelled_at is not None,
+                    "created_wall": j.created_wall,
+                    "done_wall": j.created_wall + sum(j.durations),
                 }
                 for j in self.jobs.values()
             ]
@@ -159,6 +174,11 @@ class Simulator:
 
     async def _sim_requests(self, _request: web.Request) -> web.Response:
         return web.json_response(self.requests)
+
+    async def _sim_rate_limits(self, _request: web.Request) -> web.Response:
+        """When 429s were answered and when API calls arrived (monotonic seconds)."""
+        arrivals = [r["at"] for r in self.requests if self.is_api_path(r["path"])]
+        return web.json_response({"rate_limited_at": self.faults.rate_limited_at, "arrivals": arrivals})
 
     async def _sim_faults(self, request: web.Request) -> web.Response:
         try:

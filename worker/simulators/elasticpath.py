@@ -57,8 +57,9 @@ class ElasticPathSimulator(Simulator):
         timing: Timing | None = None,
         faults: FaultPlan | None = None,
         seed: int | None = None,
+        record: bool = True,
     ) -> None:
-        super().__init__(timing=timing, faults=faults, seed=seed)
+        super().__init__(timing=timing, faults=faults, seed=seed, record=record)
         self.client_id = client_id
         self.client_secret = client_secret
         self.canned: deque[tuple[int, bytes, str]] = deque()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -65,6 +66,7 @@ class Faults:
         self.plan = plan or FaultPlan()
         self.rng = random.Random(seed)
         self.injected: dict[str, int] = {}
+        self.rate_limited_at: list[float] = []  # monotonic times 429s were answered
 
     def count(self, name: str) -> None:
         self.injected[name] = self.injected.get(name, 0) + 1
@@ -97,6 +99,7 @@ class Faults:
                 await asyncio.sleep(plan.slow_s)
             if plan.take("next_429", plan.rate_429, self.rng):
                 self.count("429")
+                self.rate_limited_at.append(time.monotonic())
                 return web.json_response(
                     {"error": "too many requests"},
                     status=429,

@@ -40,8 +40,9 @@ class ItronSimulator(Simulator):
         timing: Timing | None = None,
         faults: FaultPlan | None = None,
         seed: int | None = None,
+        record: bool = True,
     ) -> None:
-        super().__init__(timing=timing, faults=faults, seed=seed)
+        super().__init__(timing=timing, faults=faults, seed=seed, record=record)
         self.client_id = client_id
         self.client_secret = client_secret
         self.subscriber_id = subscriber_id

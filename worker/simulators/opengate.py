@@ -109,8 +109,9 @@ class OpenGateSimulator(Simulator):
         timing: Timing | None = None,
         faults: FaultPlan | None = None,
         seed: int | None = None,
+        record: bool = True,
     ) -> None:
-        super().__init__(timing=timing, faults=faults, seed=seed)
+        super().__init__(timing=timing, faults=faults, seed=seed, record=record)
         self.api_key = api_key
         self.username = username
         self.password = password

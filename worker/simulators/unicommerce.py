@@ -89,8 +89,9 @@ class UnicommerceSimulator(Simulator):
         timing: Timing | None = None,
         faults: FaultPlan | None = None,
         seed: int | None = None,
+        record: bool = True,
     ) -> None:
-        super().__init__(timing=timing, faults=faults, seed=seed)
+        super().__init__(timing=timing, faults=faults, seed=seed, record=record)
         self.username = username
         self.password = password
         self.facilities = facilities

@@ -1,0 +1,159 @@
+"""``make bench``: every figure with its baseline from the same run, a table, then one
+line per figure as ``name value target ok|miss``.
+
+    python -m bench [--quick]     (--quick: smaller sizes, for a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import capacity, latency, politeness, restore, throughput
+from bench.common import WORKDIR, broker
+
+console = Console()
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo").read().splitlines()  # noqa: SIM115
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpus} x {model}, {mem:.0f} GiB, Python {platform.python_version()}, {platform.system()}"
+
+
+def line(name: str, value: float, target: str, ok: bool, fmt: str = "{:.2f}") -> str:
+    return f"{name} {fmt.format(value)} {target} {'ok' if ok else 'miss'}"
+
+
+async def run(quick: bool) -> list[str]:
+    lines: list[str] = []
+    table = Table(title="export-worker benchmarks (baselines measured in the same run)")
+    for column in ("figure", "export-worker", "baseline", "ratio", "target"):
+        table.add_column(column)
+    started = time.monotonic()
+    with broker() as bootstrap:
+
+        def step(what: str) -> None:
+            console.print(f"[dim]{time.monotonic() - started:5.0f}s {what}[/dim]")
+
+        step("throughput")
+        t = await throughput.measure(bootstrap, 2000 if quick else 5000)
+        table.add_row(
+            "end-to-end throughput",
+            f"{t.worker_rps:.0f} req/s ({t.worker_cpu_ms:.2f} ms CPU/req)",
+            f"{t.raw_rps:.0f} req/s raw pipeline ({t.raw_cpu_ms:.2f} ms CPU/req)",
+            f"{t.ratio:.2f}",
+            ">= 0.70",
+        )
+        lines.append(line("throughput_vs_raw_pipeline", t.ratio, ">=0.70", t.ratio >= 0.7))
+
+        step("open-job capacity and memory")
+        c = await capacity.measure(bootstrap, 10_000 if quick else 50_000, 20.0 if quick else 45.0)
+        table.add_row(
+            "open jobs polled every 30 s",
+            f"{c.open_jobs} (p99 lateness {c.p99_lateness_s:.2f} s, {c.on_time_fraction:.1%} <= 1 s)",
+            f"bare poller p99 {c.baseline_p99_lateness_s:.3f} s",
+            "-",
+            ">= 50000 at p99 < 1 s",
+        )
+        lines.append(
+            line(
+                "open_jobs_at_p99_lateness_under_1s",
+                c.open_jobs,
+                ">=50000",
+                c.open_jobs >= 50_000 and c.p99_lateness_s < 1.0,
+                "{:.0f}",
+            )
+        )
+        lines.append(line("poll_lateness_p99_s", c.p99_lateness_s, "<1.00", c.p99_lateness_s < 1.0))
+        mem_ratio = c.kib_per_job / c.baseline_kib_per_job
+        table.add_row(
+            "memory per open job",
+            f"{c.kib_per_job:.2f} KiB",
+            f"{c.baseline_kib_per_job:.2f} KiB bare poller",
+            f"{mem_ratio:.2f}",
+            "<= 4 KiB",
+        )
+        lines.append(line("memory_per_open_job_kib", c.kib_per_job, "<=4.00", c.kib_per_job <= 4.0))
+
+        step("restore")
+        r = await restore.measure(bootstrap, 20_000 if quick else 100_000)
+        table.add_row(
+            f"restore {r.states} job states",
+            f"{r.ready_s:.1f} s to ready ({r.states_per_s:.0f} states/s)",
+            f"{r.bare_states_per_s:.0f} states/s bare consumer",
+            f"{r.states_per_s / r.bare_states_per_s:.2f}",
+            "<= 10 s",
+        )
+        lines.append(line(f"restore_{r.states}_states_s", r.ready_s, "<=10.0", r.ready_s <= 10.0, "{:.1f}"))
+
+        step("politeness")
+        p = await politeness.measure(bootstrap)
+        for d in politeness.DURATIONS_S:
+            ratio = p.calls_per_job[d] / p.baseline_calls_per_job[d]
+            table.add_row(
+                f"vendor calls for a {d} s job",
+                f"{p.calls_per_job[d]:.0f}",
+                f"{p.baseline_calls_per_job[d]:.0f} fixed {politeness.Policy().poll_initial_s:.0f} s poller",
+                f"{ratio:.2f}",
+                "<= 1",
+            )
+        worst = max(p.calls_per_job[d] / p.baseline_calls_per_job[d] for d in politeness.DURATIONS_S)
+        lines.append(line("vendor_calls_vs_fixed_poller_worst", worst, "<=1.00", worst <= 1.0))
+        table.add_row(
+            "requests sent before Retry-After expired",
+            f"{p.violations} (of {p.storm_429s} 429s)",
+            f"{p.baseline_violations} naive client",
+            "-",
+            "0",
+        )
+        lines.append(line("requests_before_retry_after", p.violations, "==0", p.violations == 0, "{:.0f}"))
+
+        step("latency")
+        lat = await latency.measure(bootstrap, 150 if quick else 300)
+        table.add_row(
+            "success -> FileReady committed",
+            f"p50 {lat.p50_s:.2f} s, p99 {lat.p99_s:.2f} s",
+            f"poll interval {lat.interval_s:.1f} s",
+            f"p50 {lat.p50_s / lat.interval_s:.2f}, p99 {lat.p99_s / lat.interval_s:.2f}",
+            "p99 <= 1.5 intervals (perfect poller: p50 0.50, p99 0.99)",
+        )
+        lines.append(
+            line(
+                "latency_p99_per_poll_interval", lat.p99_s / lat.interval_s, "<=1.50", lat.p99_s <= 1.5 * lat.interval_s
+            )
+        )
+        step("done")
+    console.print(table)
+    console.print(f"machine: {machine()}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    from worker.observability import configure_logging
+
+    configure_logging("error", "console")
+    WORKDIR.mkdir(exist_ok=True)
+    for figure in asyncio.run(run(args.quick)):
+        print(figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Shared plumbing for the benchmarks: a broker, simulator processes, worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from worker.config import ConnectionConfig, PolicyConfig, Settings, TopicSettings
+from worker.embedded import EmbeddedKafka
+from worker.testing import connections_json, spawn_worker, worker_env
+
+WORKDIR = Path(".bench")
+
+
+@contextlib.contextmanager
+def broker() -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    kafka = EmbeddedKafka(heap="1g")
+    kafka.start()
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_settings(bootstrap: str, name: str, *, partitions: int = 6, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "topics": TopicSettings(partitions=partitions).prefixed(f"bench-{name}-{uuid.uuid4().hex[:6]}."),
+        "group_id": f"bench-{name}-{uuid.uuid4().hex[:6]}",
+        "instance_id": f"bench-{name}",
+        "http_port": -1,
+        "result_store_url": (WORKDIR / "results").resolve().as_uri(),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[bytes]
+    port: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+async def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@contextlib.asynccontextmanager
+async def simulator(
+    vendor: str, *, stage_seconds: float, faults: dict[str, Any] | None = None, record: bool = True
+) -> AsyncIterator[str]:
+    """A vendor simulator in its own process (so it does not share a core's time with
+    what is measured)."""
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "simulate",
+        vendor,
+        "--port",
+        str(port),
+        "--stage-seconds",
+        str(stage_seconds),
+    ]
+    for key, value in (faults or {}).items():
+        args += ["--fault", f"{key}={value}"]
+    if not record:
+        args.append("--no-record")
+    proc = Process(_spawn(args, WORKDIR / f"sim-{vendor}-{port}.log"), port)
+    try:
+        await wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        await asyncio.wrap_future(future)
+
+
+def start_worker(settings: Settings, connections: dict[str, ConnectionConfig], name: str) -> Process:
+    WORKDIR.mkdir(exist_ok=True)
+    conn_file = WORKDIR / f"connections-{name}.json"
+    conn_file.write_text(connections_json(connections))
+    port = free_port()
+    env = worker_env(
+        settings, connections_file=str(conn_file.resolve()), instance_id=settings.instance_id, http_port=port
+    )
+    env["EXPORT_WORKER_COMMIT_INTERVAL_MS"] = str(settings.commit_interval_ms)
+    env["EXPORT_WORKER_CONSUME_BATCH"] = str(settings.consume_batch)
+    profile = WORKDIR / f"worker-{name}.prof" if os.environ.get("BENCH_PROFILE") else None
+    return Process(spawn_worker(env, WORKDIR / f"worker-{name}.log", profile=profile), port)
+
+
+async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status, await r.text()
+
+
+async def wait_ready(worker: Process, timeout: float = 120.0) -> float:
+    """Seconds until /readyz says ready (partitions assigned and restored)."""
+    assert worker.port is not None
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if worker.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.proc.returncode}")
+        with contextlib.suppress(OSError, aiohttp.ClientError):
+            status, body = await scrape(worker.port, "/readyz")
+            if status == 200 and "owns partitions []" not in body:
+                return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise TimeoutError("worker not ready")
+
+
+def histogram(text: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts {upper bound: count} of an (unlabelled) histogram."""
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def quantile(before: dict[float, float], after: dict[float, float], q: float) -> tuple[float, float]:
+    """(upper bound of the bucket holding quantile q, fraction at or below 1 s) of the
+    observations made between two scrapes."""
+    bounds = sorted(after)
+    deltas = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = deltas[-1] if deltas else 0.0
+    if total <= 0:
+        return float("nan"), float("nan")
+    at_or_below_1s = max((d for b, d in zip(bounds, deltas, strict=True) if b <= 1.0), default=0.0) / total
+    for bound, cumulative in zip(bounds, deltas, strict=True):
+        if cumulative >= q * total:
+            return bound, at_or_below_1s
+    return float("inf"), at_or_below_1s
+
+
+def metric(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if labels and not all(f'{k}="{v}"' in head for k, v in labels.items()):
+            continue
+        if head.split("{")[0] == name:
+            total += float(value)
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (librdkafka threads are invisible to Python profilers)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def itron_conn(base_url: str, policy: PolicyConfig, **overrides: Any) -> ConnectionConfig:
+    from worker.simulators.itron import demo_connection
+
+    conn = demo_connection(base_url)
+    return conn.model_copy(update={"policy": policy, **overrides})

@@ -1,0 +1,111 @@
+"""Restore time: a fresh worker takes over partitions holding 100,000 job states; time
+until it is polling them again, as states/s against a bare consumer reading the same
+partitions to their end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka.aio import AIOConsumer, AIOProducer
+
+from bench.common import bench_settings, itron_conn, metric, scrape, simulator, start_worker, wait_ready
+from worker.codec import Codec
+from worker.config import PolicyConfig, Settings
+from worker.engine.model import JobState, Phase, Status
+from worker.kafka import admin_client, ensure_topics, producer_config
+from worker.records import state_to_record
+
+POLICY = PolicyConfig(first_poll_s=30, poll_initial_s=30, poll_multiplier=1.0, poll_max_s=30)
+
+
+@dataclass
+class Restore:
+    states: int
+    ready_s: float  # process start -> /readyz (restored and polling scheduled)
+    restore_s: float  # the worker's own restore metric (read + decode + install)
+    bare_s: float  # a bare consumer reading the same partitions to their end
+
+    @property
+    def states_per_s(self) -> float:
+        return self.states / self.restore_s
+
+    @property
+    def bare_states_per_s(self) -> float:
+        return self.states / self.bare_s
+
+
+async def write_states(settings: Settings, n: int) -> None:
+    codec = Codec()
+    producer = AIOProducer({**producer_config(settings), "linger.ms": 20}, batch_size=5000, buffer_timeout=0.1)
+    now = int(time.time() * 1000)
+    job = '{"type":"ItronBatchRequest","filetype":"Csv","tokens":{"ServicePoint":"9000053409"},"is_ohs_request":false}'
+    for i in range(n):
+        rid = f"restore-{i:06d}"
+        state = JobState(
+            request_id=rid, tenant="acme", connection="itron", vendor="itron", job_json=job,
+            requested_at_ms=now, origin_partition=i % settings.topics.partitions, origin_offset=i,
+            phase=Phase.ACTIVE, status=Status.RUNNING, sequence=4, created_at_ms=now, updated_at_ms=now,
+            vendor_status="Running", vendor_job_id=f"{i:08d}-0000-4000-8000-000000000000",
+            submit_attempt=1, next_action_at_ms=now + 30_000 + i % 30_000,
+        )  # fmt: skip
+        value = codec.encode("JobState", state_to_record(state))
+        await producer.produce(
+            settings.topics.jobs, value=value, key=rid.encode(), partition=i % settings.topics.partitions
+        )
+    await producer.flush()
+    await producer.close()
+
+
+async def bare_read(settings: Settings) -> float:
+    """Seconds for a plain consumer to read every partition of export.jobs to its end."""
+    started = time.monotonic()
+    consumer = AIOConsumer(
+        {**settings.librdkafka(), "group.id": "bare-restore", "enable.partition.eof": True,
+         "fetch.wait.max.ms": 50, "isolation.level": "read_committed"},
+        max_workers=2,
+    )  # fmt: skip
+    parts = settings.topics.partitions
+    await consumer.assign([TopicPartition(settings.topics.jobs, p, OFFSET_BEGINNING) for p in range(parts)])
+    pending = set(range(parts))
+    latest: dict[bytes, bytes] = {}
+    while pending:
+        for msg in await consumer.consume(10_000, 0.05):
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                continue
+            latest[msg.key()] = msg.value()
+    await consumer.close()
+    return time.monotonic() - started
+
+
+async def measure(bootstrap: str, n: int = 100_000) -> Restore:
+    settings = bench_settings(bootstrap, "restore")
+    await ensure_topics(settings, admin_client(settings))
+    await write_states(settings, n)
+    async with simulator("itron", stage_seconds=1e9, record=False) as sim_url:
+        worker = start_worker(settings, {"itron": itron_conn(sim_url, POLICY)}, "restore")
+        try:
+            ready_s = await wait_ready(worker, timeout=300)
+            assert worker.port is not None
+            _, text = await scrape(worker.port)
+            restore_s = metric(text, "export_worker_restore_seconds_sum")
+            restored = metric(text, "export_worker_restored_jobs_total")
+            assert restored == n, f"restored {restored} of {n}"
+        finally:
+            worker.stop()
+    bare_s = await bare_read(settings)
+    return Restore(n, ready_s, restore_s, bare_s)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bench.common import broker
+
+    with broker() as bootstrap:
+        r = asyncio.run(measure(bootstrap, int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
+    print(r, f"worker {r.states_per_s:.0f} states/s, bare {r.bare_states_per_s:.0f} states/s")

@@ -1,0 +1,100 @@
+"""End-to-end throughput: requests/s from export.requests to FileReady with simulators
+answering instantly, one worker process, against the raw pipeline baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from bench.common import (
+    WORKDIR,
+    bench_settings,
+    cpu_seconds,
+    create_topic,
+    itron_conn,
+    scrape,
+    simulator,
+    start_worker,
+    thread_cpu,
+    wait_ready,
+)
+from worker.config import PolicyConfig
+from worker.kafka import admin_client, ensure_topics
+from worker.testing import OutputReader, Publisher, itron_request
+
+POLICY = PolicyConfig(first_poll_s=0.0, poll_initial_s=0.05, poll_max_s=0.5, jitter=0.0)
+CONCURRENCY = 128
+
+
+@dataclass
+class Throughput:
+    requests: int
+    worker_rps: float
+    raw_rps: float
+    records_per_request: float
+    worker_cpu_ms: float  # CPU per request
+    raw_cpu_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.worker_rps / self.raw_rps
+
+
+async def measure(bootstrap: str, n: int = 5000) -> Throughput:
+    settings = bench_settings(bootstrap, "tput")
+    await ensure_topics(settings, admin_client(settings))
+    async with simulator("itron", stage_seconds=0.0) as sim_url:
+        async with Publisher(settings) as pub:
+            for i in range(n):
+                await pub.send(itron_request(f"t-{i}"))
+            await pub.flush()
+        conn = itron_conn(sim_url, POLICY, rate_per_s=100_000.0, max_concurrency=CONCURRENCY)
+        worker = start_worker(settings, {"itron": conn}, "tput")
+        try:
+            async with OutputReader(settings, include_jobs=False) as reader:
+                await wait_ready(worker)
+                started = time.monotonic()
+                cpu0 = cpu_seconds(worker.pid)
+                await reader.wait_for(lambda o: len(o.files) >= n, timeout=600, what="all files")
+                worker_s = time.monotonic() - started
+                worker_cpu = cpu_seconds(worker.pid) - cpu0
+                if os.environ.get("BENCH_DEBUG"):
+                    print(sorted(thread_cpu(worker.pid).items(), key=lambda kv: -kv[1])[:12])
+                out = await reader.read()
+                if os.environ.get("BENCH_DEBUG"):
+                    assert worker.port is not None
+                    _, text = await scrape(worker.port)
+                    print(
+                        "\n".join(
+                            row
+                            for row in text.splitlines()
+                            if ("commit" in row or "vendor_calls_total" in row or "requests_total" in row)
+                            and "bucket" not in row
+                        )
+                    )
+        finally:
+            worker.stop()
+        written = (len(out.status) + len(out.files)) * 2 / n  # each event comes with a state record
+        out_topic = f"{settings.topics.requests}.raw-out"
+        await create_topic(bootstrap, out_topic, settings.topics.partitions)
+        raw = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "bench.raw_pipeline", bootstrap, settings.topics.requests,
+             out_topic, str(n), sim_url, str(CONCURRENCY), str(round(written))],
+            capture_output=True, text=True, check=True, timeout=600,
+        )  # fmt: skip
+        raw_s, raw_cpu = (float(x) for x in raw.stdout.strip().splitlines()[-1].split())
+    return Throughput(n, n / worker_s, n / raw_s, written, worker_cpu / n * 1000, raw_cpu / n * 1000)
+
+
+if __name__ == "__main__":
+    from bench.common import broker
+
+    WORKDIR.mkdir(exist_ok=True)
+    with broker() as bootstrap:
+        result = asyncio.run(measure(bootstrap, int(sys.argv[1]) if len(sys.argv) > 1 else 5000))
+    print(result, f"ratio={result.ratio:.2f}")
