@@ -85,12 +85,6 @@ async def ep_sim() -> AsyncIterator[ElasticPathSimulator]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
-
-
-@pytest.fixture
 def adapter(ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession, tmp_path: Path) -> ElasticPathAdapter:
     built = build_adapter(
         "ep", ep_connection(ep_sim.base_url), session, result_store=FileResultStore(tmp_path / "results")

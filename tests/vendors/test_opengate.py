@@ -135,12 +135,6 @@ async def sim() -> AsyncIterator[OpenGateSimulator]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> FileResultStore:
     return FileResultStore(tmp_path / "results")
 
@@ -289,9 +283,9 @@ class TestFinishedVerdict:
     ) -> None:
         """A summary without counters: operations all in ERROR make the job FAILED."""
         adapter = make_adapter(sim, session, store)
-        sim.queue_answer(200, json.dumps({"job": {"report": {"summary": {"status": "FINISHED"}}}}))
+        sim.answer_next(200, json.dumps({"job": {"report": {"summary": {"status": "FINISHED"}}}}))
         errors = [{"entityId": e, "result": "ERROR"} for e in ("a", "b")]
-        sim.queue_answer(200, json.dumps({"operations": errors}))
+        sim.answer_next(200, json.dumps({"operations": errors}))
 
         answer = await adapter.poll(spec(og_job()), "job-x")
 
@@ -302,8 +296,8 @@ class TestFinishedVerdict:
     ) -> None:
         """FINISHED with no operation at all (the target matched nothing) has no artifact to announce."""
         adapter = make_adapter(sim, session, store)
-        sim.queue_answer(200, json.dumps({"job": {"report": {"summary": {"status": "FINISHED", "total": 0}}}}))
-        sim.queue_answer(204)
+        sim.answer_next(200, json.dumps({"job": {"report": {"summary": {"status": "FINISHED", "total": 0}}}}))
+        sim.answer_next(204)
 
         answer = await adapter.poll(spec(og_job()), "job-x")
 
@@ -316,9 +310,9 @@ class TestFinishedVerdict:
         """A partial listing is never announced as the job's result: it is a retriable MalformedAnswer."""
         adapter = make_adapter(sim, session, store)
         summary = {"status": "FINISHED", "total": 3, "successful": 3, "error": 0}
-        sim.queue_answer(200, json.dumps({"job": {"report": {"summary": summary}}}))
-        sim.queue_answer(200, json.dumps({"operations": [{"entityId": "a", "result": "SUCCESSFUL"}]}))
-        sim.queue_answer(204)  # the history has nothing more either
+        sim.answer_next(200, json.dumps({"job": {"report": {"summary": summary}}}))
+        sim.answer_next(200, json.dumps({"operations": [{"entityId": "a", "result": "SUCCESSFUL"}]}))
+        sim.answer_next(204)  # the history has nothing more either
 
         with pytest.raises(MalformedAnswer) as caught:
             await adapter.poll(spec(og_job()), "job-x")
@@ -465,7 +459,7 @@ class TestErrors:
     ) -> None:
         """Empty bodies and JSON without a job status are MalformedAnswer, never a crash or a status."""
         adapter = make_adapter(sim, session, store)
-        sim.queue_answer(200, answer)
+        sim.answer_next(200, answer)
 
         with pytest.raises(MalformedAnswer) as caught:
             await adapter.poll(spec(og_job()), "some-job")
@@ -477,7 +471,7 @@ class TestErrors:
     ) -> None:
         """A vendor body quoted in an error has its secrets masked."""
         adapter = make_adapter(sim, session, store)
-        sim.queue_answer(
+        sim.answer_next(
             200, '<html>proxy error for apikey=s3cr3t-value and "jwt": "eyJabc.def.ghi"</html>', "text/html"
         )
 
@@ -492,7 +486,7 @@ class TestErrors:
     ) -> None:
         """A 201 without Location or id may still have created a job: the outcome is unknown."""
         adapter = make_adapter(sim, session, store)
-        sim.queue_answer(201, b"")
+        sim.answer_next(201, b"")
 
         with pytest.raises(MalformedAnswer) as caught:
             await adapter.submit(spec(og_job()))
@@ -504,7 +498,7 @@ class TestErrors:
     ) -> None:
         """Without a Location header, an id in the answer's body is the job id."""
         adapter = make_adapter(sim, session, store)
-        sim.queue_answer(201, b'{"id": "0a1b2c"}')
+        sim.answer_next(201, b'{"id": "0a1b2c"}')
 
         assert (await adapter.submit(spec(og_job()))).vendor_job_id == "0a1b2c"
 

@@ -101,12 +101,6 @@ async def uc_sim() -> AsyncIterator[UnicommerceSimulator]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
-
-
-@pytest.fixture
 def adapter(uc_sim: UnicommerceSimulator, session: aiohttp.ClientSession) -> UnicommerceAdapter:
     built = build_adapter("uc", uc_connection(uc_sim.base_url), session)
     assert isinstance(built, UnicommerceAdapter)

@@ -6,12 +6,15 @@ Control routes (not part of any vendor API):
   GET  /_sim/requests      the HTTP requests received (for contract tests)
   POST /_sim/faults        change the FaultPlan (JSON object of fields)
   POST /_sim/expire-tokens invalidate every token issued so far
+  POST /_sim/answer-next   serve the next API call with a raw answer (JSON {"status",
+                           "body", "content_type"}): empty bodies, HTML, unexpected JSON
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +74,9 @@ class Simulator:
         self.tokens: dict[str, float] = {}  # token -> expiry (monotonic)
         self.jobs: dict[str, SimJob] = {}
         self.requests: list[dict[str, Any]] = []
+        # Raw answers for the next API calls, served after the request is recorded and
+        # the faults are applied, before the vendor logic (and its auth) runs.
+        self.canned: deque[tuple[int, bytes, str, dict[str, str]]] = deque()
         self.base_url = ""
         self._runner: web.AppRunner | None = None
 
@@ -123,6 +129,27 @@ class Simulator:
     def routes(self, app: web.Application) -> None:
         raise NotImplementedError
 
+    def answer_next(
+        self, status: int, body: bytes | str = b"", content_type: str = "application/json", **headers: str
+    ) -> None:
+        """Serve the next API call with exactly this answer, whatever it asked."""
+        raw = body.encode() if isinstance(body, str) else body
+        self.canned.append((status, raw, content_type, dict(headers)))
+
+    @web.middleware
+    async def _serve_canned(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.canned and self.is_api(request):
+            status, body, content_type, headers = self.canned.popleft()
+            return web.Response(status=status, body=body, headers={"Content-Type": content_type, **headers})
+        return await handler(request)
+
+    async def _sim_answer_next(self, request: web.Request) -> web.Response:
+        spec = await request.json()
+        self.answer_next(
+            int(spec.get("status", 200)), str(spec.get("body", "")), spec.get("content_type", "application/json")
+        )
+        return web.json_response({"queued": len(self.canned)})
+
     # ---- app -------------------------------------------------------------------------
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -145,6 +172,7 @@ class Simulator:
             middlewares=[
                 self._record,
                 self.faults.middleware(is_api=self.is_api, authenticated=self.is_authenticated_call),
+                self._serve_canned,
             ]
         )
         app.router.add_get("/_sim/jobs", self._sim_jobs)
@@ -152,6 +180,7 @@ class Simulator:
         app.router.add_post("/_sim/faults", self._sim_faults)
         app.router.add_post("/_sim/expire-tokens", self._sim_expire)
         app.router.add_get("/_sim/rate-limits", self._sim_rate_limits)
+        app.router.add_post("/_sim/answer-next", self._sim_answer_next)
         self.routes(app)
         return app
 

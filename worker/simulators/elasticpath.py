@@ -25,13 +25,12 @@ import itertools
 import re
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 from aiohttp import web
 
 from worker.simulators.base import SimJob, Simulator, Timing
-from worker.simulators.faults import FaultPlan, Handler, drop_connection
+from worker.simulators.faults import FaultPlan, drop_connection
 
 API = "/v2/subscriptions/"
 JOB_TYPES = ("billing-run", "tax-run", "payment-run")
@@ -62,7 +61,6 @@ class ElasticPathSimulator(Simulator):
         super().__init__(timing=timing, faults=faults, seed=seed, record=record)
         self.client_id = client_id
         self.client_secret = client_secret
-        self.canned: deque[tuple[int, bytes, str]] = deque()
         self._shapes = itertools.count()  # cycles the error shapes of the published examples
 
     def routes(self, app: web.Application) -> None:
@@ -70,29 +68,6 @@ class ElasticPathSimulator(Simulator):
         app.router.add_post(API + "jobs", self.create)
         app.router.add_get(API + "jobs", self.list_jobs)
         app.router.add_get(API + "jobs/{job_id}", self.get_job)
-        app.router.add_post("/_sim/answer-next", self._sim_answer_next)
-
-    def app(self) -> web.Application:
-        app = super().app()
-        app.middlewares.append(self._serve_canned)  # innermost: after auth faults
-        return app
-
-    # ---- canned answers (tests: empty bodies, unexpected JSON) -----------------------
-    def answer_next(self, status: int, body: bytes | str, content_type: str = "application/json") -> None:
-        """Serve the next API call with exactly this answer."""
-        self.canned.append((status, body.encode() if isinstance(body, str) else body, content_type))
-
-    @web.middleware
-    async def _serve_canned(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.is_api(request) and self.canned:
-            status, body, content_type = self.canned.popleft()
-            return web.Response(status=status, body=body, headers={"Content-Type": content_type})
-        return await handler(request)
-
-    async def _sim_answer_next(self, request: web.Request) -> web.Response:
-        spec = await request.json()
-        self.answer_next(int(spec.get("status", 200)), str(spec.get("body", "")), spec.get("content_type", JSONAPI))
-        return web.json_response({"queued": len(self.canned)})
 
     # ---- errors ------------------------------------------------------------------------
     def _error(self, status: int, title: str, detail: str | None = None, **meta: Any) -> web.Response:

@@ -21,7 +21,7 @@ Quirks reproduced:
     ``search/entities/operations/history`` still has them (seen on real tenants).
 
 Test hooks beyond the shared faults: ``fail_puts`` (PUT number, counting from 1 ->
-HTTP status to answer it with) and ``queue_answer()`` (canned answers for the next API
+HTTP status to answer it with) and ``answer_next()`` (canned answers for the next API
 calls).
 """
 
@@ -122,16 +122,8 @@ class OpenGateSimulator(Simulator):
         self.fail_puts: dict[int, int] = {}
         self.puts_seen = 0
         self.logins = 0
-        self._canned: list[tuple[int, bytes, str, dict[str, str]]] = []
 
     # ---- test hooks --------------------------------------------------------------------
-    def queue_answer(
-        self, status: int, body: bytes | str = b"", content_type: str = "application/json", **headers: str
-    ) -> None:
-        """Answer the next API call (after recording it) with this, whatever it asked."""
-        raw = body.encode() if isinstance(body, str) else body
-        self._canned.append((status, raw, content_type, dict(headers)))
-
     def og(self, job_id: str) -> OGJob:
         og: OGJob = self.jobs[job_id].extra["og"]
         return og
@@ -148,10 +140,7 @@ class OpenGateSimulator(Simulator):
         app.router.add_post(f"{API}/search/entities/operations/history", self.history)
 
     def _gate(self, request: web.Request) -> web.Response | None:
-        """A canned answer, else a 401 unless the call carries a valid key or JWT."""
-        if self._canned:
-            status, body, content_type, headers = self._canned.pop(0)
-            return web.Response(status=status, body=body, content_type=content_type, headers=headers)
+        """A 401 unless the call carries a valid key or JWT."""
         key = request.headers.get("X-ApiKey")
         if key is not None and hmac.compare_digest(key.encode(), self.api_key.encode()):
             return None

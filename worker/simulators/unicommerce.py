@@ -27,13 +27,12 @@ import io
 import itertools
 import secrets
 import time
-from collections import deque
 from typing import Any
 
 from aiohttp import web
 
 from worker.simulators.base import SimJob, Simulator, Timing
-from worker.simulators.faults import FaultPlan, Handler, drop_connection
+from worker.simulators.faults import FaultPlan, drop_connection
 
 API = "/services/rest/"
 CLIENT_ID = "my-trusted-client"
@@ -97,7 +96,6 @@ class UnicommerceSimulator(Simulator):
         self.facilities = facilities
         self.refresh_ttl_s = refresh_ttl_s
         self.refresh_tokens: dict[str, float] = {}  # refresh token -> expiry (monotonic)
-        self.canned: deque[tuple[int, bytes, str]] = deque()
         self._numbers = itertools.count(1)
 
     def routes(self, app: web.Application) -> None:
@@ -107,35 +105,11 @@ class UnicommerceSimulator(Simulator):
         app.router.add_get("/files/{job_code}.csv", self.download)
         app.router.add_post("/_sim/cancel/{job_code}", self._sim_cancel)
         app.router.add_post("/_sim/revoke-refresh-tokens", self._sim_revoke)
-        app.router.add_post("/_sim/answer-next", self._sim_answer_next)
-
-    def app(self) -> web.Application:
-        app = super().app()
-        app.middlewares.append(self._serve_canned)  # innermost: after auth faults
-        return app
 
     def make_job_id(self) -> str:
         return f"EXP{next(self._numbers):07d}"
 
     # ---- control -----------------------------------------------------------------------
-    def answer_next(self, status: int, body: bytes | str, content_type: str = "application/json") -> None:
-        """Serve the next API call with exactly this answer."""
-        self.canned.append((status, body.encode() if isinstance(body, str) else body, content_type))
-
-    @web.middleware
-    async def _serve_canned(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.is_api(request) and self.canned:
-            status, body, content_type = self.canned.popleft()
-            return web.Response(status=status, body=body, headers={"Content-Type": content_type})
-        return await handler(request)
-
-    async def _sim_answer_next(self, request: web.Request) -> web.Response:
-        spec = await request.json()
-        self.answer_next(
-            int(spec.get("status", 200)), str(spec.get("body", "")), spec.get("content_type", "application/json")
-        )
-        return web.json_response({"queued": len(self.canned)})
-
     def cancel(self, job_code: str) -> bool:
         job = self.jobs.get(job_code)
         if job is None or job.stage(time.monotonic()) >= len(job.durations):
