@@ -108,11 +108,19 @@ def run(
 
     Example: EXPORT_WORKER_CONNECTIONS_FILE=connections.toml KAFKA_BOOTSTRAP=kafka:9092 export-worker run
     """
+    import os
+
+    import structlog
+
+    from worker.config import unknown_env_vars
     from worker.observability import configure_logging
     from worker.runtime import Worker
 
     settings = settings_from_env(connections_file=connections, kafka_bootstrap=bootstrap, http_port=http_port)
     configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("export_worker")
+    for name in unknown_env_vars(os.environ):
+        log.warning("unknown setting ignored", name=name)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -137,6 +145,7 @@ def simulate(
     write_connections: Annotated[
         Path | None, typer.Option(help="write a connections file for these simulators")
     ] = None,
+    record: Annotated[bool, typer.Option(help="keep a log of every request (see /_sim/requests)")] = True,
 ) -> None:
     """Run vendor simulators (aiohttp) speaking each vendor's protocol, with injectable faults.
 
@@ -159,7 +168,9 @@ def simulate(
     async def main() -> None:
         sims = {}
         for i, vendor in enumerate(chosen):
-            sim = simulators.simulator_class(vendor)(timing=Timing(stages=(stage_seconds,) * 3), faults=plan)
+            sim = simulators.simulator_class(vendor)(
+                timing=Timing(stages=(stage_seconds,) * 3), faults=plan, record=record
+            )
             sims[vendor] = sim
             url = await sim.start(host, port + i if port else 0)
             err.print(f"{vendor:<12} {url}")

@@ -7,8 +7,10 @@ import json
 import os
 import socket
 import tomllib
+import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -179,6 +181,74 @@ class Settings(BaseSettings):
 
     def librdkafka(self) -> dict[str, Any]:
         return to_librdkafka(self.kafka_bootstrap, self.kafka)
+
+
+ENV_PREFIX = "EXPORT_WORKER_"
+# EXPORT_WORKER_* variables the project reads outside ``Settings`` (embedded broker, tests).
+OTHER_ENV_VARS = frozenset({"EXPORT_WORKER_CACHE_DIR", "EXPORT_WORKER_KAFKA_VERSION", "EXPORT_WORKER_TEST_LOG_LEVEL"})
+
+
+def unknown_env_vars(environ: Mapping[str, str]) -> list[str]:
+    """``EXPORT_WORKER_*`` variables that name no setting, sorted.
+
+    ``Settings`` ignores names it does not know (``extra="ignore"``), so a mistyped
+    variable silently leaves the default in place. Names are matched as
+    pydantic-settings reads them: case-insensitively, nested with ``__`` into the
+    nested models (any key below a mapping setting such as ``KAFKA__EXTRA`` counts).
+    """
+    return sorted(name for name in environ if _names_no_setting(name))
+
+
+def _names_no_setting(name: str) -> bool:
+    upper = name.upper()
+    if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV_VARS:
+        return False
+    head, *nested = upper.split("__")
+    annotation = _top_level_env_names().get(head)
+    if annotation is None:
+        return True
+    for part in nested:
+        inner = _settings_inside(annotation)
+        if inner is dict:
+            return False  # keys of a mapping are the user's own
+        if inner is None:
+            return True  # a plain value has no sub-settings
+        field = inner.model_fields.get(part.lower())
+        if field is None:
+            return True
+        annotation = field.annotation
+    return False
+
+
+def _top_level_env_names() -> dict[str, Any]:
+    """Environment name (upper case) -> annotation of the setting it sets."""
+    names: dict[str, Any] = {}
+    for field_name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            choices = [c for c in alias.choices if isinstance(c, str)]
+        elif isinstance(alias, str):
+            choices = [alias]
+        else:
+            choices = [ENV_PREFIX + field_name]
+        for choice in choices:
+            names[choice.upper()] = info.annotation
+    return names
+
+
+def _settings_inside(annotation: Any) -> type[BaseModel] | type[dict[Any, Any]] | None:
+    """The model (or ``dict`` for a mapping) a ``__`` name may reach into, if any."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            found = _settings_inside(arg)
+            if found is not None:
+                return found
+        return None
+    if get_origin(annotation) in (dict, Mapping) or annotation is dict:
+        return dict
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
 
 
 def to_librdkafka(bootstrap: str, kafka: KafkaSettings) -> dict[str, Any]:

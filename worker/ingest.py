@@ -16,6 +16,7 @@ from worker.codec import Codec
 from worker.config import ConnectionConfig
 from worker.engine.model import NO_LABELS, ErrorInfo, RequestInfo, RequestRejected
 from worker.errors import ConfigError, DecodeError, InvalidRequest
+from worker.redaction import redact_text
 from worker.vendors import validator
 
 JOB_VENDORS = {
@@ -100,10 +101,10 @@ class Ingest:
                     vendor=vendor,
                     partition=partition,
                     offset=offset,
-                    error=ErrorInfo(code, message, False),
+                    error=ErrorInfo(code, redact_text(message), False),
                     correlation_id=correlation,
                 )
-            return Rejection(code, message, event)
+            return Rejection(code, redact_text(message), event)
 
         if not request_id.strip() or len(request_id) > MAX_ID_LENGTH:
             return reject("invalid_request", f"request_id must be 1-{MAX_ID_LENGTH} characters", with_event=False)

@@ -64,7 +64,14 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redact_exception, renderer],
+            # Their exc_info is a raw tuple: render the traceback first, so it is redacted
+            # like ours (and shown at all, rather than as reprs).
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _redact_exception,
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()

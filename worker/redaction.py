@@ -31,6 +31,9 @@ SECRET_KEYS = frozenset(
     }
 )
 
+# Keys whose quoted values are masked in text: the same keys ``redact`` masks in mappings.
+_QUOTED_KEYS = "|".join(re.escape(key) for key in sorted(SECRET_KEYS, key=len, reverse=True))
+
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization headers and bearer tokens in free text.
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/=]{6,}"), r"\1 " + MASK),
@@ -42,13 +45,14 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         r"\1=" + MASK,
     ),
-    # "key": "value" in JSON bodies.
+    # "key": "value" in JSON bodies (escaped quotes inside the value included).
+    (re.compile(rf'(?i)("(?:{_QUOTED_KEYS})"\s*:\s*)"(?:[^"\\]|\\.)*"'), rf'\1"{MASK}"'),
+    # \"key\": \"value\" in JSON carried inside a JSON string (a vendor echoing a request body).
+    (re.compile(rf'(?i)(\\"(?:{_QUOTED_KEYS})\\"\s*:\s*)\\"(?:(?!\\").)*\\"'), rf'\1\\"{MASK}\\"'),
+    # 'key': 'value' in Python reprs of mappings (exception messages).
     (
-        re.compile(
-            r"(?i)(\"(?:access_token|refresh_token|id_token|token|password|client_secret|api_?key|secret|jwt)\""
-            r"\s*:\s*)\"[^\"]*\""
-        ),
-        r'\1"' + MASK + '"',
+        re.compile(rf"""(?i)('(?:{_QUOTED_KEYS})'\s*:\s*)(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""),
+        rf"\1'{MASK}'",
     ),
     # X-ApiKey: value in dumped headers.
     (re.compile(r"(?i)(x-apikey['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"), r"\1" + MASK),

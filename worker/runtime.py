@@ -244,6 +244,7 @@ class Worker:
         self._committing: tuple[asyncio.Task[KafkaException | None], Batch] | None = None
         self._stopping = False
         self._started = False
+        self._joined = False  # the first assignment (possibly empty) has come
         self._session: aiohttp.ClientSession | None = None
         self.consumer: AIOConsumer | None = None
         self.producer: AIOProducer | None = None
@@ -348,6 +349,8 @@ class Worker:
     def readiness(self) -> tuple[bool, str]:
         if not self._started:
             return False, "starting"
+        if not self._joined:
+            return False, "joining the consumer group"
         if self._stopping:
             return False, "stopping"
         restoring = sorted(p.number for p in self.partitions.values() if not p.ready)
@@ -922,6 +925,7 @@ class Worker:
 
     async def _on_assign(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         await consumer.incremental_assign(partitions)
+        self._joined = True
         ours = [tp for tp in partitions if tp.topic == self.topics.requests]
         if not ours:
             return
