@@ -91,7 +91,9 @@ def _info(name: str, raw: Mapping[str, Any]) -> SchemaInfo:
 
 
 class SchemaSet:
-    """Our schemas by short name, plus every writer schema we can resolve from."""
+    """Our schemas by short name, plus every writer schema we can resolve from: the
+    earlier versions kept in ``schemas/history/<Name>.<version>.avsc``, so a new worker
+    reads the state and requests an older one wrote (rolling upgrades)."""
 
     def __init__(self, folder: Path | None = None) -> None:
         folder = folder or schemas_dir()
@@ -102,6 +104,10 @@ class SchemaSet:
             info = _info(name, raw)
             self.by_name[name] = info
             self.by_fingerprint[info.fingerprint] = info
+        for old in sorted((folder / "history").glob("*.avsc")):
+            name = old.name.split(".", 1)[0]
+            if name in self.by_name:
+                self.add_writer(name, json.loads(old.read_text()))
 
     def add_writer(self, name: str, raw: Mapping[str, Any]) -> SchemaInfo:
         """Accept data written with another version of one of our schemas."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import avro.io
@@ -176,3 +177,24 @@ class TestApacheAvroCompatibility:
         data = CODEC.encode("JobStatusChanged", sample("JobStatusChanged"))
         record = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(data[10:])))
         assert record["status"] == "RUNNING" and record["sequence"] == 3 and record["possible_duplicate"] is True
+
+
+class TestSchemaHistory:
+    def test_states_written_by_an_earlier_version_are_read(self, tmp_path: Path) -> None:
+        """A worker with a newer JobState (one more field) reads the older writer's record."""
+        import shutil
+
+        for f in schemas_dir().glob("*.avsc"):
+            shutil.copy(f, tmp_path / f.name)
+        old = json.loads((schemas_dir() / "JobState.avsc").read_text())
+        (tmp_path / "history").mkdir()
+        (tmp_path / "history" / "JobState.1.avsc").write_text(json.dumps(old))
+        new = json.loads(json.dumps(old))
+        new["fields"].append({"name": "priority", "type": "int", "default": 5})
+        (tmp_path / "JobState.avsc").write_text(json.dumps(new))
+        old_bytes = CODEC.encode("JobState", sample("JobState"))
+        decoded = Codec(SchemaSet(tmp_path)).decode("JobState", old_bytes)
+        assert decoded["request_id"] == "r" and decoded["priority"] == 5
+        with pytest.raises(DecodeError, match="unknown writer schema"):
+            (tmp_path / "history" / "JobState.1.avsc").unlink()
+            Codec(SchemaSet(tmp_path)).decode("JobState", old_bytes)
