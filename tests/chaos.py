@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import random
 import signal
 import subprocess
@@ -40,6 +41,7 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "REJECTED"}
 CHAOS_POLICY = PolicyConfig(
     first_poll_s=0.3, poll_initial_s=0.3, poll_multiplier=1.5, poll_max_s=1.5,
     retry_initial_s=0.2, retry_max_s=2.0, max_failing_s=900,
+    submit_settle_s=8.0,  # the simulators hold a timed-out answer for 6 s
 )  # fmt: skip
 
 
@@ -50,6 +52,7 @@ class ChaosConfig:
     partitions: int = 6
     seed: int = 1
     kill_every_s: tuple[float, float] = (3.0, 6.0)
+    max_kills: int | None = None
     broker_restart: bool = True
     deadline_s: float = 480.0
     workdir: Path = Path(".chaos")
@@ -251,7 +254,9 @@ async def run_chaos(cfg: ChaosConfig, *, bootstrap: str | None = None, say: Any 
     run = uuid.uuid4().hex[:6]
     broker: EmbeddedKafka | None = None
     if bootstrap is None:
-        broker = EmbeddedKafka(data_dir=cfg.workdir / f"kafka-{run}")
+        # CHAOS_BROKER_LOG=INFO keeps the broker's own account of a failed run.
+        log_level = os.environ.get("CHAOS_BROKER_LOG", "WARN")
+        broker = EmbeddedKafka(data_dir=cfg.workdir / f"kafka-{run}", log_level=log_level)
         bootstrap = await asyncio.to_thread(broker.start)
     topics = TopicSettings(partitions=cfg.partitions).prefixed(f"chaos{run}.")
     settings = Settings(
@@ -327,7 +332,8 @@ async def run_chaos(cfg: ChaosConfig, *, bootstrap: str | None = None, say: Any 
                     await asyncio.to_thread(broker.start)
                     broker_restarts += 1
                     restarted_broker = True
-                if now >= next_kill and done < len(ids) * 0.98:
+                kills_left = cfg.max_kills is None or fleet.kills < cfg.max_kills
+                if now >= next_kill and done < len(ids) * 0.98 and kills_left:
                     slot = fleet.kill_one()
                     say(f"chaos: {done}/{len(ids)} terminal; SIGKILL worker {slot} (kill {fleet.kills})")
                     await asyncio.sleep(rng.uniform(0.3, 1.5))

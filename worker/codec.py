@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from worker.errors import DecodeError
+from worker.errors import DecodeError, RegistryUnavailable
 
 SOE_MAGIC = b"\xc3\x01"
 REGISTRY_MAGIC = 0
@@ -202,7 +202,12 @@ class Codec:
         try:
             raw = await self.registry.fetch_schema(schema_id)
         except Exception as exc:  # the registry client raises its own types
-            raise DecodeError("unknown_schema", f"schema id {schema_id} not found in the registry: {exc}") from exc
+            status = getattr(exc, "http_status_code", None)
+            if status == 404:
+                raise DecodeError("unknown_schema", f"schema id {schema_id} not found in the registry") from None
+            # Not an answer about the schema: the registry is down or failing. Decoding
+            # must be retried later, not turned into a dead letter.
+            raise RegistryUnavailable(f"schema registry unavailable fetching id {schema_id}: {exc}") from None
         self._remember(name, schema_id, raw)
 
     def _remember(self, name: str, schema_id: int, raw: Mapping[str, Any]) -> SchemaInfo:

@@ -63,6 +63,7 @@ class PolicyConfig(BaseModel):
     retry_max_s: float | None = None
     max_failing_s: float | None = None
     busy_retry_s: float | None = None
+    submit_settle_s: float | None = None
     link_ttl_s: float | None = None
     retention_s: float | None = None
 
@@ -173,11 +174,13 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     commit_interval_ms: int = Field(100, ge=1)
     consume_batch: int = Field(500, ge=1)
-    max_request_bytes: int = Field(1_048_576, ge=1024)
+    # Kept well under the broker's 1 MB record limit: a request's job travels inside its state record.
+    max_request_bytes: int = Field(262_144, ge=1024, le=900_000)
     transaction_timeout_ms: int = Field(15_000, ge=1000)
     session_timeout_ms: int = Field(10_000, ge=1000)
     shutdown_grace_s: float = Field(25.0, gt=0)
     revoke_drain_s: float = Field(10.0, ge=0)
+    stall_timeout_s: float = Field(120.0, gt=0, description="/healthz fails when the loop is stuck this long")
 
     def librdkafka(self) -> dict[str, Any]:
         return to_librdkafka(self.kafka_bootstrap, self.kafka)

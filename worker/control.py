@@ -88,6 +88,12 @@ def _apply(state: dict[str, dict[str, Any]], key: bytes | None, value: bytes | N
         state[name] = data
 
 
+async def read_control_state(settings: Settings) -> ControlState:
+    """The pauses in force now (the control topic read to its end)."""
+    state = await read_control(settings)
+    return ControlState(frozenset(k for k, v in state.items() if v.get("paused")))
+
+
 class ControlFollower:
     """Follows the control topic and reports each new ControlState to ``on_change``."""
 

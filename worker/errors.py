@@ -3,6 +3,7 @@
     ExportWorkerError
     ├── ConfigError                 bad settings or connections file (fatal at start-up)
     ├── DecodeError                 bytes that are not a record of our schemas (reason_code)
+    ├── RegistryUnavailable         the schema registry could not be asked (retriable)
     ├── InvalidRequest              a decoded request that cannot be run (reason_code)
     ├── VendorError                 anything a vendor call ended with
     │   ├── VendorUnavailable       5xx, timeouts, resets, 429 (retriable, retry_after)
@@ -109,6 +110,12 @@ class MalformedAnswer(VendorError):
     """The vendor answered something we cannot parse (HTML error page, bad JSON)."""
 
     code = "malformed_answer"
+    retriable = True
+
+
+class RegistryUnavailable(ExportWorkerError):
+    """The schema registry could not be asked (down, 5xx): retry, never dead-letter."""
+
     retriable = True
 
 

@@ -175,7 +175,9 @@ async def _check_compacted(admin: AdminClient, topic: str) -> None:
     for future in futures.values():
         configs = await _wait(future, f"describe {topic}")
         policy = configs.get("cleanup.policy")
-        if policy is not None and "compact" not in str(policy.value):
+        # compact,delete would let time retention delete the only record of a job whose
+        # status has not changed for a while: the state topic must be compact only.
+        if policy is not None and str(policy.value).replace(" ", "") != "compact":
             raise ConfigError(f"{topic} must have cleanup.policy=compact (it has {policy.value})")
 
 
@@ -244,6 +246,7 @@ async def restore(
     *,
     admin: AdminClient | None = None,
     on_progress: Callable[[int], None] | None = None,
+    stall_s: float = 30.0,
 ) -> list[RestoredPartition]:
     """Read ``partitions`` of a compacted topic from the beginning to their end
     (read_committed), keeping the latest value per key."""
@@ -272,10 +275,15 @@ async def restore(
     pending = set(partitions)
     try:
         await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        last_progress = time.monotonic()
         while pending:
             # consume() returns early only when the batch is full: keep the wait short so
             # the end-of-partition markers are seen as soon as they arrive.
             batch = await consumer.consume(num_messages=10_000, timeout=0.05)
+            if batch:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > stall_s:
+                raise BrokerUnavailable(f"restoring {topic}{sorted(pending)}: nothing read for {stall_s:.0f} s")
             for msg in batch:
                 err = msg.error()
                 if err is not None:

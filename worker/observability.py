@@ -176,9 +176,15 @@ class SidePort:
     """``/healthz`` (the process is alive), ``/readyz`` (assigned partitions restored,
     broker reachable), ``/metrics`` (Prometheus text format)."""
 
-    def __init__(self, metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        ready: Callable[[], tuple[bool, str]],
+        healthy: Callable[[], tuple[bool, str]] | None = None,
+    ) -> None:
         self.metrics = metrics
         self.ready = ready
+        self.healthy = healthy or (lambda: (True, "ok"))
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
 
@@ -190,7 +196,8 @@ class SidePort:
         return app
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        ok, why = self.healthy()
+        return web.json_response({"status": "ok" if ok else "unhealthy", "detail": why}, status=200 if ok else 503)
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         ok, why = self.ready()

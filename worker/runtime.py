@@ -22,7 +22,9 @@ import asyncio
 import contextlib
 import random
 import sys
+import threading
 import time
+import traceback
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable
@@ -31,13 +33,13 @@ from typing import Any
 
 import aiohttp
 import structlog
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.aio import AIOConsumer, AIOProducer
 
 from worker import kafka as kafka_io
 from worker.codec import Codec
 from worker.config import ConnectionConfig, ConnectionsFile, Settings, policy_for
-from worker.control import ControlFollower, ControlState
+from worker.control import ControlFollower, ControlState, read_control_state
 from worker.engine.machine import Context, step
 from worker.engine.model import (
     Announce,
@@ -55,7 +57,16 @@ from worker.engine.model import (
     TimerFired,
 )
 from worker.engine.policy import Policy
-from worker.errors import ConfigError, ExportWorkerError, RateLimited, ResultStoreError, VendorBusy, VendorError
+from worker.errors import (
+    ConfigError,
+    DecodeError,
+    ExportWorkerError,
+    RateLimited,
+    RegistryUnavailable,
+    ResultStoreError,
+    VendorBusy,
+    VendorError,
+)
 from worker.ingest import Ingest, Rejection
 from worker.observability import Metrics, SidePort
 from worker.records import dead_letter_record, file_record, state_from_record, state_to_record, status_record
@@ -102,6 +113,11 @@ class OwnedPartition:
     jobs: dict[str, JobState] = field(default_factory=dict)
     ready: bool = False
     revoking: bool = False
+    # The input offset to commit: one past the last request fully processed (not the
+    # consumer's position, which moves as soon as a batch is handed over).
+    next_offset: int | None = None
+    # Where the consumer was rewound to by a reset; messages fetched before it are re-read from here.
+    resume_at: int | None = None
 
 
 @dataclass(slots=True)
@@ -129,6 +145,7 @@ class RestoreDone:
     incarnations: dict[int, int]
     states: dict[int, list[JobState]]
     seconds: float
+    committed: dict[int, int]  # the group's committed input offset per partition (absent: none)
 
 
 @dataclass(slots=True)
@@ -139,6 +156,7 @@ class Batch:
     calls: list[Call]  # to start once it is committed
     offsets: list[TopicPartition]
     metadata: Any  # consumer group metadata, taken with the offsets
+    incarnations: dict[int, int]  # the partitions it was cut from
 
 
 @dataclass(slots=True)
@@ -243,6 +261,8 @@ class Worker:
         self._first_pending = 0.0
         self._committing: tuple[asyncio.Task[KafkaException | None], Batch] | None = None
         self._stopping = False
+        self._crashed = False  # the loop died mid-turn: commit nothing more, the next owner redoes it
+        self.last_turn = time.monotonic()
         self._started = False
         self._joined = False  # the first assignment (possibly empty) has come
         self._session: aiohttp.ClientSession | None = None
@@ -265,6 +285,9 @@ class Worker:
         try:
             loop_task = asyncio.create_task(self._loop(stopper))
             await loop_task
+        except BaseException:
+            self._crashed = True
+            raise
         finally:
             stopper.cancel()
             await self._shutdown()
@@ -290,7 +313,7 @@ class Worker:
             max_bytes=self.settings.max_request_bytes,
         )
         if self.settings.http_port >= 0:
-            self.side_port = SidePort(self.metrics, self.readiness)
+            self.side_port = SidePort(self.metrics, self.readiness, self.healthy)
             port = await self.side_port.start(self.settings.http_host, self.settings.http_port)
             log.info("side port listening", port=port)
         self.producer = AIOProducer(
@@ -299,6 +322,8 @@ class Worker:
             buffer_timeout=0,
         )
         await self.producer.init_transactions(30)
+        # Pauses stored in the control topic apply before the first request is read.
+        self._apply_control(await read_control_state(self.settings))
         self._control = ControlFollower(self.settings, lambda state: self._results.put_nowait(ControlChange(state)))
         self._control.start()
         self.consumer = AIOConsumer(kafka_io.consumer_config(self.settings), max_workers=4)
@@ -319,7 +344,11 @@ class Worker:
         self._stopping = True
         deadline = time.monotonic() + self.settings.shutdown_grace_s * 0.8
         try:
-            if self.producer is not None and self.consumer is not None:
+            if self._crashed:
+                log.error("worker loop failed: leaving without committing; the next owner resumes from Kafka")
+                if self._committing is not None:
+                    await asyncio.wait([self._committing[0]], timeout=30)  # do not leave it open
+            elif self.producer is not None and self.consumer is not None:
                 # Intents written in the last turn still get their call: the state
                 # says SUBMITTING, and a call made now saves the next owner a reconcile.
                 await self._commit()
@@ -373,15 +402,39 @@ class Worker:
 
     async def _loop(self, stopper: asyncio.Task[Any]) -> None:
         assert self.consumer is not None
-        while not stopper.done():
-            messages = await self.consumer.consume(self.settings.consume_batch, self._consume_timeout())
-            await self._turn(messages)
+        loop_task = asyncio.current_task()
+        watchdog = asyncio.create_task(self._watch(loop_task))
+        try:
+            while not stopper.done():
+                self.last_turn = time.monotonic()
+                messages = await self.consumer.consume(self.settings.consume_batch, self._consume_timeout())
+                await self._turn(messages)
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self, loop_task: asyncio.Task[Any] | None) -> None:
+        """Say where the loop is stuck when a turn takes far too long; /healthz then fails
+        too, so a supervisor restarts the process (the next owner resumes from Kafka)."""
+        warned = 0.0
+        while True:
+            await asyncio.sleep(5.0)
+            stalled = time.monotonic() - self.last_turn
+            if stalled > 30.0 and time.monotonic() - warned > 30.0 and loop_task is not None:
+                warned = time.monotonic()
+                log.error("worker loop stalled", seconds=round(stalled), where=_where(loop_task), waiting_on=_stacks())
+
+    def healthy(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self.last_turn
+        if self._started and stalled > self.settings.stall_timeout_s:
+            return False, f"worker loop stalled for {stalled:.0f} s"
+        return True, "ok"
 
     def _consume_timeout(self) -> float:
-        if not self._results.empty() or self._waiting_calls:
+        if not self._results.empty():
             return 0.0
         busy = (
             self._committing is not None
+            or bool(self._waiting_calls)
             or any(self._in_flight.values())
             or any(c.waiting or c.waiting_submits for c in self.connections.values())
         )
@@ -446,12 +499,22 @@ class Worker:
             if part is None:
                 continue  # not ours (any more): the owner reads it
             if not part.ready:
-                # Fetched before the pause took effect: read it again once restored.
-                rewind.setdefault(number, msg.offset())
+                # Fetched before the pause (or before a reset's rewind) took effect: read
+                # it again once restored, from where the reset rewound to if there was one.
+                rewind.setdefault(number, part.resume_at if part.resume_at is not None else msg.offset())
                 continue
             if number in rewind:
                 continue
-            await self._on_request(part, msg)
+            try:
+                await self._on_request(part, msg)
+            except (WorkerFenced, RegistryUnavailable, KafkaException):
+                raise
+            except Exception as exc:  # a request we cannot handle must not stop its partition
+                log.exception("request could not be processed; dead-lettered", partition=number, offset=msg.offset())
+                self._dead_letter(
+                    part, msg, Rejection("internal_error", f"{type(exc).__name__}: {exc}"), self._now_ms()
+                )
+                part.next_offset = msg.offset() + 1
         for number, offset in rewind.items():
             await self.consumer.seek(TopicPartition(self.topics.requests, number, offset))
 
@@ -461,12 +524,13 @@ class Worker:
         now = self._now_ms()
         outcome = await self.ingest.read(msg.key(), msg.value(), partition=part.number, offset=msg.offset(), now_ms=now)
         if isinstance(outcome, Rejection):
-            self._dead_letter(part, msg, outcome, now)
             if outcome.event is not None:
                 self._step(part, outcome.event.request_id, outcome.event)
-            return
-        self.metrics.child(self.metrics.requests, "read").inc()
-        self._step(part, outcome.request_id, _received(outcome))
+            self._dead_letter(part, msg, outcome, now)
+        else:
+            self.metrics.child(self.metrics.requests, "read").inc()
+            self._step(part, outcome.request_id, _received(outcome))
+        part.next_offset = msg.offset() + 1
 
     def _dead_letter(self, part: OwnedPartition, msg: Any, rejection: Rejection, now_ms: int) -> None:
         self.metrics.dead_letters.labels(rejection.reason_code).inc()
@@ -481,13 +545,16 @@ class Worker:
             offset=msg.offset(),
             request_id=request_id,
         )
+        value = msg.value()
+        if value is not None and len(value) > self.settings.max_request_bytes:
+            value = value[: self.settings.max_request_bytes]  # the dead letter must fit in a record too
         record = dead_letter_record(
             topic=msg.topic(),
             partition=part.number,
             offset=msg.offset(),
             timestamp_ms=ts if ts_type != 0 else None,
             key=msg.key(),
-            value=msg.value(),
+            value=value,
             headers=[(k, v) for k, v in (msg.headers() or [])],
             reason_code=rejection.reason_code,
             reason=redact_text(rejection.reason),
@@ -508,26 +575,32 @@ class Worker:
         policy = conn.policy if conn is not None else _FALLBACK_POLICY
         transition = step(state, event, Context(self._now_ms(), self.rng.random(), policy))
         new = transition.state
-        if new is None:
-            part.jobs.pop(request_id, None)
-        else:
-            part.jobs[request_id] = new
-        if transition.persist:
-            if not self._pending():
-                self._first_pending = time.monotonic()
-            self._states[(part.number, request_id)] = new
+        # Every record is built (and encoded) before anything changes: a failure here
+        # leaves the job exactly as it was.
+        records: list[Outgoing] = []
         call: Call | None = None
         for effect in transition.effects:
             assert new is not None
             if isinstance(effect, PublishStatus):
-                self._emit(
-                    part.number,
-                    self.topics.status,
-                    request_id.encode(),
-                    "JobStatusChanged",
-                    status_record(new, effect),
-                    None,
-                )
+                value = self.codec.encode("JobStatusChanged", status_record(new, effect), topic=self.topics.status)
+                records.append(Outgoing(part.number, self.topics.status, request_id.encode(), value, None))
+            elif isinstance(effect, Announce):
+                value = self.codec.encode("FileReady", file_record(new, effect), topic=self.topics.files)
+                records.append(Outgoing(part.number, self.topics.files, request_id.encode(), value, None))
+            elif isinstance(effect, CallVendor) and conn is not None:
+                call = Call(part.number, part.incarnation, request_id, effect.kind, conn, new, slot is not None)
+        if new is None:
+            part.jobs.pop(request_id, None)
+        else:
+            part.jobs[request_id] = new
+        if (transition.persist or records) and not self._pending():
+            self._first_pending = time.monotonic()
+        if transition.persist:
+            self._states[(part.number, request_id)] = new
+        self._outgoing.extend(records)
+        for effect in transition.effects:
+            assert new is not None
+            if isinstance(effect, PublishStatus):
                 self.metrics.child(self.metrics.status_events, new.vendor, effect.status.value).inc()
                 log.info(
                     "status",
@@ -541,12 +614,7 @@ class Worker:
                     error=effect.error.message if effect.error else None,
                 )
             elif isinstance(effect, Announce):
-                self._emit(
-                    part.number, self.topics.files, request_id.encode(), "FileReady", file_record(new, effect), None
-                )
                 self.metrics.child(self.metrics.files, new.vendor).inc()
-            elif isinstance(effect, CallVendor) and conn is not None:
-                call = Call(part.number, part.incarnation, request_id, effect.kind, conn, new, slot is not None)
         if call is not None:
             if transition.persist:
                 if not call.has_slot:
@@ -704,17 +772,17 @@ class Worker:
         state = call.state
         conn = call.connection
         adapter = conn.adapter
-        spec = JobSpec.from_json(
-            state.request_id,
-            state.tenant,
-            state.connection,
-            state.job_json,
-            correlation_id=state.correlation_id,
-            submit_attempt=state.submit_attempt,
-            labels=state.labels,
-        )
         event: Event
         try:
+            spec = JobSpec.from_json(
+                state.request_id,
+                state.tenant,
+                state.connection,
+                state.job_json,
+                correlation_id=state.correlation_id,
+                submit_attempt=state.submit_attempt,
+                labels=state.labels,
+            )
             # Each call runs in its own task, whose context copy ends with it: bind once, no reset.
             structlog.contextvars.bind_contextvars(
                 request_id=state.request_id,
@@ -838,9 +906,10 @@ class Worker:
         calls, self._after_commit = self._after_commit, []
         self._offsets_dirty = False
         self._first_pending = 0.0
-        offsets = await self._positions()
+        offsets = self._positions()
         metadata = (group_metadata or await self.consumer.consumer_group_metadata()) if offsets else None
-        return Batch(outgoing, calls, offsets, metadata)
+        incarnations = {n: p.incarnation for n, p in self.partitions.items()}
+        return Batch(outgoing, calls, offsets, metadata, incarnations)
 
     async def _write(self, batch: Batch) -> KafkaException | None:
         """Write one batch in one Kafka transaction; never touches the consumer (a
@@ -866,10 +935,19 @@ class Worker:
                     futures.append(
                         await producer.produce(out.topic, value=out.value, key=out.key, partition=out.target_partition)
                     )
+            # A record the producer refused (e.g. too large) must not be silently left
+            # out of a committed transaction: check every delivery first.
+            await producer.flush(60)
+            for result in await asyncio.gather(*futures, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise (
+                        result
+                        if isinstance(result, KafkaException)
+                        else KafkaException(KafkaError(KafkaError._FAIL, f"record not delivered: {result}"))
+                    )
             if batch.offsets:
                 await producer.send_offsets_to_transaction(batch.offsets, batch.metadata, 30)
             await producer.commit_transaction(60)
-            await asyncio.gather(*futures, return_exceptions=True)
         except KafkaException as exc:
             return exc
         self.metrics.transactions.labels("committed").inc()
@@ -878,19 +956,55 @@ class Worker:
         return None
 
     async def _settle(self, batch: Batch, error: KafkaException | None) -> None:
+        if error is not None and _generation_moved(error) and not self._crashed:
+            # A rebalance bumped the group generation while this batch was in flight: its
+            # records are still right for the partitions still owned; write them again.
+            log.info("transaction refused after a rebalance; writing it again", error=error.args[0].str())
+            self.metrics.transactions.labels("retried").inc()
+            with contextlib.suppress(KafkaException):
+                await self.producer.abort_transaction(30)  # type: ignore[union-attr]
+            batch = self._still_owned(batch)
+            error = await self._write(await self._refresh(batch))
         if error is not None:
+            for call in batch.calls:  # they never start: give back their intents and slots
+                self._call_started(call)
+                if call.has_slot:
+                    call.connection.limiter.release()
             await self._transaction_failed(error)
             return
         for call in batch.calls:
             self._dispatch(call)
 
-    async def _positions(self) -> list[TopicPartition]:
+    def _still_owned(self, batch: Batch) -> Batch:
+        def owned(number: int) -> bool:
+            part = self.partitions.get(number)
+            return part is not None and part.incarnation == batch.incarnations.get(number)
+
+        gone = [c for c in batch.calls if not owned(c.partition)]
+        for call in gone:
+            self._call_started(call)
+            if call.has_slot:
+                call.connection.limiter.release()
+        return Batch(
+            [o for o in batch.outgoing if owned(o.partition)],
+            [c for c in batch.calls if owned(c.partition)],
+            [tp for tp in batch.offsets if owned(tp.partition)],
+            batch.metadata,
+            batch.incarnations,
+        )
+
+    async def _refresh(self, batch: Batch) -> Batch:
         assert self.consumer is not None
-        owned = [TopicPartition(self.topics.requests, n) for n, p in self.partitions.items() if p.ready]
-        if not owned:
-            return []
-        positions = await self.consumer.position(owned)
-        return [tp for tp in positions if tp.offset >= 0]
+        metadata = await self.consumer.consumer_group_metadata() if batch.offsets else None
+        return Batch(batch.outgoing, batch.calls, batch.offsets, metadata, batch.incarnations)
+
+    def _positions(self) -> list[TopicPartition]:
+        """The offsets to commit: what was fully processed on each ready partition."""
+        return [
+            TopicPartition(self.topics.requests, n, p.next_offset)
+            for n, p in self.partitions.items()
+            if p.ready and p.next_offset is not None
+        ]
 
     async def _transaction_failed(self, exc: KafkaException) -> None:
         error: KafkaError = exc.args[0]
@@ -912,14 +1026,20 @@ class Worker:
             return
         tps = [TopicPartition(self.topics.requests, n) for n in numbers]
         await self.consumer.pause(tps)
+        # Let calls in flight end first: a submit still running while the restored intent
+        # is reconciled could create a job the reconcile does not see yet.
+        await self._drain_in_flight(numbers, time.monotonic() + self.settings.revoke_drain_s)
         committed = await self.consumer.committed(tps, timeout=30)
         self._outgoing = [o for o in self._outgoing if o.partition not in numbers]
         self._states = {k: v for k, v in self._states.items() if k[0] not in numbers}
         self._forget_calls(numbers)
+        resume_at = {}
         for tp in committed:
-            if tp.offset >= 0:
-                await self.consumer.seek(tp)
-        self._begin_restore(numbers)
+            # No committed offset yet: start over from the beginning (auto.offset.reset=earliest).
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            await self.consumer.seek(TopicPartition(self.topics.requests, tp.partition, offset))
+            resume_at[tp.partition] = offset
+        self._begin_restore(numbers, resume_at)
 
     # ---- rebalancing -----------------------------------------------------------------
 
@@ -935,37 +1055,69 @@ class Worker:
         self._begin_restore(numbers)
         self.metrics.assigned.set(len(self.partitions))
 
-    def _begin_restore(self, numbers: set[int]) -> None:
+    def _begin_restore(self, numbers: set[int], resume_at: dict[int, int] | None = None) -> None:
         incarnations = {}
         for n in numbers:
             self._incarnation += 1
-            self.partitions[n] = OwnedPartition(n, self._incarnation)
+            self.partitions[n] = OwnedPartition(n, self._incarnation, resume_at=(resume_at or {}).get(n))
             incarnations[n] = self._incarnation
         task = asyncio.create_task(self._restore(incarnations))
         self._restores.add(task)
         task.add_done_callback(self._restores.discard)
 
     async def _restore(self, incarnations: dict[int, int]) -> None:
-        started = time.monotonic()
-        try:
-            restored = await kafka_io.restore(self.settings, self.topics.jobs, sorted(incarnations), admin=self.admin)
-        except Exception:
-            log.exception("restore failed; retrying", partitions=sorted(incarnations))
-            await asyncio.sleep(1.0)
-            task = asyncio.create_task(self._restore(incarnations))
-            self._restores.add(task)
-            task.add_done_callback(self._restores.discard)
+        """Read these partitions' job states (and the group's committed offsets) until it
+        works: the partitions stay paused until then, so giving up would strand them."""
+        attempt = 0
+        while True:
+            try:
+                done = await self._read_back(incarnations)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                attempt += 1
+                log.exception("restore failed; retrying", partitions=sorted(incarnations), attempt=attempt)
+                await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
+                if all(
+                    self.partitions.get(n) is None or self.partitions[n].incarnation != i
+                    for n, i in incarnations.items()
+                ):
+                    return  # moved on meanwhile
+                continue
+            self._results.put_nowait(done)
             return
+
+    async def _read_back(self, incarnations: dict[int, int]) -> RestoreDone:
+        started = time.monotonic()
+        numbers = sorted(incarnations)
+        restored = await kafka_io.restore(self.settings, self.topics.jobs, numbers, admin=self.admin)
         states: dict[int, list[JobState]] = {}
         for part in restored:
             decoded = []
             for key, value in part.values.items():
                 try:
                     decoded.append(state_from_record(await self.codec.decode_async("JobState", value)))
-                except Exception as exc:  # a state we cannot read must not stop the others
+                except DecodeError as exc:  # a state we cannot read must not stop the others
                     log.error("unreadable job state skipped", key=key.decode("utf-8", "replace"), error=str(exc))
             states[part.partition] = decoded
-        self._results.put_nowait(RestoreDone(incarnations, states, time.monotonic() - started))
+        committed = await self._committed(numbers)
+        return RestoreDone(incarnations, states, time.monotonic() - started, committed)
+
+    async def _committed(self, numbers: list[int]) -> dict[int, int]:
+        """The group's committed offsets of these partitions, best effort.
+
+        Only a starting point for the offsets this worker commits: without it nothing is
+        committed for a partition until its next request is processed, which is safe. A
+        lookup that does not answer (a dead owner's transaction still pending, a broker
+        just restarted) must not keep the partition paused, so it is not retried."""
+        assert self.consumer is not None
+        tps = [TopicPartition(self.topics.requests, n) for n in numbers]
+        try:
+            found = await self.consumer.committed(tps, timeout=10)
+        except KafkaException as exc:
+            log.warning("committed offsets unknown; resuming without them", partitions=numbers, error=str(exc))
+            return {}
+        return {tp.partition: tp.offset for tp in found if tp.offset >= 0 and tp.error is None}
 
     async def _install(self, done: RestoreDone) -> None:
         assert self.consumer is not None
@@ -985,6 +1137,7 @@ class Worker:
                     self._timers.schedule(resumed.next_action_at_ms, number, state.request_id)
                 total += 1
             part.ready = True
+            part.next_offset = done.committed.get(number)
             ready.append(TopicPartition(self.topics.requests, number))
         if ready:
             await self.consumer.resume(ready)
@@ -1005,7 +1158,7 @@ class Worker:
             if n in self.partitions:
                 self.partitions[n].revoking = True
         metadata = await consumer.consumer_group_metadata()
-        if self.producer is not None:
+        if self.producer is not None and not self._crashed:
             deadline = time.monotonic() + (0 if self._stopping else self.settings.revoke_drain_s)
             await self._drain_in_flight(numbers, deadline)
             try:
@@ -1057,6 +1210,20 @@ class Worker:
 _FALLBACK_POLICY = Policy()
 
 
+def _where(task: asyncio.Task[Any]) -> str:
+    return " -> ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in task.get_stack(limit=16))
+
+
+def _stacks() -> dict[str, str]:
+    """Every task's and thread's innermost frames: what a stalled loop is waiting on."""
+    found = {f"task {t.get_name()}": _where(t) for t in asyncio.all_tasks() if not t.done()}
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        frames = traceback.extract_stack(frame)[-6:]
+        found[f"thread {names.get(ident, ident)}"] = " -> ".join(f"{f.name}:{f.lineno}" for f in frames)
+    return found
+
+
 def _received(request: RequestInfo) -> Event:
     return RequestReceived(request)
 
@@ -1067,3 +1234,14 @@ def _no_connection(state: JobState) -> Event:
         kind=kind,
         error=ErrorInfo("unknown_connection", f"connection {state.connection!r} is no longer configured", False),
     )
+
+
+_GENERATION_CODES = frozenset(
+    {KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.FENCED_INSTANCE_ID}
+)
+
+
+def _generation_moved(error: KafkaException) -> bool:
+    """send_offsets_to_transaction refused because the group rebalanced meanwhile."""
+    code = error.args[0].code() if error.args else None
+    return code in _GENERATION_CODES and not error.args[0].fatal()

@@ -129,6 +129,18 @@ class TestHealthcheck:
             await side.stop()
         assert await _run(argv, {"EXPORT_WORKER_HTTP_PORT": str(_free_port())}) != 0
 
+    async def test_fails_when_the_worker_loop_is_stuck(self) -> None:
+        """A live process whose loop stalled answers /healthz with 503: the check fails, so
+        the container is restarted and its partitions move."""
+        _, argv = healthcheck_command(read_dockerfile().final.last("HEALTHCHECK") or "")
+        argv = [sys.executable, *argv[1:]]
+        side = SidePort(Metrics(), lambda: (True, ""), lambda: (False, "worker loop stalled for 130 s"))
+        port = await side.start("127.0.0.1", 0)
+        try:
+            assert await _run(argv, {"EXPORT_WORKER_HTTP_PORT": str(port)}) != 0
+        finally:
+            await side.stop()
+
 
 class TestDockerignore:
     def test_build_inputs_are_in_the_context(self) -> None:

@@ -18,10 +18,11 @@ class TestSmallChaos:
             workers=2,
             partitions=4,
             seed=7,
-            kill_every_s=(2.0, 3.0),
+            kill_every_s=(3.0, 5.0),
+            max_kills=5,
             stages_s=(1.0, 1.0, 1.0),
             broker_restart=external is None,
-            deadline_s=180,
+            deadline_s=300,
             workdir=tmp_path,
         )
         lines: list[str] = []

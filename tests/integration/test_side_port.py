@@ -9,6 +9,7 @@ what the worker visibly did: events on the output topics, jobs the simulator cre
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -132,7 +133,14 @@ class TestReadiness:
                 assert status == 503 and body["ready"] is False
                 assert worker.readiness()[0] is False
                 health, health_body, _ = await fetch(session, worker, "/healthz")
-                assert (health, health_body) == (200, '{"status": "ok"}')
+                assert (health, json.loads(health_body)) == (200, {"status": "ok", "detail": "ok"})
+                # No await in between, so the loop cannot take a turn: a loop that has not
+                # turned for stall_timeout_s makes the process unhealthy (restarted).
+                last_turn = worker.last_turn
+                worker.last_turn = time.monotonic() - settings.stall_timeout_s - 1
+                stalled = worker.healthy()
+                worker.last_turn = last_turn
+                assert stalled[0] is False and "stalled" in stalled[1]
 
                 await ghost.abort_transaction(30)
                 ended = time.monotonic()
@@ -244,7 +252,8 @@ async def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactor
 
 class TestMetrics:
     async def test_healthz_answers_while_running(self, pipeline: Pipeline) -> None:
-        assert (await fetch(pipeline.session, pipeline.worker, "/healthz"))[:2] == (200, '{"status": "ok"}')
+        status, body, _ = await fetch(pipeline.session, pipeline.worker, "/healthz")
+        assert (status, json.loads(body)) == (200, {"status": "ok", "detail": "ok"})
 
     async def test_open_jobs_counts_a_job_while_it_is_open_and_drops_it_when_done(self, pipeline: Pipeline) -> None:
         r = rid("open")

@@ -223,11 +223,23 @@ class TestRestoreAndReconcile:
         assert tr.state is not None and tr.state.vendor_job_id == "job-9" and tr.state.phase is Phase.ACTIVE
         assert not tr.state.possible_duplicate and statuses(tr) == [Status.SUBMITTED]
 
-    def test_reconcile_finding_nothing_submits_again_unflagged(self) -> None:
+    def test_reconcile_finding_nothing_submits_again_unflagged_once_the_lost_submit_has_settled(self) -> None:
         policy = replace(POLICY, can_reconcile=True)
-        tr = step(submitting(policy), ReconcileAnswered(True, None), ctx(policy=policy))
+        settled = NOW + round(policy.submit_settle_s * 1000)
+        tr = step(submitting(policy), ReconcileAnswered(True, None), ctx(settled, policy))
         assert tr.state is not None and calls(tr) == [CallKind.SUBMIT] and tr.persist
         assert tr.state.submit_attempt == 2 and not tr.state.possible_duplicate
+
+    def test_reconcile_finding_nothing_too_soon_asks_again_after_the_settle_window(self) -> None:
+        """A submit the client gave up on may still be running at the vendor: "no such
+        job" one second later is not proof that it will not appear."""
+        policy = replace(POLICY, can_reconcile=True)
+        settled = NOW + round(policy.submit_settle_s * 1000)
+        tr = step(submitting(policy), ReconcileAnswered(True, None), ctx(NOW + 1000, policy))
+        assert tr.state is not None and calls(tr) == [] and tr.state.submit_attempt == 1
+        assert tr.state.next_action_at_ms == settled and tr.state.phase is Phase.SUBMITTING
+        again = step(tr.state, TimerFired(), ctx(settled, policy))
+        assert calls(again) == [CallKind.RECONCILE]
 
     def test_vendor_that_cannot_tell_resubmits_flagged(self) -> None:
         """Itron and Unicommerce: resubmit and say possible_duplicate on every later event."""

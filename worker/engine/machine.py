@@ -404,6 +404,12 @@ def _on_reconcile_answered(state: JobState, event: ReconcileAnswered, ctx: Conte
     elif event.vendor_job_id:
         _activate(out, event.vendor_job_id, event.vendor_status)
     else:
+        # While SUBMITTING, updated_at_ms is when the latest submit was decided. Until
+        # that submit cannot land any more, "no such job" may only mean "not yet".
+        settled_at = state.updated_at_ms + round(ctx.policy.submit_settle_s * 1000)
+        if ctx.now_ms < settled_at:
+            out.update(next_action_at_ms=settled_at)
+            return out.done()
         # The vendor says it has no such job: submitting again cannot duplicate it.
         out.update(submit_attempt=state.submit_attempt + 1, updated_at_ms=ctx.now_ms)
         out.persist = True

@@ -108,10 +108,14 @@ class JobState:
     def evolve(self, **changes: Any) -> JobState:
         """A copy with ``changes``, like ``dataclasses.replace`` but several times faster
         (no ``__init__``, no per-field loop): a state is copied on every step."""
+        unknown = changes.keys() - _FIELD_SET
+        if unknown:
+            raise TypeError(f"JobState has no field {', '.join(sorted(unknown))}")
         return _evolve(self, changes)
 
 
 _STATE_FIELDS: tuple[str, ...] = tuple(JobState.__dataclass_fields__)
+_FIELD_SET = frozenset(_STATE_FIELDS)
 
 
 def _make_evolve() -> Any:

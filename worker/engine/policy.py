@@ -27,6 +27,9 @@ class Policy:
         max_failing_s: how long a run of transient errors may last before the job
             fails (a vendor down for minutes must not fail its jobs at once).
         busy_retry_s: wait before submitting again after the vendor said "busy".
+        submit_settle_s: how long after a submit whose answer was lost the vendor may
+            still create its job (a request the client gave up on can still be running
+            on the vendor's side); a reconcile that finds nothing is believed only then.
         link_ttl_s: expiry assumed for a link whose expiry the vendor does not say.
         retention_s: how long a finished job's compact record is kept.
         can_reconcile: the vendor can look up a job by our request id.
@@ -43,6 +46,7 @@ class Policy:
     retry_max_s: float = 60.0
     max_failing_s: float = 1800.0
     busy_retry_s: float = 30.0
+    submit_settle_s: float = 120.0
     link_ttl_s: float = 7 * 86400.0
     retention_s: float = 7 * 86400.0
     can_reconcile: bool = False
