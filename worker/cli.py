@@ -114,7 +114,7 @@ def run(
 
     from worker.config import unknown_env_vars
     from worker.observability import configure_logging
-    from worker.runtime import Worker
+    from worker.runtime import ProducerStuck, Worker
 
     settings = settings_from_env(connections_file=connections, kafka_bootstrap=bootstrap, http_port=http_port)
     configure_logging(settings.log_level, settings.log_format)
@@ -128,7 +128,15 @@ def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         worker = Worker(settings)
-        await worker.run(stop)
+        try:
+            await worker.run(stop)
+        except ProducerStuck as exc:
+            # A thread is blocked inside librdkafka for good: a normal exit would wait
+            # for it forever. The next owner resumes from what Kafka holds.
+            print_error(f"{exc}; exiting at once so a new process takes over")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
     run_async(main())
 

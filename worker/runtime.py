@@ -87,6 +87,13 @@ class WorkerFenced(ExportWorkerError):
     """Another worker took over this worker's transactional id or partitions: stop."""
 
 
+class ProducerStuck(WorkerFenced):
+    """A transactional call outlived its own timeout: librdkafka's
+    send_offsets_to_transaction can wait forever for a group coordinator that went away
+    (confluentinc/librdkafka#5456). The producer cannot be used again and its thread
+    cannot be joined: the process must be replaced (the next owner resumes from Kafka)."""
+
+
 @dataclass
 class Connection:
     """A configured vendor connection with its adapter, timing policy and limits."""
@@ -262,6 +269,8 @@ class Worker:
         self._committing: tuple[asyncio.Task[KafkaException | None], Batch] | None = None
         self._stopping = False
         self._crashed = False  # the loop died mid-turn: commit nothing more, the next owner redoes it
+        self.producer_stuck = False  # see ProducerStuck
+        self.stuck_margin_s = 15.0  # past a transactional call's own timeout
         self.last_turn = time.monotonic()
         self._started = False
         self._joined = False  # the first assignment (possibly empty) has come
@@ -347,7 +356,10 @@ class Worker:
             if self._crashed:
                 log.error("worker loop failed: leaving without committing; the next owner resumes from Kafka")
                 if self._committing is not None:
-                    await asyncio.wait([self._committing[0]], timeout=30)  # do not leave it open
+                    task = self._committing[0]
+                    await asyncio.wait([task], timeout=30)  # do not leave it open
+                    if task.done() and not task.cancelled():
+                        task.exception()  # already reported by the loop's failure
             elif self.producer is not None and self.consumer is not None:
                 # Intents written in the last turn still get their call: the state
                 # says SUBMITTING, and a call made now saves the next owner a reconcile.
@@ -363,7 +375,7 @@ class Worker:
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.close()  # triggers on_revoke: commits whatever is left
-        if self.producer is not None:
+        if self.producer is not None and not self.producer_stuck:  # closing joins its threads
             with contextlib.suppress(Exception):
                 await self.producer.close()
         for tasks in self._in_flight.values():
@@ -448,6 +460,8 @@ class Worker:
     async def _turn(self, messages: list[Any]) -> None:
         if self._committing is not None and self._committing[0].done():
             await self._await_commit()
+        if self.producer_stuck:  # noticed inside a rebalance callback, which must not raise
+            raise ProducerStuck("the transactional producer is stuck")
         if time.monotonic() - self._lag_checked > 5.0:
             await self._measure_lag()
         await self._on_messages(messages)
@@ -946,14 +960,23 @@ class Worker:
                         else KafkaException(KafkaError(KafkaError._FAIL, f"record not delivered: {result}"))
                     )
             if batch.offsets:
-                await producer.send_offsets_to_transaction(batch.offsets, batch.metadata, 30)
-            await producer.commit_transaction(60)
+                await self._bounded(producer.send_offsets_to_transaction(batch.offsets, batch.metadata, 30), 30)
+            await self._bounded(producer.commit_transaction(60), 60)
         except KafkaException as exc:
             return exc
         self.metrics.transactions.labels("committed").inc()
         self.metrics.commit_seconds.observe(time.monotonic() - started)
         self.metrics.commit_records.observe(len(batch.outgoing))
         return None
+
+    async def _bounded(self, call: Any, timeout_s: float) -> None:
+        """Await a transactional call, enforcing its timeout from this side too."""
+        limit = timeout_s + self.stuck_margin_s
+        try:
+            await asyncio.wait_for(call, limit)
+        except TimeoutError:
+            self.producer_stuck = True
+            raise ProducerStuck(f"a transactional call did not return within {limit:.0f} s") from None
 
     async def _settle(self, batch: Batch, error: KafkaException | None) -> None:
         if error is not None and _generation_moved(error) and not self._crashed:

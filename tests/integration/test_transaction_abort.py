@@ -4,14 +4,16 @@ request once (no lost request, no repeated event, no leaked submit capacity)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from tests.conftest import itron_connection, running
 from worker.config import Settings
-from worker.runtime import Batch, Worker
+from worker.runtime import Batch, ProducerStuck, Worker
 from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator
 from worker.testing import OutputReader, Publisher, eventually, itron_request, terminal
@@ -34,6 +36,24 @@ class FailingOnce(Worker):
             await self.producer.begin_transaction()  # open, as a real failure would leave it
             return KafkaException(KafkaError(KafkaError._FAIL, "injected failure", txn_requires_abort=True))
         return await super()._write(batch)
+
+
+class StuckOnce(Worker):
+    """The first send_offsets_to_transaction never returns, as librdkafka#5456 does when
+    the group coordinator goes away mid-call (its own timeout is not enforced)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hung = False
+        self.stuck_margin_s = 0.5
+
+    async def _bounded(self, call: Any, timeout_s: float) -> None:
+        if not self.hung and call.__qualname__.endswith("send_offsets_to_transaction"):
+            self.hung = True
+            call.close()  # never sent...
+            call = asyncio.Event().wait()  # ...and never answered
+            timeout_s = 0.0
+        await super()._bounded(call, timeout_s)
 
 
 class TestTransactionAbort:
@@ -69,3 +89,36 @@ class TestTransactionAbort:
                 assert any(e["possible_duplicate"] for e in events), r
         # Slots all given back: nothing is left in flight or waiting.
         assert worker.connections["itron"].limiter.in_flight == 0
+
+    async def test_a_stuck_transactional_call_ends_the_worker_and_the_next_owner_finishes(
+        self, settings: Settings
+    ) -> None:
+        """No silent hang: the stuck worker stops (the CLI then exits at once), commits
+        nothing more, and a fresh worker finishes every request exactly once."""
+        sim = ItronSimulator(timing=Timing(stages=(0.2, 0.2, 0.2)), seed=3)
+        await sim.start()
+        ids = [f"st-{i}" for i in range(20)]
+        try:
+            conn = itron_connection(sim.base_url)
+            stuck = StuckOnce(settings, connections={"itron": conn})
+            async with Publisher(settings) as pub, OutputReader(settings) as reader:
+                task = asyncio.create_task(stuck.run(asyncio.Event()))
+                for r in ids:
+                    await pub.send(itron_request(r))
+                await pub.flush()
+                with pytest.raises(ProducerStuck):
+                    await asyncio.wait_for(task, 60)
+                assert stuck.hung and stuck.producer_stuck
+                # The worker leaves its producer unclosed (a real stuck call would block
+                # close forever); here the call was a stand-in, so the test can close it.
+                assert stuck.producer is not None
+                await stuck.producer.close()
+                async with running(Worker(settings, connections={"itron": conn})):
+                    out = await reader.wait_for(lambda o: terminal(o, ids), timeout=120, what="all terminal")
+        finally:
+            await sim.stop()
+        originals = Counter(f["request_id"] for f in out.files if not f["reannounced"])
+        for r in ids:
+            events = out.events(r)
+            assert [e["sequence"] for e in events] == list(range(1, len(events) + 1)), (r, events)
+            assert events[-1]["status"] == "SUCCEEDED" and originals[r] == 1
