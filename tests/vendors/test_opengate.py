@@ -425,6 +425,18 @@ class TestErrors:
         assert caught.value.outcome_unknown is False
         assert not sim.jobs
 
+    async def test_header_names_are_case_insensitive(
+        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+    ) -> None:
+        """HTTP/2 gateways send lower-case header names: `retry-after` is still Retry-After."""
+        sim.answer_next(429, "{}", **{"retry-after": "9"})
+        adapter = make_adapter(sim, session, store)
+
+        with pytest.raises(RateLimited) as caught:
+            await adapter.submit(spec(og_job()))
+
+        assert caught.value.retry_after == 9.0
+
     async def test_html_page_is_malformed(
         self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
     ) -> None:

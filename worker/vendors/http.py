@@ -260,7 +260,7 @@ class VendorHttp:
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
-                return Answer(response.status, dict(response.headers), body)
+                return Answer(response.status, response.headers, body)  # case-insensitive names
         except aiohttp.ClientConnectorError as exc:
             raise VendorUnavailable(f"cannot connect: {exc.os_error.strerror or exc}", outcome_unknown=False) from None
         except TimeoutError:
