@@ -114,7 +114,7 @@ def run(
 
     from worker.config import unknown_env_vars
     from worker.observability import configure_logging
-    from worker.runtime import ProducerStuck, Worker
+    from worker.runtime import Worker
 
     settings = settings_from_env(connections_file=connections, kafka_bootstrap=bootstrap, http_port=http_port)
     configure_logging(settings.log_level, settings.log_format)
@@ -130,13 +130,14 @@ def run(
         worker = Worker(settings)
         try:
             await worker.run(stop)
-        except ProducerStuck as exc:
-            # A thread is blocked inside librdkafka for good: a normal exit would wait
-            # for it forever. The next owner resumes from what Kafka holds.
-            print_error(f"{exc}; exiting at once so a new process takes over")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1)
+        finally:
+            if worker.producer_stuck:
+                # A thread is blocked inside librdkafka for good: a normal exit would wait
+                # for it forever. The next owner resumes from what Kafka holds.
+                print_error("a Kafka transactional call outlived its timeout; exiting at once for a new process")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
 
     run_async(main())
 

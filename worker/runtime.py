@@ -271,6 +271,7 @@ class Worker:
         self._crashed = False  # the loop died mid-turn: commit nothing more, the next owner redoes it
         self.producer_stuck = False  # see ProducerStuck
         self.stuck_margin_s = 15.0  # past a transactional call's own timeout
+        self._committed_lookup = asyncio.Lock()
         self.last_turn = time.monotonic()
         self._started = False
         self._joined = False  # the first assignment (possibly empty) has come
@@ -358,9 +359,11 @@ class Worker:
                 if self._committing is not None:
                     task = self._committing[0]
                     await asyncio.wait([task], timeout=30)  # do not leave it open
-                    if task.done() and not task.cancelled():
+                    if not task.done():
+                        self.producer_stuck = True  # closing it would wait for its thread forever
+                    elif not task.cancelled():
                         task.exception()  # already reported by the loop's failure
-            elif self.producer is not None and self.consumer is not None:
+            elif self.producer is not None and self.consumer is not None and not self.producer_stuck:
                 # Intents written in the last turn still get their call: the state
                 # says SUBMITTING, and a call made now saves the next owner a reconcile.
                 await self._commit()
@@ -1053,6 +1056,9 @@ class Worker:
         # is reconciled could create a job the reconcile does not see yet.
         await self._drain_in_flight(numbers, time.monotonic() + self.settings.revoke_drain_s)
         committed = await self.consumer.committed(tps, timeout=30)
+        for tp in committed:
+            if tp.error is not None:  # unknown is not "none": never rewind to the beginning on it
+                raise KafkaException(tp.error)
         self._outgoing = [o for o in self._outgoing if o.partition not in numbers]
         self._states = {k: v for k, v in self._states.items() if k[0] not in numbers}
         self._forget_calls(numbers)
@@ -1136,7 +1142,10 @@ class Worker:
         assert self.consumer is not None
         tps = [TopicPartition(self.topics.requests, n) for n in numbers]
         try:
-            found = await self.consumer.committed(tps, timeout=10)
+            # One lookup at a time: each holds a consumer thread, and a rebalance callback
+            # running meanwhile needs free ones for its own consumer calls.
+            async with self._committed_lookup:
+                found = await self.consumer.committed(tps, timeout=10)
         except KafkaException as exc:
             log.warning("committed offsets unknown; resuming without them", partitions=numbers, error=str(exc))
             return {}
@@ -1181,7 +1190,7 @@ class Worker:
             if n in self.partitions:
                 self.partitions[n].revoking = True
         metadata = await consumer.consumer_group_metadata()
-        if self.producer is not None and not self._crashed:
+        if self.producer is not None and not self._crashed and not self.producer_stuck:
             deadline = time.monotonic() + (0 if self._stopping else self.settings.revoke_drain_s)
             await self._drain_in_flight(numbers, deadline)
             try:

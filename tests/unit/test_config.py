@@ -168,6 +168,8 @@ class TestUnknownEnvVars:
         started: list[Settings] = []
 
         class NoWorker:
+            producer_stuck = False
+
             def __init__(self, settings: Settings) -> None:
                 started.append(settings)
 

@@ -241,6 +241,30 @@ class TestRestoreAndReconcile:
         again = step(tr.state, TimerFired(), ctx(settled, policy))
         assert calls(again) == [CallKind.RECONCILE]
 
+    def test_the_settle_window_counts_from_when_the_submit_was_lost_not_decided(self) -> None:
+        """A submit that waited for a slot long after its intent, then timed out: the
+        window starts at the timeout, so a straggling job is still found."""
+        policy = replace(POLICY, can_reconcile=True)
+        settle_ms = round(policy.submit_settle_s * 1000)
+        lost_at = NOW + 2 * settle_ms
+        timeout = CallFailed(CallKind.SUBMIT, ErrorInfo("vendor_unavailable", "timed out", True), outcome_unknown=True)
+        failed = step(submitting(policy), timeout, ctx(lost_at, policy)).state
+        assert failed is not None and failed.phase is Phase.SUBMITTING
+        tr = step(failed, ReconcileAnswered(True, None), ctx(lost_at + 1000, policy))
+        assert tr.state is not None and calls(tr) == [] and tr.state.next_action_at_ms == lost_at + settle_ms
+        tr = step(tr.state, ReconcileAnswered(True, None), ctx(lost_at + settle_ms, policy))
+        assert calls(tr) == [CallKind.SUBMIT]
+
+    def test_after_a_restore_the_settle_window_counts_from_the_restore(self) -> None:
+        """The previous owner may have sent the submit just before it died."""
+        policy = replace(POLICY, can_reconcile=True)
+        settle_ms = round(policy.submit_settle_s * 1000)
+        restored_at = NOW + 10 * settle_ms
+        restored = step(submitting(policy), Restored(), ctx(restored_at, policy)).state
+        assert restored is not None
+        tr = step(restored, ReconcileAnswered(True, None), ctx(restored_at + 1000, policy))
+        assert calls(tr) == [] and tr.state is not None and tr.state.next_action_at_ms == restored_at + settle_ms
+
     def test_vendor_that_cannot_tell_resubmits_flagged(self) -> None:
         """Itron and Unicommerce: resubmit and say possible_duplicate on every later event."""
         tr = step(submitting(), TimerFired(), ctx())

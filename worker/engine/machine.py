@@ -299,6 +299,9 @@ def _on_restored(state: JobState | None, ctx: Context) -> Transition:
         due = at(now, spread(policy.retry_initial_s, 1.0, ctx.u))
     else:
         due = max(state.next_action_at_ms, now)
+    if state.phase is Phase.SUBMITTING:
+        # The submit in flight when the previous owner stopped was sent before now.
+        return Transition(state.evolve(next_action_at_ms=due, submit_unknown_at_ms=now), False, ())
     if due == state.next_action_at_ms:
         return Transition(state, False, ())
     return Transition(state.evolve(next_action_at_ms=due), False, ())
@@ -404,9 +407,9 @@ def _on_reconcile_answered(state: JobState, event: ReconcileAnswered, ctx: Conte
     elif event.vendor_job_id:
         _activate(out, event.vendor_job_id, event.vendor_status)
     else:
-        # While SUBMITTING, updated_at_ms is when the latest submit was decided. Until
-        # that submit cannot land any more, "no such job" may only mean "not yet".
-        settled_at = state.updated_at_ms + round(ctx.policy.submit_settle_s * 1000)
+        # Until the lost submit cannot land any more, "no such job" may only mean "not yet".
+        lost_at = state.submit_unknown_at_ms or state.updated_at_ms
+        settled_at = lost_at + round(ctx.policy.submit_settle_s * 1000)
         if ctx.now_ms < settled_at:
             out.update(next_action_at_ms=settled_at)
             return out.done()
@@ -509,4 +512,6 @@ def _on_call_failed(state: JobState, event: CallFailed, ctx: Context) -> Transit
         # The vendor did not act (429, refused connection, auth): a plain retry later.
         out.update(phase=Phase.PENDING)
         out.persist = True
+    elif event.kind is CallKind.SUBMIT:
+        out.update(submit_unknown_at_ms=ctx.now_ms)
     return _transient(out, event.error, event.retry_after_s, since=since)

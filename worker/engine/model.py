@@ -94,6 +94,9 @@ class JobState:
     file: FileInfo | None = None
     error: ErrorInfo | None = None
     finished_at_ms: int | None = None
+    # In memory only (not in the JobState schema): when the latest submit's outcome became
+    # unknown. A restore sets it to the restore time, which is never earlier.
+    submit_unknown_at_ms: int = 0
 
     @property
     def open(self) -> bool:
