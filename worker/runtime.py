@@ -757,9 +757,7 @@ class Worker:
     def _dispatch(self, call: Call) -> None:
         part = self.partitions.get(call.partition)
         if part is None or part.incarnation != call.incarnation or part.revoking:
-            if call.has_slot:
-                call.connection.limiter.release()
-            self._call_started(call)
+            self._abandon(call)
             return
         if not call.has_slot:
             if not call.connection.limiter.try_acquire(time.monotonic()):
@@ -777,6 +775,12 @@ class Worker:
         if call.intent:
             call.intent = False
             call.connection.intents -= 1
+
+    def _abandon(self, call: Call) -> None:
+        """A call that will never start: give back its intent and its slot."""
+        self._call_started(call)
+        if call.has_slot:
+            call.connection.limiter.release()
 
     def _retry_waiting_calls(self) -> None:
         if not self._waiting_calls:
@@ -992,10 +996,8 @@ class Worker:
             batch = self._still_owned(batch)
             error = await self._write(await self._refresh(batch))
         if error is not None:
-            for call in batch.calls:  # they never start: give back their intents and slots
-                self._call_started(call)
-                if call.has_slot:
-                    call.connection.limiter.release()
+            for call in batch.calls:
+                self._abandon(call)
             await self._transaction_failed(error)
             return
         for call in batch.calls:
@@ -1006,11 +1008,9 @@ class Worker:
             part = self.partitions.get(number)
             return part is not None and part.incarnation == batch.incarnations.get(number)
 
-        gone = [c for c in batch.calls if not owned(c.partition)]
-        for call in gone:
-            self._call_started(call)
-            if call.has_slot:
-                call.connection.limiter.release()
+        for call in batch.calls:
+            if not owned(call.partition):
+                self._abandon(call)
         return Batch(
             [o for o in batch.outgoing if owned(o.partition)],
             [c for c in batch.calls if owned(c.partition)],
@@ -1059,9 +1059,7 @@ class Worker:
         for tp in committed:
             if tp.error is not None:  # unknown is not "none": never rewind to the beginning on it
                 raise KafkaException(tp.error)
-        self._outgoing = [o for o in self._outgoing if o.partition not in numbers]
-        self._states = {k: v for k, v in self._states.items() if k[0] not in numbers}
-        self._forget_calls(numbers)
+        self._discard_uncommitted(numbers)
         resume_at = {}
         for tp in committed:
             # No committed offset yet: start over from the beginning (auto.offset.reset=earliest).
@@ -1203,19 +1201,18 @@ class Worker:
     async def _on_lost(self, consumer: AIOConsumer, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions if tp.topic == self.topics.requests}
         log.warning("partitions lost (session expired): dropping uncommitted work", partitions=sorted(numbers))
-        self._outgoing = [o for o in self._outgoing if o.partition not in numbers]
-        self._states = {k: v for k, v in self._states.items() if k[0] not in numbers}
-        self._forget_calls(numbers)
+        self._discard_uncommitted(numbers)
         self._drop(numbers)
 
-    def _forget_calls(self, numbers: set[int]) -> None:
-        """Calls of these partitions that never started (their records were not committed)."""
+    def _discard_uncommitted(self, numbers: set[int]) -> None:
+        """Drop these partitions' records not yet cut into a transaction, and the calls
+        that were waiting for them to be committed."""
+        self._outgoing = [o for o in self._outgoing if o.partition not in numbers]
+        self._states = {k: v for k, v in self._states.items() if k[0] not in numbers}
         keep = []
         for call in self._after_commit:
             if call.partition in numbers:
-                self._call_started(call)
-                if call.has_slot:
-                    call.connection.limiter.release()
+                self._abandon(call)
             else:
                 keep.append(call)
         self._after_commit = keep
