@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -121,31 +122,21 @@ _STATE_FIELDS: tuple[str, ...] = tuple(JobState.__dataclass_fields__)
 _FIELD_SET = frozenset(_STATE_FIELDS)
 
 
-def _make_evolve() -> Any:
-    """Build ``_evolve(state, changes)`` as straight-line code over JobState's slots."""
-    lines = ["def _evolve(state, changes):", "    new = new_state(JobState)", "    get = changes.get"]
-    lines += [f"    set_{i}(new, get({name!r}, state.{name}))" for i, name in enumerate(_STATE_FIELDS)]
+def _straight_line(signature: str, value_of: Callable[[str], str], *preamble: str) -> Any:
+    """Compile ``def <signature>`` that fills a new JobState slot by slot with the
+    expression ``value_of(field)``: straight-line code generated from the dataclass's
+    own field names, with no ``__init__`` and no per-field loop."""
+    lines = [f"def {signature}:", "    new = new_state(JobState)", *(f"    {line}" for line in preamble)]
+    lines += [f"    set_{i}(new, {value_of(name)})" for i, name in enumerate(_STATE_FIELDS)]
     lines.append("    return new")
     namespace: dict[str, Any] = {"JobState": JobState, "new_state": object.__new__}
     namespace.update({f"set_{i}": getattr(JobState, name).__set__ for i, name in enumerate(_STATE_FIELDS)})
-    exec("\n".join(lines), namespace)  # generated from the dataclass's own field names
-    return namespace["_evolve"]
+    exec("\n".join(lines), namespace)
+    return namespace[signature.partition("(")[0]]
 
 
-_evolve = _make_evolve()
-
-
-def _make_build() -> Any:
-    lines = ["def _build(values):", "    new = new_state(JobState)"]
-    lines += [f"    set_{i}(new, values[{name!r}])" for i, name in enumerate(_STATE_FIELDS)]
-    lines.append("    return new")
-    namespace: dict[str, Any] = {"JobState": JobState, "new_state": object.__new__}
-    namespace.update({f"set_{i}": getattr(JobState, name).__set__ for i, name in enumerate(_STATE_FIELDS)})
-    exec("\n".join(lines), namespace)  # generated from the dataclass's own field names
-    return namespace["_build"]
-
-
-_build = _make_build()
+_evolve = _straight_line("_evolve(state, changes)", lambda name: f"get({name!r}, state.{name})", "get = changes.get")
+_build = _straight_line("_build(values)", lambda name: f"values[{name!r}]")
 
 
 # ---- events ------------------------------------------------------------------------
@@ -299,15 +290,3 @@ class Transition:
     @classmethod
     def unchanged(cls, state: JobState | None) -> Transition:
         return cls(state, False, ())
-
-
-def job_summary(state: JobState) -> dict[str, Any]:
-    """A short description for logs (no secrets can be in state)."""
-    return {
-        "request_id": state.request_id,
-        "vendor": state.vendor,
-        "connection": state.connection,
-        "vendor_job_id": state.vendor_job_id,
-        "phase": state.phase.value,
-        "status": state.status.value,
-    }
