@@ -13,6 +13,7 @@ older or newer producers with compatible schemas are read correctly.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import struct
@@ -27,6 +28,18 @@ from fastavro.schema import to_parsing_canonical_form
 from worker.errors import DecodeError, RegistryUnavailable
 
 SOE_MAGIC = b"\xc3\x01"
+
+
+def epoch_ms(value: dt.datetime | int) -> int:
+    """A timestamp-millis field as fastavro decodes it (an aware datetime), or already
+    epoch milliseconds, as epoch milliseconds."""
+    return int(value.timestamp() * 1000) if isinstance(value, dt.datetime) else int(value)
+
+
+def optional_epoch_ms(value: dt.datetime | int | None) -> int | None:
+    return None if value is None else epoch_ms(value)
+
+
 REGISTRY_MAGIC = 0
 RECORD_NAMES = ("ExportRequested", "JobStatusChanged", "FileReady", "DeadLetter", "JobState")
 NAMESPACE = "export.v1"

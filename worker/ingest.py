@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from worker.codec import Codec
+from worker.codec import Codec, epoch_ms
 from worker.config import ConnectionConfig
 from worker.engine.model import NO_LABELS, ErrorInfo, RequestInfo, RequestRejected
 from worker.errors import ConfigError, DecodeError, InvalidRequest
@@ -42,7 +42,7 @@ class Rejection:
 def jsonable(value: Any) -> Any:
     """Decoded Avro -> JSON-ready: datetimes to epoch ms, union pairs to tagged dicts."""
     if isinstance(value, dt.datetime):
-        return int(value.timestamp() * 1000)
+        return epoch_ms(value)
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
         return {"type": value[0].rsplit(".", 1)[-1], **jsonable(value[1])}
     if isinstance(value, dict):
@@ -50,10 +50,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [jsonable(v) for v in value]
     return value
-
-
-def _ms(value: Any) -> int:
-    return int(value.timestamp() * 1000) if isinstance(value, dt.datetime) else int(value)
 
 
 class Ingest:
@@ -140,7 +136,7 @@ class Ingest:
             connection=sys.intern(connection),
             vendor=sys.intern(conn.vendor),
             job_json=json.dumps(jsonable(record["job"]), separators=(",", ":"), sort_keys=True),
-            requested_at_ms=_ms(record.get("requested_at") or now_ms),
+            requested_at_ms=epoch_ms(record.get("requested_at") or now_ms),
             partition=partition,
             offset=offset,
             correlation_id=correlation,

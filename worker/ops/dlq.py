@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from worker.codec import Codec
+from worker.codec import Codec, optional_epoch_ms
 from worker.config import ConnectionConfig, Settings
 from worker.errors import DecodeError
 from worker.ops.checkpoint import Checkpoint
@@ -56,16 +56,8 @@ class DlqFilters:
 
     def match(self, letter: dict[str, Any]) -> bool:
         return (self.reasons is None or letter["reason_code"] in self.reasons) and (
-            self.since_ms is None or (_ms(letter.get("failed_at")) or 0) >= self.since_ms
+            self.since_ms is None or (optional_epoch_ms(letter.get("failed_at")) or 0) >= self.since_ms
         )
-
-
-def _ms(value: Any) -> int | None:
-    if value is None:
-        return None
-    if hasattr(value, "timestamp"):
-        return int(value.timestamp() * 1000)
-    return int(value)
 
 
 def _printable(key: bytes | None) -> str:
@@ -81,7 +73,7 @@ def letter_row(letter: dict[str, Any], position: str) -> dict[str, Any]:
         "dlq_position": position,
         "reason_code": letter["reason_code"],
         "reason": redact_text(letter["reason"]),
-        "failed_at": format_ms(_ms(letter.get("failed_at"))),
+        "failed_at": format_ms(optional_epoch_ms(letter.get("failed_at"))),
         "topic": letter["topic"],
         "partition": letter["partition"],
         "offset": letter["offset"],

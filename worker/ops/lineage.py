@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from worker.codec import Codec
+from worker.codec import Codec, optional_epoch_ms
 from worker.config import VENDORS, Settings
 from worker.engine.model import JobState, Status
 from worker.errors import DecodeError
@@ -270,15 +270,6 @@ def _job(job_json: str) -> Any:
         return redact_text(job_json)
 
 
-def _ms(value: Any) -> int | None:
-    """Avro timestamp-millis comes back as a datetime."""
-    if value is None:
-        return None
-    if hasattr(value, "timestamp"):
-        return int(value.timestamp() * 1000)
-    return int(value)
-
-
 async def _records_for_key(
     settings: Settings, cluster: Cluster, topic: str, key: bytes, scanned_all: list[str], on_batch: Progress | None
 ) -> list[Message]:
@@ -333,10 +324,10 @@ async def _lineage(settings: Settings, request_id: str, on_batch: Progress) -> L
             record = await codec.decode_async("FileReady", msg.value())
         except DecodeError:
             continue
-        record["expires_at"] = _ms(record.get("expires_at"))
-        record["produced_at"] = _ms(record.get("produced_at"))
+        record["expires_at"] = optional_epoch_ms(record.get("expires_at"))
+        record["produced_at"] = optional_epoch_ms(record.get("produced_at"))
         lineage.files.append(record)
     for event in lineage.statuses:
-        event["occurred_at"] = _ms(event.get("occurred_at"))
+        event["occurred_at"] = optional_epoch_ms(event.get("occurred_at"))
     lineage.statuses.sort(key=lambda e: e["sequence"])
     return lineage
