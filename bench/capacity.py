@@ -24,6 +24,7 @@ from bench.common import (
     start_worker,
     wait_ready,
 )
+from bench.itron_client import itron_headers
 from worker.config import PolicyConfig
 from worker.kafka import admin_client, ensure_topics
 from worker.testing import Publisher, eventually, itron_request
@@ -92,18 +93,8 @@ async def bare_poller(sim_url: str, n: int, window_s: float) -> tuple[float, flo
     lateness: list[float] = []
     measuring = False
     async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{sim_url}/connect/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": "demo-client",
-                "client_secret": "demo-secret",
-                "scope": "DPSSSubscriberApi",
-            },
-        ) as r:
-            token = (await r.json())["access_token"]
-        headers = {"Authorization": f"Bearer {token}", "DataSubscriberId": "demo-subscriber",
-                   "Itron-CorrelationId": "6d1b8f2e-9b43-4b3e-8a9d-2f2f3f4f5f6f"}  # fmt: skip
+        correlation = {"Itron-CorrelationId": "6d1b8f2e-9b43-4b3e-8a9d-2f2f3f4f5f6f"}
+        headers = {**await itron_headers(session, sim_url), **correlation}
         base = f"{sim_url}/dpss/api/v1/subscriptions/{SUBSCRIPTION}/batch-request"
         async with session.post(base, json={"filetype": "Csv", "tokens": {"A": "1"}, "isOhsRequest": False},
                                 headers=headers) as r:  # fmt: skip

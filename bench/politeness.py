@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from bench.common import bench_settings, itron_conn, simulator, start_worker, wait_ready
+from bench.itron_client import itron_headers
 from worker.config import PolicyConfig
 from worker.engine.machine import Context, step
 from worker.engine.model import (
@@ -117,17 +118,7 @@ async def naive_storm(n: int = 60) -> int:
     """A client that ignores Retry-After: retries a 429 after 0.2 s, 8 at a time (same 429 rate)."""
     faults = {"rate_429": 0.2, "retry_after_s": RETRY_AFTER_S}
     async with simulator("itron", stage_seconds=0.2, faults=faults) as url, aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{url}/connect/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": "demo-client",
-                "client_secret": "demo-secret",
-                "scope": "DPSSSubscriberApi",
-            },
-        ) as r:
-            token = (await r.json())["access_token"]
-        headers = {"Authorization": f"Bearer {token}", "DataSubscriberId": "demo-subscriber"}
+        headers = await itron_headers(session, url)
         gate = asyncio.Semaphore(8)
 
         async def one() -> None:

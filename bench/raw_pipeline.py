@@ -18,6 +18,8 @@ import aiohttp
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.aio import AIOConsumer, AIOProducer
 
+from bench.itron_client import itron_headers
+
 SUBSCRIPTION = "7f7f2d8e-6c38-4b8e-9a53-6a1f1c7b2e10"
 
 
@@ -31,17 +33,7 @@ async def main(bootstrap: str, topic: str, out_topic: str, n: int, sim: str, con
     parts = len(meta.topics[topic].partitions)
     await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
     async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{sim}/connect/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": "demo-client",
-                "client_secret": "demo-secret",
-                "scope": "DPSSSubscriberApi",
-            },
-        ) as r:
-            token = (await r.json())["access_token"]
-        headers = {"Authorization": f"Bearer {token}", "DataSubscriberId": "demo-subscriber"}
+        headers = await itron_headers(session, sim)
         gate = asyncio.Semaphore(concurrency)
         futures: list[asyncio.Future[object]] = []
 
