@@ -11,7 +11,9 @@
     │   ├── VendorBusy              vendor refuses for now (one billing-run per store)
     │   ├── VendorRejected          vendor refused the job for good (4xx, successful=false)
     │   └── MalformedAnswer         an answer we cannot parse (retriable, body kept redacted)
-    └── ResultStoreError            writing a collected artifact failed (retriable)
+    ├── ResultStoreError            writing a collected artifact failed (retriable)
+    └── WorkerFenced                another worker owns this work now: stop
+        └── ProducerStuck           a transactional call outlived its timeout: replace the process
 
 Each class says whether retrying can help (``retriable``); a vendor error also says
 whether the vendor may have acted on the request anyway (``outcome_unknown``): a submit
@@ -123,3 +125,14 @@ class ResultStoreError(ExportWorkerError):
     """Writing a collected artifact to the result store failed."""
 
     retriable = True
+
+
+class WorkerFenced(ExportWorkerError):
+    """Another worker took over this worker's transactional id or partitions: stop."""
+
+
+class ProducerStuck(WorkerFenced):
+    """A transactional call outlived its own timeout: librdkafka's
+    send_offsets_to_transaction can wait forever for a group coordinator that went away
+    (confluentinc/librdkafka#5456). The producer cannot be used again and its thread
+    cannot be joined: the process must be replaced (the next owner resumes from Kafka)."""

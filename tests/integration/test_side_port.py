@@ -136,10 +136,10 @@ class TestReadiness:
                 assert (health, json.loads(health_body)) == (200, {"status": "ok", "detail": "ok"})
                 # No await in between, so the loop cannot take a turn: a loop that has not
                 # turned for stall_timeout_s makes the process unhealthy (restarted).
-                last_turn = worker.last_turn
-                worker.last_turn = time.monotonic() - settings.stall_timeout_s - 1
+                last_turn = worker.watchdog.last_turn
+                worker.watchdog.last_turn = time.monotonic() - settings.stall_timeout_s - 1
                 stalled = worker.healthy()
-                worker.last_turn = last_turn
+                worker.watchdog.last_turn = last_turn
                 assert stalled[0] is False and "stalled" in stalled[1]
 
                 await ghost.abort_transaction(30)

@@ -13,7 +13,9 @@ from confluent_kafka import KafkaError, KafkaException
 
 from tests.conftest import itron_connection, running
 from worker.config import Settings
-from worker.runtime import Batch, ProducerStuck, Worker
+from worker.runtime import ProducerStuck, TransactionalProducer, Worker
+from worker.runtime.clients import aio_producer
+from worker.runtime.transactions import CallTimeouts
 from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator
 from worker.testing import OutputReader, Publisher, eventually, itron_request, terminal
@@ -21,39 +23,64 @@ from worker.vendors.base import JobSpec
 from worker.vendors.itron import correlation_id
 
 
-class FailingOnce(Worker):
-    """Fails the transaction of the first batch that carries at least ``after`` records."""
+class WrappedProducer:
+    """The worker's real transactional producer, with a fault injected at one call."""
 
-    def __init__(self, *args: Any, after: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, real: TransactionalProducer) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class FailingOnce(WrappedProducer):
+    """Fails the commit of the first transaction that carries at least ``after`` records
+    (they were produced, as in a real failure, and the worker must abort them)."""
+
+    def __init__(self, real: TransactionalProducer, *, after: int) -> None:
+        super().__init__(real)
         self.after = after
+        self.records = 0
         self.failed = 0
 
-    async def _write(self, batch: Batch) -> KafkaException | None:
-        if self.failed == 0 and len(batch.outgoing) >= self.after:
+    async def begin_transaction(self) -> None:
+        self.records = 0
+        await self.real.begin_transaction()
+
+    async def produce(self, topic: str, **kwargs: Any) -> Any:
+        self.records += 1
+        return await self.real.produce(topic, **kwargs)
+
+    async def commit_transaction(self, timeout: float) -> None:
+        if self.failed == 0 and self.records >= self.after:
             self.failed += 1
-            assert self.producer is not None
-            await self.producer.begin_transaction()  # open, as a real failure would leave it
-            return KafkaException(KafkaError(KafkaError._FAIL, "injected failure", txn_requires_abort=True))
-        return await super()._write(batch)
+            raise KafkaException(KafkaError(KafkaError._FAIL, "injected failure", txn_requires_abort=True))
+        await self.real.commit_transaction(timeout)
 
 
-class StuckOnce(Worker):
+class StuckOnce(WrappedProducer):
     """The first send_offsets_to_transaction never returns, as librdkafka#5456 does when
     the group coordinator goes away mid-call (its own timeout is not enforced)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.hung = False
-        self.stuck_margin_s = 0.5
+    hung = False
 
-    async def _bounded(self, call: Any, timeout_s: float) -> None:
-        if not self.hung and call.__qualname__.endswith("send_offsets_to_transaction"):
+    async def send_offsets_to_transaction(self, offsets: list[Any], metadata: Any, timeout: float) -> None:
+        if not self.hung:
             self.hung = True
-            call.close()  # never sent...
-            call = asyncio.Event().wait()  # ...and never answered
-            timeout_s = 0.0
-        await super()._bounded(call, timeout_s)
+            await asyncio.Event().wait()  # never sent, never answered
+        await self.real.send_offsets_to_transaction(offsets, metadata, timeout)
+
+
+def wrapping(cls: type[WrappedProducer], **kwargs: Any) -> tuple[list[Any], Any]:
+    """A producer factory for the worker that wraps its real producer in ``cls``; the
+    list receives the wrapper once the worker has made it."""
+    made: list[Any] = []
+
+    def factory(config: dict[str, Any]) -> Any:
+        made.append(cls(aio_producer(config), **kwargs))
+        return made[-1]
+
+    return made, factory
 
 
 class TestTransactionAbort:
@@ -62,7 +89,8 @@ class TestTransactionAbort:
         await sim.start()
         try:
             conn = itron_connection(sim.base_url, max_concurrency=4)
-            worker = FailingOnce(settings, connections={"itron": conn}, after=30)
+            made, factory = wrapping(FailingOnce, after=30)
+            worker = Worker(settings, connections={"itron": conn}, producer_factory=factory)
             ids = [f"ab-{i}" for i in range(120)]
             async with running(worker), Publisher(settings) as pub, OutputReader(settings) as reader:
                 # Requests keep arriving while the failure happens, so the batch read right
@@ -71,8 +99,8 @@ class TestTransactionAbort:
                     await pub.send(itron_request(r))
                     await pub.flush()
                 out = await reader.wait_for(lambda o: terminal(o, ids), timeout=120, what="all terminal")
-                await eventually(lambda: worker.connections["itron"].intents == 0, what="intents released")
-            assert worker.failed == 1
+                await eventually(lambda: worker.dispatcher.lanes["itron"].intents == 0, what="intents released")
+            assert made[0].failed == 1
             assert worker.metrics.transactions.labels("aborted")._value.get() >= 1
         finally:
             await sim.stop()
@@ -88,7 +116,7 @@ class TestTransactionAbort:
             if jobs > 1:
                 assert any(e["possible_duplicate"] for e in events), r
         # Slots all given back: nothing is left in flight or waiting.
-        assert worker.connections["itron"].limiter.in_flight == 0
+        assert worker.dispatcher.lanes["itron"].limiter.in_flight == 0
 
     async def test_a_stuck_transactional_call_ends_the_worker_and_the_next_owner_finishes(
         self, settings: Settings
@@ -100,7 +128,10 @@ class TestTransactionAbort:
         ids = [f"st-{i}" for i in range(20)]
         try:
             conn = itron_connection(sim.base_url)
-            stuck = StuckOnce(settings, connections={"itron": conn})
+            made, factory = wrapping(StuckOnce)
+            stuck = Worker(settings, connections={"itron": conn}, producer_factory=factory)
+            # The stand-in hangs the first send_offsets_to_transaction: give up on it soon.
+            stuck.writer.timeouts = CallTimeouts(send_offsets_s=0.0, stuck_margin_s=0.5)
             async with Publisher(settings) as pub, OutputReader(settings) as reader:
                 task = asyncio.create_task(stuck.run(asyncio.Event()))
                 for r in ids:
@@ -108,7 +139,7 @@ class TestTransactionAbort:
                 await pub.flush()
                 with pytest.raises(ProducerStuck):
                     await asyncio.wait_for(task, 60)
-                assert stuck.hung and stuck.producer_stuck
+                assert made[0].hung and stuck.producer_stuck
                 # The worker leaves its producer unclosed (a real stuck call would block
                 # close forever); here the call was a stand-in, so the test can close it.
                 assert stuck.producer is not None

@@ -30,7 +30,7 @@ class TestPause:
             result = await cli(settings, "pause", "itron", "--reason", "vendor maintenance")
             assert result.exit_code == 0, result.output
             assert "connection:itron paused" in result.stderr
-            await eventually(lambda: worker.connections["itron"].limiter.paused, what="pause applied")
+            await eventually(lambda: worker.dispatcher.lanes["itron"].paused, what="pause applied")
             assert not terminal(await reader.read(), [running])  # still open when the pause took effect
             listed = await cli(settings, "paused", "--output", "json")
             (pause,) = json.loads(listed.stdout)
@@ -61,9 +61,9 @@ class TestPause:
             result = await cli(settings, "pause", "itron", "--vendor")
             assert result.exit_code == 0, result.output
             await eventually(
-                lambda: all(c.limiter.paused for c in worker.connections.values()), what="both connections paused"
+                lambda: all(lane.paused for lane in worker.dispatcher.lanes.values()), what="both connections paused"
             )
             table = await cli(settings, "paused")
             assert "vendor" in table.stdout and "itron" in table.stdout
             await cli(settings, "resume", "itron", "--vendor")
-            await eventually(lambda: not any(c.limiter.paused for c in worker.connections.values()), what="resumed")
+            await eventually(lambda: not any(lane.paused for lane in worker.dispatcher.lanes.values()), what="resumed")

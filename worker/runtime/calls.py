@@ -1,0 +1,135 @@
+"""Running one vendor call, and turning how it ended into an engine event.
+
+A call never raises into the loop: every failure becomes a ``CallFailed`` that says
+whether retrying can help, how long the vendor asked us to wait, and whether the vendor
+may have acted anyway (a submit whose answer never came may have created a job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass, replace
+
+import structlog
+
+from worker.engine.model import CallFailed, CallKind, ErrorInfo, Event, JobState
+from worker.errors import ExportWorkerError, RateLimited, ResultStoreError, VendorBusy, VendorError
+from worker.redaction import redact_text
+from worker.runtime.connections import Connection
+from worker.vendors import Cancellable, JobSpec, VendorAdapter
+
+log = structlog.get_logger("export_worker")
+
+# How long a connection waits after a 429 that named no Retry-After.
+DEFAULT_RATE_LIMIT_WAIT_S = 1.0
+
+
+@dataclass(slots=True)
+class Call:
+    """A vendor call a job's engine step asked for."""
+
+    partition: int
+    incarnation: int
+    request_id: str
+    kind: CallKind
+    connection: Connection
+    state: JobState
+    has_slot: bool  # holds one of the connection's call slots
+    intent: bool = False  # counted among the connection's unstarted submit intents
+
+
+async def run_call(call: Call) -> Event:
+    """Make the call; its answer, or its failure, as the event to step the job with."""
+    state = call.state
+    try:
+        spec = JobSpec.from_json(
+            state.request_id,
+            state.tenant,
+            state.connection,
+            state.job_json,
+            correlation_id=state.correlation_id,
+            submit_attempt=state.submit_attempt,
+            labels=state.labels,
+        )
+        # Each call runs in its own task, whose context copy ends with it: bind once, no reset.
+        structlog.contextvars.bind_contextvars(
+            request_id=state.request_id,
+            vendor=state.vendor,
+            connection=call.connection.name,
+            vendor_job_id=state.vendor_job_id,
+        )
+        event = await _ask(call.connection.adapter, call.kind, spec, state)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        _log_failure(call, exc)
+        return failure_event(call.kind, exc)
+    raw = getattr(event, "vendor_status", None)
+    if raw is not None and type(event) is not CallFailed:
+        # A handful of vendor status names, held by every open job: keep one copy.
+        event = replace(event, vendor_status=sys.intern(raw))  # type: ignore[arg-type]
+    return event
+
+
+async def _ask(adapter: VendorAdapter, kind: CallKind, spec: JobSpec, state: JobState) -> Event:
+    if kind is CallKind.SUBMIT:
+        return await adapter.submit(spec)
+    if kind is CallKind.RECONCILE:
+        return await adapter.reconcile(spec)
+    assert state.vendor_job_id is not None
+    if kind is CallKind.CANCEL:
+        if not isinstance(adapter, Cancellable):
+            raise VendorError(f"{state.vendor} has no cancel call")
+        return await adapter.cancel(spec, state.vendor_job_id)
+    return await adapter.poll(spec, state.vendor_job_id)
+
+
+def failure_event(kind: CallKind, exc: Exception) -> CallFailed:
+    """How a call that raised ``exc`` ended, for the engine."""
+    if isinstance(exc, VendorError):
+        return CallFailed(
+            kind=kind,
+            error=ErrorInfo(exc.code, redact_text(exc.message), exc.retriable),
+            retry_after_s=exc.retry_after,
+            outcome_unknown=exc.outcome_unknown,
+            busy=isinstance(exc, VendorBusy),
+        )
+    if isinstance(exc, ExportWorkerError):  # e.g. the result store refused an artifact: retry later
+        code = "result_store_error" if isinstance(exc, ResultStoreError) else "worker_error"
+        return CallFailed(
+            kind=kind,
+            error=ErrorInfo(code, redact_text(str(exc)), exc.retriable),
+            outcome_unknown=kind is CallKind.SUBMIT,
+        )
+    # An adapter bug must not stop the worker; the job retries.
+    return CallFailed(
+        kind=kind,
+        error=ErrorInfo("adapter_error", redact_text(f"{type(exc).__name__}: {exc}"), True),
+        outcome_unknown=kind is CallKind.SUBMIT,
+    )
+
+
+def connection_wait_s(event: Event) -> float | None:
+    """How long the whole connection must wait after this answer (a 429), if at all."""
+    if isinstance(event, CallFailed) and event.error.code == RateLimited.code:
+        return event.retry_after_s if event.retry_after_s is not None else DEFAULT_RATE_LIMIT_WAIT_S
+    return None
+
+
+def _log_failure(call: Call, exc: Exception) -> None:
+    state = call.state
+    if isinstance(exc, VendorError):
+        log.info(
+            "vendor call failed",
+            request_id=state.request_id,
+            vendor=state.vendor,
+            connection=call.connection.name,
+            operation=call.kind.value,
+            code=exc.code,
+            error=exc.message,
+        )
+    elif isinstance(exc, ExportWorkerError):
+        log.warning("vendor call failed", request_id=state.request_id, operation=call.kind.value, error=str(exc))
+    else:
+        log.exception("vendor adapter crashed", request_id=state.request_id, operation=call.kind.value)

@@ -1,0 +1,73 @@
+"""The seams between the runtime and the outside: its Kafka clients and its clocks.
+
+The worker makes its consumer and transactional producer through the factories here, and
+reads time through a ``Clock``. Tests pass their own (a producer that fails a chosen
+transaction, a consumer that returns chosen offsets, a clock they move by hand) instead
+of subclassing anything: the seam is an argument, as httpx's ``transport=`` is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import TopicPartition
+from confluent_kafka.aio import AIOConsumer, AIOProducer
+
+
+class GroupConsumer(Protocol):
+    """The group consumer calls the runtime makes (confluent-kafka's ``AIOConsumer``)."""
+
+    async def subscribe(self, topics: list[str], **callbacks: Any) -> None: ...
+    async def consume(self, num_messages: int, timeout: float) -> list[Any]: ...
+    async def incremental_assign(self, partitions: list[TopicPartition]) -> None: ...
+    async def pause(self, partitions: list[TopicPartition]) -> None: ...
+    async def resume(self, partitions: list[TopicPartition]) -> None: ...
+    async def seek(self, partition: TopicPartition) -> None: ...
+    async def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]: ...
+    async def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]: ...
+    async def get_watermark_offsets(self, partition: TopicPartition, cached: bool) -> tuple[int, int]: ...
+    async def consumer_group_metadata(self) -> Any: ...
+    async def close(self) -> None: ...
+
+
+class TransactionalProducer(Protocol):
+    """The transactional producer calls the runtime makes (confluent-kafka's ``AIOProducer``)."""
+
+    async def init_transactions(self, timeout: float) -> None: ...
+    async def begin_transaction(self) -> None: ...
+    async def produce(self, topic: str, **kwargs: Any) -> Any: ...
+    async def flush(self, timeout: float) -> Any: ...
+    async def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], metadata: Any, timeout: float
+    ) -> None: ...
+    async def commit_transaction(self, timeout: float) -> None: ...
+    async def abort_transaction(self, timeout: float) -> None: ...
+    async def close(self) -> None: ...
+
+
+ConsumerFactory = Callable[[dict[str, Any]], GroupConsumer]
+ProducerFactory = Callable[[dict[str, Any]], TransactionalProducer]
+
+
+def aio_consumer(config: dict[str, Any]) -> GroupConsumer:
+    return AIOConsumer(config, max_workers=4)
+
+
+def aio_producer(config: dict[str, Any]) -> TransactionalProducer:
+    # One batch per loop turn's worth of records; no linger inside the Python buffer.
+    return AIOProducer(config, batch_size=10_000, buffer_timeout=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Wall time for the engine (it stamps records and schedules jobs in epoch ms), and
+    monotonic time for intervals: commit cadence, rate limits, stall detection."""
+
+    wall: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+
+    def now_ms(self) -> int:
+        return int(self.wall() * 1000)

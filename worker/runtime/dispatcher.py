@@ -1,0 +1,299 @@
+"""When each job's next vendor call runs: timers, per-connection queues and limits,
+pause, and the calls in flight.
+
+Due jobs wait in their connection's lane until it has capacity. Jobs already at the
+vendor (polls, reconciles, cancels) go before new submits, and a submit takes its call
+slot only once its SUBMITTING intent is durable, so slots are not held through a commit.
+Calls run as tasks that post their answer to the mailbox; they never touch job state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from worker.control import ControlState
+from worker.engine.model import CallFailed, CallKind, ErrorInfo, Event, JobState, Phase, TimerFired
+from worker.observability import Metrics
+from worker.runtime.calls import Call, connection_wait_s, run_call
+from worker.runtime.clients import Clock
+from worker.runtime.connections import Connection
+from worker.runtime.mailbox import CallAnswered, Mailbox
+from worker.runtime.partitions import OwnedPartition, Partitions
+from worker.scheduler import Limiter, TimerHeap
+
+log = structlog.get_logger("export_worker")
+
+# Due timers handled per loop turn, so one turn never runs long under a burst.
+TIMERS_PER_TURN = 5_000
+# Submits whose intent may wait for a commit or a slot, per call slot of the connection:
+# bounded, so a crash leaves few intents the next owner must reconcile.
+INTENTS_PER_SLOT = 4
+
+# Steps a due job: (partition, request id, event, the connection whose slot it holds).
+StepFn = Callable[[OwnedPartition, str, Event, Connection | None], None]
+QueueEntry = tuple[int, str, int]  # (partition, request_id, due_ms)
+
+
+@dataclass
+class Lane:
+    """One connection's capacity and the jobs waiting for it."""
+
+    limiter: Limiter
+    # Due jobs waiting for capacity, oldest first.
+    waiting: deque[QueueEntry] = field(default_factory=deque)
+    waiting_submits: deque[QueueEntry] = field(default_factory=deque)
+    parked: list[tuple[int, str]] = field(default_factory=list)  # PENDING jobs held by a pause
+    intents: int = 0  # submits whose intent is written but whose call has not started
+
+    @property
+    def paused(self) -> bool:
+        return self.limiter.paused
+
+
+class CallDispatcher:
+    def __init__(
+        self,
+        connections: dict[str, Connection],
+        partitions: Partitions,
+        mailbox: Mailbox,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> None:
+        self._connections = connections
+        self._partitions = partitions
+        self._mailbox = mailbox
+        self._clock = clock
+        self._metrics = metrics
+        self.lanes: dict[str, Lane] = {}
+        self._timers = TimerHeap()
+        self._waiting_calls: list[Call] = []  # ready to start, waiting for a slot
+        self._in_flight: dict[int, set[asyncio.Task[None]]] = {}
+        self.stopping = False  # shutting down: no new timers fire
+
+    def open(self, connections: dict[str, Connection]) -> None:
+        for name, conn in connections.items():
+            self.lanes[name] = Lane(
+                Limiter(max_concurrency=conn.config.max_concurrency, rate_per_s=conn.config.rate_per_s)
+            )
+
+    # ---- state the loop asks about --------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Calls running or waiting to: the loop should come back soon."""
+        return (
+            bool(self._waiting_calls)
+            or any(self._in_flight.values())
+            or any(lane.waiting or lane.waiting_submits for lane in self.lanes.values())
+        )
+
+    def next_due_ms(self) -> int | None:
+        return self._timers.next_due_ms()
+
+    # ---- timers and admission --------------------------------------------------------
+
+    def schedule(self, due_ms: int, partition: int, request_id: str) -> None:
+        self._timers.schedule(due_ms, partition, request_id)
+
+    def fire_timers(self, step: StepFn) -> None:
+        """Hand due jobs to their connection's lane; admit as many as it has capacity for."""
+        if self.stopping:
+            return
+        now_ms = self._clock.now_ms()
+        for due, number, request_id in self._timers.pop_due(now_ms, TIMERS_PER_TURN):
+            part = self._partitions.get(number)
+            if part is None or not part.active:
+                continue
+            state = part.jobs.get(request_id)
+            if state is None or state.next_action_at_ms != due:
+                continue  # stale entry: the job moved on
+            if state.phase is Phase.DONE:
+                step(part, request_id, TimerFired(), None)  # expiry or retention: no vendor call
+                continue
+            lane = self.lanes.get(state.connection)
+            if lane is None:
+                step(part, request_id, _no_connection(state), None)
+                continue
+            (lane.waiting_submits if state.phase is Phase.PENDING else lane.waiting).append((number, request_id, due))
+        mono = self._clock.monotonic()
+        for name, lane in self.lanes.items():
+            conn = self._connections[name]
+            self._admit_calls(conn, lane, step, now_ms, mono)
+            self._admit_submits(lane, step, now_ms, mono)
+
+    def _due(self, entry: QueueEntry) -> OwnedPartition | None:
+        """The partition of a queued job, if it is still owned and the job still due then."""
+        number, request_id, due = entry
+        part = self._partitions.get(number)
+        if part is None or part.revoking:
+            return None
+        state = part.jobs.get(request_id)
+        if state is None or state.next_action_at_ms != due:
+            return None
+        return part
+
+    def _admit_calls(self, conn: Connection, lane: Lane, step: StepFn, now_ms: int, mono: float) -> None:
+        queue = lane.waiting
+        while queue:
+            part = self._due(queue[0])
+            if part is None:
+                queue.popleft()  # moved on, or its partition is gone
+                continue
+            if not lane.limiter.try_acquire(mono):
+                return  # at capacity, rate-limited or blocked by a 429: wait in line
+            _, request_id, due = queue.popleft()
+            self._metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
+            step(part, request_id, TimerFired(), conn)
+
+    def _admit_submits(self, lane: Lane, step: StepFn, now_ms: int, mono: float) -> None:
+        queue = lane.waiting_submits
+        while queue:
+            part = self._due(queue[0])
+            if part is None:
+                queue.popleft()
+                continue
+            if lane.limiter.paused:
+                number, request_id, _ = queue.popleft()
+                lane.parked.append((number, request_id))
+                continue
+            # A submit takes its call slot only once its intent is durable, so slots are
+            # not held through a commit; the intents waiting for one are bounded.
+            if lane.intents >= INTENTS_PER_SLOT * lane.limiter.max_concurrency or mono < lane.limiter.blocked_until:
+                return
+            _, request_id, due = queue.popleft()
+            self._metrics.poll_lateness.observe(max(0, now_ms - due) / 1000)
+            step(part, request_id, TimerFired(), None)
+
+    # ---- pause and resume ------------------------------------------------------------
+
+    def apply_control(self, control: ControlState) -> None:
+        for name, lane in self.lanes.items():
+            conn = self._connections[name]
+            paused = control.is_paused(name, conn.config.vendor)
+            if paused and not lane.limiter.paused:
+                lane.limiter.paused = True
+                log.warning("connection paused: no new submits, open jobs keep polling", connection=name)
+            elif not paused and lane.limiter.paused:
+                self.resume(name)
+                log.warning("connection resumed", connection=name)
+
+    def resume(self, connection: str) -> None:
+        """Unpause a connection: its parked jobs are due now."""
+        lane = self.lanes[connection]
+        lane.limiter.paused = False
+        now = self._clock.now_ms()
+        for number, request_id in lane.parked:
+            part = self._partitions.get(number)
+            state = part.jobs.get(request_id) if part else None
+            if part is not None and state is not None and state.phase is Phase.PENDING:
+                part.jobs[request_id] = replace(state, next_action_at_ms=now)
+                self._timers.schedule(now, number, request_id)
+        lane.parked.clear()
+
+    # ---- calls -----------------------------------------------------------------------
+
+    def hold_intent(self, call: Call) -> None:
+        """``call`` waits for its intent to be committed; count it against the lane's bound."""
+        if not call.has_slot:
+            call.intent = True
+            self.lanes[call.connection.name].intents += 1
+
+    def release_slot(self, connection: Connection) -> None:
+        self.lanes[connection.name].limiter.release()
+
+    def dispatch(self, call: Call) -> None:
+        """Start ``call`` now if its partition is still current and it can have a slot."""
+        part = self._partitions.current(call.partition, call.incarnation)
+        if part is None or part.revoking:
+            self.abandon(call)
+            return
+        lane = self.lanes[call.connection.name]
+        if not call.has_slot:
+            if not lane.limiter.try_acquire(self._clock.monotonic()):
+                self._waiting_calls.append(call)
+                return
+            call.has_slot = True
+        self._started(call)
+        task = asyncio.create_task(self._run(call, lane))
+        tasks = self._in_flight.setdefault(call.partition, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def dispatch_all(self, calls: list[Call]) -> None:
+        for call in calls:
+            self.dispatch(call)
+
+    def retry_waiting_calls(self) -> None:
+        if not self._waiting_calls:
+            return
+        waiting, self._waiting_calls = self._waiting_calls, []
+        self.dispatch_all(waiting)
+
+    def _started(self, call: Call) -> None:
+        if call.intent:
+            call.intent = False
+            self.lanes[call.connection.name].intents -= 1
+
+    def abandon(self, call: Call) -> None:
+        """A call that will never start: give back its intent and its slot."""
+        self._started(call)
+        if call.has_slot:
+            self.lanes[call.connection.name].limiter.release()
+
+    def abandon_all(self, calls: list[Call]) -> None:
+        for call in calls:
+            self.abandon(call)
+
+    async def _run(self, call: Call, lane: Lane) -> None:
+        try:
+            event = await run_call(call)
+        except asyncio.CancelledError:
+            lane.limiter.release()
+            raise
+        wait_s = connection_wait_s(event)
+        if wait_s is not None:
+            lane.limiter.block(self._clock.monotonic(), wait_s)
+        lane.limiter.release()
+        self._mailbox.put_nowait(CallAnswered(call.partition, call.incarnation, call.request_id, event))
+
+    async def wait_in_flight(self, numbers: set[int], deadline: float) -> None:
+        """Let these partitions' calls end, until ``deadline`` (``time.monotonic()``)."""
+        tasks = set().union(*(self._in_flight.get(n, set()) for n in numbers)) if numbers else set()
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+
+    # ---- partitions leaving ----------------------------------------------------------
+
+    def forget(self, numbers: set[int]) -> None:
+        """These partitions are gone: cancel their calls and drop their queued work."""
+        for n in numbers:
+            for task in self._in_flight.pop(n, set()):
+                task.cancel()
+        for call in self._waiting_calls:
+            if call.partition in numbers:
+                self._started(call)
+        self._waiting_calls = [c for c in self._waiting_calls if c.partition not in numbers]
+        for lane in self.lanes.values():
+            lane.parked = [(p, r) for p, r in lane.parked if p not in numbers]
+            lane.waiting = deque(w for w in lane.waiting if w[0] not in numbers)
+            lane.waiting_submits = deque(w for w in lane.waiting_submits if w[0] not in numbers)
+        self._timers.compact(set(self._partitions))
+
+    def cancel_all(self) -> None:
+        for tasks in self._in_flight.values():
+            for task in tasks:
+                task.cancel()
+
+
+def _no_connection(state: JobState) -> Event:
+    kind = CallKind.SUBMIT if state.phase in (Phase.PENDING, Phase.SUBMITTING) else CallKind.POLL
+    return CallFailed(
+        kind=kind,
+        error=ErrorInfo("unknown_connection", f"connection {state.connection!r} is no longer configured", False),
+    )

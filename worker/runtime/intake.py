@@ -1,0 +1,134 @@
+"""Requests read from export.requests: decoded, validated and stepped, or dead-lettered
+with a reason. Bad input never stops a partition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaException
+
+from worker.codec import Codec
+from worker.config import Settings
+from worker.engine.model import RequestReceived
+from worker.errors import RegistryUnavailable, WorkerFenced
+from worker.ingest import Ingest, Rejection
+from worker.observability import Metrics
+from worker.records import dead_letter_record
+from worker.redaction import redact_text
+from worker.runtime.clients import Clock
+from worker.runtime.outbox import Outbox, Outgoing
+from worker.runtime.partitions import OwnedPartition, Partitions
+from worker.runtime.stepper import Stepper
+
+log = structlog.get_logger("export_worker")
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        partitions: Partitions,
+        stepper: Stepper,
+        outbox: Outbox,
+        codec: Codec,
+        clock: Clock,
+        metrics: Metrics,
+        worker_id: str,
+    ) -> None:
+        self._settings = settings
+        self._partitions = partitions
+        self._stepper = stepper
+        self._outbox = outbox
+        self._codec = codec
+        self._clock = clock
+        self._metrics = metrics
+        self._worker_id = worker_id
+        self._ingest: Ingest | None = None
+
+    def open(self, ingest: Ingest) -> None:
+        self._ingest = ingest
+
+    async def take(self, messages: list[Any]) -> dict[int, int]:
+        """Process a consumed batch. Returns where to rewind partitions that were not
+        ready yet (fetched before their pause took effect): they are read again later."""
+        rewind: dict[int, int] = {}
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error", error=err.str())
+                continue
+            number = msg.partition()
+            part = self._partitions.get(number)
+            if part is None:
+                continue  # not ours (any more): the owner reads it
+            if not part.ready:
+                # Fetched before the pause (or before a resync's rewind) took effect: read
+                # it again once restored, from where the resync rewound to if there was one.
+                rewind.setdefault(number, part.resume_at if part.resume_at is not None else msg.offset())
+                continue
+            if number in rewind:
+                continue
+            try:
+                await self._take_one(part, msg)
+            except (WorkerFenced, RegistryUnavailable, KafkaException):
+                raise
+            except Exception as exc:  # a request we cannot handle must not stop its partition
+                log.exception("request could not be processed; dead-lettered", partition=number, offset=msg.offset())
+                self._dead_letter(part, msg, Rejection("internal_error", f"{type(exc).__name__}: {exc}"))
+                part.next_offset = msg.offset() + 1
+        return rewind
+
+    async def _take_one(self, part: OwnedPartition, msg: Any) -> None:
+        assert self._ingest is not None
+        self._outbox.offsets_advanced()
+        now = self._clock.now_ms()
+        outcome = await self._ingest.read(
+            msg.key(), msg.value(), partition=part.number, offset=msg.offset(), now_ms=now
+        )
+        if isinstance(outcome, Rejection):
+            if outcome.event is not None:
+                self._stepper.apply(part, outcome.event.request_id, outcome.event)
+            self._dead_letter(part, msg, outcome, now)
+        else:
+            self._metrics.child(self._metrics.requests, "read").inc()
+            self._stepper.apply(part, outcome.request_id, RequestReceived(outcome))
+        part.next_offset = msg.offset() + 1
+
+    def _dead_letter(self, part: OwnedPartition, msg: Any, rejection: Rejection, now_ms: int | None = None) -> None:
+        self._metrics.dead_letters.labels(rejection.reason_code).inc()
+        self._metrics.requests.labels("dead_lettered").inc()
+        ts_type, ts = msg.timestamp()
+        request_id = rejection.event.request_id if rejection.event is not None else None
+        log.warning(
+            "request dead-lettered",
+            reason_code=rejection.reason_code,
+            reason=rejection.reason,
+            partition=part.number,
+            offset=msg.offset(),
+            request_id=request_id,
+        )
+        value = msg.value()
+        limit = self._settings.max_request_bytes
+        if value is not None and len(value) > limit:
+            value = value[:limit]  # the dead letter must fit in a record too
+        record = dead_letter_record(
+            topic=msg.topic(),
+            partition=part.number,
+            offset=msg.offset(),
+            timestamp_ms=ts if ts_type != 0 else None,
+            key=msg.key(),
+            value=value,
+            headers=[(k, v) for k, v in (msg.headers() or [])],
+            reason_code=rejection.reason_code,
+            reason=redact_text(rejection.reason),
+            failed_at_ms=self._clock.now_ms() if now_ms is None else now_ms,
+            request_id=request_id,
+            worker=self._worker_id,
+        )
+        dlq = self._settings.topics.dlq
+        value = self._codec.encode("DeadLetter", record, topic=dlq)
+        self._outbox.add([Outgoing(part.number, dlq, msg.key() or b"", value, None)])

@@ -1,0 +1,94 @@
+"""Everything waiting for the next transaction, and the vendor calls waiting for it to commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from worker.engine.model import JobState
+from worker.runtime.calls import Call
+
+# Pending records past which the loop commits before taking more work (backpressure:
+# the broker must catch up before memory grows further).
+MAX_PENDING_RECORDS = 50_000
+
+
+@dataclass(slots=True)
+class Outgoing:
+    partition: int  # the request partition the record belongs to
+    topic: str
+    key: bytes
+    value: bytes | None
+    target_partition: int | None  # explicit for export.jobs (co-partitioned), else keyed
+
+
+class Outbox:
+    """Records (status, file and dead-letter events), the latest unwritten state of each
+    job, whether input offsets moved, and the calls to start once all that is durable.
+
+    A job changed twice before the next transaction needs one state record (the
+    transaction is atomic and compaction keeps the last), so states are kept by job and
+    encoded only when taken.
+    """
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self.records: list[Outgoing] = []
+        self.states: dict[tuple[int, str], JobState | None] = {}  # None: delete (tombstone)
+        self.calls: list[Call] = []  # e.g. a submit, whose SUBMITTING intent must be durable first
+        self.offsets_moved = False
+        self.since = 0.0  # when the oldest thing still waiting arrived (monotonic), 0 if none
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.records or self.states or self.offsets_moved)
+
+    @property
+    def full(self) -> bool:
+        return len(self.records) + len(self.states) >= MAX_PENDING_RECORDS
+
+    def waited(self) -> float:
+        """Seconds the oldest pending item has waited."""
+        return self._monotonic() - self.since if self.since else 0.0
+
+    def _touch(self) -> None:
+        if not self.since:
+            self.since = self._monotonic()
+
+    def add(self, records: list[Outgoing]) -> None:
+        if records:
+            self._touch()
+            self.records.extend(records)
+
+    def put_state(self, partition: int, request_id: str, state: JobState | None) -> None:
+        self._touch()
+        self.states[(partition, request_id)] = state
+
+    def offsets_advanced(self) -> None:
+        self._touch()
+        self.offsets_moved = True
+
+    def hold(self, call: Call) -> None:
+        """Start ``call`` only once the next transaction has committed."""
+        self.calls.append(call)
+
+    def take(self, encode_state: Callable[[JobState], bytes], jobs_topic: str) -> tuple[list[Outgoing], list[Call]]:
+        """Everything waiting, as records (states encoded now), and the calls held for it."""
+        records, self.records = self.records, []
+        states, self.states = self.states, {}
+        for (number, request_id), state in states.items():
+            value = None if state is None else encode_state(state)
+            records.append(Outgoing(number, jobs_topic, request_id.encode(), value, number))
+        calls, self.calls = self.calls, []
+        self.offsets_moved = False
+        self.since = 0.0
+        return records, calls
+
+    def discard(self, numbers: set[int]) -> list[Call]:
+        """Drop these partitions' records and states; returns their held calls, which
+        will now never start."""
+        self.records = [o for o in self.records if o.partition not in numbers]
+        self.states = {k: v for k, v in self.states.items() if k[0] not in numbers}
+        dropped = [c for c in self.calls if c.partition in numbers]
+        self.calls = [c for c in self.calls if c.partition not in numbers]
+        return dropped

@@ -1,0 +1,200 @@
+"""Restore, then resume: the job states of partitions this worker is given (or must
+rebuild) are read back from export.jobs in the background, with the group's committed
+input offsets, while those partitions stay paused; the loop installs them when done."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from worker import kafka as kafka_io
+from worker.codec import Codec
+from worker.config import Settings
+from worker.engine.model import JobState
+from worker.errors import DecodeError
+from worker.observability import Metrics
+from worker.records import state_from_record
+from worker.runtime.clients import GroupConsumer
+from worker.runtime.dispatcher import CallDispatcher
+from worker.runtime.mailbox import Mailbox, RestoreDone
+from worker.runtime.partitions import Partitions
+from worker.runtime.stepper import Stepper
+
+log = structlog.get_logger("export_worker")
+
+# Reads the job states of these partitions of export.jobs, latest per job.
+StateReader = Callable[[list[int]], Awaitable[dict[int, list[JobState]]]]
+
+# A failed restore is tried again after 1 s, 2 s, 4 s ... up to this.
+MAX_RETRY_WAIT_S = 10.0
+# How long one lookup of the group's committed offsets may take (at a takeover, and at a resync).
+COMMITTED_LOOKUP_TIMEOUT_S = 10
+RESYNC_LOOKUP_TIMEOUT_S = 30
+
+
+def state_topic_reader(settings: Settings, codec: Codec, admin: AdminClient) -> StateReader:
+    """Read from Kafka (to the stable end, past any open transaction of a dead owner)."""
+
+    async def read(numbers: list[int]) -> dict[int, list[JobState]]:
+        restored = await kafka_io.restore(settings, settings.topics.jobs, numbers, admin=admin)
+        states: dict[int, list[JobState]] = {}
+        for part in restored:
+            decoded = []
+            for key, value in part.values.items():
+                try:
+                    decoded.append(state_from_record(await codec.decode_async("JobState", value)))
+                except DecodeError as exc:  # a state we cannot read must not stop the others
+                    log.error("unreadable job state skipped", key=key.decode("utf-8", "replace"), error=str(exc))
+            states[part.partition] = decoded
+        return states
+
+    return read
+
+
+class Restorer:
+    def __init__(
+        self,
+        *,
+        partitions: Partitions,
+        read_states: StateReader,
+        stepper: Stepper,
+        dispatcher: CallDispatcher,
+        mailbox: Mailbox,
+        metrics: Metrics,
+    ) -> None:
+        self._partitions = partitions
+        self._read_states = read_states
+        self._stepper = stepper
+        self._dispatcher = dispatcher
+        self._mailbox = mailbox
+        self._metrics = metrics
+        self._consumer: GroupConsumer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # One committed-offset lookup at a time: each holds a consumer thread, and a
+        # rebalance callback running meanwhile needs free ones for its own consumer calls.
+        self._committed_lookup = asyncio.Lock()
+
+    def open(self, consumer: GroupConsumer) -> None:
+        self._consumer = consumer
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks)
+
+    def begin(self, numbers: set[int], resume_at: dict[int, int] | None = None) -> None:
+        """Own these partitions afresh and read their state back in the background."""
+        incarnations = self._partitions.claim(numbers, resume_at)
+        task = asyncio.create_task(self._restore(incarnations))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _restore(self, incarnations: dict[int, int]) -> None:
+        """Read these partitions' job states (and the group's committed offsets) until it
+        works: the partitions stay paused until then, so giving up would strand them."""
+        attempt = 0
+        while True:
+            try:
+                done = await self._read_back(incarnations)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                attempt += 1
+                log.exception("restore failed; retrying", partitions=sorted(incarnations), attempt=attempt)
+                await asyncio.sleep(min(MAX_RETRY_WAIT_S, 0.5 * 2**attempt))
+                if all(self._partitions.current(n, i) is None for n, i in incarnations.items()):
+                    return  # moved on meanwhile
+                continue
+            self._mailbox.put_nowait(done)
+            return
+
+    async def _read_back(self, incarnations: dict[int, int]) -> RestoreDone:
+        started = time.monotonic()
+        numbers = sorted(incarnations)
+        states = await self._read_states(numbers)
+        committed = await self.committed_best_effort(numbers)
+        return RestoreDone(incarnations, states, time.monotonic() - started, committed)
+
+    # ---- resync: forget what ran ahead of Kafka and read it back -----------------------
+
+    async def pause(self, numbers: set[int]) -> None:
+        assert self._consumer is not None
+        await self._consumer.pause(self._tps(numbers))
+
+    async def committed_offsets(self, numbers: set[int]) -> dict[int, int]:
+        """The group's committed offsets (negative: none yet). Unknown is not "none": an
+        error here raises, so a resync never rewinds to the beginning on it."""
+        assert self._consumer is not None
+        committed = await self._consumer.committed(self._tps(numbers), timeout=RESYNC_LOOKUP_TIMEOUT_S)
+        for tp in committed:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return {tp.partition: tp.offset for tp in committed}
+
+    async def rewind_and_restore(self, numbers: set[int], committed: dict[int, int]) -> None:
+        """Seek the consumer back to the committed offsets and restore these partitions."""
+        assert self._consumer is not None
+        resume_at = {}
+        for number, offset in committed.items():
+            # No committed offset yet: start over from the beginning (auto.offset.reset=earliest).
+            at = offset if offset >= 0 else OFFSET_BEGINNING
+            await self._consumer.seek(TopicPartition(self._partitions.topic, number, at))
+            resume_at[number] = at
+        self.begin(numbers, resume_at)
+
+    def _tps(self, numbers: set[int] | list[int]) -> list[TopicPartition]:
+        return [TopicPartition(self._partitions.topic, n) for n in numbers]
+
+    async def committed_best_effort(self, numbers: list[int]) -> dict[int, int]:
+        """The group's committed offsets of these partitions, best effort.
+
+        Only a starting point for the offsets this worker commits: without it nothing is
+        committed for a partition until its next request is processed, which is safe. A
+        lookup that does not answer (a dead owner's transaction still pending, a broker
+        just restarted) must not keep the partition paused, so it is not retried."""
+        assert self._consumer is not None
+        try:
+            async with self._committed_lookup:
+                found = await self._consumer.committed(self._tps(numbers), timeout=COMMITTED_LOOKUP_TIMEOUT_S)
+        except KafkaException as exc:
+            log.warning("committed offsets unknown; resuming without them", partitions=numbers, error=str(exc))
+            return {}
+        return {tp.partition: tp.offset for tp in found if tp.offset >= 0 and tp.error is None}
+
+    async def install(self, done: RestoreDone) -> None:
+        """Put the restored jobs of partitions still current in place, resume their due
+        work, and let the consumer read their requests."""
+        assert self._consumer is not None
+        ready = []
+        total = 0
+        for number, incarnation in done.incarnations.items():
+            part = self._partitions.current(number, incarnation)
+            if part is None:
+                continue
+            for state in done.states.get(number, []):
+                resumed = self._stepper.resumed(state)
+                part.jobs[state.request_id] = resumed
+                if resumed.next_action_at_ms > 0:
+                    self._dispatcher.schedule(resumed.next_action_at_ms, number, state.request_id)
+                total += 1
+            part.ready = True
+            part.next_offset = done.committed.get(number)
+            ready.append(TopicPartition(self._partitions.topic, number))
+        if ready:
+            await self._consumer.resume(ready)
+        self._metrics.restore_seconds.observe(done.seconds)
+        self._metrics.restored_jobs.inc(total)
+        log.info(
+            "partitions restored",
+            partitions=sorted(tp.partition for tp in ready),
+            jobs=total,
+            seconds=round(done.seconds, 3),
+        )

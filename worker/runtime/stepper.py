@@ -1,0 +1,138 @@
+"""One engine step for one job, and its effects handed to whoever carries them out:
+records to the outbox, vendor calls to the dispatcher (after the commit when the step
+wrote an intent), the next timer to the dispatcher's heap."""
+
+from __future__ import annotations
+
+import random
+
+import structlog
+
+from worker.codec import Codec
+from worker.config import TopicSettings
+from worker.engine.machine import Context, step
+from worker.engine.model import Announce, CallVendor, Event, JobState, PublishStatus, Restored, Transition
+from worker.observability import Metrics
+from worker.records import file_record, status_record
+from worker.runtime.calls import Call
+from worker.runtime.clients import Clock
+from worker.runtime.connections import FALLBACK_POLICY, Connection
+from worker.runtime.dispatcher import CallDispatcher
+from worker.runtime.outbox import Outbox, Outgoing
+from worker.runtime.partitions import OwnedPartition
+
+log = structlog.get_logger("export_worker")
+
+
+class Stepper:
+    def __init__(
+        self,
+        *,
+        connections: dict[str, Connection],
+        outbox: Outbox,
+        dispatcher: CallDispatcher,
+        codec: Codec,
+        topics: TopicSettings,
+        clock: Clock,
+        rng: random.Random,
+        metrics: Metrics,
+    ) -> None:
+        self._connections = connections
+        self._outbox = outbox
+        self._dispatcher = dispatcher
+        self._codec = codec
+        self._topics = topics
+        self._clock = clock
+        self._rng = rng
+        self._metrics = metrics
+
+    def context(self, connection: Connection | None) -> Context:
+        policy = connection.policy if connection is not None else FALLBACK_POLICY
+        return Context(self._clock.now_ms(), self._rng.random(), policy)
+
+    def apply(self, part: OwnedPartition, request_id: str, event: Event, slot: Connection | None = None) -> None:
+        """Step the job with ``event``. ``slot``: the connection whose call slot the job
+        was admitted with (given back if the step asks for no call)."""
+        state = part.jobs.get(request_id)
+        conn_name = (
+            state.connection if state is not None else getattr(getattr(event, "request", event), "connection", "")
+        )
+        conn = self._connections.get(conn_name)
+        transition = step(state, event, self.context(conn))
+        new = transition.state
+        # Every record is built (and encoded) before anything changes: a failure here
+        # leaves the job exactly as it was.
+        records, call = self._effects(part, request_id, transition, conn, slot)
+        if new is None:
+            part.jobs.pop(request_id, None)
+        else:
+            part.jobs[request_id] = new
+        if transition.persist:
+            self._outbox.put_state(part.number, request_id, new)
+        self._outbox.add(records)
+        self._observe(request_id, transition)
+        if call is not None:
+            if transition.persist:
+                self._dispatcher.hold_intent(call)
+                self._outbox.hold(call)  # e.g. the SUBMITTING intent must be durable first
+            else:
+                self._dispatcher.dispatch(call)
+        elif slot is not None:
+            self._dispatcher.release_slot(slot)
+        if (
+            new is not None
+            and new.next_action_at_ms > 0
+            and (state is None or new.next_action_at_ms != state.next_action_at_ms)
+        ):
+            self._dispatcher.schedule(new.next_action_at_ms, part.number, request_id)
+
+    def _effects(
+        self,
+        part: OwnedPartition,
+        request_id: str,
+        transition: Transition,
+        conn: Connection | None,
+        slot: Connection | None,
+    ) -> tuple[list[Outgoing], Call | None]:
+        new = transition.state
+        topics = self._topics
+        records: list[Outgoing] = []
+        call: Call | None = None
+        key = request_id.encode()
+        for effect in transition.effects:
+            assert new is not None
+            if isinstance(effect, PublishStatus):
+                value = self._codec.encode("JobStatusChanged", status_record(new, effect), topic=topics.status)
+                records.append(Outgoing(part.number, topics.status, key, value, None))
+            elif isinstance(effect, Announce):
+                value = self._codec.encode("FileReady", file_record(new, effect), topic=topics.files)
+                records.append(Outgoing(part.number, topics.files, key, value, None))
+            elif isinstance(effect, CallVendor) and conn is not None:
+                call = Call(part.number, part.incarnation, request_id, effect.kind, conn, new, slot is not None)
+        return records, call
+
+    def _observe(self, request_id: str, transition: Transition) -> None:
+        new = transition.state
+        for effect in transition.effects:
+            assert new is not None
+            if isinstance(effect, PublishStatus):
+                self._metrics.child(self._metrics.status_events, new.vendor, effect.status.value).inc()
+                log.info(
+                    "status",
+                    request_id=request_id,
+                    vendor=new.vendor,
+                    connection=new.connection,
+                    vendor_job_id=new.vendor_job_id,
+                    status=effect.status.value,
+                    previous=effect.previous_status.value if effect.previous_status else None,
+                    sequence=effect.sequence,
+                    error=effect.error.message if effect.error else None,
+                )
+            elif isinstance(effect, Announce):
+                self._metrics.child(self._metrics.files, new.vendor).inc()
+
+    def resumed(self, state: JobState) -> JobState:
+        """A restored job as this worker resumes it (the engine's ``Restored`` step)."""
+        resumed = step(state, Restored(), self.context(self._connections.get(state.connection))).state
+        assert resumed is not None
+        return resumed

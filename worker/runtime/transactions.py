@@ -1,0 +1,279 @@
+"""The transactional producer: cutting what the outbox holds into a batch, writing it in
+one Kafka transaction with the input offsets, and saying how that ended.
+
+The writer never decides what happens next; it returns a ``Settled`` outcome
+(committed, fenced, or the in-memory state must be rebuilt from Kafka) with the vendor
+calls that may now start or must be given up, and the worker acts on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from worker.codec import Codec
+from worker.errors import ProducerStuck
+from worker.observability import Metrics
+from worker.records import state_to_record
+from worker.runtime.calls import Call
+from worker.runtime.clients import GroupConsumer, TransactionalProducer
+from worker.runtime.outbox import Outbox, Outgoing
+from worker.runtime.partitions import Partitions
+
+log = structlog.get_logger("export_worker")
+
+
+@dataclass(frozen=True, slots=True)
+class CallTimeouts:
+    """Seconds each transactional call may take (librdkafka's own timeouts), and how far
+    past its timeout a call may run before the producer is declared stuck."""
+
+    init_s: float = 30
+    flush_s: float = 60
+    send_offsets_s: float = 30
+    commit_s: float = 60
+    abort_s: float = 30
+    stuck_margin_s: float = 15
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one transaction writes."""
+
+    outgoing: list[Outgoing]
+    calls: list[Call]  # to start once it is committed
+    offsets: list[TopicPartition]
+    metadata: Any  # consumer group metadata, taken with the offsets
+    incarnations: dict[int, int]  # the partitions it was cut from
+
+
+class Outcome(Enum):
+    COMMITTED = "committed"  # durable: start the calls that waited for it
+    FENCED = "fenced"  # another worker owns this work now: stop
+    RESYNC = "resync"  # aborted: in-memory state ran ahead of Kafka; rebuild it
+
+
+@dataclass(slots=True)
+class Settled:
+    outcome: Outcome
+    start: list[Call]  # calls that may start now (committed only)
+    give_up: list[Call]  # calls that will never start
+    error: str | None = None
+
+
+_GENERATION_CODES = frozenset(
+    {KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.FENCED_INSTANCE_ID}
+)
+
+
+def generation_moved(error: KafkaException) -> bool:
+    """send_offsets_to_transaction refused because the group rebalanced meanwhile."""
+    code = error.args[0].code() if error.args else None
+    return code in _GENERATION_CODES and not error.args[0].fatal()
+
+
+def fenced(error: KafkaError) -> bool:
+    return error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
+
+
+class TransactionWriter:
+    """Args:
+    outbox: where the records waiting for a transaction are taken from.
+    partitions: the owned partitions (input offsets, incarnations).
+    codec: encodes job states when a batch is cut.
+    jobs_topic: the state topic.
+    metrics: transaction counters and timings.
+    """
+
+    def __init__(
+        self, *, outbox: Outbox, partitions: Partitions, codec: Codec, jobs_topic: str, metrics: Metrics
+    ) -> None:
+        self._outbox = outbox
+        self._partitions = partitions
+        self._codec = codec
+        self._jobs_topic = jobs_topic
+        self._metrics = metrics
+        self.producer: TransactionalProducer | None = None
+        self._consumer: GroupConsumer | None = None
+        self.stuck = False  # see ProducerStuck
+        self.halted = False  # the loop died mid-turn: commit nothing more, the next owner redoes it
+        self.timeouts = CallTimeouts()
+        self._in_flight: tuple[asyncio.Task[KafkaException | None], Batch] | None = None
+
+    async def open(self, producer: TransactionalProducer, consumer: GroupConsumer) -> None:
+        self.producer = producer
+        self._consumer = consumer
+        await producer.init_transactions(self.timeouts.init_s)
+
+    @property
+    def usable(self) -> bool:
+        return self.producer is not None and not self.halted and not self.stuck
+
+    @property
+    def writing(self) -> bool:
+        """A batch is being written in the background."""
+        return self._in_flight is not None
+
+    @property
+    def written(self) -> bool:
+        """The batch written in the background has finished (settle it next)."""
+        return self._in_flight is not None and self._in_flight[0].done()
+
+    # ---- cutting ---------------------------------------------------------------------
+
+    async def cut(self, group_metadata: Any = None) -> Batch | None:
+        """Take what the outbox holds, the calls waiting on it and the input positions
+        (everything consumed so far has been turned into those records)."""
+        outbox = self._outbox
+        if not outbox.pending:
+            outbox.since = 0.0
+            return None
+        outgoing, calls = outbox.take(self._encode_state, self._jobs_topic)
+        offsets = self._partitions.positions()
+        metadata = (group_metadata or await self._group_metadata()) if offsets else None
+        return Batch(outgoing, calls, offsets, metadata, self._partitions.incarnations())
+
+    def _encode_state(self, state: Any) -> bytes:
+        return self._codec.encode("JobState", state_to_record(state), topic=self._jobs_topic)
+
+    async def _group_metadata(self) -> Any:
+        assert self._consumer is not None
+        return await self._consumer.consumer_group_metadata()
+
+    # ---- writing ---------------------------------------------------------------------
+
+    def start(self, batch: Batch) -> None:
+        """Write ``batch`` in the background while the loop keeps working; the next batch
+        waits for this one (transactions are strictly one after another)."""
+        self._in_flight = (asyncio.create_task(self.write(batch)), batch)
+
+    async def finish(self) -> Settled | None:
+        """Wait for the background batch, if any, and settle it."""
+        if self._in_flight is None:
+            return None
+        task, batch = self._in_flight
+        self._in_flight = None
+        return await self.settle(batch, await task)
+
+    async def wait_abandoned(self, timeout_s: float) -> None:
+        """At a crash: do not leave the background transaction open, but settle nothing."""
+        if self._in_flight is None:
+            return
+        task = self._in_flight[0]
+        await asyncio.wait([task], timeout=timeout_s)
+        if not task.done():
+            self.stuck = True  # closing it would wait for its thread forever
+        elif not task.cancelled():
+            task.exception()  # already reported by the loop's failure
+
+    async def write(self, batch: Batch) -> KafkaException | None:
+        """Write one batch in one Kafka transaction; never touches the consumer (a
+        rebalance callback may be waiting for it while the consumer is busy).
+
+        1. begin: nothing visible yet; a crash here loses nothing (inputs are re-read).
+        2. produce every record (export.jobs to the request's own partition).
+        3. send the consumer's positions with the group metadata: the coordinator
+           refuses them if this worker no longer owns its partitions (zombie fencing).
+        4. commit: all of it becomes visible to read_committed readers at once.
+        Then (``settle``) the vendor calls waiting for their intent to be durable start.
+        """
+        assert self.producer is not None
+        producer = self.producer
+        started = time.monotonic()
+        try:
+            await producer.begin_transaction()
+            futures = []
+            for out in batch.outgoing:
+                if out.target_partition is None:
+                    futures.append(await producer.produce(out.topic, value=out.value, key=out.key))
+                else:
+                    futures.append(
+                        await producer.produce(out.topic, value=out.value, key=out.key, partition=out.target_partition)
+                    )
+            # A record the producer refused (e.g. too large) must not be silently left
+            # out of a committed transaction: check every delivery first.
+            await producer.flush(self.timeouts.flush_s)
+            for result in await asyncio.gather(*futures, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise (
+                        result
+                        if isinstance(result, KafkaException)
+                        else KafkaException(KafkaError(KafkaError._FAIL, f"record not delivered: {result}"))
+                    )
+            timeouts = self.timeouts
+            if batch.offsets:
+                await self._bounded(
+                    producer.send_offsets_to_transaction(batch.offsets, batch.metadata, timeouts.send_offsets_s),
+                    timeouts.send_offsets_s,
+                )
+            await self._bounded(producer.commit_transaction(timeouts.commit_s), timeouts.commit_s)
+        except KafkaException as exc:
+            return exc
+        self._metrics.transactions.labels("committed").inc()
+        self._metrics.commit_seconds.observe(time.monotonic() - started)
+        self._metrics.commit_records.observe(len(batch.outgoing))
+        return None
+
+    async def _bounded(self, call: Any, timeout_s: float) -> None:
+        """Await a transactional call, enforcing its timeout from this side too."""
+        limit = timeout_s + self.timeouts.stuck_margin_s
+        try:
+            await asyncio.wait_for(call, limit)
+        except TimeoutError:
+            self.stuck = True
+            raise ProducerStuck(f"a transactional call did not return within {limit:.0f} s") from None
+
+    # ---- settling --------------------------------------------------------------------
+
+    async def settle(self, batch: Batch, error: KafkaException | None) -> Settled:
+        """How the batch ended, after writing it once more if only a rebalance refused it."""
+        give_up: list[Call] = []
+        if error is not None and generation_moved(error) and not self.halted:
+            # A rebalance bumped the group generation while this batch was in flight: its
+            # records are still right for the partitions still owned; write them again.
+            log.info("transaction refused after a rebalance; writing it again", error=error.args[0].str())
+            self._metrics.transactions.labels("retried").inc()
+            await self._abort()
+            batch, give_up = self._still_owned(batch)
+            if batch.offsets:
+                batch.metadata = await self._group_metadata()
+            error = await self.write(batch)
+        if error is None:
+            return Settled(Outcome.COMMITTED, batch.calls, give_up)
+        give_up.extend(batch.calls)
+        kafka_error: KafkaError = error.args[0]
+        self._metrics.transactions.labels("aborted").inc()
+        if fenced(kafka_error):
+            log.error("transactional producer fenced: another worker owns this work now", error=kafka_error.str())
+            return Settled(Outcome.FENCED, [], give_up, kafka_error.str())
+        log.warning("transaction failed; aborting and restoring owned partitions", error=kafka_error.str())
+        await self._abort()
+        return Settled(Outcome.RESYNC, [], give_up, kafka_error.str())
+
+    async def _abort(self) -> None:
+        assert self.producer is not None
+        with contextlib.suppress(KafkaException):
+            await self.producer.abort_transaction(self.timeouts.abort_s)
+
+    def _still_owned(self, batch: Batch) -> tuple[Batch, list[Call]]:
+        """The part of ``batch`` whose partitions are still owned in the same incarnation,
+        and the calls of the rest (which will never start)."""
+
+        def owned(number: int) -> bool:
+            return self._partitions.current(number, batch.incarnations.get(number)) is not None
+
+        kept = Batch(
+            [o for o in batch.outgoing if owned(o.partition)],
+            [c for c in batch.calls if owned(c.partition)],
+            [tp for tp in batch.offsets if owned(tp.partition)],
+            batch.metadata,
+            batch.incarnations,
+        )
+        return kept, [c for c in batch.calls if not owned(c.partition)]

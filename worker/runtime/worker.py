@@ -1,0 +1,429 @@
+"""The worker process: wiring, lifecycle, and the turn script.
+
+One asyncio task (the *loop*) owns every job state. Each turn it:
+
+  1. settles the transaction written in the background, if it finished,
+  2. takes a batch of requests: each becomes engine steps, or a dead letter (``Intake``),
+  3. applies what background work reported: vendor answers, restores, pauses (mailbox),
+  4. fires due timers and admits due jobs to their connection (``CallDispatcher``),
+  5. cuts everything produced so far into ONE Kafka transaction with the input offsets,
+     every ``commit_interval_ms`` (``TransactionWriter``),
+  6. and only once that is committed, starts the vendor calls those steps asked for.
+
+Rebalance callbacks run while the loop is parked inside ``consume()``, so they may
+touch the state too: on revoke they let in-flight calls finish (bounded), commit, and
+drop the partitions; on assign they pause the new partitions until their slice of
+export.jobs is restored (``Restorer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any
+
+import aiohttp
+import structlog
+from confluent_kafka import TopicPartition
+
+from worker import kafka as kafka_io
+from worker.codec import Codec
+from worker.config import ConnectionConfig, Settings
+from worker.control import ControlFollower, read_control_state
+from worker.errors import ProducerStuck, WorkerFenced
+from worker.ingest import Ingest
+from worker.observability import Metrics, SidePort
+from worker.registry import registry_for
+from worker.results import ResultStore, result_store_from_url
+from worker.runtime.clients import (
+    Clock,
+    ConsumerFactory,
+    GroupConsumer,
+    ProducerFactory,
+    TransactionalProducer,
+    aio_consumer,
+    aio_producer,
+)
+from worker.runtime.connections import Connection, build_connections, load_connection_configs
+from worker.runtime.dispatcher import CallDispatcher
+from worker.runtime.intake import Intake
+from worker.runtime.mailbox import CallAnswered, ControlChanged, Mailbox, RestoreDone
+from worker.runtime.outbox import Outbox
+from worker.runtime.partitions import Partitions
+from worker.runtime.restorer import Restorer, StateReader, state_topic_reader
+from worker.runtime.stepper import Stepper
+from worker.runtime.transactions import Outcome, Settled, TransactionWriter
+from worker.runtime.watchdog import LoopWatchdog
+
+log = structlog.get_logger("export_worker")
+
+# How long consume() may wait for requests: not at all when reports are waiting, briefly
+# while calls, restores or a commit are under way, else until the next timer (capped).
+BUSY_WAIT_S = 0.02
+IDLE_WAIT_S = 0.25
+
+
+class Worker:
+    """One worker process.
+
+    Args:
+        settings: topics, Kafka, timing.
+        connections: connection configs by name (tests, demo); read from
+            ``settings.connections_file`` when omitted.
+        result_store: where collected artifacts go; from ``settings.result_store_url``
+            when omitted.
+        codec: wire codec; single-object encoding when omitted.
+        clock: wall and monotonic time (time is an input to the engine).
+        rng: source of jitter.
+        metrics: metrics registry; a fresh one when omitted.
+        consumer_factory, producer_factory: how the Kafka clients are made (the seams
+            tests use to wrap them); confluent-kafka's asyncio clients when omitted.
+        read_states: how a partition's job states are read back; from export.jobs when omitted.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connections: dict[str, ConnectionConfig] | None = None,
+        result_store: ResultStore | None = None,
+        codec: Codec | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        metrics: Metrics | None = None,
+        consumer_factory: ConsumerFactory = aio_consumer,
+        producer_factory: ProducerFactory = aio_producer,
+        read_states: StateReader | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.codec = codec or Codec()
+        self.clock = clock or Clock()
+        self.metrics = metrics or Metrics()
+        self.transactional_id = f"{settings.group_id}-{settings.instance_id}"
+        self._connection_configs = connections
+        self._result_store = result_store
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self.admin = kafka_io.admin_client(settings)
+        self.consumer: GroupConsumer | None = None
+        self.producer: TransactionalProducer | None = None
+        self.side_port: SidePort | None = None
+        self._control: ControlFollower | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._started = False
+        self._joined = False  # the first assignment (possibly empty) has come
+        self._stopping = False
+
+        # The collaborators, in the order the data flows through them.
+        self.connections: dict[str, Connection] = {}  # filled at start (adapters need the HTTP session)
+        self.mailbox: Mailbox = asyncio.Queue()
+        self.partitions = Partitions(self.topics.requests)
+        self.outbox = Outbox(self.clock.monotonic)
+        self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.clock, self.metrics)
+        self.stepper = Stepper(
+            connections=self.connections,
+            outbox=self.outbox,
+            dispatcher=self.dispatcher,
+            codec=self.codec,
+            topics=self.topics,
+            clock=self.clock,
+            rng=rng or random.Random(),
+            metrics=self.metrics,
+        )
+        self.intake = Intake(
+            settings,
+            partitions=self.partitions,
+            stepper=self.stepper,
+            outbox=self.outbox,
+            codec=self.codec,
+            clock=self.clock,
+            metrics=self.metrics,
+            worker_id=self.transactional_id,
+        )
+        self.restorer = Restorer(
+            partitions=self.partitions,
+            read_states=read_states or state_topic_reader(settings, self.codec, self.admin),
+            stepper=self.stepper,
+            dispatcher=self.dispatcher,
+            mailbox=self.mailbox,
+            metrics=self.metrics,
+        )
+        self.writer = TransactionWriter(
+            outbox=self.outbox,
+            partitions=self.partitions,
+            codec=self.codec,
+            jobs_topic=self.topics.jobs,
+            metrics=self.metrics,
+        )
+        self.watchdog = LoopWatchdog(
+            stall_timeout_s=settings.stall_timeout_s, partitions=self.partitions, metrics=self.metrics
+        )
+        self.metrics.watch_open_jobs(self.partitions.open_job_counts)
+
+    @property
+    def producer_stuck(self) -> bool:
+        """A transactional call outlived its timeout: the process must exit (see ProducerStuck)."""
+        return self.writer.stuck
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or the task is cancelled), then shut down gracefully."""
+        stop = stop or asyncio.Event()
+        await self._start()
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.create_task(self._loop(stopper))
+        except BaseException:
+            self.writer.halted = True
+            raise
+        finally:
+            stopper.cancel()
+            await self._shutdown()
+
+    async def _start(self) -> None:
+        settings = self.settings
+        await kafka_io.ensure_topics(settings, self.admin)
+        if settings.schema_registry_url and self.codec.registry is None:
+            self.codec.registry = await registry_for(settings, self.codec.schemas)
+        configs = self._connection_configs
+        if configs is None:
+            configs = load_connection_configs(settings)
+        self._session = aiohttp.ClientSession()
+        result_store = self._result_store or result_store_from_url(settings.result_store_url)
+        self.connections.update(build_connections(configs, self._session, self.metrics, result_store=result_store))
+        self.dispatcher.open(self.connections)
+        self.intake.open(
+            Ingest(self.codec, {n: c.config for n, c in self.connections.items()}, max_bytes=settings.max_request_bytes)
+        )
+        if settings.http_port >= 0:
+            self.side_port = SidePort(self.metrics, self.readiness, self.watchdog.healthy)
+            port = await self.side_port.start(settings.http_host, settings.http_port)
+            log.info("side port listening", port=port)
+        self.producer = self._producer_factory(
+            kafka_io.producer_config(settings, transactional_id=self.transactional_id)
+        )
+        self.consumer = self._consumer_factory(kafka_io.consumer_config(settings))
+        await self.writer.open(self.producer, self.consumer)
+        self.restorer.open(self.consumer)
+        # Pauses stored in the control topic apply before the first request is read.
+        self.dispatcher.apply_control(await read_control_state(settings))
+        self._control = ControlFollower(settings, lambda state: self.mailbox.put_nowait(ControlChanged(state)))
+        self._control.start()
+        await self.consumer.subscribe(
+            [self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self._started = self.watchdog.started = True
+        log.info(
+            "worker started",
+            transactional_id=self.transactional_id,
+            topic=self.topics.requests,
+            connections=sorted(self.connections),
+        )
+
+    async def _shutdown(self) -> None:
+        """Stop taking requests, let in-flight calls finish within the grace period,
+        commit, leave the group, close."""
+        self._stopping = self.dispatcher.stopping = True
+        deadline = time.monotonic() + self.settings.shutdown_grace_s * 0.8
+        try:
+            if self.writer.halted:
+                log.error("worker loop failed: leaving without committing; the next owner resumes from Kafka")
+                await self.writer.wait_abandoned(30)  # do not leave it open
+            elif self.consumer is not None and self.writer.usable:
+                # Intents written in the last turn still get their call: the state
+                # says SUBMITTING, and a call made now saves the next owner a reconcile.
+                await self._commit()
+                await self._drain(set(self.partitions), deadline)
+                await self._commit()
+        except Exception:
+            log.exception("error while draining at shutdown")
+        self.restorer.cancel()
+        if self._control is not None:
+            await self._control.stop()
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.close()  # triggers on_revoke: commits whatever is left
+        if self.producer is not None and not self.writer.stuck:  # closing joins its threads
+            with contextlib.suppress(Exception):
+                await self.producer.close()
+        self.dispatcher.cancel_all()
+        if self.side_port is not None:
+            await self.side_port.stop()
+        if self._session is not None:
+            await self._session.close()
+        log.info("worker stopped")
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "starting"
+        if not self._joined:
+            return False, "joining the consumer group"
+        if self._stopping:
+            return False, "stopping"
+        restoring = self.partitions.restoring()
+        if restoring:
+            return False, f"restoring partitions {restoring}"
+        return True, f"owns partitions {sorted(self.partitions)}"
+
+    def healthy(self) -> tuple[bool, str]:
+        return self.watchdog.healthy()
+
+    # ---- the turn ------------------------------------------------------------------
+
+    async def _loop(self, stopper: asyncio.Task[Any]) -> None:
+        assert self.consumer is not None
+        loop_task = asyncio.current_task()
+        assert loop_task is not None
+        self.watchdog.watch(loop_task)
+        try:
+            while not stopper.done():
+                self.watchdog.turn()
+                messages = await self.consumer.consume(self.settings.consume_batch, self._consume_timeout())
+                await self._turn(messages)
+        finally:
+            self.watchdog.stop()
+
+    async def _turn(self, messages: list[Any]) -> None:
+        assert self.consumer is not None
+        if self.writer.written:
+            await self._settle(await self.writer.finish())
+        if self.writer.stuck:  # noticed inside a rebalance callback, which must not raise
+            raise ProducerStuck("the transactional producer is stuck")
+        await self.watchdog.measure_lag(self.consumer)
+        await self._rewind(await self.intake.take(messages))
+        await self._apply_reports()
+        self.dispatcher.fire_timers(self.stepper.apply)
+        self.dispatcher.retry_waiting_calls()
+        await self._commit_when_due()
+
+    def _consume_timeout(self) -> float:
+        if not self.mailbox.empty():
+            return 0.0
+        if self.writer.writing or self.dispatcher.busy or self.outbox.pending or self.restorer.busy:
+            return BUSY_WAIT_S
+        nxt = self.dispatcher.next_due_ms()
+        if nxt is None:
+            return IDLE_WAIT_S
+        return max(0.0, min(IDLE_WAIT_S, (nxt - self.clock.now_ms()) / 1000))
+
+    async def _rewind(self, offsets: dict[int, int]) -> None:
+        assert self.consumer is not None
+        for number, offset in offsets.items():
+            await self.consumer.seek(TopicPartition(self.topics.requests, number, offset))
+
+    async def _apply_reports(self) -> None:
+        """Everything background work reported since the last turn."""
+        while not self.mailbox.empty():
+            report = self.mailbox.get_nowait()
+            if isinstance(report, RestoreDone):
+                await self.restorer.install(report)
+            elif isinstance(report, ControlChanged):
+                self.dispatcher.apply_control(report.state)
+            elif isinstance(report, CallAnswered):
+                part = self.partitions.current(report.partition, report.incarnation)
+                if part is not None:  # else it moved or was rebuilt meanwhile: its new owner redoes it
+                    self.stepper.apply(part, report.request_id, report.event)
+
+    async def _drain(self, numbers: set[int], deadline: float) -> None:
+        """Let these partitions' calls end (until ``deadline``) and apply their answers."""
+        await self.dispatcher.wait_in_flight(numbers, deadline)
+        await self._apply_reports()
+
+    # ---- committing ----------------------------------------------------------------
+
+    async def _commit_when_due(self) -> None:
+        if not self.outbox.pending:
+            return
+        if self.outbox.full:
+            await self._commit()  # backpressure: let the broker catch up
+        elif not self.writer.writing and (
+            self.outbox.waited() >= self.settings.commit_interval_ms / 1000
+            or self.outbox.calls  # vendor calls waiting for their intent to be durable do not wait for the interval
+        ):
+            batch = await self.writer.cut()
+            if batch is not None:
+                self.writer.start(batch)
+
+    async def _commit(self, group_metadata: Any = None) -> None:
+        """Commit everything pending now, after any commit already in flight."""
+        await self._settle(await self.writer.finish())
+        batch = await self.writer.cut(group_metadata)
+        if batch is not None:
+            await self._settle(await self.writer.settle(batch, await self.writer.write(batch)))
+
+    async def _settle(self, settled: Settled | None) -> None:
+        if settled is None:
+            return
+        self.dispatcher.abandon_all(settled.give_up)
+        if settled.outcome is Outcome.COMMITTED:
+            self.dispatcher.dispatch_all(settled.start)
+        elif settled.outcome is Outcome.FENCED:
+            raise WorkerFenced(settled.error or "fenced")
+        else:
+            # In-memory state ran ahead of what is durable: rebuild it from Kafka.
+            await self._resync(set(self.partitions))
+
+    async def _resync(self, numbers: set[int]) -> None:
+        """Forget these partitions' in-memory state and read it back from Kafka,
+        rewinding the consumer to the committed offsets."""
+        if not numbers:
+            return
+        await self.restorer.pause(numbers)
+        # Let calls in flight end first: a submit still running while the restored intent
+        # is reconciled could create a job the reconcile does not see yet.
+        await self._drain(numbers, time.monotonic() + self.settings.revoke_drain_s)
+        committed = await self.restorer.committed_offsets(numbers)
+        self._forget_uncommitted(numbers)
+        await self.restorer.rewind_and_restore(numbers, committed)
+
+    def _forget_uncommitted(self, numbers: set[int]) -> None:
+        """Drop these partitions' records not yet cut into a transaction, and the calls
+        that were waiting for them to be committed."""
+        self.dispatcher.abandon_all(self.outbox.discard(numbers))
+
+    # ---- rebalancing ---------------------------------------------------------------
+
+    def _ours(self, partitions: list[TopicPartition]) -> set[int]:
+        return {tp.partition for tp in partitions if tp.topic == self.topics.requests}
+
+    async def _on_assign(self, consumer: GroupConsumer, partitions: list[TopicPartition]) -> None:
+        await consumer.incremental_assign(partitions)
+        self._joined = True
+        numbers = self._ours(partitions)
+        if not numbers:
+            return
+        await consumer.pause([TopicPartition(self.topics.requests, n) for n in numbers])
+        log.info("partitions assigned", partitions=sorted(numbers))
+        self.restorer.begin(numbers)
+        self.metrics.assigned.set(len(self.partitions))
+
+    async def _on_revoke(self, consumer: GroupConsumer, partitions: list[TopicPartition]) -> None:
+        numbers = self._ours(partitions)
+        if not numbers:
+            return
+        self.partitions.start_revoking(numbers)
+        metadata = await consumer.consumer_group_metadata()
+        if self.writer.usable:
+            await self._drain(numbers, time.monotonic() + (0 if self._stopping else self.settings.revoke_drain_s))
+            try:
+                await self._commit(metadata)
+            except WorkerFenced:
+                log.error("fenced while handing partitions over", partitions=sorted(numbers))
+        self._drop(numbers)
+        log.info("partitions revoked", partitions=sorted(numbers))
+
+    async def _on_lost(self, consumer: GroupConsumer, partitions: list[TopicPartition]) -> None:
+        numbers = self._ours(partitions)
+        log.warning("partitions lost (session expired): dropping uncommitted work", partitions=sorted(numbers))
+        self._forget_uncommitted(numbers)
+        self._drop(numbers)
+
+    def _drop(self, numbers: set[int]) -> None:
+        self.partitions.drop(numbers)
+        self.watchdog.forget(numbers)
+        self.dispatcher.forget(numbers)
+        self.metrics.assigned.set(len(self.partitions))
