@@ -1,0 +1,232 @@
+"""Small fakes at the runtime's own seams (clock, consumer, producer, vendor adapter) for
+broker-free unit tests of its collaborators. What only Kafka can show (rebalances,
+transactions, restore) is tested against the real broker in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
+
+from tests.conftest import itron_connection
+from worker.engine.machine import Context, step
+from worker.engine.model import (
+    CallKind,
+    Event,
+    JobState,
+    PollAnswered,
+    ReconcileAnswered,
+    RequestInfo,
+    RequestReceived,
+    Status,
+    SubmitAnswered,
+)
+from worker.engine.policy import Policy
+from worker.observability import Metrics
+from worker.runtime.calls import Call
+from worker.runtime.clients import Clock
+from worker.runtime.connections import Connection
+from worker.vendors.base import JobSpec
+
+NOW_S = 1_700_000_000.0
+POLICY = Policy(jitter=0.0)
+
+
+class FakeClock:
+    """Wall and monotonic time that move only when the test says so."""
+
+    def __init__(self, wall_s: float = NOW_S, mono_s: float = 1_000.0) -> None:
+        self.wall_s = wall_s
+        self.mono_s = mono_s
+        self.clock = Clock(wall=lambda: self.wall_s, monotonic=lambda: self.mono_s)
+
+    def advance(self, seconds: float) -> None:
+        self.wall_s += seconds
+        self.mono_s += seconds
+
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
+
+
+class FakeAdapter:
+    """A vendor adapter whose answers the test chooses: an event, or an exception to raise.
+    With ``gate`` set, every call waits for it (a slow vendor)."""
+
+    vendor: ClassVar[str] = "itron"
+    can_reconcile: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.answers: dict[CallKind, Event | Exception] = {
+            CallKind.SUBMIT: SubmitAnswered("job-1", "Queued", Status.QUEUED),
+            CallKind.POLL: PollAnswered("Processing", Status.RUNNING),
+            CallKind.RECONCILE: ReconcileAnswered(known=False),
+        }
+        self.calls: list[tuple[CallKind, str]] = []
+        self.gate: asyncio.Event | None = None
+
+    async def _answer(self, kind: CallKind, spec: JobSpec) -> Any:
+        self.calls.append((kind, spec.request_id))
+        if self.gate is not None:
+            await self.gate.wait()
+        answer = self.answers[kind]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def submit(self, spec: JobSpec) -> Any:
+        return await self._answer(CallKind.SUBMIT, spec)
+
+    async def poll(self, spec: JobSpec, vendor_job_id: str) -> Any:
+        return await self._answer(CallKind.POLL, spec)
+
+    async def reconcile(self, spec: JobSpec) -> Any:
+        return await self._answer(CallKind.RECONCILE, spec)
+
+
+def connection(
+    name: str = "itron", *, adapter: FakeAdapter | None = None, max_concurrency: int = 2, rate_per_s: float = 100
+) -> Connection:
+    config = itron_connection("http://127.0.0.1:9", max_concurrency=max_concurrency, rate_per_s=rate_per_s)
+    return Connection(name, config, adapter or FakeAdapter(), POLICY)  # type: ignore[arg-type]
+
+
+def accepted(request_id: str, now_ms: int, *, partition: int = 0, offset: int = 0, conn: str = "itron") -> JobState:
+    """A freshly accepted job, as the engine makes it."""
+    request = RequestInfo(
+        request_id=request_id,
+        tenant="acme",
+        connection=conn,
+        vendor="itron",
+        job_json="{}",
+        requested_at_ms=now_ms,
+        partition=partition,
+        offset=offset,
+    )
+    state = step(None, RequestReceived(request), Context(now_ms, 0.5, POLICY)).state
+    assert state is not None
+    return state
+
+
+def call_for(state: JobState, conn: Connection, kind: CallKind, *, partition: int = 0, incarnation: int = 1) -> Call:
+    return Call(partition, incarnation, state.request_id, kind, conn, state, has_slot=False)
+
+
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A committed-offset answer (confluent-kafka's TopicPartition, whose ``error`` is read-only)."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: KafkaError | None = None
+
+
+class FakeConsumer:
+    """The group consumer calls the runtime makes, answered from fields the test sets."""
+
+    def __init__(self) -> None:
+        self.committed_offsets: dict[int, int] = {}
+        self.committed_errors: dict[int, KafkaError] = {}
+        self.committed_raises: KafkaException | None = None
+        self.paused: list[int] = []
+        self.resumed: list[int] = []
+        self.seeks: list[tuple[int, int]] = []
+        self.metadata_asked = 0
+
+    async def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Any]:
+        if self.committed_raises is not None:
+            raise self.committed_raises
+        return [
+            Committed(
+                tp.topic,
+                tp.partition,
+                self.committed_offsets.get(tp.partition, OFFSET_INVALID),
+                self.committed_errors.get(tp.partition),
+            )
+            for tp in partitions
+        ]
+
+    async def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused.extend(tp.partition for tp in partitions)
+
+    async def resume(self, partitions: list[TopicPartition]) -> None:
+        self.resumed.extend(tp.partition for tp in partitions)
+
+    async def seek(self, partition: TopicPartition) -> None:
+        self.seeks.append((partition.partition, partition.offset))
+
+    async def consumer_group_metadata(self) -> Any:
+        self.metadata_asked += 1
+        return f"metadata-{self.metadata_asked}"
+
+
+@dataclass
+class Transaction:
+    records: list[tuple[str, bytes | None, int | None]] = field(default_factory=list)  # (topic, key, partition)
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    metadata: Any = None
+    committed: bool = False
+    aborted: bool = False
+
+
+class FakeProducer:
+    """A transactional producer that records each transaction. Faults: ``refuse`` makes
+    the delivery of matching records fail, ``send_offsets_error`` / ``commit_error`` fail
+    those calls once, ``hang_send_offsets`` makes the next one never return."""
+
+    def __init__(self) -> None:
+        self.transactions: list[Transaction] = []
+        self.refuse: Callable[[str], bool] = lambda topic: False
+        self.send_offsets_error: KafkaException | None = None
+        self.commit_error: KafkaException | None = None
+        self.hang_send_offsets = False
+
+    @property
+    def current(self) -> Transaction:
+        return self.transactions[-1]
+
+    async def init_transactions(self, timeout: float) -> None:
+        return None
+
+    async def begin_transaction(self) -> None:
+        self.transactions.append(Transaction())
+
+    async def produce(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+        self.current.records.append((topic, kwargs.get("key"), kwargs.get("partition")))
+        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.refuse(topic):
+            delivery.set_exception(KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large")))
+        else:
+            delivery.set_result(None)
+        return delivery
+
+    async def flush(self, timeout: float) -> int:
+        return 0
+
+    async def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: Any, timeout: float) -> None:
+        if self.hang_send_offsets:
+            await asyncio.Event().wait()
+        if self.send_offsets_error is not None:
+            error, self.send_offsets_error = self.send_offsets_error, None
+            raise error
+        self.current.offsets = [(tp.partition, tp.offset) for tp in offsets]
+        self.current.metadata = metadata
+
+    async def commit_transaction(self, timeout: float) -> None:
+        if self.commit_error is not None:
+            error, self.commit_error = self.commit_error, None
+            raise error
+        self.current.committed = True
+
+    async def abort_transaction(self, timeout: float) -> None:
+        self.current.aborted = True
+
+    async def close(self) -> None:
+        return None

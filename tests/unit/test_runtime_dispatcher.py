@@ -1,0 +1,255 @@
+"""The call dispatcher: who is admitted when, limits and pause, and calls in flight
+(a fake clock and a fake adapter; no broker, no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from tests.unit.runtime_fakes import FakeAdapter, FakeClock, accepted, call_for, connection, metrics
+from worker.codec import Codec
+from worker.config import TopicSettings
+from worker.control import ControlState
+from worker.engine.model import CallFailed, CallKind, Event, JobState, Phase, Status, TimerFired
+from worker.errors import RateLimited
+from worker.runtime.connections import Connection
+from worker.runtime.dispatcher import INTENTS_PER_SLOT, CallDispatcher
+from worker.runtime.mailbox import CallAnswered, Mailbox
+from worker.runtime.outbox import Outbox
+from worker.runtime.partitions import OwnedPartition, Partitions
+from worker.runtime.stepper import Stepper
+from worker.testing import eventually
+
+
+class Rig:
+    """A dispatcher over one ready partition, with a recording step function."""
+
+    def __init__(self, *, max_concurrency: int = 2, adapter: FakeAdapter | None = None) -> None:
+        self.time = FakeClock()
+        self.conn = connection(adapter=adapter or FakeAdapter(), max_concurrency=max_concurrency)
+        self.connections = {self.conn.name: self.conn}
+        self.partitions = Partitions("requests")
+        self.incarnation = self.partitions.claim({0})[0]
+        self.part.ready = True
+        self.mailbox: Mailbox = asyncio.Queue()
+        self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.time.clock, metrics())
+        self.dispatcher.open(self.connections)
+        self.lane = self.dispatcher.lanes[self.conn.name]
+        self.stepped: list[tuple[str, Event, bool]] = []  # (request id, event, holds a slot)
+
+    @property
+    def part(self) -> OwnedPartition:
+        return self.partitions[0]
+
+    def job(self, request_id: str, phase: Phase, *, due_in_ms: int = 0) -> JobState:
+        now = self.time.now_ms()
+        state = accepted(request_id, now).evolve(phase=phase, next_action_at_ms=now + due_in_ms)
+        if phase is Phase.ACTIVE:
+            state = state.evolve(vendor_job_id=f"job-{request_id}", status=Status.RUNNING)
+        self.part.jobs[request_id] = state
+        self.dispatcher.schedule(state.next_action_at_ms, 0, request_id)
+        return state
+
+    def step(self, part: OwnedPartition, request_id: str, event: Event, slot: Connection | None) -> None:
+        self.stepped.append((request_id, event, slot is not None))
+        state = part.jobs[request_id]
+        if state.phase is Phase.PENDING and isinstance(event, TimerFired):
+            self.lane.intents += 1  # the engine writes a SUBMITTING intent; its call waits for the commit
+        # The job moves on (as the engine's step would): its queue and timer entries go stale.
+        part.jobs[request_id] = state.evolve(next_action_at_ms=state.next_action_at_ms + 60_000)
+
+    def fire(self) -> list[str]:
+        before = len(self.stepped)
+        self.dispatcher.fire_timers(self.step)
+        return [rid for rid, _, _ in self.stepped[before:]]
+
+
+class TestAdmission:
+    def test_polls_of_jobs_at_the_vendor_go_before_new_submits(self) -> None:
+        rig = Rig()
+        rig.job("new", Phase.PENDING)
+        rig.job("old", Phase.ACTIVE)
+        assert rig.fire() == ["old", "new"]
+        assert [slot for _, _, slot in rig.stepped] == [True, False]  # a submit takes its slot later
+
+    def test_no_more_polls_run_than_the_connection_allows_and_the_rest_wait_in_line(self) -> None:
+        rig = Rig(max_concurrency=2)
+        for rid in ("a", "b", "c"):
+            rig.job(rid, Phase.ACTIVE)
+        assert rig.fire() == ["a", "b"]
+        assert rig.fire() == []  # still at capacity
+        rig.dispatcher.release_slot(rig.conn)
+        assert rig.fire() == ["c"]
+
+    def test_submits_waiting_for_their_intent_are_bounded_per_call_slot(self) -> None:
+        rig = Rig(max_concurrency=1)
+        for i in range(INTENTS_PER_SLOT + 2):
+            rig.job(f"s{i}", Phase.PENDING)
+        assert len(rig.fire()) == INTENTS_PER_SLOT
+        assert rig.fire() == []
+        rig.lane.intents -= 1  # one intent's call started
+        assert rig.fire() == [f"s{INTENTS_PER_SLOT}"]
+
+    def test_a_stale_timer_of_a_job_that_moved_on_does_nothing(self) -> None:
+        rig = Rig()
+        state = rig.job("a", Phase.ACTIVE)
+        rig.part.jobs["a"] = state.evolve(next_action_at_ms=state.next_action_at_ms + 5_000)
+        assert rig.fire() == []
+
+    def test_a_partition_being_handed_over_runs_no_new_calls(self) -> None:
+        rig = Rig()
+        rig.job("a", Phase.ACTIVE)
+        rig.partitions.start_revoking({0})
+        assert rig.fire() == []
+
+    def test_a_finished_job_s_timer_is_stepped_without_a_slot(self) -> None:
+        rig = Rig(max_concurrency=1)
+        rig.job("busy", Phase.ACTIVE)
+        rig.fire()
+        rig.job("done", Phase.DONE)
+        assert rig.fire() == ["done"]
+        assert rig.stepped[-1][2] is False
+
+    def test_a_job_whose_connection_is_gone_fails_instead_of_waiting(self) -> None:
+        rig = Rig()
+        state = rig.job("orphan", Phase.PENDING)
+        rig.part.jobs["orphan"] = state.evolve(connection="removed")
+        assert rig.fire() == ["orphan"]
+        event = rig.stepped[-1][1]
+        assert isinstance(event, CallFailed) and event.error.code == "unknown_connection"
+
+    def test_nothing_fires_while_shutting_down(self) -> None:
+        rig = Rig()
+        rig.job("a", Phase.ACTIVE)
+        rig.dispatcher.stopping = True
+        assert rig.fire() == []
+
+
+class TestPause:
+    def test_a_paused_connection_parks_submits_but_keeps_polling(self) -> None:
+        rig = Rig()
+        rig.dispatcher.apply_control(ControlState(frozenset({"connection:itron"})))
+        rig.job("new", Phase.PENDING)
+        rig.job("old", Phase.ACTIVE)
+        assert rig.fire() == ["old"]
+        assert rig.lane.parked == [(0, "new")]
+
+    def test_resuming_makes_parked_jobs_due_now(self) -> None:
+        rig = Rig()
+        rig.dispatcher.apply_control(ControlState(frozenset({"vendor:itron"})))
+        rig.job("new", Phase.PENDING)
+        rig.fire()
+        rig.time.advance(30)
+        rig.dispatcher.apply_control(ControlState(frozenset()))
+        assert not rig.lane.paused and rig.lane.parked == []
+        assert rig.part.jobs["new"].next_action_at_ms == rig.time.now_ms()
+        assert rig.fire() == ["new"]
+
+
+class TestCalls:
+    async def test_an_answer_is_posted_to_the_mailbox_and_the_slot_given_back(self) -> None:
+        rig = Rig()
+        state = rig.job("a", Phase.ACTIVE)
+        rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
+        assert rig.lane.limiter.in_flight == 1
+        report = await asyncio.wait_for(rig.mailbox.get(), 5)
+        assert isinstance(report, CallAnswered) and report.request_id == "a"
+        assert report.incarnation == rig.incarnation
+        assert rig.lane.limiter.in_flight == 0
+
+    async def test_a_429_holds_back_every_call_of_the_connection_for_its_retry_after(self) -> None:
+        adapter = FakeAdapter()
+        adapter.answers[CallKind.POLL] = RateLimited("429", retry_after=30.0)
+        rig = Rig(adapter=adapter)
+        state = rig.job("a", Phase.ACTIVE)
+        rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
+        await asyncio.wait_for(rig.mailbox.get(), 5)
+        rig.job("b", Phase.ACTIVE)
+        rig.job("c", Phase.PENDING)
+        assert rig.fire() == []
+        rig.time.advance(30)
+        assert rig.fire() == ["a", "b", "c"]
+
+    async def test_a_call_of_a_partition_no_longer_current_never_starts_and_gives_its_intent_back(self) -> None:
+        adapter = FakeAdapter()
+        rig = Rig(adapter=adapter)
+        call = call_for(rig.job("a", Phase.SUBMITTING), rig.conn, CallKind.SUBMIT, incarnation=rig.incarnation)
+        rig.dispatcher.hold_intent(call)
+        assert rig.lane.intents == 1
+        rig.partitions.claim({0})  # rebuilt meanwhile: a new incarnation
+        rig.dispatcher.dispatch(call)
+        assert rig.lane.intents == 0 and rig.lane.limiter.in_flight == 0 and adapter.calls == []
+
+    async def test_a_call_without_a_free_slot_waits_and_starts_when_one_is_free(self) -> None:
+        adapter = FakeAdapter()
+        adapter.gate = asyncio.Event()
+        rig = Rig(max_concurrency=1, adapter=adapter)
+        first = call_for(rig.job("a", Phase.SUBMITTING), rig.conn, CallKind.SUBMIT, incarnation=rig.incarnation)
+        second = call_for(rig.job("b", Phase.SUBMITTING), rig.conn, CallKind.SUBMIT, incarnation=rig.incarnation)
+        rig.dispatcher.dispatch_all([first, second])
+        await eventually(lambda: len(adapter.calls) == 1, timeout=5, what="first call started")
+        assert rig.dispatcher.busy
+        adapter.gate.set()
+        await asyncio.wait_for(rig.mailbox.get(), 5)
+        rig.dispatcher.retry_waiting_calls()
+        await asyncio.wait_for(rig.mailbox.get(), 5)
+        assert [rid for _, rid in adapter.calls] == ["a", "b"]
+
+    async def test_forgetting_a_partition_cancels_its_calls_and_drops_its_queued_work(self) -> None:
+        adapter = FakeAdapter()
+        adapter.gate = asyncio.Event()
+        rig = Rig(max_concurrency=1, adapter=adapter)
+        rig.dispatcher.dispatch(call_for(rig.job("a", Phase.ACTIVE), rig.conn, CallKind.POLL, incarnation=1))
+        await eventually(lambda: adapter.calls, timeout=5, what="call started")
+        rig.job("b", Phase.ACTIVE)
+        rig.fire()  # no slot: waits in line
+        assert rig.lane.waiting
+        rig.partitions.drop({0})
+        rig.dispatcher.forget({0})
+        await eventually(lambda: rig.lane.limiter.in_flight == 0, timeout=5, what="slot given back")
+        assert not rig.lane.waiting and rig.dispatcher.next_due_ms() is None and rig.mailbox.empty()
+
+
+class TestWithTheStepper:
+    """The stepper and the dispatcher together: when a vendor call may start."""
+
+    def rig(self) -> tuple[Rig, Outbox, Stepper]:
+        rig = Rig()
+        outbox = Outbox(rig.time.clock.monotonic)
+        stepper = Stepper(
+            connections=rig.connections,
+            outbox=outbox,
+            dispatcher=rig.dispatcher,
+            codec=Codec(),
+            topics=TopicSettings(),
+            clock=rig.time.clock,
+            rng=random.Random(1),
+            metrics=metrics(),
+        )
+        return rig, outbox, stepper
+
+    async def test_a_submit_waits_for_its_intent_to_be_committed(self) -> None:
+        rig, outbox, stepper = self.rig()
+        rig.job("a", Phase.PENDING)
+        rig.dispatcher.fire_timers(stepper.apply)
+        assert rig.part.jobs["a"].phase is Phase.SUBMITTING
+        assert [c.request_id for c in outbox.calls] == ["a"] and rig.lane.intents == 1
+        assert (0, "a") in outbox.states  # the intent, written before the call
+        assert rig.lane.limiter.in_flight == 0  # no slot held through the commit
+
+    async def test_a_poll_starts_at_once_with_the_slot_it_was_admitted_with(self) -> None:
+        rig, outbox, stepper = self.rig()
+        rig.job("a", Phase.ACTIVE)
+        rig.dispatcher.fire_timers(stepper.apply)
+        assert outbox.calls == [] and rig.lane.limiter.in_flight == 1
+        report = await asyncio.wait_for(rig.mailbox.get(), 5)
+        assert isinstance(report, CallAnswered) and rig.lane.limiter.in_flight == 0
+
+    async def test_a_step_that_calls_no_vendor_gives_its_slot_back(self) -> None:
+        rig, _, stepper = self.rig()
+        state = rig.job("a", Phase.ACTIVE)
+        assert rig.lane.limiter.try_acquire(rig.time.clock.monotonic())
+        # A job that finished while it waited for its slot: its timer step calls no vendor.
+        rig.part.jobs["a"] = state.evolve(phase=Phase.DONE, status=Status.SUCCEEDED, finished_at_ms=1)
+        stepper.apply(rig.part, "a", TimerFired(), rig.conn)
+        assert rig.lane.limiter.in_flight == 0

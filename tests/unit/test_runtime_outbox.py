@@ -1,0 +1,77 @@
+"""The outbox: what the next transaction writes, and the calls waiting for it."""
+
+from __future__ import annotations
+
+from tests.unit.runtime_fakes import FakeClock, accepted, call_for, connection
+from worker.engine.model import CallKind, JobState
+from worker.runtime.outbox import MAX_PENDING_RECORDS, Outbox, Outgoing
+
+NOW_MS = 1_700_000_000_000
+
+
+def encode(state: JobState) -> bytes:
+    return f"{state.request_id}:{state.sequence}".encode()
+
+
+def record(partition: int, topic: str = "status") -> Outgoing:
+    return Outgoing(partition, topic, b"k", b"v", None)
+
+
+class TestOutbox:
+    def test_nothing_is_pending_until_something_arrives_and_the_wait_counts_from_the_first(self) -> None:
+        time = FakeClock()
+        outbox = Outbox(time.clock.monotonic)
+        assert not outbox.pending and outbox.waited() == 0.0
+        outbox.offsets_advanced()
+        time.advance(2.0)
+        outbox.add([record(0)])
+        time.advance(1.0)
+        assert outbox.pending and outbox.waited() == 3.0
+
+    def test_a_job_changed_twice_is_written_once_with_its_last_state(self) -> None:
+        outbox = Outbox(FakeClock().clock.monotonic)
+        first = accepted("r1", NOW_MS, partition=2)
+        outbox.put_state(2, "r1", first)
+        outbox.put_state(2, "r1", first.evolve(sequence=5))
+        records, _ = outbox.take(encode, "jobs")
+        assert records == [Outgoing(2, "jobs", b"r1", b"r1:5", 2)]
+
+    def test_a_forgotten_job_is_written_as_a_tombstone_to_its_own_partition(self) -> None:
+        outbox = Outbox(FakeClock().clock.monotonic)
+        outbox.put_state(1, "gone", None)
+        records, _ = outbox.take(encode, "jobs")
+        assert records == [Outgoing(1, "jobs", b"gone", None, 1)]
+
+    def test_take_hands_over_events_then_states_and_the_held_calls_and_empties_it(self) -> None:
+        outbox = Outbox(FakeClock().clock.monotonic)
+        state = accepted("r1", NOW_MS)
+        call = call_for(state, connection(), CallKind.SUBMIT)
+        outbox.put_state(0, "r1", state)
+        outbox.add([record(0, "status")])
+        outbox.hold(call)
+        outbox.offsets_advanced()
+        records, calls = outbox.take(encode, "jobs")
+        assert [r.topic for r in records] == ["status", "jobs"]
+        assert calls == [call]
+        assert not outbox.pending and outbox.calls == [] and outbox.since == 0.0
+
+    def test_discard_drops_only_those_partitions_and_returns_their_calls(self) -> None:
+        outbox = Outbox(FakeClock().clock.monotonic)
+        conn = connection()
+        kept_call = call_for(accepted("a", NOW_MS), conn, CallKind.SUBMIT, partition=0)
+        lost_call = call_for(accepted("b", NOW_MS), conn, CallKind.SUBMIT, partition=1)
+        outbox.add([record(0), record(1)])
+        outbox.put_state(0, "a", accepted("a", NOW_MS))
+        outbox.put_state(1, "b", accepted("b", NOW_MS))
+        outbox.hold(kept_call)
+        outbox.hold(lost_call)
+        assert outbox.discard({1}) == [lost_call]
+        records, calls = outbox.take(encode, "jobs")
+        assert {r.partition for r in records} == {0} and calls == [kept_call]
+
+    def test_it_is_full_at_the_backpressure_mark(self) -> None:
+        outbox = Outbox(FakeClock().clock.monotonic)
+        outbox.add([record(0)] * (MAX_PENDING_RECORDS - 1))
+        assert not outbox.full
+        outbox.put_state(0, "r1", None)
+        assert outbox.full

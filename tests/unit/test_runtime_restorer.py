@@ -1,0 +1,145 @@
+"""Restore bookkeeping: incarnations, installing what was read, committed offsets and
+resync, over a fake consumer and a chosen state reader (as quix-streams tests its
+RecoveryManager). Reading export.jobs itself is tested against Apache Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
+
+from tests.unit.runtime_fakes import FakeClock, FakeConsumer, accepted, connection, metrics
+from worker.codec import Codec
+from worker.config import TopicSettings
+from worker.engine.model import JobState, Phase
+from worker.runtime.dispatcher import CallDispatcher
+from worker.runtime.mailbox import Mailbox, RestoreDone
+from worker.runtime.outbox import Outbox
+from worker.runtime.partitions import Partitions
+from worker.runtime.restorer import Restorer
+from worker.runtime.stepper import Stepper
+from worker.testing import eventually
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.time = FakeClock()
+        self.conn = connection()
+        connections = {self.conn.name: self.conn}
+        self.partitions = Partitions("requests")
+        self.mailbox: Mailbox = asyncio.Queue()
+        self.dispatcher = CallDispatcher(connections, self.partitions, self.mailbox, self.time.clock, metrics())
+        self.dispatcher.open(connections)
+        stepper = Stepper(
+            connections=connections,
+            outbox=Outbox(self.time.clock.monotonic),
+            dispatcher=self.dispatcher,
+            codec=Codec(),
+            topics=TopicSettings(),
+            clock=self.time.clock,
+            rng=random.Random(1),
+            metrics=metrics(),
+        )
+        self.stored: dict[int, list[JobState]] = {}
+        self.reads: list[list[int]] = []
+        self.failures = 0  # reads to fail before one works
+        self.consumer = FakeConsumer()
+        self.restorer = Restorer(
+            partitions=self.partitions,
+            read_states=self.read,
+            stepper=stepper,
+            dispatcher=self.dispatcher,
+            mailbox=self.mailbox,
+            metrics=metrics(),
+        )
+        self.restorer.open(self.consumer)
+
+    async def read(self, numbers: list[int]) -> dict[int, list[JobState]]:
+        self.reads.append(numbers)
+        if self.failures:
+            self.failures -= 1
+            raise OSError("broker went away")
+        return {n: self.stored.get(n, []) for n in numbers}
+
+    async def restored(self) -> RestoreDone:
+        report = await asyncio.wait_for(self.mailbox.get(), 10)
+        assert isinstance(report, RestoreDone)
+        return report
+
+
+class TestRestore:
+    async def test_claimed_partitions_stay_not_ready_until_their_states_are_installed(self) -> None:
+        rig = Rig()
+        now = rig.time.now_ms()
+        rig.stored[0] = [accepted("open", now).evolve(phase=Phase.ACTIVE, vendor_job_id="j1", next_action_at_ms=now)]
+        rig.consumer.committed_offsets = {0: 42}
+        rig.restorer.begin({0, 1})
+        assert rig.partitions.restoring() == [0, 1]
+        done = await rig.restored()
+        assert done.committed == {0: 42} and sorted(done.incarnations) == [0, 1]
+        await rig.restorer.install(done)
+        assert rig.partitions.restoring() == []
+        assert rig.partitions[0].next_offset == 42 and rig.partitions[1].next_offset is None
+        assert set(rig.partitions[0].jobs) == {"open"}
+        assert rig.dispatcher.next_due_ms() is not None  # its next poll is scheduled
+        assert sorted(rig.consumer.resumed) == [0, 1]
+
+    async def test_a_restore_for_an_incarnation_that_is_gone_is_not_installed(self) -> None:
+        rig = Rig()
+        rig.stored[0] = [accepted("stale", rig.time.now_ms())]
+        rig.restorer.begin({0})
+        done = await rig.restored()
+        rig.partitions.claim({0})  # rebuilt meanwhile (a resync)
+        await rig.restorer.install(done)
+        assert rig.partitions[0].jobs == {} and not rig.partitions[0].ready
+        assert rig.consumer.resumed == []
+
+    async def test_a_failed_read_is_tried_again_until_it_works(self) -> None:
+        rig = Rig()
+        rig.failures = 1
+        rig.restorer.begin({0})
+        done = await rig.restored()
+        assert rig.reads == [[0], [0]] and done.incarnations == {0: rig.partitions[0].incarnation}
+
+    async def test_a_failing_restore_stops_once_its_partitions_moved_on(self) -> None:
+        rig = Rig()
+        rig.failures = 1_000
+        rig.restorer.begin({0})
+        await eventually(lambda: rig.reads, timeout=5, what="first read")
+        rig.partitions.drop({0})
+        await eventually(lambda: not rig.restorer.busy, timeout=10, what="restore given up")
+        assert rig.mailbox.empty()
+
+
+class TestCommittedOffsets:
+    async def test_at_a_takeover_an_unanswered_lookup_resumes_without_offsets(self) -> None:
+        rig = Rig()
+        rig.consumer.committed_raises = KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
+        assert await rig.restorer.committed_best_effort([0, 1]) == {}
+
+    async def test_at_a_takeover_partitions_without_an_offset_are_left_out(self) -> None:
+        rig = Rig()
+        rig.consumer.committed_offsets = {0: 5}
+        rig.consumer.committed_errors = {2: KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)}
+        assert await rig.restorer.committed_best_effort([0, 1, 2]) == {0: 5}
+
+    async def test_a_resync_never_takes_an_unknown_offset_for_none(self) -> None:
+        rig = Rig()
+        rig.consumer.committed_errors = {1: KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE)}
+        with pytest.raises(KafkaException):
+            await rig.restorer.committed_offsets({0, 1})
+
+    async def test_a_resync_rewinds_to_the_committed_offsets_and_restores_afresh(self) -> None:
+        rig = Rig()
+        rig.partitions.claim({0, 1})
+        old = rig.partitions.incarnations()
+        rig.consumer.committed_offsets = {0: 17}
+        committed = await rig.restorer.committed_offsets({0, 1})
+        await rig.restorer.rewind_and_restore({0, 1}, committed)
+        assert sorted(rig.consumer.seeks) == [(0, 17), (1, OFFSET_BEGINNING)]
+        assert rig.partitions[0].resume_at == 17 and rig.partitions[1].resume_at == OFFSET_BEGINNING
+        assert all(rig.partitions[n].incarnation != old[n] for n in (0, 1))
+        done = await rig.restored()
+        assert done.incarnations == rig.partitions.incarnations()
