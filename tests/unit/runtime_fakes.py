@@ -5,6 +5,7 @@ transactions, restore) is tested against the real broker in tests/integration.""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -12,6 +13,8 @@ from typing import Any, ClassVar
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from tests.conftest import itron_connection
+from worker.codec import Codec
+from worker.config import TopicSettings
 from worker.engine.machine import Context, step
 from worker.engine.model import (
     CallKind,
@@ -29,6 +32,11 @@ from worker.observability import Metrics
 from worker.runtime.calls import Call
 from worker.runtime.clients import Clock
 from worker.runtime.connections import Connection
+from worker.runtime.dispatcher import CallDispatcher
+from worker.runtime.mailbox import Mailbox
+from worker.runtime.outbox import Outbox
+from worker.runtime.partitions import Partitions
+from worker.runtime.stepper import Stepper
 from worker.vendors.base import JobSpec
 
 NOW_S = 1_700_000_000.0
@@ -116,6 +124,31 @@ def call_for(state: JobState, conn: Connection, kind: CallKind, *, partition: in
 
 def metrics() -> Metrics:
     return Metrics()
+
+
+class Collaborators:
+    """The loop-side collaborators wired as ``Worker`` wires them, over a fake clock and
+    one connection (a fake adapter unless given)."""
+
+    def __init__(self, conn: Connection | None = None) -> None:
+        self.time = FakeClock()
+        self.conn = conn or connection()
+        self.connections = {self.conn.name: self.conn}
+        self.partitions = Partitions("requests")
+        self.mailbox: Mailbox = asyncio.Queue()
+        self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.time.clock, metrics())
+        self.dispatcher.open(self.connections)
+        self.outbox = Outbox(self.time.clock.monotonic)
+        self.stepper = Stepper(
+            connections=self.connections,
+            outbox=self.outbox,
+            dispatcher=self.dispatcher,
+            codec=Codec(),
+            topics=TopicSettings(),
+            clock=self.time.clock,
+            rng=random.Random(1),
+            metrics=metrics(),
+        )
 
 
 @dataclass(frozen=True)

@@ -4,36 +4,27 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
-from tests.unit.runtime_fakes import FakeAdapter, FakeClock, accepted, call_for, connection, metrics
-from worker.codec import Codec
-from worker.config import TopicSettings
+from tests.unit.runtime_fakes import Collaborators, FakeAdapter, accepted, call_for, connection
 from worker.control import ControlState
 from worker.engine.model import CallFailed, CallKind, Event, JobState, Phase, Status, TimerFired
 from worker.errors import RateLimited
 from worker.runtime.connections import Connection
-from worker.runtime.dispatcher import INTENTS_PER_SLOT, CallDispatcher
-from worker.runtime.mailbox import CallAnswered, Mailbox
+from worker.runtime.dispatcher import INTENTS_PER_SLOT
+from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import Outbox
-from worker.runtime.partitions import OwnedPartition, Partitions
+from worker.runtime.partitions import OwnedPartition
 from worker.runtime.stepper import Stepper
 from worker.testing import eventually
 
 
-class Rig:
+class Rig(Collaborators):
     """A dispatcher over one ready partition, with a recording step function."""
 
     def __init__(self, *, max_concurrency: int = 2, adapter: FakeAdapter | None = None) -> None:
-        self.time = FakeClock()
-        self.conn = connection(adapter=adapter or FakeAdapter(), max_concurrency=max_concurrency)
-        self.connections = {self.conn.name: self.conn}
-        self.partitions = Partitions("requests")
+        super().__init__(connection(adapter=adapter or FakeAdapter(), max_concurrency=max_concurrency))
         self.incarnation = self.partitions.claim({0})[0]
         self.part.ready = True
-        self.mailbox: Mailbox = asyncio.Queue()
-        self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.time.clock, metrics())
-        self.dispatcher.open(self.connections)
         self.lane = self.dispatcher.lanes[self.conn.name]
         self.stepped: list[tuple[str, Event, bool]] = []  # (request id, event, holds a slot)
 
@@ -215,18 +206,7 @@ class TestWithTheStepper:
 
     def rig(self) -> tuple[Rig, Outbox, Stepper]:
         rig = Rig()
-        outbox = Outbox(rig.time.clock.monotonic)
-        stepper = Stepper(
-            connections=rig.connections,
-            outbox=outbox,
-            dispatcher=rig.dispatcher,
-            codec=Codec(),
-            topics=TopicSettings(),
-            clock=rig.time.clock,
-            rng=random.Random(1),
-            metrics=metrics(),
-        )
-        return rig, outbox, stepper
+        return rig, rig.outbox, rig.stepper
 
     async def test_a_submit_waits_for_its_intent_to_be_committed(self) -> None:
         rig, outbox, stepper = self.rig()

@@ -5,43 +5,20 @@ RecoveryManager). Reading export.jobs itself is tested against Apache Kafka."""
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
 
-from tests.unit.runtime_fakes import FakeClock, FakeConsumer, accepted, connection, metrics
-from worker.codec import Codec
-from worker.config import TopicSettings
+from tests.unit.runtime_fakes import Collaborators, FakeConsumer, accepted, metrics
 from worker.engine.model import JobState, Phase
-from worker.runtime.dispatcher import CallDispatcher
-from worker.runtime.mailbox import Mailbox, RestoreDone
-from worker.runtime.outbox import Outbox
-from worker.runtime.partitions import Partitions
+from worker.runtime.mailbox import RestoreDone
 from worker.runtime.restorer import Restorer
-from worker.runtime.stepper import Stepper
 from worker.testing import eventually
 
 
-class Rig:
+class Rig(Collaborators):
     def __init__(self) -> None:
-        self.time = FakeClock()
-        self.conn = connection()
-        connections = {self.conn.name: self.conn}
-        self.partitions = Partitions("requests")
-        self.mailbox: Mailbox = asyncio.Queue()
-        self.dispatcher = CallDispatcher(connections, self.partitions, self.mailbox, self.time.clock, metrics())
-        self.dispatcher.open(connections)
-        stepper = Stepper(
-            connections=connections,
-            outbox=Outbox(self.time.clock.monotonic),
-            dispatcher=self.dispatcher,
-            codec=Codec(),
-            topics=TopicSettings(),
-            clock=self.time.clock,
-            rng=random.Random(1),
-            metrics=metrics(),
-        )
+        super().__init__()
         self.stored: dict[int, list[JobState]] = {}
         self.reads: list[list[int]] = []
         self.failures = 0  # reads to fail before one works
@@ -49,7 +26,7 @@ class Rig:
         self.restorer = Restorer(
             partitions=self.partitions,
             read_states=self.read,
-            stepper=stepper,
+            stepper=self.stepper,
             dispatcher=self.dispatcher,
             mailbox=self.mailbox,
             metrics=metrics(),
