@@ -1,13 +1,15 @@
-"""Structural promises: a pure engine, and an explicit public surface."""
+"""Structural promises: a pure engine, an acyclic module graph, and an explicit public surface."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import worker
 
-ENGINE = Path(worker.__file__).parent / "engine"
+PACKAGE = Path(worker.__file__).parent
+ENGINE = PACKAGE / "engine"
 FORBIDDEN = {"aiohttp", "confluent_kafka", "asyncio", "time", "random", "socket", "fastavro", "worker.vendors"}
 
 
@@ -38,3 +40,92 @@ class TestPublicSurface:
     def test_all_names_exist(self) -> None:
         for name in worker.__all__:
             assert hasattr(worker, name), name
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(module: str, path: Path, modules: set[str]) -> Iterator[str]:
+    """Every module of ``modules`` that ``module`` imports anywhere in its file: at the
+    top, under TYPE_CHECKING, or inside a function. ``from a import b`` names a.b when b
+    is a submodule, else a; relative names are resolved. Parent packages a name passes
+    through are not counted: worker's own __init__ imports the runtime, which would put
+    every module on a cycle."""
+
+    def known(name: str) -> str | None:  # the module importing ``name`` loads: its longest known prefix
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [known(alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = parts[: len(parts) - (node.level - 1)]
+                source = ".".join([*base, node.module] if node.module else base)
+            else:
+                source = node.module or ""
+            targets = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else known(source)
+                for alias in node.names
+            ]
+        else:
+            continue
+        yield from (t for t in targets if t is not None and t != module)
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the modules it imports, for every module of the package at ``root``."""
+    paths = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    return {module: set(_imports(module, path, set(paths))) for module, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)) is not None:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)) is not None:
+            return found
+    return None
+
+
+class TestModuleGraph:
+    def test_the_import_graph_has_no_cycle(self) -> None:
+        """No module under worker/ imports itself through others, not even lazily or for typing."""
+        cycle = find_cycle(import_graph())
+        assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+    def test_lazy_typing_and_relative_imports_are_edges(self, tmp_path: Path) -> None:
+        """A loop closed by a TYPE_CHECKING, a function-level and a relative import is found."""
+        pkg = tmp_path / "pkg"
+        (pkg / "sub").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "sub" / "__init__.py").write_text("")
+        (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub import b\n")
+        (pkg / "sub" / "b.py").write_text("def f():\n    from . import c\n")
+        (pkg / "sub" / "c.py").write_text("from ..a import X\nimport os\n")
+        graph = import_graph(pkg)
+        assert graph == {"pkg": set(), "pkg.sub": set(), "pkg.a": {"pkg.sub.b"}, "pkg.sub.b": {"pkg.sub.c"},
+                         "pkg.sub.c": {"pkg.a"}}  # fmt: skip
+        assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]
