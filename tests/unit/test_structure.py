@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import worker
+from worker.codec import schemas_dir
+from worker.vendor_registry import REGISTRY, VENDORS
 
 PACKAGE = Path(worker.__file__).parent
 ENGINE = PACKAGE / "engine"
@@ -34,6 +38,46 @@ class TestEngineIsPure:
         vendors = ("itron", "opengate", "elasticpath", "unicommerce")
         text = " ".join(p.read_text().lower() for p in ENGINE.glob("*.py"))
         assert [v for v in vendors if f'"{v}"' in text or f"'{v}'" in text] == []
+
+
+class TestVendorRegistry:
+    def test_the_registry_imports_nothing(self) -> None:
+        """Config and the operator CLI read it without loading aiohttp or any vendor module."""
+        tree = ast.parse((PACKAGE / "vendor_registry.py").read_text())
+        imported = {
+            alias.name if isinstance(node, ast.Import) else node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        assert imported <= {"__future__", "dataclasses"}
+
+    def test_job_records_are_the_vendor_jobs_of_the_request_schema(self) -> None:
+        """Every job in ExportRequested's union but the cancellation belongs to one registered vendor."""
+        schema = json.loads((schemas_dir() / "ExportRequested.avsc").read_text())
+        union = next(f["type"] for f in schema["fields"] if f["name"] == "job")
+        jobs = {t["name"].rsplit(".", 1)[-1] for t in union if isinstance(t, dict)} - {"CancelExport"}
+        assert sorted(v.job_record for v in REGISTRY) == sorted(jobs)
+
+    def test_adapters_and_simulators_are_where_the_registry_says(self) -> None:
+        for v in REGISTRY:
+            assert hasattr(importlib.import_module(v.adapter_module), v.adapter_class), v.name
+            assert hasattr(importlib.import_module(v.adapter_module), "validate"), v.name
+            assert hasattr(importlib.import_module(v.simulator_module), v.simulator_class), v.name
+
+    def test_no_other_module_lists_the_vendors(self) -> None:
+        """A tuple, list, set or dict naming two or more vendors lives only in the registry."""
+        offenders = []
+        for path in PACKAGE.rglob("*.py"):
+            if path.name == "vendor_registry.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Tuple | ast.List | ast.Set | ast.Dict):
+                    items = node.keys if isinstance(node, ast.Dict) else node.elts
+                    named = {n.value for n in items if isinstance(n, ast.Constant) and n.value in VENDORS}
+                    if len(named) >= 2:
+                        offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+        assert offenders == []
 
 
 class TestPublicSurface:

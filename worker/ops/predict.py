@@ -25,10 +25,11 @@ from worker.engine.model import (
 )
 from worker.engine.policy import Policy
 from worker.errors import ConfigError, DecodeError
-from worker.ingest import CANCEL, JOB_VENDORS, Ingest, Rejection, jsonable
+from worker.ingest import CANCEL, Ingest, Rejection, jsonable
 from worker.ops.run import Outcome, OutcomeKind, fail
 from worker.ops.timeparse import format_ms
 from worker.redaction import redact_text
+from worker.vendor_registry import JOB_VENDORS
 from worker.vendors import adapter_class
 
 

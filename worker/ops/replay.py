@@ -26,7 +26,6 @@ from confluent_kafka import Message
 from worker.codec import Codec
 from worker.config import ConnectionConfig, Settings
 from worker.errors import DecodeError
-from worker.ingest import JOB_VENDORS
 from worker.ops.checkpoint import Checkpoint
 from worker.ops.errors import UsageError
 from worker.ops.kafkaio import Cluster, RangeReader, Republisher, Span, connect
@@ -36,6 +35,7 @@ from worker.ops.run import Hooks, NoHooks, Outcome, OutcomeKind, RunReport, fail
 from worker.ops.states import JobFilters, load_states
 from worker.ops.timeparse import parse_position, parse_time
 from worker.ops.wire import codec_for
+from worker.vendor_registry import JOB_VENDORS
 
 Headers = list[tuple[str, bytes | None]]
 _TAG = re.compile(r"^[A-Za-z0-9._-]{1,32}$")

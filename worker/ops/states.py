@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from worker.codec import Codec
-from worker.config import VENDORS, Settings
+from worker.config import Settings
 from worker.engine.model import JobState, Status
 from worker.errors import DecodeError
 from worker.ops.errors import UsageError
 from worker.ops.kafkaio import Cluster, RangeReader
 from worker.records import state_from_record
+from worker.vendor_registry import VENDORS
 
 Progress = Callable[[int], None]
 
