@@ -10,6 +10,7 @@ from typing import Any
 from worker.codec import Codec
 from worker.config import Settings
 from worker.kafka import admin_client, ensure_topics
+from worker.publisher import Publisher
 from worker.registry import registry_for
 
 JOB_TYPES = {
@@ -64,8 +65,6 @@ def load_requests(text: str) -> list[dict[str, Any]]:
 
 
 async def publish_requests(settings: Settings, records: list[dict[str, Any]]) -> list[str]:
-    from worker.testing import Publisher
-
     await ensure_topics(settings, admin_client(settings))
     codec = Codec()
     registry = await registry_for(settings, codec.schemas)

@@ -173,3 +173,8 @@ class TestModuleGraph:
         assert graph == {"pkg": set(), "pkg.sub": set(), "pkg.a": {"pkg.sub.b"}, "pkg.sub.b": {"pkg.sub.c"},
                          "pkg.sub.c": {"pkg.a"}}  # fmt: skip
         assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]
+
+    def test_production_code_does_not_import_the_test_helpers(self) -> None:
+        """worker.testing is for tests, benchmarks and the chaos run; nothing else in worker/ uses it."""
+        graph = import_graph()
+        assert sorted(m for m, deps in graph.items() if "worker.testing" in deps and m != "worker.testing") == []
