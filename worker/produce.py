@@ -12,14 +12,9 @@ from worker.config import Settings
 from worker.kafka import admin_client, ensure_topics
 from worker.publisher import Publisher
 from worker.registry import registry_for
+from worker.vendor_registry import JOB_VENDORS
 
-JOB_TYPES = {
-    "ItronBatchRequest",
-    "OpenGateJob",
-    "ElasticPathJob",
-    "UnicommerceExport",
-    "CancelExport",
-}
+JOB_TYPES = {*JOB_VENDORS, "CancelExport"}
 _UNION_RECORDS = {"OpenGateEntities", "OpenGateTag", "OpenGateFilter"}
 
 
