@@ -5,7 +5,7 @@
     partitioner.py  Kafka's murmur2 partitioner (find a key's partition)
     timeparse.py    TIME (ISO 8601 or -24h) and P:O arguments
     run.py          what a run reports: outcomes, the run report, progress hooks
-    states.py       the latest job states in export.jobs; job filters
+    states.py       the latest job states in export.jobs (the restore's reader); job filters
     lineage.py      jobs list / jobs show (export.jobs, export.status, export.files)
     predict.py      what the worker would do with a request (ingest + engine rules)
     checkpoint.py   resumable runs

@@ -9,6 +9,7 @@ another partitioner) every partition is read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ from worker.ops.errors import OperatorError
 from worker.ops.kafkaio import Cluster, connect, read_all
 from worker.ops.partitioner import partition_for
 from worker.ops.run import Hooks, NoHooks
-from worker.ops.states import JobFilters, Progress, decode_state, load_states
+from worker.ops.states import JobFilters, Progress, load_states
 from worker.ops.timeparse import format_ms, parse_time
 from worker.ops.wire import codec_for
+from worker.records import decode_state
 from worker.redaction import redact, redact_text
 
 
@@ -219,7 +221,8 @@ async def _lineage(settings: Settings, request_id: str, on_batch: Progress) -> L
         if value is None:
             lineage.state_deleted = True
         else:
-            lineage.state = await decode_state(codec, value)
+            with contextlib.suppress(DecodeError):  # an unreadable state shows as none
+                lineage.state = await decode_state(codec, value)
     for msg in await _records_for_key(settings, cluster, t.status, key, lineage.scanned_all, on_batch):
         try:
             lineage.statuses.append(await codec.decode_async("JobStatusChanged", msg.value()))

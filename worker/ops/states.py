@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from worker.codec import Codec
 from worker.config import Settings
 from worker.engine.model import JobState, Status
-from worker.errors import DecodeError
+from worker.kafka import read_compacted
 from worker.ops.errors import UsageError
-from worker.ops.kafkaio import Cluster, RangeReader
-from worker.records import state_from_record
+from worker.ops.kafkaio import Cluster, client_config
+from worker.records import decode_states
 from worker.vendor_registry import VENDORS
 
 Progress = Callable[[int], None]
@@ -75,35 +75,16 @@ class StateSnapshot:
 async def load_states(
     settings: Settings, cluster: Cluster, codec: Codec, *, on_batch: Progress | None = None
 ) -> StateSnapshot:
-    """Read export.jobs to its end (read_committed), keeping the latest value per key."""
+    """Read export.jobs to its end (read_committed), keeping the latest value per key.
+
+    The end is each partition's last stable offset when the read begins. Unlike a
+    worker's restore, this does not wait for open transactions to end (workers commit
+    all the time, and a dead one's transaction holds the end back for up to the
+    transaction timeout): an operator sees what is committed now, at once."""
     topic = settings.topics.jobs
-    latest: dict[bytes, bytes] = {}
-    async with RangeReader(settings, topic, await cluster.whole(topic), batch=10_000) as reader:
-        while not reader.exhausted:
-            batch = await reader.next_batch()
-            for msg in batch:
-                key, value = msg.key(), msg.value()
-                if key is None:
-                    continue
-                if value is None:
-                    latest.pop(key, None)
-                else:
-                    latest[key] = value
-            if on_batch is not None and batch:
-                on_batch(len(batch))
-    states: dict[str, JobState] = {}
-    bad = 0
-    for key, value in latest.items():
-        state = await decode_state(codec, value)
-        if state is None:
-            bad += 1
-        else:
-            states[key.decode("utf-8", "replace")] = state
-    return StateSnapshot(states, bad)
-
-
-async def decode_state(codec: Codec, value: bytes) -> JobState | None:
-    try:
-        return state_from_record(await codec.decode_async("JobState", value))
-    except (DecodeError, KeyError, ValueError):
-        return None
+    numbers = list(range(await cluster.partitions(topic)))
+    ends = await cluster.ends(topic, numbers)
+    client = {**client_config(settings), "group.id": f"{settings.group_id}.ops"}
+    parts = await read_compacted(client, topic, numbers, ends=ends, on_progress=on_batch)
+    decoded = await decode_states(codec, {k: v for part in parts for k, v in part.values.items()})
+    return StateSnapshot(decoded.states, len(decoded.unreadable))
