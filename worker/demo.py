@@ -21,7 +21,7 @@ from worker.config import ConnectionConfig, PolicyConfig, Settings, TopicSetting
 from worker.observability import configure_logging
 from worker.output_reader import Output, OutputReader
 from worker.publisher import Publisher
-from worker.results import FileResultStore
+from worker.result_store import FileResultStore
 from worker.runtime import Worker
 from worker.simulators.base import Timing
 
