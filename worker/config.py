@@ -10,16 +10,21 @@ import tomllib
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.engine.policy import Policy, UnknownOutcome
 from worker.errors import ConfigError
+from worker.vendor_registry import VENDORS
 
-VendorName = Literal["itron", "opengate", "elasticpath", "unicommerce"]
-VENDORS: tuple[str, ...] = ("itron", "opengate", "elasticpath", "unicommerce")
+if TYPE_CHECKING:
+    VendorName = str
+else:
+    # Literal["itron", "opengate", ...], built from the registry: pydantic validates it
+    # (and words its errors) exactly as the spelled-out Literal it replaces.
+    VendorName = Literal[VENDORS]
 
 
 class SecretRef(BaseModel):

@@ -19,10 +19,11 @@ from rich.table import Table
 from worker import simulators
 from worker.config import ConnectionConfig, PolicyConfig, Settings, TopicSettings
 from worker.observability import configure_logging
-from worker.results import FileResultStore
+from worker.output_reader import Output, OutputReader
+from worker.publisher import Publisher
+from worker.result_store import FileResultStore
 from worker.runtime import Worker
 from worker.simulators.base import Timing
-from worker.testing import Output, OutputReader, Publisher
 
 console = Console()
 DEMO_POLICY = PolicyConfig(first_poll_s=0.5, poll_initial_s=0.5, poll_multiplier=1.5, poll_max_s=2.0)

@@ -17,14 +17,9 @@ from worker.config import ConnectionConfig
 from worker.engine.model import NO_LABELS, ErrorInfo, RequestInfo, RequestRejected
 from worker.errors import ConfigError, DecodeError, InvalidRequest
 from worker.redaction import redact_text
+from worker.vendor_registry import JOB_VENDORS
 from worker.vendors import validator
 
-JOB_VENDORS = {
-    "ItronBatchRequest": "itron",
-    "OpenGateJob": "opengate",
-    "ElasticPathJob": "elasticpath",
-    "UnicommerceExport": "unicommerce",
-}
 CANCEL = "CancelExport"
 MAX_ID_LENGTH = 256
 

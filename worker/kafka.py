@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, KafkaException, TopicPartition
@@ -249,7 +249,9 @@ async def restore(
     stall_s: float = 30.0,
 ) -> list[RestoredPartition]:
     """Read ``partitions`` of a compacted topic from the beginning to their end
-    (read_committed), keeping the latest value per key."""
+    (read_committed), keeping the latest value per key: a new owner's takeover, so it
+    first waits (bounded by the transaction timeout) for the previous owner's open
+    transaction to end."""
     if not partitions:
         return []
     started = time.monotonic()
@@ -258,9 +260,47 @@ async def restore(
     # transaction times out (transaction_timeout_ms) or its owner restarts.
     if not await wait_stable(admin, topic, partitions, timeout=settings.transaction_timeout_ms / 1000 + 5):
         CLIENT_LOGGER.warning("restoring %s %s past an open transaction that did not end in time", topic, partitions)
+    conf = {**base_config(settings), "group.id": f"{settings.group_id}.restore"}
+    read = await read_compacted(conf, topic, partitions, on_progress=on_progress, stall_s=stall_s, verb="restoring")
+    seconds = time.monotonic() - started
+    return [replace(part, seconds=seconds) for part in read]
+
+
+async def read_compacted(
+    client: dict[str, Any],
+    topic: str,
+    partitions: list[int],
+    *,
+    ends: Mapping[int, int] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    stall_s: float = 30.0,
+    verb: str = "reading",
+) -> list[RestoredPartition]:
+    """Read ``partitions`` of a compacted topic from the beginning with read_committed,
+    keeping the latest value per key (a tombstone deletes its key): the one reader of
+    export.jobs, for a worker's restore and for the operator commands.
+
+    Args:
+        client: the client's base config (bootstrap, security, logger, group.id).
+        ends: per partition, the offset to stop before (e.g. the last stable offset when
+            the read began): records appended meanwhile are neither read nor waited for.
+            Without it a partition is read until the consumer reaches its end.
+        on_progress: called with the number of records of each batch read.
+        stall_s: BrokerUnavailable when nothing at all arrives for this long.
+        verb: how errors name the read ("restoring export.jobs[3]: ...").
+    """
+    if not partitions:
+        return []
+    started = time.monotonic()
+    values: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+    counts = dict.fromkeys(partitions, 0)
+    pending = set(partitions)
+    if ends is not None:
+        pending -= {p for p in partitions if ends[p] <= 0}  # nothing was ever written
+    if not pending:
+        return [RestoredPartition(p, values[p], 0, time.monotonic() - started) for p in partitions]
     conf = {
-        **base_config(settings),
-        "group.id": f"{settings.group_id}.restore",
+        **client,
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
         "enable.partition.eof": True,
@@ -270,11 +310,8 @@ async def restore(
         "queued.max.messages.kbytes": 262_144,
     }
     consumer = AIOConsumer(conf, max_workers=2)
-    values: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
-    counts = dict.fromkeys(partitions, 0)
-    pending = set(partitions)
     try:
-        await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
         last_progress = time.monotonic()
         while pending:
             # consume() returns early only when the batch is full: keep the wait short so
@@ -283,26 +320,43 @@ async def restore(
             if batch:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > stall_s:
-                raise BrokerUnavailable(f"restoring {topic}{sorted(pending)}: nothing read for {stall_s:.0f} s")
+                raise BrokerUnavailable(f"{verb} {topic}{sorted(pending)}: nothing read for {stall_s:.0f} s")
+            read = 0
+            reached: list[int] = []
             for msg in batch:
+                number = msg.partition()
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
+                        pending.discard(number)
+                        if ends is not None:
+                            reached.append(number)
                         continue
-                    raise BrokerUnavailable(f"restoring {topic}[{msg.partition()}]: {err.str()}")
+                    raise BrokerUnavailable(f"{verb} {topic}[{number}]: {err.str()}")
+                if ends is not None:
+                    offset = msg.offset()
+                    if offset >= ends[number]:
+                        reached.append(number)
+                        continue
+                    if offset >= ends[number] - 1:
+                        reached.append(number)
+                read += 1
                 key = msg.key()
                 if key is None:
                     continue
-                part = values[msg.partition()]
+                part = values[number]
                 value = msg.value()
                 if value is None:
                     part.pop(key, None)
                 else:
                     part[key] = value
-                counts[msg.partition()] += 1
-            if on_progress is not None and batch:
-                on_progress(len(batch))
+                counts[number] += 1
+            if reached:
+                # At their end: fetch nothing more of them (records written since are not read).
+                pending.difference_update(reached)
+                await consumer.pause([TopicPartition(topic, n) for n in dict.fromkeys(reached)])
+            if on_progress is not None and read:
+                on_progress(read)
     finally:
         await consumer.close()
     seconds = time.monotonic() - started

@@ -10,15 +10,11 @@ from typing import Any
 from worker.codec import Codec
 from worker.config import Settings
 from worker.kafka import admin_client, ensure_topics
+from worker.publisher import Publisher
 from worker.registry import registry_for
+from worker.vendor_registry import JOB_VENDORS
 
-JOB_TYPES = {
-    "ItronBatchRequest",
-    "OpenGateJob",
-    "ElasticPathJob",
-    "UnicommerceExport",
-    "CancelExport",
-}
+JOB_TYPES = {*JOB_VENDORS, "CancelExport"}
 _UNION_RECORDS = {"OpenGateEntities", "OpenGateTag", "OpenGateFilter"}
 
 
@@ -64,8 +60,6 @@ def load_requests(text: str) -> list[dict[str, Any]]:
 
 
 async def publish_requests(settings: Settings, records: list[dict[str, Any]]) -> list[str]:
-    from worker.testing import Publisher
-
     await ensure_topics(settings, admin_client(settings))
     codec = Codec()
     registry = await registry_for(settings, codec.schemas)

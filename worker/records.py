@@ -1,10 +1,13 @@
-"""Engine values <-> the Avro records of our schemas (no I/O)."""
+"""Engine values <-> the Avro records of our schemas (no I/O but the codec's)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from worker.codec import Codec
 from worker.engine.model import (
     NO_LABELS,
     Announce,
@@ -15,6 +18,7 @@ from worker.engine.model import (
     PublishStatus,
     Status,
 )
+from worker.errors import DecodeError
 
 
 def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
@@ -109,6 +113,38 @@ def state_from_record(rec: dict[str, Any]) -> JobState:
             "submit_unknown_at_ms": 0,
         }
     )
+
+
+async def decode_state(codec: Codec, value: bytes) -> JobState:
+    """One export.jobs value as a state; DecodeError when it is not one we can read (not
+    a record of our schemas, or a JobState with a missing or invalid field)."""
+    try:
+        return state_from_record(await codec.decode_async("JobState", value))
+    except (KeyError, ValueError) as exc:
+        raise DecodeError("invalid_state", f"not a valid JobState: {exc!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedStates:
+    """Values of export.jobs read as states."""
+
+    states: dict[str, JobState]  # request id (the record key) -> state
+    unreadable: dict[str, str]  # request id -> why its value could not be read
+
+
+async def decode_states(codec: Codec, values: Mapping[bytes, bytes]) -> DecodedStates:
+    """The states in ``values`` (record key -> latest value, as ``kafka.restore`` and
+    ``kafka.read_compacted`` return them); a value that cannot be read is counted in
+    ``unreadable`` and does not stop the others."""
+    states: dict[str, JobState] = {}
+    unreadable: dict[str, str] = {}
+    for key, value in values.items():
+        request_id = key.decode("utf-8", "replace")
+        try:
+            states[request_id] = await decode_state(codec, value)
+        except DecodeError as exc:
+            unreadable[request_id] = str(exc)
+    return DecodedStates(states, unreadable)
 
 
 def status_record(state: JobState, effect: PublishStatus) -> dict[str, Any]:

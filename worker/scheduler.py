@@ -69,14 +69,6 @@ class Limiter:
             self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate_per_s)
             self._updated = now
 
-    def available_at(self, now: float) -> float:
-        """The earliest time a call could be admitted (``now`` if it can be now)."""
-        self._refill(now)
-        at = max(now, self.blocked_until)
-        if self._tokens < 1.0:
-            at = max(at, now + (1.0 - self._tokens) / self.rate_per_s)
-        return at
-
     def try_acquire(self, now: float) -> bool:
         if self.in_flight >= self.max_concurrency or now < self.blocked_until:
             return False

@@ -32,7 +32,7 @@ from worker.config import VENDORS, ConnectionConfig, ConnectionsFile, SecretRef,
 from worker.engine.model import RequestInfo, Status
 from worker.ingest import Ingest
 from worker.produce import load_requests
-from worker.results import FileResultStore
+from worker.result_store import FileResultStore
 from worker.simulators.base import Timing
 from worker.testing import eventually
 from worker.vendors import JobSpec, build_adapter

@@ -15,7 +15,7 @@ from moto.server import ThreadedMotoServer
 
 from tests.conftest import FAST_POLICY, running
 from worker.config import Settings
-from worker.results import S3ResultStore, result_store_from_url
+from worker.result_store import S3ResultStore, result_store_from_url
 from worker.runtime import Worker
 from worker.simulators.base import Timing
 from worker.simulators.opengate import OpenGateSimulator, demo_connection, sample_job

@@ -27,7 +27,7 @@ from worker.errors import (
     VendorUnavailable,
 )
 from worker.ingest import jsonable
-from worker.results import FileResultStore
+from worker.result_store import FileResultStore
 from worker.runtime import Worker
 from worker.simulators.base import Timing
 from worker.simulators.elasticpath import ElasticPathSimulator, sample_job

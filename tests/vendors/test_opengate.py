@@ -28,7 +28,7 @@ from worker.errors import (
     VendorRejected,
     VendorUnavailable,
 )
-from worker.results import FileResultStore
+from worker.result_store import FileResultStore
 from worker.runtime import Worker
 from worker.simulators.base import Timing
 from worker.simulators.opengate import OpenGateSimulator

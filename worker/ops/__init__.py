@@ -4,6 +4,8 @@
     kafkaio.py      quiet clients, fast "is the broker there", offsets, range scans
     partitioner.py  Kafka's murmur2 partitioner (find a key's partition)
     timeparse.py    TIME (ISO 8601 or -24h) and P:O arguments
+    run.py          what a run reports: outcomes, the run report, progress hooks
+    states.py       the latest job states in export.jobs (the restore's reader); job filters
     lineage.py      jobs list / jobs show (export.jobs, export.status, export.files)
     predict.py      what the worker would do with a request (ingest + engine rules)
     checkpoint.py   resumable runs

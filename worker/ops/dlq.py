@@ -23,17 +23,16 @@ from worker.ops.checkpoint import Checkpoint
 from worker.ops.errors import TopicMissing, UsageError
 from worker.ops.kafkaio import Cluster, connect, read_all
 from worker.ops.partitioner import partition_for
-from worker.ops.predict import Outcome, OutcomeKind, Predictor
-from worker.ops.progress import Hooks, NoHooks
+from worker.ops.predict import Predictor
 from worker.ops.replay import (
     Planned,
-    RunReport,
     Target,
     load_predictor,
     open_checkpoint,
     resolve_spans,
     run_range,
 )
+from worker.ops.run import Hooks, NoHooks, Outcome, OutcomeKind, RunReport
 from worker.ops.timeparse import format_ms, parse_time
 from worker.ops.wire import codec_for
 from worker.redaction import redact_text

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.config import VENDORS, Settings
+from worker.config import Settings
 from worker.control import control_key, publish_control, read_control
 from worker.ops.errors import UsageError
 from worker.ops.kafkaio import connect
 from worker.ops.timeparse import format_ms
+from worker.vendor_registry import VENDORS
 
 
 async def set_paused(

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 
 from worker.codec import Codec
 from worker.config import ConnectionConfig
@@ -27,32 +25,12 @@ from worker.engine.model import (
 )
 from worker.engine.policy import Policy
 from worker.errors import ConfigError, DecodeError
-from worker.ingest import CANCEL, JOB_VENDORS, Ingest, Rejection, jsonable
+from worker.ingest import CANCEL, Ingest, Rejection, jsonable
+from worker.ops.run import Outcome, OutcomeKind, fail
 from worker.ops.timeparse import format_ms
 from worker.redaction import redact_text
+from worker.vendor_registry import JOB_VENDORS
 from worker.vendors import adapter_class
-
-
-class OutcomeKind(StrEnum):
-    """What the worker does with a replayed request (the summary groups by these)."""
-
-    SKIP = "skip"  # already finished: the producer gets DUPLICATE with the reason
-    REANNOUNCE = "re-announce"  # finished with a valid link: FileReady again, no vendor call
-    DUPLICATE = "duplicate"  # still open: DUPLICATE, no new vendor job
-    RESUBMIT = "resubmit"  # no state, or it was rejected: a new vendor job
-    CANCEL = "cancel"  # a CancelExport that would act
-    FAIL = "would fail"  # refused by ingest or the engine (dead letter / REJECTED)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    kind: OutcomeKind
-    text: str
-    request_id: str | None = None
-
-
-def fail(reason_code: str, reason: str, request_id: str | None = None) -> Outcome:
-    return Outcome(OutcomeKind.FAIL, f"would fail: {reason_code}: {redact_text(reason)}", request_id)
 
 
 class Predictor:

@@ -28,8 +28,7 @@ from rich.text import Text
 
 from worker.engine.model import JobState
 from worker.ops.lineage import Lineage, job_row
-from worker.ops.predict import Outcome, OutcomeKind
-from worker.ops.replay import RunReport
+from worker.ops.run import Outcome, OutcomeKind, RunReport
 
 COLORS = {
     "SUCCEEDED": "green",

@@ -17,8 +17,7 @@ import asyncio
 import datetime as dt
 import re
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,63 +26,19 @@ from confluent_kafka import Message
 from worker.codec import Codec
 from worker.config import ConnectionConfig, Settings
 from worker.errors import DecodeError
-from worker.ingest import JOB_VENDORS
 from worker.ops.checkpoint import Checkpoint
 from worker.ops.errors import UsageError
 from worker.ops.kafkaio import Cluster, RangeReader, Republisher, Span, connect
-from worker.ops.lineage import JobFilters, load_states
 from worker.ops.partitioner import partition_for
-from worker.ops.predict import Outcome, OutcomeKind, Predictor, fail
-from worker.ops.progress import Hooks, NoHooks
+from worker.ops.predict import Predictor
+from worker.ops.run import Hooks, NoHooks, Outcome, OutcomeKind, RunReport, fail
+from worker.ops.states import JobFilters, load_states
 from worker.ops.timeparse import parse_position, parse_time
 from worker.ops.wire import codec_for
+from worker.vendor_registry import JOB_VENDORS
 
 Headers = list[tuple[str, bytes | None]]
 _TAG = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
-
-
-# ---- what a run reports to its caller ------------------------------------------------------
-
-
-@dataclass
-class RunReport:
-    """What a replay run did (or, with --dry-run, what the worker would do)."""
-
-    command: str
-    topic: str
-    dry_run: bool
-    tag: str | None = None
-    checkpoint: Path | None = None
-    resumed: bool = False
-    already_complete: bool = False
-    total: int = 0  # offsets in the ranges still to read at the start of this run
-    read: int = 0
-    matched: int = 0
-    replayed: int = 0
-    not_replayable: int = 0
-    interrupted: bool = False
-    complete: bool = False
-    unchecked: bool = False  # dry run without the connections file
-    outcomes: Counter[str] = field(default_factory=Counter)
-    predictions: list[tuple[str, Outcome]] = field(default_factory=list)
-    last: dict[int, int] = field(default_factory=dict)  # partition -> last offset handled
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "command": self.command,
-            "topic": self.topic,
-            "dry_run": self.dry_run,
-            "tag": self.tag,
-            "resumed": self.resumed,
-            "read": self.read,
-            "matched": self.matched,
-            "replayed": self.replayed,
-            "not_replayable": self.not_replayable,
-            "interrupted": self.interrupted,
-            "complete": self.complete,
-            "outcomes": dict(self.outcomes),
-            "last_offsets": {str(p): o for p, o in sorted(self.last.items())},
-        }
 
 
 # ---- planning one record ----------------------------------------------------------------------

@@ -11,12 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-SIMULATORS: dict[str, tuple[str, str]] = {
-    "itron": ("worker.simulators.itron", "ItronSimulator"),
-    "opengate": ("worker.simulators.opengate", "OpenGateSimulator"),
-    "elasticpath": ("worker.simulators.elasticpath", "ElasticPathSimulator"),
-    "unicommerce": ("worker.simulators.unicommerce", "UnicommerceSimulator"),
-}
+from worker.vendor_registry import REGISTRY
+
+# vendor name -> (simulator module, simulator class)
+SIMULATORS: dict[str, tuple[str, str]] = {v.name: (v.simulator_module, v.simulator_class) for v in REGISTRY}
 
 
 def available() -> list[str]:

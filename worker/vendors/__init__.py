@@ -10,18 +10,14 @@ import aiohttp
 
 from worker.config import ConnectionConfig
 from worker.errors import ConfigError
+from worker.vendor_registry import REGISTRY
 from worker.vendors.base import Cancellable, JobSpec, VendorAdapter
 from worker.vendors.http import Observer, VendorHttp
 
 __all__ = ["Cancellable", "JobSpec", "VendorAdapter", "adapter_class", "build_adapter", "validator"]
 
-# vendor name -> module under worker.vendors holding `<Name>Adapter` and `validate`
-MODULES: dict[str, tuple[str, str]] = {
-    "itron": ("worker.vendors.itron", "ItronAdapter"),
-    "opengate": ("worker.vendors.opengate", "OpenGateAdapter"),
-    "elasticpath": ("worker.vendors.elasticpath", "ElasticPathAdapter"),
-    "unicommerce": ("worker.vendors.unicommerce", "UnicommerceAdapter"),
-}
+# vendor name -> (module under worker.vendors holding the adapter and `validate`, adapter class)
+MODULES: dict[str, tuple[str, str]] = {v.name: (v.adapter_module, v.adapter_class) for v in REGISTRY}
 
 Validator = Callable[[dict[str, Any], int, ConnectionConfig], None]
 

@@ -42,7 +42,7 @@ from worker.errors import (
     VendorRejected,
 )
 from worker.redaction import excerpt
-from worker.results import ResultStore
+from worker.result_store import ResultStore
 from worker.vendors.base import JobSpec, map_status
 from worker.vendors.http import Answer, BearerToken, VendorHttp, parse_retry_after, token_answer
 

@@ -1,56 +1,9 @@
-"""OpenGate (Amplía) IoT jobs (seed 002, vendors.md section 2).
+"""OpenGate (Amplía) IoT jobs (seed 002, vendors.md section 2): submit (large entity
+lists in chunks), poll, collect the per-entity results into one JSON Lines artifact,
+cancel, and reconcile a lost submit by searching for the job.
 
-Protocol, under the base path ``/north/v80``:
-
-* Auth: ``X-ApiKey: <key>``, or a JWT from ``POST /provision/users/login`` with
-  ``{"email", "password"}`` (answer ``{"user": {"jwt": ...}}``) sent as
-  ``Authorization: Bearer``. The login answer carries no lifetime: the JWT's own ``exp``
-  claim is read when present, else ``options.jwt_ttl_s`` (1 h). A 401 logs in again once.
-* Submit: ``POST /operation/jobs`` ``{"job": {"request": {...}}}``; answer ``201`` with the
-  job id in ``Location`` (an ``id`` in the body is accepted too). The target is an entity
-  list (``{"append": {"entities": [...]}}``), a tag (``{"append": {"tags": [tag]}}``) or a
-  filter (``{"filter": {...}}`` plus ``?resourceType=`` on the URL).
-* Limits: at most ``options.max_entities`` (100) entities and ``options.max_body_bytes``
-  (300 KB) of JSON per body. Larger entity lists are created with ``active: false`` and
-  the first chunk, the rest appended with ``PUT /operation/jobs/{id}`` in chunks (sized
-  by count *and* bytes), then a last ``PUT {"active": true}``. A body that cannot be made
-  small enough is refused before anything is sent.
-* Poll: ``GET /operation/jobs/{id}``, status at ``job.report.summary.status``; the
-  summary's counters (``total``, ``successful``, ``error``) tell a FINISHED job whose
-  every operation failed. On FINISHED the per-entity results are paged from
-  ``GET /operation/jobs/{id}/operations?start=<page>&size=<n>`` into one JSON Lines
-  artifact in the result store: that artifact is the job's "file".
-* Cancel: ``DELETE /operation/jobs/{id}`` (CANCELLING, then CANCELLED; no roll-back).
-
-Reconcile (finding the job of a submit whose answer was lost). What the search found:
-
-* Jobs are searched with ``POST /north/v80/search/jobs``, body
-  ``{"filter": {"and": [{"eq": {<field>: <value>}}]}, "limit": {"size": n, "start": page}}``
-  (opengate-js ``operationsSearchBuilder`` / ``FilterBuilder``: filters are
-  ``and``/``or`` lists of ``eq``/``like``/... expressions; ``limit.start`` is 1-based).
-  The answer is ``{"jobs": [...], "page": {...}}``, or ``204 No Content`` when nothing
-  matches.
-* The filterable field names differ from the names read in the answer: a public
-  OpenGate CLI (``og``) documents, verified against a live tenant, that ``search/jobs``
-  filters on ``jobStatus``, ``operationName``, ``jobId`` and ``taskId`` only, and that a
-  response path such as ``jobs.request.name`` is refused with HTTP 400 "Field in filter
-  unknown". No public source shows ``userNotes`` as a filter field.
-
-So the adapter writes ``userNotes: "export-worker:<request_id>"`` on every job it creates,
-searches by ``operationName`` (a documented filter field), and matches ``request.userNotes``
-in the answers itself, page by page. Assumed, not verified against a live tenant: that
-search answers carry ``request.userNotes`` (the job document as ``GET`` returns it), and
-that a just-created job is already visible to the search (an indexing lag would make a
-lost job look absent, and the engine would submit again). When more pages exist than
-``options.search_max_pages`` the answer is ``known=False`` rather than a false "absent".
-A job found inactive and not started (``IDLE``) is a chunked submit cut short: the
-reconcile appends the remaining chunks again (OpenGate reports already-attached entities
-as ``duplicated`` inside a successful answer) and activates it.
-
-Also observed live by the same source and handled here: a FINISHED job's
-``/operations`` listing may answer ``204`` although operations exist; the adapter then
-reads them from ``POST /north/v80/search/entities/operations/history`` (filter ``jobId``),
-and never announces an artifact with fewer operations than the summary counts.
+The protocol as spoken here, and the research behind reconcile (what the search API
+allows, its sources, and what is assumed), are in docs/vendors/opengate.md.
 """
 
 from __future__ import annotations
@@ -84,7 +37,7 @@ from worker.errors import (
     VendorRejected,
 )
 from worker.redaction import excerpt
-from worker.results import ResultStore
+from worker.result_store import ResultStore
 from worker.vendors.base import JobSpec, map_status
 from worker.vendors.http import Answer, BearerToken, StaticHeader, VendorHttp
 
@@ -585,6 +538,9 @@ class OpenGateAdapter:
         operation = str(spec.job.get("operation") or "")
         size = self.limits.search_page_size
         matches: list[dict[str, Any]] = []
+        # search/jobs filters on jobStatus, operationName, jobId and taskId only (the og
+        # CLI; no public source shows userNotes as a filter field): filter by operation
+        # name and match our notes in the answers here. limit.start is 1-based.
         for page in range(1, self.limits.search_max_pages + 1):
             body = {"filter": {"and": [{"eq": {"operationName": operation}}]}, "limit": {"size": size, "start": page}}
             answer = await self.http.call("POST", SEARCH_JOBS, operation=f"reconcile page {page}", json_body=body)
@@ -597,6 +553,9 @@ class OpenGateAdapter:
                 # Not every page was read: "absent" would be a guess.
                 return ReconcileAnswered(known=False)
         if not matches:
+            # Assumed, not verified against a live tenant: a just-created job is already
+            # visible to the search. An indexing lag would make a lost job look absent,
+            # and the engine would submit again.
             return ReconcileAnswered(known=True)
         job_id = _pick(matches).get("id")
         if not isinstance(job_id, str) or not job_id:
@@ -607,6 +566,8 @@ class OpenGateAdapter:
         plan = self._plan(spec)
         if plan.chunked and raw.upper() == "IDLE":
             # Created inactive, answer lost or an append failed: finish what submit began.
+            # Appending again is safe: OpenGate reports already-attached entities as
+            # ``duplicated`` inside a successful answer.
             await self._complete(job_id, plan)
             return ReconcileAnswered(known=True, vendor_job_id=job_id, vendor_status=None, status=Status.QUEUED)
         return ReconcileAnswered(known=True, vendor_job_id=job_id, vendor_status=raw, status=map_status(STATUSES, raw))
@@ -638,6 +599,8 @@ def _unwrap(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _notes_of(job: Mapping[str, Any]) -> str | None:
+    # Assumed, not verified against a live tenant: search answers carry
+    # ``request.userNotes`` (the job document as GET returns it).
     request = job.get("request")
     notes = request.get("userNotes") if isinstance(request, dict) else None
     return notes if isinstance(notes, str) else None
