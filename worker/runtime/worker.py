@@ -36,7 +36,7 @@ from worker.errors import ProducerStuck, WorkerFenced
 from worker.ingest import Ingest
 from worker.observability import Metrics, SidePort
 from worker.registry import registry_for
-from worker.results import ResultStore, result_store_from_url
+from worker.result_store import ResultStore, result_store_from_url
 from worker.runtime.clients import (
     Clock,
     ConsumerFactory,
