@@ -11,10 +11,11 @@ from confluent_kafka.aio import AIOProducer
 from worker.codec import Codec
 from worker.config import Settings
 from worker.engine.model import JobState, Phase, Status
-from worker.kafka import ensure_topics, producer_config, restore
+from worker.kafka import admin_client, ensure_topics, producer_config, restore
 from worker.ops.kafkaio import connect
 from worker.ops.states import load_states
 from worker.records import state_to_record
+from worker.runtime.restorer import state_topic_reader
 
 
 def state_value(codec: Codec, request_id: str) -> bytes:
@@ -77,3 +78,18 @@ class TestLoadStates:
         finally:
             await open_txn.abort_transaction(30)
             await open_txn.close()
+
+
+class TestWorkerRestoreReader:
+    async def test_a_worker_restores_every_readable_state_and_skips_the_rest(self, settings: Settings) -> None:
+        """The restore path decodes with the same code as the operator commands: one bad
+        value is logged and skipped, it never stops a partition's restore."""
+        await ensure_topics(settings)
+        codec = Codec()
+        await produce_committed(
+            settings,
+            [(b"a", state_value(codec, "a"), 0), (b"broken", b"not avro", 0), (b"b", state_value(codec, "b"), 1)],
+        )
+        read = state_topic_reader(settings, codec, admin_client(settings))
+        states = await read([0, 1, 2])
+        assert {n: [s.request_id for s in found] for n, found in states.items()} == {0: ["a"], 1: ["b"], 2: []}

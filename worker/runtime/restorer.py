@@ -16,9 +16,8 @@ from worker import kafka as kafka_io
 from worker.codec import Codec
 from worker.config import Settings
 from worker.engine.model import JobState
-from worker.errors import DecodeError
 from worker.observability import Metrics
-from worker.records import state_from_record
+from worker.records import decode_states
 from worker.runtime.clients import GroupConsumer
 from worker.runtime.dispatcher import CallDispatcher
 from worker.runtime.mailbox import Mailbox, RestoreDone
@@ -44,13 +43,10 @@ def state_topic_reader(settings: Settings, codec: Codec, admin: AdminClient) -> 
         restored = await kafka_io.restore(settings, settings.topics.jobs, numbers, admin=admin)
         states: dict[int, list[JobState]] = {}
         for part in restored:
-            decoded = []
-            for key, value in part.values.items():
-                try:
-                    decoded.append(state_from_record(await codec.decode_async("JobState", value)))
-                except DecodeError as exc:  # a state we cannot read must not stop the others
-                    log.error("unreadable job state skipped", key=key.decode("utf-8", "replace"), error=str(exc))
-            states[part.partition] = decoded
+            decoded = await decode_states(codec, part.values)
+            for request_id, why in decoded.unreadable.items():  # one bad state must not stop the others
+                log.error("unreadable job state skipped", key=request_id, error=why)
+            states[part.partition] = list(decoded.states.values())
         return states
 
     return read
