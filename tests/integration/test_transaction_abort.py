@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from tests.conftest import itron_connection, running
+from worker.codec import Codec
 from worker.config import Settings
 from worker.runtime import ProducerStuck, TransactionalProducer, Worker
 from worker.runtime.clients import aio_producer
@@ -53,6 +54,36 @@ class FailingOnce(WrappedProducer):
 
     async def commit_transaction(self, timeout: float) -> None:
         if self.failed == 0 and self.records >= self.after:
+            self.failed += 1
+            raise KafkaException(KafkaError(KafkaError._FAIL, "injected failure", txn_requires_abort=True))
+        await self.real.commit_transaction(timeout)
+
+
+class FailingOnSubmitted(WrappedProducer):
+    """Fails the commit of the first transaction that publishes a SUBMITTED status: the
+    job id a vendor gave is then known only to the worker's memory."""
+
+    def __init__(self, real: TransactionalProducer, *, status_topic: str) -> None:
+        super().__init__(real)
+        self.status_topic = status_topic
+        self.codec = Codec()
+        self.submitted = 0
+        self.failed = 0
+
+    async def begin_transaction(self) -> None:
+        self.submitted = 0
+        await self.real.begin_transaction()
+
+    async def produce(self, topic: str, **kwargs: Any) -> Any:
+        if (
+            topic == self.status_topic
+            and self.codec.decode("JobStatusChanged", kwargs["value"])["status"] == "SUBMITTED"
+        ):
+            self.submitted += 1
+        return await self.real.produce(topic, **kwargs)
+
+    async def commit_transaction(self, timeout: float) -> None:
+        if self.failed == 0 and self.submitted:
             self.failed += 1
             raise KafkaException(KafkaError(KafkaError._FAIL, "injected failure", txn_requires_abort=True))
         await self.real.commit_transaction(timeout)
@@ -117,6 +148,31 @@ class TestTransactionAbort:
                 assert any(e["possible_duplicate"] for e in events), r
         # Slots all given back: nothing is left in flight or waiting.
         assert worker.dispatcher.lanes["itron"].limiter.in_flight == 0
+
+    async def test_a_failed_transaction_loses_no_vendor_answer(self, settings: Settings) -> None:
+        """The answers applied since the last commit (a submit's job id above all) are
+        applied again to the state read back: no job is submitted twice and nothing is
+        flagged possible_duplicate, although the vendor cannot be asked (Itron)."""
+        sim = ItronSimulator(timing=Timing(stages=(0.3, 0.3, 0.3)), seed=5)
+        await sim.start()
+        try:
+            made, factory = wrapping(FailingOnSubmitted, status_topic=settings.topics.status)
+            worker = Worker(settings, connections={"itron": itron_connection(sim.base_url)}, producer_factory=factory)
+            ids = [f"lost-{i}" for i in range(80)]
+            async with running(worker), Publisher(settings) as pub, OutputReader(settings) as reader:
+                for r in ids:
+                    await pub.send(itron_request(r))
+                await pub.flush()
+                out = await reader.wait_for(lambda o: terminal(o, ids), timeout=120, what="all terminal")
+            assert made[0].failed == 1
+        finally:
+            await sim.stop()
+        created = Counter(j.match_key for j in sim.jobs.values())
+        for r in ids:
+            events = out.events(r)
+            assert events[-1]["status"] == "SUCCEEDED", (r, events)
+            assert created[correlation_id(JobSpec(r, "acme", "itron", {}))] == 1, r
+            assert not any(e["possible_duplicate"] for e in events), r
 
     async def test_a_stuck_transactional_call_ends_the_worker_and_the_next_owner_finishes(
         self, settings: Settings

@@ -233,3 +233,40 @@ class TestWithTheStepper:
         rig.part.jobs["a"] = state.evolve(phase=Phase.DONE, status=Status.SUCCEEDED, finished_at_ms=1)
         stepper.apply(rig.part, "a", TimerFired(), rig.conn)
         assert rig.lane.limiter.in_flight == 0
+
+    async def test_a_paused_connection_resubmits_nothing_until_it_resumes(self) -> None:
+        """A restored SUBMITTING job whose vendor cannot be asked would resubmit: not
+        while its connection is paused (no intent written, no call, its slot given back)."""
+        rig, outbox, stepper = self.rig()
+        rig.dispatcher.apply_control(ControlState(frozenset({"connection:itron"})))
+        state = rig.job("lost", Phase.SUBMITTING)
+        rig.dispatcher.fire_timers(stepper.apply)
+        assert rig.part.jobs["lost"] == state
+        assert outbox.states == {} and outbox.calls == [] and rig.lane.limiter.in_flight == 0
+        assert rig.lane.parked == [(0, "lost")]
+        rig.dispatcher.apply_control(ControlState(frozenset()))
+        rig.dispatcher.fire_timers(stepper.apply)
+        resubmit = rig.part.jobs["lost"]
+        assert resubmit.submit_attempt == state.submit_attempt + 1 and resubmit.possible_duplicate
+        assert [c.request_id for c in outbox.calls] == ["lost"]
+
+
+class TestWithdraw:
+    def test_a_withdrawn_submit_puts_the_job_back_as_it_was_due_now(self) -> None:
+        rig = Rig()
+        pending = rig.job("a", Phase.PENDING)
+        rig.dispatcher.fire_timers(rig.stepper.apply)
+        (call,) = rig.outbox.calls
+        assert call.withdrawable and call.before == pending
+        rig.time.advance(5)
+        rig.stepper.withdraw(rig.part, call)
+        back = rig.part.jobs["a"]
+        assert back.phase is Phase.PENDING and back.submit_attempt == pending.submit_attempt
+        assert back.next_action_at_ms == rig.time.now_ms()
+        assert rig.outbox.states[(0, "a")] == back  # written with the next transaction
+        assert rig.dispatcher.next_due_ms() == rig.time.now_ms()
+
+    def test_only_submits_can_be_withdrawn(self) -> None:
+        rig = Rig()
+        state = rig.job("a", Phase.ACTIVE)
+        assert not call_for(state, rig.conn, CallKind.POLL).withdrawable

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tests.unit.runtime_fakes import FakeClock, accepted, call_for, connection
-from worker.engine.model import CallKind, JobState
+from worker.engine.model import CallKind, JobState, PollAnswered, Status
+from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import MAX_PENDING_RECORDS, Outbox, Outgoing
 
 NOW_MS = 1_700_000_000_000
@@ -33,41 +34,54 @@ class TestOutbox:
         first = accepted("r1", NOW_MS, partition=2)
         outbox.put_state(2, "r1", first)
         outbox.put_state(2, "r1", first.evolve(sequence=5))
-        records, _ = outbox.take(encode, "jobs")
-        assert records == [Outgoing(2, "jobs", b"r1", b"r1:5", 2)]
+        assert outbox.take(encode, "jobs").records == [Outgoing(2, "jobs", b"r1", b"r1:5", 2)]
 
     def test_a_forgotten_job_is_written_as_a_tombstone_to_its_own_partition(self) -> None:
         outbox = Outbox(FakeClock().clock.monotonic)
         outbox.put_state(1, "gone", None)
-        records, _ = outbox.take(encode, "jobs")
-        assert records == [Outgoing(1, "jobs", b"gone", None, 1)]
+        assert outbox.take(encode, "jobs").records == [Outgoing(1, "jobs", b"gone", None, 1)]
 
-    def test_take_hands_over_events_then_states_and_the_held_calls_and_empties_it(self) -> None:
+    def test_take_hands_over_events_then_states_the_held_calls_and_answers_and_empties_it(self) -> None:
         outbox = Outbox(FakeClock().clock.monotonic)
         state = accepted("r1", NOW_MS)
         call = call_for(state, connection(), CallKind.SUBMIT)
+        answer = CallAnswered(0, 1, "r0", PollAnswered("Done", Status.RUNNING))
         outbox.put_state(0, "r1", state)
         outbox.add([record(0, "status")])
         outbox.hold(call)
+        outbox.note_answer(answer)
         outbox.offsets_advanced()
-        records, calls = outbox.take(encode, "jobs")
-        assert [r.topic for r in records] == ["status", "jobs"]
-        assert calls == [call]
-        assert not outbox.pending and outbox.calls == [] and outbox.since == 0.0
+        taken = outbox.take(encode, "jobs")
+        assert [r.topic for r in taken.records] == ["status", "jobs"]
+        assert taken.calls == [call] and taken.answers == [answer]
+        assert not outbox.pending and outbox.calls == [] and outbox.answers == [] and outbox.since == 0.0
 
-    def test_discard_drops_only_those_partitions_and_returns_their_calls(self) -> None:
+    def test_discard_drops_only_those_partitions_and_returns_their_calls_and_answers(self) -> None:
         outbox = Outbox(FakeClock().clock.monotonic)
         conn = connection()
         kept_call = call_for(accepted("a", NOW_MS), conn, CallKind.SUBMIT, partition=0)
         lost_call = call_for(accepted("b", NOW_MS), conn, CallKind.SUBMIT, partition=1)
+        kept_answer = CallAnswered(0, 1, "c", PollAnswered("Done", Status.RUNNING))
+        lost_answer = CallAnswered(1, 1, "d", PollAnswered("Done", Status.RUNNING))
         outbox.add([record(0), record(1)])
         outbox.put_state(0, "a", accepted("a", NOW_MS))
         outbox.put_state(1, "b", accepted("b", NOW_MS))
         outbox.hold(kept_call)
         outbox.hold(lost_call)
-        assert outbox.discard({1}) == [lost_call]
-        records, calls = outbox.take(encode, "jobs")
-        assert {r.partition for r in records} == {0} and calls == [kept_call]
+        outbox.note_answer(kept_answer)
+        outbox.note_answer(lost_answer)
+        assert outbox.discard({1}) == ([lost_call], [lost_answer])
+        taken = outbox.take(encode, "jobs")
+        assert {r.partition for r in taken.records} == {0} and taken.calls == [kept_call]
+        assert taken.answers == [kept_answer]
+
+    def test_take_calls_hands_over_only_those_partitions_calls(self) -> None:
+        outbox = Outbox(FakeClock().clock.monotonic)
+        conn = connection()
+        calls = [call_for(accepted(r, NOW_MS), conn, CallKind.SUBMIT, partition=p) for r, p in (("a", 0), ("b", 1))]
+        for call in calls:
+            outbox.hold(call)
+        assert outbox.take_calls({1}) == [calls[1]] and outbox.calls == [calls[0]]
 
     def test_it_is_full_at_the_backpressure_mark(self) -> None:
         outbox = Outbox(FakeClock().clock.monotonic)

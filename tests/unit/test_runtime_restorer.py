@@ -9,10 +9,10 @@ import asyncio
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
 
-from tests.unit.runtime_fakes import Collaborators, FakeConsumer, accepted, metrics
-from worker.engine.model import JobState, Phase
-from worker.runtime.mailbox import RestoreDone
-from worker.runtime.restorer import Restorer
+from tests.unit.runtime_fakes import Collaborators, FakeConsumer, accepted, call_for, metrics
+from worker.engine.model import CallKind, JobState, Phase, Status, SubmitAnswered
+from worker.runtime.mailbox import CallAnswered, RestoreDone
+from worker.runtime.restorer import Carried, Restorer
 from worker.testing import eventually
 
 
@@ -120,3 +120,61 @@ class TestCommittedOffsets:
         assert all(rig.partitions[n].incarnation != old[n] for n in (0, 1))
         done = await rig.restored()
         assert done.incarnations == rig.partitions.incarnations()
+
+
+class TestCarriedOverAResync:
+    async def test_answers_lost_with_a_failed_transaction_are_applied_to_the_state_read_back(self) -> None:
+        """A submit's job id comes once: after a resync it is applied again, so the job is
+        not resubmitted (a duplicate) or failed as unknown."""
+        rig = Rig()
+        now = rig.time.now_ms()
+        intent = accepted("s", now).evolve(phase=Phase.SUBMITTING, submit_attempt=1, next_action_at_ms=0)
+        rig.stored[0] = [intent]
+        rig.partitions.claim({0})
+        answer = CallAnswered(0, 1, "s", SubmitAnswered("job-7", "Queued", Status.QUEUED))
+        await rig.restorer.rewind_and_restore({0}, {0: 3}, {0: Carried(answers=[answer])})
+        await rig.restorer.install(await rig.restored())
+        job = rig.partitions[0].jobs["s"]
+        assert job.phase is Phase.ACTIVE and job.vendor_job_id == "job-7" and not job.possible_duplicate
+        assert (0, "s") in rig.outbox.states and rig.outbox.records  # SUBMITTED, written again
+        (journaled,) = rig.outbox.answers  # kept until this state is durable too
+        assert journaled.incarnation == rig.partitions[0].incarnation
+
+    async def test_a_durable_intent_whose_call_never_started_is_withdrawn(self) -> None:
+        rig = Rig()
+        now = rig.time.now_ms()
+        before = accepted("w", now)
+        intent = before.evolve(phase=Phase.SUBMITTING, submit_attempt=1, next_action_at_ms=0)
+        rig.stored[0] = [intent]
+        rig.partitions.claim({0})
+        unsent = call_for(intent, rig.conn, CallKind.SUBMIT)
+        unsent.before = before
+        await rig.restorer.rewind_and_restore({0}, {0: 3}, {0: Carried(unsent=[unsent])})
+        await rig.restorer.install(await rig.restored())
+        job = rig.partitions[0].jobs["w"]
+        assert job.phase is Phase.PENDING and job.submit_attempt == 0
+        assert rig.outbox.states[(0, "w")] == job
+
+    async def test_an_unsent_call_is_not_withdrawn_over_a_state_that_moved_on(self) -> None:
+        rig = Rig()
+        now = rig.time.now_ms()
+        before = accepted("m", now)
+        intent = before.evolve(phase=Phase.SUBMITTING, submit_attempt=1, next_action_at_ms=0)
+        rig.stored[0] = [intent.evolve(submit_attempt=2, possible_duplicate=True)]
+        rig.partitions.claim({0})
+        unsent = call_for(intent, rig.conn, CallKind.SUBMIT)
+        unsent.before = before
+        await rig.restorer.rewind_and_restore({0}, {0: 3}, {0: Carried(unsent=[unsent])})
+        await rig.restorer.install(await rig.restored())
+        assert rig.partitions[0].jobs["m"].submit_attempt == 2 and rig.outbox.states == {}
+
+    async def test_what_was_carried_for_a_partition_that_left_is_dropped(self) -> None:
+        rig = Rig()
+        rig.stored[0] = [accepted("s", rig.time.now_ms()).evolve(phase=Phase.SUBMITTING, submit_attempt=1)]
+        rig.partitions.claim({0})
+        answer = CallAnswered(0, 1, "s", SubmitAnswered("job-7", "Queued", Status.QUEUED))
+        await rig.restorer.rewind_and_restore({0}, {0: 3}, {0: Carried(answers=[answer])})
+        done = await rig.restored()
+        rig.restorer.forget({0})
+        await rig.restorer.install(done)
+        assert rig.partitions[0].jobs["s"].phase is Phase.SUBMITTING

@@ -37,6 +37,14 @@ class Call:
     state: JobState
     has_slot: bool  # holds one of the connection's call slots
     intent: bool = False  # counted among the connection's unstarted submit intents
+    before: JobState | None = None  # the job before the step that asked for the call
+
+    @property
+    def withdrawable(self) -> bool:
+        """A submit that has not started can be taken back: writing the job's state from
+        before its intent says it was never sent (the next owner then owes no reconcile
+        and flags no duplicate)."""
+        return self.kind is CallKind.SUBMIT and self.before is not None
 
 
 async def run_call(call: Call) -> Event:

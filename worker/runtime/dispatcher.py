@@ -183,6 +183,13 @@ class CallDispatcher:
                 self.resume(name)
                 log.warning("connection resumed", connection=name)
 
+    def paused(self, connection: Connection) -> bool:
+        return self.lanes[connection.name].limiter.paused
+
+    def park(self, connection: Connection, partition: int, request_id: str) -> None:
+        """Hold a job that would submit on a paused connection until it resumes."""
+        self.lanes[connection.name].parked.append((partition, request_id))
+
     def resume(self, connection: str) -> None:
         """Unpause a connection: its parked jobs are due now."""
         lane = self.lanes[connection]
@@ -191,7 +198,7 @@ class CallDispatcher:
         for number, request_id in lane.parked:
             part = self._partitions.get(number)
             state = part.jobs.get(request_id) if part else None
-            if part is not None and state is not None and state.phase is Phase.PENDING:
+            if part is not None and state is not None and state.phase in (Phase.PENDING, Phase.SUBMITTING):
                 part.jobs[request_id] = replace(state, next_action_at_ms=now)
                 self._timers.schedule(now, number, request_id)
         lane.parked.clear()
@@ -228,6 +235,12 @@ class CallDispatcher:
     def dispatch_all(self, calls: list[Call]) -> None:
         for call in calls:
             self.dispatch(call)
+
+    def take_waiting(self, numbers: set[int]) -> list[Call]:
+        """The calls of these partitions still waiting for a slot (they will not get one)."""
+        taken = [c for c in self._waiting_calls if c.partition in numbers]
+        self._waiting_calls = [c for c in self._waiting_calls if c.partition not in numbers]
+        return taken
 
     def retry_waiting_calls(self) -> None:
         if not self._waiting_calls:

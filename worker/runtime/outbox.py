@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from worker.engine.model import JobState
 from worker.runtime.calls import Call
+from worker.runtime.mailbox import CallAnswered
 
 # Pending records past which the loop commits before taking more work (backpressure:
 # the broker must catch up before memory grows further).
@@ -22,6 +23,15 @@ class Outgoing:
     target_partition: int | None  # explicit for export.jobs (co-partitioned), else keyed
 
 
+@dataclass(slots=True)
+class Taken:
+    """Everything the outbox held, for one batch."""
+
+    records: list[Outgoing]
+    calls: list[Call]
+    answers: list[CallAnswered]
+
+
 class Outbox:
     """Records (status, file and dead-letter events), the latest unwritten state of each
     job, whether input offsets moved, and the calls to start once all that is durable.
@@ -29,6 +39,11 @@ class Outbox:
     A job changed twice before the next transaction needs one state record (the
     transaction is atomic and compaction keeps the last), so states are kept by job and
     encoded only when taken.
+
+    It also keeps the vendor answers those records came from (``answers``): requests are
+    read again and timers fire again after a failed transaction, but a vendor's answer
+    comes once. If the transaction fails, the answers are applied again to the state
+    read back from Kafka, so a submit's job id is not lost (and resubmitted).
     """
 
     def __init__(self, monotonic: Callable[[], float]) -> None:
@@ -36,6 +51,7 @@ class Outbox:
         self.records: list[Outgoing] = []
         self.states: dict[tuple[int, str], JobState | None] = {}  # None: delete (tombstone)
         self.calls: list[Call] = []  # e.g. a submit, whose SUBMITTING intent must be durable first
+        self.answers: list[CallAnswered] = []  # applied since the last take, in order
         self.offsets_moved = False
         self.since = 0.0  # when the oldest thing still waiting arrived (monotonic), 0 if none
 
@@ -72,23 +88,35 @@ class Outbox:
         """Start ``call`` only once the next transaction has committed."""
         self.calls.append(call)
 
-    def take(self, encode_state: Callable[[JobState], bytes], jobs_topic: str) -> tuple[list[Outgoing], list[Call]]:
-        """Everything waiting, as records (states encoded now), and the calls held for it."""
+    def note_answer(self, answer: CallAnswered) -> None:
+        """``answer`` was applied: keep it until the records it produced are durable."""
+        self.answers.append(answer)
+
+    def take(self, encode_state: Callable[[JobState], bytes], jobs_topic: str) -> Taken:
+        """Everything waiting, as records (states encoded now), with the calls held for it
+        and the answers it came from."""
         records, self.records = self.records, []
         states, self.states = self.states, {}
         for (number, request_id), state in states.items():
             value = None if state is None else encode_state(state)
             records.append(Outgoing(number, jobs_topic, request_id.encode(), value, number))
         calls, self.calls = self.calls, []
+        answers, self.answers = self.answers, []
         self.offsets_moved = False
         self.since = 0.0
-        return records, calls
+        return Taken(records, calls, answers)
 
-    def discard(self, numbers: set[int]) -> list[Call]:
-        """Drop these partitions' records and states; returns their held calls, which
-        will now never start."""
+    def take_calls(self, numbers: set[int]) -> list[Call]:
+        """The held calls of these partitions, which will now not wait for the commit."""
+        taken = [c for c in self.calls if c.partition in numbers]
+        self.calls = [c for c in self.calls if c.partition not in numbers]
+        return taken
+
+    def discard(self, numbers: set[int]) -> tuple[list[Call], list[CallAnswered]]:
+        """Drop these partitions' records and states; returns their held calls (which
+        will now never start) and the answers the dropped records came from."""
         self.records = [o for o in self.records if o.partition not in numbers]
         self.states = {k: v for k, v in self.states.items() if k[0] not in numbers}
-        dropped = [c for c in self.calls if c.partition in numbers]
-        self.calls = [c for c in self.calls if c.partition not in numbers]
-        return dropped
+        answers = [a for a in self.answers if a.partition in numbers]
+        self.answers = [a for a in self.answers if a.partition not in numbers]
+        return self.take_calls(numbers), answers

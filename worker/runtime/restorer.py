@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
@@ -15,16 +16,28 @@ from confluent_kafka.admin import AdminClient
 from worker import kafka as kafka_io
 from worker.codec import Codec
 from worker.config import Settings
-from worker.engine.model import JobState
+from worker.engine.model import JobState, Phase
 from worker.observability import Metrics
 from worker.records import decode_states
+from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer
 from worker.runtime.dispatcher import CallDispatcher
-from worker.runtime.mailbox import Mailbox, RestoreDone
-from worker.runtime.partitions import Partitions
+from worker.runtime.mailbox import CallAnswered, Mailbox, RestoreDone
+from worker.runtime.partitions import OwnedPartition, Partitions
 from worker.runtime.stepper import Stepper
 
 log = structlog.get_logger("export_worker")
+
+
+@dataclass(slots=True)
+class Carried:
+    """What a resync carries over to the state it reads back: the vendor answers whose
+    records were lost with the failed transaction (applied again), and submits that
+    never started although their intent was durable (withdrawn)."""
+
+    answers: list[CallAnswered] = field(default_factory=list)
+    unsent: list[Call] = field(default_factory=list)
+
 
 # Reads the job states of these partitions of export.jobs, latest per job.
 StateReader = Callable[[list[int]], Awaitable[dict[int, list[JobState]]]]
@@ -71,6 +84,7 @@ class Restorer:
         self._metrics = metrics
         self._consumer: GroupConsumer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._carried: dict[int, Carried] = {}  # by partition, until its next install
         # One committed-offset lookup at a time: each holds a consumer thread, and a
         # rebalance callback running meanwhile needs free ones for its own consumer calls.
         self._committed_lookup = asyncio.Lock()
@@ -88,6 +102,10 @@ class Restorer:
         task = asyncio.create_task(self._restore(incarnations))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def forget(self, numbers: set[int]) -> None:
+        for n in numbers:
+            self._carried.pop(n, None)
 
     def cancel(self) -> None:
         for task in list(self._tasks):
@@ -135,8 +153,15 @@ class Restorer:
                 raise KafkaException(tp.error)
         return {tp.partition: tp.offset for tp in committed}
 
-    async def rewind_and_restore(self, numbers: set[int], committed: dict[int, int]) -> None:
-        """Seek the consumer back to the committed offsets and restore these partitions."""
+    async def rewind_and_restore(
+        self, numbers: set[int], committed: dict[int, int], carried: dict[int, Carried] | None = None
+    ) -> None:
+        """Seek the consumer back to the committed offsets and restore these partitions;
+        ``carried`` is applied to each once its state is back."""
+        for number, more in (carried or {}).items():
+            kept = self._carried.setdefault(number, Carried())
+            kept.answers.extend(more.answers)
+            kept.unsent.extend(more.unsent)
         assert self._consumer is not None
         resume_at = {}
         for number, offset in committed.items():
@@ -165,6 +190,22 @@ class Restorer:
             return {}
         return {tp.partition: tp.offset for tp in found if tp.offset >= 0 and tp.error is None}
 
+    def _apply_carried(self, part: OwnedPartition) -> None:
+        carried = self._carried.pop(part.number, None)
+        if carried is None:
+            return
+        for call in carried.unsent:
+            state = part.jobs.get(call.request_id)
+            if (
+                state is not None
+                and state.phase is Phase.SUBMITTING
+                and state.submit_attempt == call.state.submit_attempt
+                and state.vendor_job_id is None
+            ):
+                self._stepper.withdraw(part, call)
+        for answer in carried.answers:
+            self._stepper.answer(part, CallAnswered(part.number, part.incarnation, answer.request_id, answer.event))
+
     async def install(self, done: RestoreDone) -> None:
         """Put the restored jobs of partitions still current in place, resume their due
         work, and let the consumer read their requests."""
@@ -181,6 +222,7 @@ class Restorer:
                 if resumed.next_action_at_ms > 0:
                     self._dispatcher.schedule(resumed.next_action_at_ms, number, state.request_id)
                 total += 1
+            self._apply_carried(part)
             part.ready = True
             part.next_offset = done.committed.get(number)
             ready.append(TopicPartition(self._partitions.topic, number))

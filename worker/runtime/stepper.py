@@ -11,13 +11,14 @@ import structlog
 from worker.codec import Codec
 from worker.config import TopicSettings
 from worker.engine.machine import Context, step
-from worker.engine.model import Announce, CallVendor, Event, JobState, PublishStatus, Restored, Transition
+from worker.engine.model import Announce, CallKind, CallVendor, Event, JobState, PublishStatus, Restored, Transition
 from worker.observability import Metrics
 from worker.records import file_record, status_record
 from worker.runtime.calls import Call
 from worker.runtime.clients import Clock
 from worker.runtime.connections import FALLBACK_POLICY, Connection
 from worker.runtime.dispatcher import CallDispatcher
+from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import OwnedPartition
 
@@ -62,7 +63,15 @@ class Stepper:
         new = transition.state
         # Every record is built (and encoded) before anything changes: a failure here
         # leaves the job exactly as it was.
-        records, call = self._effects(part, request_id, transition, conn, slot)
+        records, call = self._effects(part, request_id, state, transition, conn, slot)
+        if call is not None and not records and self._held_by_pause(call):
+            # A paused connection submits nothing new, whichever step asks for it (a
+            # queued job, a resubmit after a lost answer, a reconcile that found
+            # nothing): the job stays as it was, parked until the connection resumes.
+            self._dispatcher.park(call.connection, part.number, request_id)
+            if slot is not None:
+                self._dispatcher.release_slot(slot)
+            return
         if new is None:
             part.jobs.pop(request_id, None)
         else:
@@ -86,10 +95,14 @@ class Stepper:
         ):
             self._dispatcher.schedule(new.next_action_at_ms, part.number, request_id)
 
+    def _held_by_pause(self, call: Call) -> bool:
+        return call.kind is CallKind.SUBMIT and self._dispatcher.paused(call.connection)
+
     def _effects(
         self,
         part: OwnedPartition,
         request_id: str,
+        state: JobState | None,
         transition: Transition,
         conn: Connection | None,
         slot: Connection | None,
@@ -108,7 +121,9 @@ class Stepper:
                 value = self._codec.encode("FileReady", file_record(new, effect), topic=topics.files)
                 records.append(Outgoing(part.number, topics.files, key, value, None))
             elif isinstance(effect, CallVendor) and conn is not None:
-                call = Call(part.number, part.incarnation, request_id, effect.kind, conn, new, slot is not None)
+                call = Call(
+                    part.number, part.incarnation, request_id, effect.kind, conn, new, slot is not None, before=state
+                )
         return records, call
 
     def _observe(self, request_id: str, transition: Transition) -> None:
@@ -130,6 +145,22 @@ class Stepper:
                 )
             elif isinstance(effect, Announce):
                 self._metrics.child(self._metrics.files, new.vendor).inc()
+
+    def answer(self, part: OwnedPartition, report: CallAnswered) -> None:
+        """Step a job with a vendor's answer, and keep the answer until what it produced
+        is durable (see ``Outbox``)."""
+        self.apply(part, report.request_id, report.event)
+        self._outbox.note_answer(report)
+
+    def withdraw(self, part: OwnedPartition, call: Call) -> None:
+        """Take back a submit that never started: the job is again as it was before its
+        intent, due now, and that state is written with the next transaction."""
+        assert call.withdrawable and call.before is not None
+        due = self._clock.now_ms()
+        reverted = call.before.evolve(next_action_at_ms=due)
+        part.jobs[call.request_id] = reverted
+        self._outbox.put_state(part.number, call.request_id, reverted)
+        self._dispatcher.schedule(due, part.number, call.request_id)
 
     def resumed(self, state: JobState) -> JobState:
         """A restored job as this worker resumes it (the engine's ``Restored`` step)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -24,6 +24,7 @@ from worker.observability import Metrics
 from worker.records import state_to_record
 from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer, TransactionalProducer
+from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import Partitions
 
@@ -49,6 +50,7 @@ class Batch:
 
     outgoing: list[Outgoing]
     calls: list[Call]  # to start once it is committed
+    answers: list[CallAnswered]  # the vendor answers its records came from
     offsets: list[TopicPartition]
     metadata: Any  # consumer group metadata, taken with the offsets
     incarnations: dict[int, int]  # the partitions it was cut from
@@ -66,6 +68,7 @@ class Settled:
     start: list[Call]  # calls that may start now (committed only)
     give_up: list[Call]  # calls that will never start
     error: str | None = None
+    replay: list[CallAnswered] = field(default_factory=list)  # resync: answers to apply again
 
 
 _GENERATION_CODES = frozenset(
@@ -135,10 +138,10 @@ class TransactionWriter:
         if not outbox.pending:
             outbox.since = 0.0
             return None
-        outgoing, calls = outbox.take(self._encode_state, self._jobs_topic)
+        taken = outbox.take(self._encode_state, self._jobs_topic)
         offsets = self._partitions.positions()
         metadata = (group_metadata or await self._group_metadata()) if offsets else None
-        return Batch(outgoing, calls, offsets, metadata, self._partitions.incarnations())
+        return Batch(taken.records, taken.calls, taken.answers, offsets, metadata, self._partitions.incarnations())
 
     def _encode_state(self, state: Any) -> bytes:
         return self._codec.encode("JobState", state_to_record(state), topic=self._jobs_topic)
@@ -255,7 +258,7 @@ class TransactionWriter:
             return Settled(Outcome.FENCED, [], give_up, kafka_error.str())
         log.warning("transaction failed; aborting and restoring owned partitions", error=kafka_error.str())
         await self._abort()
-        return Settled(Outcome.RESYNC, [], give_up, kafka_error.str())
+        return Settled(Outcome.RESYNC, [], give_up, kafka_error.str(), replay=batch.answers)
 
     async def _abort(self) -> None:
         assert self.producer is not None
@@ -272,6 +275,7 @@ class TransactionWriter:
         kept = Batch(
             [o for o in batch.outgoing if owned(o.partition)],
             [c for c in batch.calls if owned(c.partition)],
+            [a for a in batch.answers if owned(a.partition)],
             [tp for tp in batch.offsets if owned(tp.partition)],
             batch.metadata,
             batch.incarnations,

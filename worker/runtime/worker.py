@@ -37,6 +37,7 @@ from worker.ingest import Ingest
 from worker.observability import Metrics, SidePort
 from worker.registry import registry_for
 from worker.result_store import ResultStore, result_store_from_url
+from worker.runtime.calls import Call
 from worker.runtime.clients import (
     Clock,
     ConsumerFactory,
@@ -52,7 +53,7 @@ from worker.runtime.intake import Intake
 from worker.runtime.mailbox import CallAnswered, ControlChanged, Mailbox, RestoreDone
 from worker.runtime.outbox import Outbox
 from worker.runtime.partitions import Partitions
-from worker.runtime.restorer import Restorer, StateReader, state_topic_reader
+from worker.runtime.restorer import Carried, Restorer, StateReader, state_topic_reader
 from worker.runtime.stepper import Stepper
 from worker.runtime.transactions import Outcome, Settled, TransactionWriter
 from worker.runtime.watchdog import LoopWatchdog
@@ -315,18 +316,24 @@ class Worker:
         for number, offset in offsets.items():
             await self.consumer.seek(TopicPartition(self.topics.requests, number, offset))
 
-    async def _apply_reports(self) -> None:
-        """Everything background work reported since the last turn."""
+    async def _apply_reports(self, *, hold: set[int] | frozenset[int] = frozenset()) -> list[CallAnswered]:
+        """Everything background work reported since the last turn. Vendor answers for
+        the partitions in ``hold`` are not applied but returned (a resync applies them to
+        the state it reads back)."""
+        held: list[CallAnswered] = []
         while not self.mailbox.empty():
             report = self.mailbox.get_nowait()
             if isinstance(report, RestoreDone):
                 await self.restorer.install(report)
             elif isinstance(report, ControlChanged):
                 self.dispatcher.apply_control(report.state)
-            elif isinstance(report, CallAnswered):
+            elif report.partition in hold:
+                held.append(report)
+            else:
                 part = self.partitions.current(report.partition, report.incarnation)
                 if part is not None:  # else it moved or was rebuilt meanwhile: its new owner redoes it
-                    self.stepper.apply(part, report.request_id, report.event)
+                    self.stepper.answer(part, report)
+        return held
 
     async def _drain(self, numbers: set[int], deadline: float) -> None:
         """Let these partitions' calls end (until ``deadline``) and apply their answers."""
@@ -360,30 +367,67 @@ class Worker:
             return
         self.dispatcher.abandon_all(settled.give_up)
         if settled.outcome is Outcome.COMMITTED:
-            self.dispatcher.dispatch_all(settled.start)
+            self._start_calls(settled.start)
         elif settled.outcome is Outcome.FENCED:
             raise WorkerFenced(settled.error or "fenced")
         else:
             # In-memory state ran ahead of what is durable: rebuild it from Kafka.
-            await self._resync(set(self.partitions))
+            await self._resync(set(self.partitions), settled.replay)
 
-    async def _resync(self, numbers: set[int]) -> None:
+    def _start_calls(self, calls: list[Call]) -> None:
+        """Start the calls whose intent is now durable; a submit of a partition being
+        handed over is withdrawn instead (it would not start any more)."""
+        for call in calls:
+            part = self.partitions.current(call.partition, call.incarnation)
+            if part is not None and part.revoking and call.withdrawable:
+                self.dispatcher.abandon(call)
+                self.stepper.withdraw(part, call)
+            else:
+                self.dispatcher.dispatch(call)
+
+    def _withdraw_unsent(self, numbers: set[int]) -> None:
+        """Before handing partitions over: their submits that have not started are taken
+        back (the new owner submits them, with no reconcile and no duplicate flag)."""
+        for call in self.outbox.take_calls(numbers) + self.dispatcher.take_waiting(numbers):
+            self.dispatcher.abandon(call)
+            part = self.partitions.current(call.partition, call.incarnation)
+            if part is not None and call.withdrawable:
+                self.stepper.withdraw(part, call)
+
+    async def _resync(self, numbers: set[int], replay: list[CallAnswered] | None = None) -> None:
         """Forget these partitions' in-memory state and read it back from Kafka,
-        rewinding the consumer to the committed offsets."""
+        rewinding the consumer to the committed offsets.
+
+        What Kafka cannot give back is carried over to the state read back: the vendor
+        answers since the last commit (``replay``, then the outbox's, then those of calls
+        still running now) are applied again, and submits whose durable intent never got
+        a call are withdrawn."""
         if not numbers:
             return
         await self.restorer.pause(numbers)
         # Let calls in flight end first: a submit still running while the restored intent
         # is reconciled could create a job the reconcile does not see yet.
-        await self._drain(numbers, time.monotonic() + self.settings.revoke_drain_s)
+        await self.dispatcher.wait_in_flight(numbers, time.monotonic() + self.settings.revoke_drain_s)
+        late = await self._apply_reports(hold=numbers)
         committed = await self.restorer.committed_offsets(numbers)
-        self._forget_uncommitted(numbers)
-        await self.restorer.rewind_and_restore(numbers, committed)
+        unsent_held, pending_answers = self.outbox.discard(numbers)
+        self.dispatcher.abandon_all(unsent_held)  # their intents were never durable
+        unsent = self.dispatcher.take_waiting(numbers)  # durable intents, never started
+        self.dispatcher.abandon_all(unsent)
+        carried = {n: Carried() for n in numbers}
+        for answer in [*(replay or []), *pending_answers, *late]:
+            if answer.partition in carried:
+                carried[answer.partition].answers.append(answer)
+        for call in unsent:
+            if call.withdrawable:
+                carried[call.partition].unsent.append(call)
+        await self.restorer.rewind_and_restore(numbers, committed, carried)
 
     def _forget_uncommitted(self, numbers: set[int]) -> None:
         """Drop these partitions' records not yet cut into a transaction, and the calls
         that were waiting for them to be committed."""
-        self.dispatcher.abandon_all(self.outbox.discard(numbers))
+        calls, _answers = self.outbox.discard(numbers)
+        self.dispatcher.abandon_all(calls)
 
     # ---- rebalancing ---------------------------------------------------------------
 
@@ -410,6 +454,8 @@ class Worker:
         if self.writer.usable:
             await self._drain(numbers, time.monotonic() + (0 if self._stopping else self.settings.revoke_drain_s))
             try:
+                await self._settle(await self.writer.finish())
+                self._withdraw_unsent(numbers)
                 await self._commit(metadata)
             except WorkerFenced:
                 log.error("fenced while handing partitions over", partitions=sorted(numbers))
@@ -424,6 +470,7 @@ class Worker:
 
     def _drop(self, numbers: set[int]) -> None:
         self.partitions.drop(numbers)
+        self.restorer.forget(numbers)
         self.watchdog.forget(numbers)
         self.dispatcher.forget(numbers)
         self.metrics.assigned.set(len(self.partitions))
