@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.engine.policy import Policy, UnknownOutcome
 from worker.errors import ConfigError
+from worker.limits import DEAD_LETTER_OVERHEAD, DEFAULT_MAX_RECORD_BYTES
 from worker.vendor_registry import VENDORS
 
 if TYPE_CHECKING:
@@ -181,11 +182,27 @@ class Settings(BaseSettings):
     consume_batch: int = Field(500, ge=1)
     # Kept well under the broker's 1 MB record limit: a request's job travels inside its state record.
     max_request_bytes: int = Field(262_144, ge=1024, le=900_000)
+    max_record_bytes: int = Field(
+        DEFAULT_MAX_RECORD_BYTES,
+        ge=65_536,
+        le=1_000_000,
+        description="largest record the worker writes; a request whose state record could exceed it is rejected",
+    )
     transaction_timeout_ms: int = Field(15_000, ge=1000)
     session_timeout_ms: int = Field(10_000, ge=1000)
     shutdown_grace_s: float = Field(25.0, gt=0)
     revoke_drain_s: float = Field(10.0, ge=0)
     stall_timeout_s: float = Field(120.0, gt=0, description="/healthz fails when the loop is stuck this long")
+
+    @model_validator(mode="after")
+    def _dead_letters_fit(self) -> Settings:
+        # The dead letter of any request carries its value (up to max_request_bytes).
+        if self.max_request_bytes + DEAD_LETTER_OVERHEAD > self.max_record_bytes:
+            raise ValueError(
+                f"max_request_bytes ({self.max_request_bytes}) plus a dead letter's {DEAD_LETTER_OVERHEAD} bytes "
+                f"of key, headers and reason must fit in max_record_bytes ({self.max_record_bytes})"
+            )
+        return self
 
     def librdkafka(self) -> dict[str, Any]:
         return to_librdkafka(self.kafka_bootstrap, self.kafka)

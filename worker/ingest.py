@@ -16,6 +16,8 @@ from worker.codec import Codec, epoch_ms
 from worker.config import ConnectionConfig
 from worker.engine.model import NO_LABELS, ErrorInfo, RequestInfo, RequestRejected
 from worker.errors import ConfigError, DecodeError, InvalidRequest
+from worker.limits import DEFAULT_MAX_RECORD_BYTES, VENDOR_FIELDS_BOUND
+from worker.records import state_size_bound
 from worker.redaction import redact_text
 from worker.vendor_registry import JOB_VENDORS
 from worker.vendors import validator
@@ -56,10 +58,18 @@ class Ingest:
         max_bytes: larger values are refused as ``oversize``.
     """
 
-    def __init__(self, codec: Codec, connections: dict[str, ConnectionConfig], *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        connections: dict[str, ConnectionConfig],
+        *,
+        max_bytes: int,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
         self.codec = codec
         self.connections = connections
         self.max_bytes = max_bytes
+        self.max_record_bytes = max_record_bytes
 
     async def read(
         self, key: bytes | None, value: bytes | None, *, partition: int, offset: int, now_ms: int
@@ -124,7 +134,7 @@ class Ingest:
             except ConfigError as exc:
                 return reject("unknown_connection", str(exc))
         labels = record.get("labels")
-        return RequestInfo(
+        info = RequestInfo(
             request_id=request_id,
             # Tens of thousands of open jobs share a few tenants and connections: intern.
             tenant=sys.intern(tenant),
@@ -139,3 +149,13 @@ class Ingest:
             replay_of=record.get("replay_of"),
             cancel=cancel,
         )
+        # Checked against what will be written, not the input: JSON escaping can make a
+        # job several times larger than its Avro bytes (control characters: 6x).
+        needed = state_size_bound(info) + VENDOR_FIELDS_BOUND
+        if needed > self.max_record_bytes:
+            return reject(
+                "state_too_large",
+                f"the job's state record could reach {needed} bytes (its job is {len(info.job_json)} characters "
+                f"as JSON); records are limited to {self.max_record_bytes} bytes",
+            )
+        return info

@@ -16,6 +16,7 @@ from worker.engine.model import (
     JobState,
     Phase,
     PublishStatus,
+    RequestInfo,
     Status,
 )
 from worker.errors import DecodeError
@@ -25,6 +26,29 @@ def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
     if error is None:
         return None
     return {"code": error.code, "message": error.message, "retryable": error.retryable}
+
+
+# Avro adds at most this to a JobState's texts: its numbers (at most 10 bytes each),
+# enums, union indexes, the map's block counts, and a length prefix per text.
+_STATE_FIXED_BOUND = 256
+_TEXT_PREFIX_BOUND = 5
+
+
+def state_size_bound(request: RequestInfo) -> int:
+    """An upper bound of the encoded size of the state a request starts as (before any
+    vendor answer; ``worker.limits.VENDOR_FIELDS_BOUND`` is what answers can add)."""
+    texts = [
+        request.request_id,
+        request.tenant,
+        request.connection,
+        request.vendor,
+        request.job_json,
+        request.correlation_id or "",
+        request.replay_of or "",
+        *request.labels.keys(),
+        *request.labels.values(),
+    ]
+    return _STATE_FIXED_BOUND + sum(len(t.encode()) + _TEXT_PREFIX_BOUND for t in texts)
 
 
 def state_to_record(state: JobState) -> dict[str, Any]:

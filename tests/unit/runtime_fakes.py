@@ -36,6 +36,7 @@ from worker.runtime.dispatcher import CallDispatcher
 from worker.runtime.mailbox import Mailbox
 from worker.runtime.outbox import Outbox
 from worker.runtime.partitions import Partitions
+from worker.runtime.refused import RefusedRecords
 from worker.runtime.stepper import Stepper
 from worker.vendors.base import JobSpec
 
@@ -139,6 +140,7 @@ class Collaborators:
         self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.time.clock, metrics())
         self.dispatcher.open(self.connections)
         self.outbox = Outbox(self.time.clock.monotonic)
+        self.refused = RefusedRecords()
         self.stepper = Stepper(
             connections=self.connections,
             outbox=self.outbox,
@@ -148,6 +150,7 @@ class Collaborators:
             clock=self.time.clock,
             rng=random.Random(1),
             metrics=metrics(),
+            refused=self.refused,
         )
 
 
@@ -263,3 +266,42 @@ class FakeProducer:
 
     async def close(self) -> None:
         return None
+
+
+@dataclass
+class FakeMessage:
+    """A consumed record, as confluent-kafka hands it over (no error)."""
+
+    value_: bytes | None
+    key_: bytes | None
+    partition_: int = 0
+    offset_: int = 0
+    topic_: str = "requests"
+    headers_: list[tuple[str, bytes | None]] | None = None
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes | None:
+        return self.value_
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self.headers_
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, NOW_MS_INT)
+
+
+NOW_MS_INT = int(NOW_S * 1000)

@@ -26,6 +26,7 @@ from worker.engine.model import (
 from worker.engine.policy import Policy
 from worker.errors import ConfigError, DecodeError
 from worker.ingest import CANCEL, Ingest, Rejection, jsonable
+from worker.limits import DEFAULT_MAX_RECORD_BYTES
 from worker.ops.run import Outcome, OutcomeKind, fail
 from worker.ops.timeparse import format_ms
 from worker.redaction import redact_text
@@ -42,6 +43,7 @@ class Predictor:
         connections: the workers' connections; None when unknown, then connection and
             vendor rules are not checked (the outcome says so).
         max_bytes: the workers' ``max_request_bytes``.
+        max_record_bytes: the workers' ``max_record_bytes``.
         now_ms: the time to judge links and date ranges at.
     """
 
@@ -52,13 +54,14 @@ class Predictor:
         *,
         connections: dict[str, ConnectionConfig] | None,
         max_bytes: int,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         now_ms: int,
     ) -> None:
         self.codec = codec
         self.states = states
         self.connections = connections
         self.now_ms = now_ms
-        self.ingest = Ingest(codec, connections or {}, max_bytes=max_bytes)
+        self.ingest = Ingest(codec, connections or {}, max_bytes=max_bytes, max_record_bytes=max_record_bytes)
 
     async def predict(self, key: bytes | None, value: bytes | None) -> Outcome:
         # Offsets -1: a replayed record is never a redelivery of the one that made the state.

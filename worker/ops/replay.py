@@ -386,7 +386,12 @@ async def load_predictor(
     snapshot = await load_states(settings, cluster, codec, on_batch=hooks.advance)
     hooks.done()
     return Predictor(
-        codec, snapshot.states, connections=connections, max_bytes=settings.max_request_bytes, now_ms=now_ms
+        codec,
+        snapshot.states,
+        connections=connections,
+        max_bytes=settings.max_request_bytes,
+        max_record_bytes=settings.max_record_bytes,
+        now_ms=now_ms,
     )
 
 

@@ -13,8 +13,19 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from worker.engine.model import CallFailed, CallKind, ErrorInfo, Event, JobState
+from worker.engine.model import CallFailed, CallKind, ErrorInfo, Event, JobState, PollAnswered
 from worker.errors import ExportWorkerError, RateLimited, ResultStoreError, VendorBusy, VendorError
+from worker.limits import (
+    MAX_CHECKSUM_BYTES,
+    MAX_ERROR_CODE_BYTES,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_FILE_FORMAT_BYTES,
+    MAX_FILE_URL_BYTES,
+    MAX_VENDOR_JOB_ID_BYTES,
+    MAX_VENDOR_STATUS_BYTES,
+    clip,
+    utf8_len,
+)
 from worker.redaction import redact_text
 from worker.runtime.connections import Connection
 from worker.vendors import Cancellable, JobSpec, VendorAdapter
@@ -73,11 +84,58 @@ async def run_call(call: Call) -> Event:
     except Exception as exc:
         _log_failure(call, exc)
         return failure_event(call.kind, exc)
+    event = bounded(call.kind, event)
     raw = getattr(event, "vendor_status", None)
     if raw is not None and type(event) is not CallFailed:
         # A handful of vendor status names, held by every open job: keep one copy.
         event = replace(event, vendor_status=sys.intern(raw))  # type: ignore[arg-type]
     return event
+
+
+def bounded(kind: CallKind, event: Event) -> Event:
+    """The answer with every vendor text the job keeps within its bound (``worker.limits``):
+    status names and error texts are clipped; a job id or link too long to keep whole is
+    refused as a malformed answer (clipped, it would name another job or file)."""
+    job_id = getattr(event, "vendor_job_id", None)
+    if job_id is not None and utf8_len(job_id) > MAX_VENDOR_JOB_ID_BYTES:
+        return _too_long(kind, "job id", utf8_len(job_id), MAX_VENDOR_JOB_ID_BYTES)
+    changes: dict[str, object] = {}
+    status = getattr(event, "vendor_status", None)
+    if status is not None and utf8_len(status) > MAX_VENDOR_STATUS_BYTES:
+        changes["vendor_status"] = clip(status, MAX_VENDOR_STATUS_BYTES)
+    if isinstance(event, PollAnswered):
+        file = event.file
+        if file is not None:
+            if utf8_len(file.url) > MAX_FILE_URL_BYTES:
+                return _too_long(kind, "download link", utf8_len(file.url), MAX_FILE_URL_BYTES)
+            kept = replace(
+                file,
+                format=clip(file.format, MAX_FILE_FORMAT_BYTES),
+                sha256=file.sha256 if utf8_len(file.sha256) <= MAX_CHECKSUM_BYTES else None,
+            )
+            if kept != file:
+                changes["file"] = kept
+        if event.error is not None:
+            changes["error"] = bounded_error(event.error)
+    if isinstance(event, CallFailed):
+        changes["error"] = bounded_error(event.error)
+    return replace(event, **changes) if changes else event  # type: ignore[type-var]
+
+
+def bounded_error(error: ErrorInfo) -> ErrorInfo:
+    code, message = clip(error.code, MAX_ERROR_CODE_BYTES), clip(error.message, MAX_ERROR_MESSAGE_BYTES)
+    if code is error.code and message is error.message:
+        return error
+    return ErrorInfo(code, message, error.retryable)
+
+
+def _too_long(kind: CallKind, what: str, size: int, limit: int) -> CallFailed:
+    return CallFailed(
+        kind=kind,
+        error=ErrorInfo("malformed_answer", f"the vendor's {what} is {size} bytes; at most {limit} are kept", True),
+        # A submit the vendor answered did create a job, even if it cannot be followed.
+        outcome_unknown=kind is CallKind.SUBMIT,
+    )
 
 
 async def _ask(adapter: VendorAdapter, kind: CallKind, spec: JobSpec, state: JobState) -> Event:
@@ -98,7 +156,7 @@ def failure_event(kind: CallKind, exc: Exception) -> CallFailed:
     if isinstance(exc, VendorError):
         return CallFailed(
             kind=kind,
-            error=ErrorInfo(exc.code, redact_text(exc.message), exc.retriable),
+            error=_error(exc.code, exc.message, exc.retriable),
             retry_after_s=exc.retry_after,
             outcome_unknown=exc.outcome_unknown,
             busy=isinstance(exc, VendorBusy),
@@ -106,16 +164,19 @@ def failure_event(kind: CallKind, exc: Exception) -> CallFailed:
     if isinstance(exc, ExportWorkerError):  # e.g. the result store refused an artifact: retry later
         code = "result_store_error" if isinstance(exc, ResultStoreError) else "worker_error"
         return CallFailed(
-            kind=kind,
-            error=ErrorInfo(code, redact_text(str(exc)), exc.retriable),
-            outcome_unknown=kind is CallKind.SUBMIT,
+            kind=kind, error=_error(code, str(exc), exc.retriable), outcome_unknown=kind is CallKind.SUBMIT
         )
     # An adapter bug must not stop the worker; the job retries.
     return CallFailed(
         kind=kind,
-        error=ErrorInfo("adapter_error", redact_text(f"{type(exc).__name__}: {exc}"), True),
+        error=_error("adapter_error", f"{type(exc).__name__}: {exc}", True),
         outcome_unknown=kind is CallKind.SUBMIT,
     )
+
+
+def _error(code: str, text: str, retriable: bool) -> ErrorInfo:
+    """An error as the job keeps it: secrets redacted, the text within its bound."""
+    return ErrorInfo(code, clip(redact_text(text), MAX_ERROR_MESSAGE_BYTES), retriable)
 
 
 def connection_wait_s(event: Event) -> float | None:
@@ -135,9 +196,14 @@ def _log_failure(call: Call, exc: Exception) -> None:
             connection=call.connection.name,
             operation=call.kind.value,
             code=exc.code,
-            error=exc.message,
+            error=clip(exc.message, MAX_ERROR_MESSAGE_BYTES),
         )
     elif isinstance(exc, ExportWorkerError):
-        log.warning("vendor call failed", request_id=state.request_id, operation=call.kind.value, error=str(exc))
+        log.warning(
+            "vendor call failed",
+            request_id=state.request_id,
+            operation=call.kind.value,
+            error=clip(str(exc), MAX_ERROR_MESSAGE_BYTES),
+        )
     else:
         log.exception("vendor adapter crashed", request_id=state.request_id, operation=call.kind.value)

@@ -10,18 +10,54 @@ from confluent_kafka import KafkaException
 
 from worker.codec import Codec
 from worker.config import Settings
-from worker.engine.model import RequestReceived
+from worker.engine.model import ErrorInfo, RequestInfo, RequestReceived, RequestRejected
 from worker.errors import RegistryUnavailable, WorkerFenced
 from worker.ingest import Ingest, Rejection
+from worker.limits import (
+    MAX_DEAD_LETTER_HEADER_BYTES,
+    MAX_DEAD_LETTER_HEADERS,
+    MAX_DEAD_LETTER_KEY_BYTES,
+    MAX_REASON_BYTES,
+    clip,
+)
 from worker.observability import Metrics
 from worker.records import dead_letter_record
 from worker.redaction import redact_text
 from worker.runtime.clients import Clock
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import OwnedPartition, Partitions
+from worker.runtime.refused import RefusedRecords
 from worker.runtime.stepper import Stepper
 
 log = structlog.get_logger("export_worker")
+
+
+def bounded_headers(headers: list[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes | None]]:
+    """The first headers that fit in a dead letter's bounds (count and bytes)."""
+    kept: list[tuple[str, bytes | None]] = []
+    room = MAX_DEAD_LETTER_HEADER_BYTES
+    for name, value in (headers or [])[:MAX_DEAD_LETTER_HEADERS]:
+        size = len(name.encode()) + (len(value) if value is not None else 0)
+        if size > room:
+            break
+        kept.append((name, value))
+        room -= size
+    return kept
+
+
+def _rejected(request: RequestInfo, code: str, why: str) -> Rejection:
+    error = ErrorInfo(code, why, False)
+    event = RequestRejected(
+        request_id=request.request_id,
+        tenant=request.tenant,
+        connection=request.connection,
+        vendor=request.vendor,
+        partition=request.partition,
+        offset=request.offset,
+        error=error,
+        correlation_id=request.correlation_id,
+    )
+    return Rejection(code, why, event)
 
 
 class Intake:
@@ -36,6 +72,7 @@ class Intake:
         clock: Clock,
         metrics: Metrics,
         worker_id: str,
+        refused: RefusedRecords | None = None,
     ) -> None:
         self._settings = settings
         self._partitions = partitions
@@ -45,6 +82,7 @@ class Intake:
         self._clock = clock
         self._metrics = metrics
         self._worker_id = worker_id
+        self._refused = refused or RefusedRecords()
         self._ingest: Ingest | None = None
 
     def open(self, ingest: Ingest) -> None:
@@ -89,6 +127,10 @@ class Intake:
         outcome = await self._ingest.read(
             msg.key(), msg.value(), partition=part.number, offset=msg.offset(), now_ms=now
         )
+        if isinstance(outcome, RequestInfo):
+            refused = self._refused.job(outcome.request_id)
+            if refused is not None:
+                outcome = _rejected(outcome, "record_refused", refused)
         if isinstance(outcome, Rejection):
             if outcome.event is not None:
                 self._stepper.apply(part, outcome.event.request_id, outcome.event)
@@ -111,24 +153,30 @@ class Intake:
             offset=msg.offset(),
             request_id=request_id,
         )
-        value = msg.value()
+        # The dead letter must fit in a record too: the value, key and headers it carries
+        # are bounded (worker.limits), or dropped when the broker refused it before.
+        value, headers, reason = msg.value(), bounded_headers(msg.headers()), rejection.reason
+        refused = self._refused.dead_letter(part.number, msg.offset())
+        if refused is not None:
+            value, headers, reason = None, [], f"{reason}; its dead letter was refused by the broker ({refused})"
         limit = self._settings.max_request_bytes
         if value is not None and len(value) > limit:
-            value = value[:limit]  # the dead letter must fit in a record too
+            value = value[:limit]
+        key = (msg.key() or b"")[:MAX_DEAD_LETTER_KEY_BYTES]
         record = dead_letter_record(
             topic=msg.topic(),
             partition=part.number,
             offset=msg.offset(),
             timestamp_ms=ts if ts_type != 0 else None,
-            key=msg.key(),
+            key=key,
             value=value,
-            headers=[(k, v) for k, v in (msg.headers() or [])],
+            headers=headers,
             reason_code=rejection.reason_code,
-            reason=redact_text(rejection.reason),
+            reason=clip(redact_text(reason), MAX_REASON_BYTES),
             failed_at_ms=self._clock.now_ms() if now_ms is None else now_ms,
             request_id=request_id,
             worker=self._worker_id,
         )
         dlq = self._settings.topics.dlq
-        value = self._codec.encode("DeadLetter", record, topic=dlq)
-        self._outbox.add([Outgoing(part.number, dlq, msg.key() or b"", value, None)])
+        encoded = self._codec.encode("DeadLetter", record, topic=dlq)
+        self._outbox.add([Outgoing(part.number, dlq, key, encoded, None, origin_offset=msg.offset())])

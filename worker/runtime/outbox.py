@@ -21,6 +21,7 @@ class Outgoing:
     key: bytes
     value: bytes | None
     target_partition: int | None  # explicit for export.jobs (co-partitioned), else keyed
+    origin_offset: int | None = None  # a dead letter: the input offset it stands for
 
 
 @dataclass(slots=True)

@@ -11,7 +11,19 @@ import structlog
 from worker.codec import Codec
 from worker.config import TopicSettings
 from worker.engine.machine import Context, step
-from worker.engine.model import Announce, CallKind, CallVendor, Event, JobState, PublishStatus, Restored, Transition
+from worker.engine.model import (
+    NO_LABELS,
+    Announce,
+    CallFailed,
+    CallKind,
+    CallVendor,
+    ErrorInfo,
+    Event,
+    JobState,
+    PublishStatus,
+    Restored,
+    Transition,
+)
 from worker.observability import Metrics
 from worker.records import file_record, status_record
 from worker.runtime.calls import Call
@@ -21,6 +33,7 @@ from worker.runtime.dispatcher import CallDispatcher
 from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import OwnedPartition
+from worker.runtime.refused import RefusedRecords
 
 log = structlog.get_logger("export_worker")
 
@@ -37,8 +50,10 @@ class Stepper:
         clock: Clock,
         rng: random.Random,
         metrics: Metrics,
+        refused: RefusedRecords | None = None,
     ) -> None:
         self._connections = connections
+        self._refused = refused or RefusedRecords()
         self._outbox = outbox
         self._dispatcher = dispatcher
         self._codec = codec
@@ -59,7 +74,13 @@ class Stepper:
             state.connection if state is not None else getattr(getattr(event, "request", event), "connection", "")
         )
         conn = self._connections.get(conn_name)
+        refused = self._refused.job(request_id) if state is not None and not _trimmed(state) else None
+        if refused is not None and state is not None and state.open:
+            event = CallFailed(kind=CallKind.POLL, error=ErrorInfo("record_refused", refused, False))
         transition = step(state, event, self.context(conn))
+        if refused is not None and transition.state is not None:
+            # The broker refused a record of this job: keep only what fits anywhere.
+            transition = Transition(transition.state.evolve(job_json="{}", labels=NO_LABELS), True, transition.effects)
         new = transition.state
         # Every record is built (and encoded) before anything changes: a failure here
         # leaves the job exactly as it was.
@@ -167,3 +188,8 @@ class Stepper:
         resumed = step(state, Restored(), self.context(self._connections.get(state.connection))).state
         assert resumed is not None
         return resumed
+
+
+def _trimmed(state: JobState) -> bool:
+    """Already cut down after a refused record (finished, with no job text or labels)."""
+    return not state.open and state.job_json == "{}" and not state.labels

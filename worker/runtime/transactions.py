@@ -27,6 +27,7 @@ from worker.runtime.clients import GroupConsumer, TransactionalProducer
 from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import Partitions
+from worker.runtime.refused import RecordsRefused, refused_record
 
 log = structlog.get_logger("export_worker")
 
@@ -69,6 +70,7 @@ class Settled:
     give_up: list[Call]  # calls that will never start
     error: str | None = None
     replay: list[CallAnswered] = field(default_factory=list)  # resync: answers to apply again
+    refused: list[Outgoing] = field(default_factory=list)  # resync: records the broker refused
 
 
 _GENERATION_CODES = frozenset(
@@ -203,13 +205,15 @@ class TransactionWriter:
             # A record the producer refused (e.g. too large) must not be silently left
             # out of a committed transaction: check every delivery first.
             await producer.flush(self.timeouts.flush_s)
-            for result in await asyncio.gather(*futures, return_exceptions=True):
-                if isinstance(result, BaseException):
-                    raise (
-                        result
-                        if isinstance(result, KafkaException)
-                        else KafkaException(KafkaError(KafkaError._FAIL, f"record not delivered: {result}"))
-                    )
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [(out, r) for out, r in zip(batch.outgoing, results, strict=True) if isinstance(r, BaseException)]
+            if failed:
+                refused = [out for out, error in failed if refused_record(error)]
+                first = failed[0][1]
+                error = first.args[0] if isinstance(first, KafkaException) and first.args else None
+                if not isinstance(error, KafkaError):
+                    error = KafkaError(KafkaError._FAIL, f"record not delivered: {first}")
+                raise RecordsRefused(error, refused) if refused else KafkaException(error)
             timeouts = self.timeouts
             if batch.offsets:
                 await self._bounded(
@@ -258,7 +262,8 @@ class TransactionWriter:
             return Settled(Outcome.FENCED, [], give_up, kafka_error.str())
         log.warning("transaction failed; aborting and restoring owned partitions", error=kafka_error.str())
         await self._abort()
-        return Settled(Outcome.RESYNC, [], give_up, kafka_error.str(), replay=batch.answers)
+        refused = error.records if isinstance(error, RecordsRefused) else []
+        return Settled(Outcome.RESYNC, [], give_up, kafka_error.str(), replay=batch.answers, refused=refused)
 
     async def _abort(self) -> None:
         assert self.producer is not None

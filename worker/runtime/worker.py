@@ -53,6 +53,7 @@ from worker.runtime.intake import Intake
 from worker.runtime.mailbox import CallAnswered, ControlChanged, Mailbox, RestoreDone
 from worker.runtime.outbox import Outbox
 from worker.runtime.partitions import Partitions
+from worker.runtime.refused import RefusedRecords
 from worker.runtime.restorer import Carried, Restorer, StateReader, state_topic_reader
 from worker.runtime.stepper import Stepper
 from worker.runtime.transactions import Outcome, Settled, TransactionWriter
@@ -123,6 +124,7 @@ class Worker:
         self.mailbox: Mailbox = asyncio.Queue()
         self.partitions = Partitions(self.topics.requests)
         self.outbox = Outbox(self.clock.monotonic)
+        self.refused = RefusedRecords()
         self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.clock, self.metrics)
         self.stepper = Stepper(
             connections=self.connections,
@@ -133,6 +135,7 @@ class Worker:
             clock=self.clock,
             rng=rng or random.Random(),
             metrics=self.metrics,
+            refused=self.refused,
         )
         self.intake = Intake(
             settings,
@@ -143,6 +146,7 @@ class Worker:
             clock=self.clock,
             metrics=self.metrics,
             worker_id=self.transactional_id,
+            refused=self.refused,
         )
         self.restorer = Restorer(
             partitions=self.partitions,
@@ -198,7 +202,12 @@ class Worker:
         self.connections.update(build_connections(configs, self._session, self.metrics, result_store=result_store))
         self.dispatcher.open(self.connections)
         self.intake.open(
-            Ingest(self.codec, {n: c.config for n, c in self.connections.items()}, max_bytes=settings.max_request_bytes)
+            Ingest(
+                self.codec,
+                {n: c.config for n, c in self.connections.items()},
+                max_bytes=settings.max_request_bytes,
+                max_record_bytes=settings.max_record_bytes,
+            )
         )
         if settings.http_port >= 0:
             self.side_port = SidePort(self.metrics, self.readiness, self.watchdog.healthy)
@@ -371,7 +380,11 @@ class Worker:
         elif settled.outcome is Outcome.FENCED:
             raise WorkerFenced(settled.error or "fenced")
         else:
-            # In-memory state ran ahead of what is durable: rebuild it from Kafka.
+            # In-memory state ran ahead of what is durable: rebuild it from Kafka. A record
+            # the broker refused is dealt with on its own afterwards (see RefusedRecords).
+            self.refused.remember(
+                settled.refused, self.topics.dlq, f"the broker refused a record of this request: {settled.error}"
+            )
             await self._resync(set(self.partitions), settled.replay)
 
     def _start_calls(self, calls: list[Call]) -> None:

@@ -1,0 +1,60 @@
+"""Bounds on what the outside world controls, in one place.
+
+Requests and vendor answers are hostile: every text a vendor sends that the worker keeps
+(in a job's state, status and file events) is clipped or refused at the boundary where it
+enters, so a job's state record can only grow by a known amount after it was accepted.
+Ingest uses that to refuse, at the door, a request whose state could not be written.
+Configurable limits (request size, record size, Retry-After, answer size) are settings;
+these are the fixed ones.
+"""
+
+from __future__ import annotations
+
+# The largest record the worker writes, by default: below the producer's own limit
+# (librdkafka message.max.bytes, 1,000,000) and Kafka's default max.message.bytes.
+DEFAULT_MAX_RECORD_BYTES = 786_432
+
+# Texts from vendor answers kept in a job's state (UTF-8 bytes).
+MAX_VENDOR_STATUS_BYTES = 256  # a vendor's own status name: longer ones are clipped
+MAX_VENDOR_JOB_ID_BYTES = 512  # a job id: a longer one is refused (clipping would poll the wrong job)
+MAX_ERROR_CODE_BYTES = 64
+MAX_ERROR_MESSAGE_BYTES = 2_048  # error texts are clipped
+MAX_FILE_URL_BYTES = 8_192  # a download link: a longer one is refused
+MAX_FILE_FORMAT_BYTES = 64
+MAX_CHECKSUM_BYTES = 128  # a longer sha256 is dropped
+
+# The most vendor answers can add to a job's state record after it was accepted: the
+# fields above, each with its Avro length prefix and union index.
+VENDOR_FIELDS_BOUND = (
+    MAX_VENDOR_STATUS_BYTES
+    + MAX_VENDOR_JOB_ID_BYTES
+    + MAX_ERROR_CODE_BYTES
+    + MAX_ERROR_MESSAGE_BYTES
+    + MAX_FILE_URL_BYTES
+    + MAX_FILE_FORMAT_BYTES
+    + MAX_CHECKSUM_BYTES
+    + 16 * 8
+)
+
+# Dead letters carry the refused record's key, value and headers: bounded too, so the
+# dead letter of any input fits in a record.
+MAX_DEAD_LETTER_KEY_BYTES = 1_024
+MAX_DEAD_LETTER_HEADERS = 64
+MAX_DEAD_LETTER_HEADER_BYTES = 65_536  # all header keys and values together
+MAX_REASON_BYTES = 4_096
+# What a dead letter adds to the (already bounded) value it carries.
+DEAD_LETTER_OVERHEAD = MAX_DEAD_LETTER_KEY_BYTES + MAX_DEAD_LETTER_HEADER_BYTES + MAX_REASON_BYTES + 4_096
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a character."""
+    if len(text) * 4 <= max_bytes:  # fast path: cannot be too long
+        return text
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore")
+
+
+def utf8_len(text: str | None) -> int:
+    return 0 if text is None else len(text.encode())
