@@ -171,6 +171,7 @@ class FakeConsumer:
         self.committed_offsets: dict[int, int] = {}
         self.committed_errors: dict[int, KafkaError] = {}
         self.committed_raises: KafkaException | None = None
+        self.low_watermarks: dict[int, int] = {}  # where the consumer starts with nothing committed
         self.paused: list[int] = []
         self.resumed: list[int] = []
         self.seeks: list[tuple[int, int]] = []
@@ -188,6 +189,10 @@ class FakeConsumer:
             )
             for tp in partitions
         ]
+
+    async def get_watermark_offsets(self, partition: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+        low = self.low_watermarks.get(partition.partition, 0)
+        return low, low + 100
 
     async def pause(self, partitions: list[TopicPartition]) -> None:
         self.paused.extend(tp.partition for tp in partitions)

@@ -55,10 +55,11 @@ class TestRestore:
         rig.restorer.begin({0, 1})
         assert rig.partitions.restoring() == [0, 1]
         done = await rig.restored()
-        assert done.committed == {0: 42} and sorted(done.incarnations) == [0, 1]
+        assert done.committed == {0: 42, 1: 0} and sorted(done.incarnations) == [0, 1]
         await rig.restorer.install(done)
         assert rig.partitions.restoring() == []
-        assert rig.partitions[0].next_offset == 42 and rig.partitions[1].next_offset is None
+        # Nothing committed for partition 1: it stands where the consumer starts.
+        assert rig.partitions[0].next_offset == 42 and rig.partitions[1].next_offset == 0
         assert set(rig.partitions[0].jobs) == {"open"}
         assert rig.dispatcher.next_due_ms() is not None  # its next poll is scheduled
         assert sorted(rig.consumer.resumed) == [0, 1]
@@ -96,11 +97,25 @@ class TestCommittedOffsets:
         rig.consumer.committed_raises = KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
         assert await rig.restorer.committed_best_effort([0, 1]) == {}
 
-    async def test_at_a_takeover_partitions_without_an_offset_are_left_out(self) -> None:
+    async def test_at_a_takeover_a_partition_with_nothing_committed_stands_at_its_low_watermark(self) -> None:
+        """So that every transaction can carry input offsets (fencing), even before the
+        first request of a partition is read; a lookup that failed is left out."""
         rig = Rig()
         rig.consumer.committed_offsets = {0: 5}
+        rig.consumer.low_watermarks = {1: 300}
         rig.consumer.committed_errors = {2: KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)}
-        assert await rig.restorer.committed_best_effort([0, 1, 2]) == {0: 5}
+        assert await rig.restorer.committed_best_effort([0, 1, 2]) == {0: 5, 1: 300}
+
+    async def test_offsets_that_could_not_be_looked_up_are_asked_for_again(self) -> None:
+        rig = Rig()
+        rig.consumer.committed_raises = KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
+        rig.restorer.begin({0})
+        await rig.restorer.install(await rig.restored())
+        assert rig.partitions[0].ready and rig.partitions[0].next_offset is None
+        rig.consumer.committed_raises = None
+        rig.consumer.committed_offsets = {0: 11}
+        rig.restorer.learn_missing_offsets(now=1e9)
+        await eventually(lambda: rig.partitions[0].next_offset == 11, timeout=5, what="offset learned")
 
     async def test_a_resync_never_takes_an_unknown_offset_for_none(self) -> None:
         rig = Rig()

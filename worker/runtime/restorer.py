@@ -47,6 +47,8 @@ MAX_RETRY_WAIT_S = 10.0
 # How long one lookup of the group's committed offsets may take (at a takeover, and at a resync).
 COMMITTED_LOOKUP_TIMEOUT_S = 10
 RESYNC_LOOKUP_TIMEOUT_S = 30
+# How often the input offsets of partitions whose lookup failed are asked for again.
+LEARN_EVERY_S = 2.0
 
 
 def state_topic_reader(settings: Settings, codec: Codec, admin: AdminClient) -> StateReader:
@@ -85,6 +87,8 @@ class Restorer:
         self._consumer: GroupConsumer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._carried: dict[int, Carried] = {}  # by partition, until its next install
+        self._learning: asyncio.Task[None] | None = None
+        self._learned_at = 0.0
         # One committed-offset lookup at a time: each holds a consumer thread, and a
         # rebalance callback running meanwhile needs free ones for its own consumer calls.
         self._committed_lookup = asyncio.Lock()
@@ -110,6 +114,8 @@ class Restorer:
     def cancel(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self._learning is not None:
+            self._learning.cancel()
 
     async def _restore(self, incarnations: dict[int, int]) -> None:
         """Read these partitions' job states (and the group's committed offsets) until it
@@ -175,20 +181,52 @@ class Restorer:
         return [TopicPartition(self._partitions.topic, n) for n in numbers]
 
     async def committed_best_effort(self, numbers: list[int]) -> dict[int, int]:
-        """The group's committed offsets of these partitions, best effort.
+        """Where each of these partitions' input stands for the group: its committed
+        offset, or where the consumer starts when nothing was committed yet (the low
+        watermark: auto.offset.reset=earliest). Best effort: partitions whose lookup did
+        not answer (a dead owner's transaction still pending, a broker just restarted)
+        are left out rather than kept paused; ``learn_missing_offsets`` asks again later.
 
-        Only a starting point for the offsets this worker commits: without it nothing is
-        committed for a partition until its next request is processed, which is safe. A
-        lookup that does not answer (a dead owner's transaction still pending, a broker
-        just restarted) must not keep the partition paused, so it is not retried."""
+        The worker sends these offsets with every transaction, also one without new input:
+        that is what lets the group coordinator fence a worker that lost its partitions."""
         assert self._consumer is not None
         try:
             async with self._committed_lookup:
                 found = await self._consumer.committed(self._tps(numbers), timeout=COMMITTED_LOOKUP_TIMEOUT_S)
+                known = {tp.partition: tp.offset for tp in found if tp.offset >= 0 and tp.error is None}
+                for tp in found:
+                    if tp.error is None and tp.offset < 0:  # nothing committed yet
+                        low, _high = await self._consumer.get_watermark_offsets(
+                            TopicPartition(self._partitions.topic, tp.partition),
+                            timeout=COMMITTED_LOOKUP_TIMEOUT_S,
+                            cached=False,
+                        )
+                        if low >= 0:
+                            known[tp.partition] = low
         except KafkaException as exc:
             log.warning("committed offsets unknown; resuming without them", partitions=numbers, error=str(exc))
             return {}
-        return {tp.partition: tp.offset for tp in found if tp.offset >= 0 and tp.error is None}
+        return known
+
+    def learn_missing_offsets(self, now: float) -> None:
+        """Ask again, in the background, where ready partitions without a known input
+        offset stand (at most every few seconds, one lookup at a time)."""
+        missing = [n for n, p in self._partitions.items() if p.ready and p.next_offset is None]
+        if not missing or self._learning is not None or now - self._learned_at < LEARN_EVERY_S:
+            return
+        self._learned_at = now
+        incarnations = {n: self._partitions[n].incarnation for n in missing}
+        self._learning = asyncio.create_task(self._learn(incarnations))
+
+    async def _learn(self, incarnations: dict[int, int]) -> None:
+        try:
+            found = await self.committed_best_effort(sorted(incarnations))
+            for number, offset in found.items():
+                part = self._partitions.current(number, incarnations[number])
+                if part is not None and part.next_offset is None:
+                    part.next_offset = offset
+        finally:
+            self._learning = None
 
     def _apply_carried(self, part: OwnedPartition) -> None:
         carried = self._carried.pop(part.number, None)

@@ -65,6 +65,8 @@ log = structlog.get_logger("export_worker")
 # while calls, restores or a commit are under way, else until the next timer (capped).
 BUSY_WAIT_S = 0.02
 IDLE_WAIT_S = 0.25
+# How long pending records wait for an input offset to fence their transaction with.
+UNFENCED_WAIT_S = 15.0
 
 
 class Worker:
@@ -308,6 +310,7 @@ class Worker:
         await self._apply_reports()
         self.dispatcher.fire_timers(self.stepper.apply)
         self.dispatcher.retry_waiting_calls()
+        self.restorer.learn_missing_offsets(time.monotonic())
         await self._commit_when_due()
 
     def _consume_timeout(self) -> float:
@@ -352,7 +355,7 @@ class Worker:
     # ---- committing ----------------------------------------------------------------
 
     async def _commit_when_due(self) -> None:
-        if not self.outbox.pending:
+        if not self.outbox.pending or self._unfenced():
             return
         if self.outbox.full:
             await self._commit()  # backpressure: let the broker catch up
@@ -363,6 +366,18 @@ class Worker:
             batch = await self.writer.cut()
             if batch is not None:
                 self.writer.start(batch)
+
+    def _unfenced(self) -> bool:
+        """No input offset of any owned partition is known yet, so a transaction now would
+        carry none, and the group coordinator could not refuse it if this worker had lost
+        its partitions. Wait for the offsets (``Restorer.learn_missing_offsets``), but
+        not for ever: a worker that cannot learn them still makes progress, and says so."""
+        if self.partitions.positions() or not self.partitions.ready_partitions():
+            return False
+        if self.outbox.waited() < UNFENCED_WAIT_S:
+            return True
+        log.warning("committing without input offsets: this transaction is not fenced by the group generation")
+        return False
 
     async def _commit(self, group_metadata: Any = None) -> None:
         """Commit everything pending now, after any commit already in flight."""
