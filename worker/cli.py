@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from worker.config import ConnectionConfig, Settings
+from worker.config import ConnectionConfig, Settings, describe_invalid
 from worker.errors import ExportWorkerError
 
 try:  # typer >= 0.2x carries its own copy of click
@@ -74,8 +75,8 @@ def settings_from_env(**overrides: Any) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**values)
-    except Exception as exc:  # pydantic ValidationError
-        raise typer.BadParameter(str(exc)) from None
+    except ValidationError as exc:
+        raise typer.BadParameter(f"invalid settings: {describe_invalid(exc)}") from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
