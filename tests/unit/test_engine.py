@@ -12,6 +12,7 @@ from worker.engine.model import (
     CallVendor,
     CancelAnswered,
     ErrorInfo,
+    Event,
     FileInfo,
     JobState,
     Phase,
@@ -82,6 +83,27 @@ def succeeded(expires_at_ms: int | None = NOW + 10_000) -> JobState:
     tr = step(active(), PollAnswered("Success", Status.SUCCEEDED, file=file), ctx())
     assert tr.state is not None
     return tr.state
+
+
+class Run:
+    """One job driven through events, keeping what a worker would have persisted: a
+    takeover continues from the last persisted state, as a new owner restores it."""
+
+    def __init__(self, state: JobState) -> None:
+        self.state: JobState = state
+        self.persisted: JobState = state
+
+    def step(self, event: Event, now: int) -> JobState:
+        tr = step(self.state, event, ctx(now))
+        assert tr.state is not None
+        self.state = tr.state
+        if tr.persist:
+            self.persisted = tr.state
+        return tr.state
+
+    def takeover(self, now: int) -> None:
+        self.state = self.persisted
+        self.step(Restored(), now)
 
 
 class TestNewRequests:
@@ -170,6 +192,37 @@ class TestPolling:
         err = CallFailed(CallKind.POLL, ErrorInfo("rate_limited", "429", True), retry_after_s=42)
         tr = step(active(), err, ctx())
         assert tr.state is not None and tr.state.next_action_at_ms >= NOW + 42_000
+
+    def test_the_error_budget_counts_from_the_first_failure_across_takeovers(self) -> None:
+        """Each new owner restores what was persisted; the job still fails max_failing_s after
+        its first transient error, not after the first one its current owner saw."""
+        err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))
+        run = Run(active())
+        run.step(err, NOW)
+        for t in (NOW + 20_000, NOW + 40_000):
+            run.takeover(t)
+            run.step(err, t)
+        run.takeover(NOW + 61_000)
+        final = run.step(err, NOW + 61_000)
+        assert final.status is Status.FAILED and final.error is not None
+        assert "gave up after 61 s" in final.error.message
+
+    def test_only_the_start_of_an_error_run_is_written(self) -> None:
+        """Retries within a run change nothing durable: one state record per run, not per error."""
+        err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))
+        first = step(active(), err, ctx(NOW))
+        assert first.persist and first.state is not None and first.state.failing_since_ms == NOW
+        second = step(first.state, err, ctx(NOW + 5_000))
+        assert not second.persist and second.state is not None and second.state.failing_since_ms == NOW
+
+    def test_the_end_of_an_error_run_is_written_so_a_takeover_starts_a_new_budget(self) -> None:
+        err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))
+        run = Run(active())
+        run.step(err, NOW)
+        run.step(PollAnswered("New", Status.QUEUED), NOW + 10_000)  # same status: nothing published
+        run.takeover(NOW + 100_000)
+        after = run.step(err, NOW + 100_000)
+        assert after.phase is Phase.ACTIVE and after.failing_since_ms == NOW + 100_000
 
     def test_a_successful_answer_resets_the_error_run(self) -> None:
         err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))

@@ -181,6 +181,14 @@ class JobMachine(RuleBasedStateMachine):
             assert self.in_flight is not None or self.state.next_action_at_ms > 0
 
     @invariant()
+    def the_start_of_an_error_run_is_durable(self) -> None:
+        """A new owner restores the same failing_since_ms, so max_failing_s counts from the
+        first transient error however often the job changes hands."""
+        if self.state is not None:
+            assert self.persisted is not None
+            assert self.state.failing_since_ms == self.persisted.failing_since_ms
+
+    @invariant()
     def done_jobs_are_scheduled_for_expiry_or_forgetting(self) -> None:
         if self.state is not None and not self.state.open:
             assert self.state.next_action_at_ms > 0

@@ -85,6 +85,7 @@ class _Out:
     """Collects the effects of one transition while the state is rebuilt."""
 
     def __init__(self, state: JobState, ctx: Context) -> None:
+        self.before = state
         self._state = state
         self._changes: dict[str, object] = {}
         self.ctx = ctx
@@ -154,6 +155,11 @@ class _Out:
     def done(self) -> Transition:
         if self.forget:
             return Transition(None, True, ())
+        if self.get("failing_since_ms") != self.before.failing_since_ms:
+            # The start of a run of transient errors is durable, so a new owner measures
+            # max_failing_s from the first error, not its own first; so is the run's end,
+            # or a restored old start would fail the next run at once.
+            self.persist = True
         return Transition(self.state, self.persist, tuple(self.effects))
 
 
