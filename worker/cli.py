@@ -392,9 +392,10 @@ def replay(
 ) -> None:
     """Re-publish requests of a time or offset range, without creating duplicate vendor jobs.
 
-    Each request goes back to the request topic with its original key and value; the
-    worker finds it in its state: a finished export is re-announced (while its link is
-    valid), an open one is answered DUPLICATE, a rejected or unknown one runs.
+    Each request goes back to the request topic with its original key, marked as a
+    replay of itself (replay_of = its request id); the worker finds it in its state: a
+    finished export's file is re-announced (while its link is valid), an open one is
+    answered DUPLICATE, a rejected or unknown one runs.
     --dry-run says per request what the worker would do; --force exports again under
     derived ids <id>~r<tag>. Ctrl-C saves the --checkpoint and exits 130; running the
     same command again continues after the last replayed record.

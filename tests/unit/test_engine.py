@@ -38,7 +38,9 @@ def ctx(now: int = NOW, policy: Policy = POLICY, u: float = 0.5) -> Context:
     return Context(now, u, policy)
 
 
-def request(rid: str = "r1", *, offset: int = 10, partition: int = 0, cancel: bool = False) -> RequestInfo:
+def request(
+    rid: str = "r1", *, offset: int = 10, partition: int = 0, cancel: bool = False, replay_of: str | None = None
+) -> RequestInfo:
     return RequestInfo(
         request_id=rid,
         tenant="acme",
@@ -49,6 +51,7 @@ def request(rid: str = "r1", *, offset: int = 10, partition: int = 0, cancel: bo
         partition=partition,
         offset=offset,
         cancel=cancel,
+        replay_of=replay_of,
     )
 
 
@@ -348,11 +351,36 @@ class TestDuplicatesAndReplays:
         assert tr.state is not None and tr.state.status is Status.SUBMITTED  # its own status is unchanged
         assert tr.state.sequence == state.sequence + 1
 
-    def test_replay_of_a_finished_request_reannounces_its_file(self) -> None:
-        tr = step(succeeded(), RequestReceived(request(offset=99)), ctx())
+    def test_an_operators_replay_of_a_finished_request_reannounces_its_file(self) -> None:
+        """`replay` marks the request as a replay of itself (replay_of = its own id)."""
+        tr = step(succeeded(), RequestReceived(request(offset=99, replay_of="r1")), ctx())
         announces = [e for e in tr.effects if isinstance(e, Announce)]
         assert len(announces) == 1 and announces[0].reannounced
-        assert calls(tr) == []
+        assert statuses(tr) == [Status.DUPLICATE] and calls(tr) == []
+
+    def test_a_plain_duplicate_of_a_finished_request_announces_nothing(self) -> None:
+        """A producer sending the id again gets DUPLICATE, saying its file was announced and
+        the link is still valid, and no second FileReady."""
+        tr = step(succeeded(), RequestReceived(request(offset=99)), ctx())
+        assert not [e for e in tr.effects if isinstance(e, Announce)]
+        published = [e for e in tr.effects if isinstance(e, PublishStatus)]
+        assert [p.status for p in published] == [Status.DUPLICATE] and calls(tr) == []
+        note = published[0].error
+        assert note is not None and note.code == "already_announced" and "still valid" in note.message
+        assert tr.state is not None and tr.state.status is Status.SUCCEEDED
+
+    def test_a_replay_of_another_request_is_a_plain_duplicate(self) -> None:
+        """A forced replay (replay_of = the original id) sent again does not re-announce."""
+        tr = step(succeeded(), RequestReceived(request(offset=99, replay_of="the-original")), ctx())
+        assert not [e for e in tr.effects if isinstance(e, Announce)]
+        assert statuses(tr) == [Status.DUPLICATE]
+
+    def test_a_new_request_marked_as_its_own_replay_keeps_no_replay_of(self) -> None:
+        """replay_of in the state names the request a forced replay re-exports, never itself."""
+        tr = step(None, RequestReceived(request(replay_of="r1")), ctx())
+        assert tr.state is not None and tr.state.replay_of is None and statuses(tr) == [Status.ACCEPTED]
+        forced = step(None, RequestReceived(request("r1~rX", replay_of="r1")), ctx())
+        assert forced.state is not None and forced.state.replay_of == "r1"
 
     def test_replay_after_the_link_expired_says_so(self) -> None:
         state = succeeded(expires_at_ms=NOW + 1000)
