@@ -347,6 +347,11 @@ class Codec:
                 return_record_name=reader.record_unions,
                 return_record_name_override=reader.record_unions,
             )
+        except OverflowError as exc:
+            # Also what a well-formed timestamp-millis beyond what datetime holds raises.
+            raise DecodeError(
+                "not_avro", f"corrupt {name} body, or a timestamp outside years 1-9999: {type(exc).__name__}: {exc}"
+            ) from exc
         except Exception as exc:  # fastavro raises many types for corrupt bodies
             raise DecodeError("not_avro", f"corrupt {name} body: {type(exc).__name__}: {exc}") from exc
         if stream.tell() != len(data):

@@ -22,6 +22,11 @@ from worker.vendors import validator
 
 CANCEL = "CancelExport"
 MAX_ID_LENGTH = 256
+# A request's job (as JSON), labels and ids are kept in its export.jobs record, which must
+# fit librdkafka's 1,000,000-byte message.max.bytes with room for what the job gains later
+# (vendor ids, statuses, link, errors). A record over it would fail every transaction
+# that carries it: the partition would be restored and the request read again, forever.
+MAX_STORED_BYTES = 900_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +129,24 @@ class Ingest:
             except ConfigError as exc:
                 return reject("unknown_connection", str(exc))
         labels = record.get("labels")
+        job_json = json.dumps(jsonable(record["job"]), separators=(",", ":"), sort_keys=True)
+        stored = _stored_bytes(
+            job_json, labels or {}, request_id, tenant, connection, correlation, record.get("replay_of")
+        )
+        if stored > MAX_STORED_BYTES:
+            return reject(
+                "oversize",
+                f"the request would take about {stored} bytes in its job state, over the limit of "
+                f"{MAX_STORED_BYTES} (its job as JSON is {len(job_json)} bytes: JSON escapes control and "
+                "non-ASCII characters)",
+            )
         return RequestInfo(
             request_id=request_id,
             # Tens of thousands of open jobs share a few tenants and connections: intern.
             tenant=sys.intern(tenant),
             connection=sys.intern(connection),
             vendor=sys.intern(conn.vendor),
-            job_json=json.dumps(jsonable(record["job"]), separators=(",", ":"), sort_keys=True),
+            job_json=job_json,
             requested_at_ms=epoch_ms(record.get("requested_at") or now_ms),
             partition=partition,
             offset=offset,
@@ -139,3 +155,10 @@ class Ingest:
             replay_of=record.get("replay_of"),
             cancel=cancel,
         )
+
+
+def _stored_bytes(job_json: str, labels: dict[str, str], *strings: str | None) -> int:
+    """At least what these take in a JobState record (Avro: UTF-8 bytes plus a length
+    prefix of at most 10 bytes each; job_json is ASCII, JSON escapes the rest)."""
+    texts = [*labels.keys(), *labels.values(), *(s for s in strings if s)]
+    return len(job_json) + 10 + sum(len(t.encode("utf-8", "surrogatepass")) + 10 for t in texts)

@@ -298,3 +298,14 @@ class TestSchemaHistory:
         with pytest.raises(DecodeError, match="unknown writer schema"):
             (tmp_path / "history" / "JobState.1.avsc").unlink()
             Codec(SchemaSet(tmp_path)).decode("JobState", old_bytes)
+
+
+class TestTimestamps:
+    @pytest.mark.parametrize("millis", [253_402_300_800_000, 2**63 - 1, -(2**63)])
+    def test_a_timestamp_beyond_year_9999_is_refused_saying_so(self, millis: int) -> None:
+        """A schema-valid value fastavro cannot turn into a datetime: dead-lettered, and the
+        reason names the likely cause instead of only calling the body corrupt."""
+        record = {**itron_request("far"), "requested_at": millis}
+        with pytest.raises(DecodeError, match="timestamp outside years 1-9999") as err:
+            CODEC.decode("ExportRequested", CODEC.encode("ExportRequested", record))
+        assert err.value.reason_code == "not_avro"
