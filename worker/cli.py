@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from worker.config import ConnectionConfig, Settings
+from worker.config import ConnectionConfig, Settings, describe_invalid
 from worker.errors import ExportWorkerError
 
 try:  # typer >= 0.2x carries its own copy of click
@@ -74,8 +75,8 @@ def settings_from_env(**overrides: Any) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**values)
-    except Exception as exc:  # pydantic ValidationError
-        raise typer.BadParameter(str(exc)) from None
+    except ValidationError as exc:
+        raise typer.BadParameter(f"invalid settings: {describe_invalid(exc)}") from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -391,9 +392,10 @@ def replay(
 ) -> None:
     """Re-publish requests of a time or offset range, without creating duplicate vendor jobs.
 
-    Each request goes back to the request topic with its original key and value; the
-    worker finds it in its state: a finished export is re-announced (while its link is
-    valid), an open one is answered DUPLICATE, a rejected or unknown one runs.
+    Each request goes back to the request topic with its original key, marked as a
+    replay of itself (replay_of = its request id); the worker finds it in its state: a
+    finished export's file is re-announced (while its link is valid), an open one is
+    answered DUPLICATE, a rejected or unknown one runs.
     --dry-run says per request what the worker would do; --force exports again under
     derived ids <id>~r<tag>. Ctrl-C saves the --checkpoint and exits 130; running the
     same command again continues after the last replayed record.

@@ -9,6 +9,10 @@ Two framings, chosen per message by its first byte when decoding:
 
 A writer schema other than ours is resolved against ours (Avro schema resolution), so
 older or newer producers with compatible schemas are read correctly.
+
+Some Avro libraries fingerprint a schema with logical types differently from the
+specification (and from Java and fastavro), though they write the same body: each of our
+schemas is also accepted under the fingerprints those libraries give it (``NONSTANDARD_FORMS``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
@@ -68,6 +72,71 @@ def crc64_avro(data: bytes) -> int:
     return fp
 
 
+# Parsing Canonical Forms that Avro libraries compute for a primitive with a logical type,
+# e.g. {"type": "long", "logicalType": "timestamp-millis"}, where the specification says "long":
+#   wrapped: {"type":"long"}: Apache Avro for Python 1.10-1.12 (checked on 1.12.2) and Rust
+#       apache-avro 0.17+ (AVRO-4004 strips logicalType but keeps the object).
+#   logical: {"type":"long","logicalType":"timestamp-millis"}: Rust apache-avro before 0.17.
+CanonicalForm = Literal["spec", "wrapped", "logical"]
+NONSTANDARD_FORMS: dict[CanonicalForm, str] = {
+    "wrapped": "Apache Avro for Python / Rust apache-avro 0.17+",
+    "logical": "Rust apache-avro before 0.17",
+}
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+
+
+def canonical_form(schema: Any, form: CanonicalForm = "spec") -> str:
+    """The Parsing Canonical Form of a schema as JSON (``spec``), or as a library with a
+    known deviation computes it (see ``NONSTANDARD_FORMS``)."""
+    return _pcf(schema, "", form)
+
+
+def _fullname(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _pcf(node: Any, namespace: str, form: CanonicalForm) -> str:
+    if isinstance(node, str):
+        return json.dumps(node if node in _PRIMITIVES else _fullname(node, namespace), ensure_ascii=False)
+    if isinstance(node, list):
+        return "[" + ",".join(_pcf(branch, namespace, form) for branch in node) + "]"
+    kind = node["type"]
+    if not isinstance(kind, str):
+        return _pcf(kind, namespace, form)
+    if kind in _PRIMITIVES:
+        return _pcf_primitive(node, kind, form)
+    parts = []
+    if kind in ("record", "enum", "fixed"):
+        name = _fullname(node["name"], node.get("namespace") or namespace)
+        namespace = name.rpartition(".")[0]
+        parts.append(f'"name":{json.dumps(name, ensure_ascii=False)}')
+    parts.append(f'"type":"{kind}"')
+    if kind == "record":
+        fields = (
+            f'{{"name":{json.dumps(f["name"], ensure_ascii=False)},"type":{_pcf(f["type"], namespace, form)}}}'
+            for f in node["fields"]
+        )
+        parts.append(f'"fields":[{",".join(fields)}]')
+    elif kind == "enum":
+        parts.append(f'"symbols":{json.dumps(node["symbols"], ensure_ascii=False, separators=(",", ":"))}')
+    elif kind == "array":
+        parts.append(f'"items":{_pcf(node["items"], namespace, form)}')
+    elif kind == "map":
+        parts.append(f'"values":{_pcf(node["values"], namespace, form)}')
+    elif kind == "fixed":
+        parts.append(f'"size":{int(node["size"])}')
+    return "{" + ",".join(parts) + "}"
+
+
+def _pcf_primitive(node: Mapping[str, Any], kind: str, form: CanonicalForm) -> str:
+    if form == "spec" or "logicalType" not in node:
+        return f'"{kind}"'
+    if form == "wrapped":
+        return f'{{"type":"{kind}"}}'
+    extra = "".join(f',"{k}":{json.dumps(node[k])}' for k in ("logicalType", "precision", "scale") if k in node)
+    return f'{{"type":"{kind}"{extra}}}'
+
+
 def schemas_dir() -> Path:
     """The folder holding the ``.avsc`` files: the repository's, else the installed copy."""
     here = Path(__file__).resolve().parent
@@ -103,30 +172,57 @@ def _info(name: str, raw: Mapping[str, Any]) -> SchemaInfo:
     return SchemaInfo(name, raw, parsed, canonical, fp, _has_record_union(dict(raw)))
 
 
+def fingerprint_hex(fingerprint: bytes) -> str:
+    """An 8-byte little-endian fingerprint as the 64-bit number Java prints, in hex."""
+    return fingerprint[::-1].hex()
+
+
 class SchemaSet:
     """Our schemas by short name, plus every writer schema we can resolve from: the
     earlier versions kept in ``schemas/history/<Name>.<version>.avsc``, so a new worker
-    reads the state and requests an older one wrote (rolling upgrades)."""
+    reads the state and requests an older one wrote (rolling upgrades). Each is accepted
+    under its specification fingerprint and the ones ``NONSTANDARD_FORMS`` give it."""
 
     def __init__(self, folder: Path | None = None) -> None:
         folder = folder or schemas_dir()
         self.by_name: dict[str, SchemaInfo] = {}
         self.by_fingerprint: dict[bytes, SchemaInfo] = {}
+        # name -> (fingerprint, which schema and canonical form), for error messages
+        self.accepted: dict[str, list[tuple[bytes, str]]] = {}
         for name in RECORD_NAMES:
             raw = json.loads((folder / f"{name}.avsc").read_text())
             info = _info(name, raw)
             self.by_name[name] = info
-            self.by_fingerprint[info.fingerprint] = info
+            self._accept(info, raw, f"{name}.avsc")
         for old in sorted((folder / "history").glob("*.avsc")):
             name = old.name.split(".", 1)[0]
             if name in self.by_name:
-                self.add_writer(name, json.loads(old.read_text()))
+                self.add_writer(name, json.loads(old.read_text()), label=f"history/{old.name}")
 
-    def add_writer(self, name: str, raw: Mapping[str, Any]) -> SchemaInfo:
+    def add_writer(self, name: str, raw: Mapping[str, Any], *, label: str = "another version") -> SchemaInfo:
         """Accept data written with another version of one of our schemas."""
         info = _info(name, raw)
-        self.by_fingerprint.setdefault(info.fingerprint, info)
+        self._accept(info, raw, label)
         return info
+
+    def _accept(self, info: SchemaInfo, raw: Mapping[str, Any], label: str) -> None:
+        accepted = self.accepted.setdefault(info.name, [])
+        # A schema's own fingerprint is never shadowed by another's nonstandard one.
+        if self.by_fingerprint.setdefault(info.fingerprint, info) is info:
+            accepted.append((info.fingerprint, label))
+        for form, libraries in NONSTANDARD_FORMS.items():
+            fingerprint = crc64_avro(canonical_form(raw, form).encode()).to_bytes(8, "little")
+            if fingerprint not in self.by_fingerprint:
+                self.by_fingerprint[fingerprint] = info
+                accepted.append((fingerprint, f"{label} as {libraries} fingerprint it"))
+
+    def unknown_fingerprint(self, name: str, fingerprint: bytes) -> str:
+        """Why a single-object encoded ``name`` with this writer fingerprint is refused."""
+        known = "; ".join(f"{fingerprint_hex(fp)} ({label})" for fp, label in self.accepted.get(name, []))
+        return (
+            f"unknown writer schema fingerprint: got {fingerprint_hex(fingerprint)} (CRC-64-AVRO); "
+            f"{name} is read with {known}"
+        )
 
 
 class SchemaRegistry(Protocol):
@@ -190,7 +286,7 @@ class Codec:
             fp = data[2:10]
             writer = self.schemas.by_fingerprint.get(fp)
             if writer is None:
-                raise DecodeError("unknown_schema", f"unknown writer schema fingerprint {fp[::-1].hex()} (CRC-64-AVRO)")
+                raise DecodeError("unknown_schema", self.schemas.unknown_fingerprint(name, fp))
             return writer
         if first == REGISTRY_MAGIC:
             if len(data) < 5:
@@ -251,6 +347,11 @@ class Codec:
                 return_record_name=reader.record_unions,
                 return_record_name_override=reader.record_unions,
             )
+        except OverflowError as exc:
+            # Also what a well-formed timestamp-millis beyond what datetime holds raises.
+            raise DecodeError(
+                "not_avro", f"corrupt {name} body, or a timestamp outside years 1-9999: {type(exc).__name__}: {exc}"
+            ) from exc
         except Exception as exc:  # fastavro raises many types for corrupt bodies
             raise DecodeError("not_avro", f"corrupt {name} body: {type(exc).__name__}: {exc}") from exc
         if stream.tell() != len(data):

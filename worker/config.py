@@ -12,7 +12,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.engine.policy import Policy, UnknownOutcome
@@ -57,21 +66,35 @@ class SecretRef(BaseModel):
             raise ConfigError(f"cannot read secret file {self.file}: {exc.strerror}") from None
 
 
-class PolicyConfig(BaseModel):
-    """Timing per connection; see ``worker.engine.policy.Policy``."""
+_DAY_S = 86_400.0
+_YEAR_S = 366 * _DAY_S
 
-    first_poll_s: float | None = None
-    poll_initial_s: float | None = None
-    poll_multiplier: float | None = None
-    poll_max_s: float | None = None
-    jitter: float | None = None
-    retry_initial_s: float | None = None
-    retry_max_s: float | None = None
-    max_failing_s: float | None = None
-    busy_retry_s: float | None = None
-    submit_settle_s: float | None = None
-    link_ttl_s: float | None = None
-    retention_s: float | None = None
+
+def _seconds(maximum: float, *, zero_ok: bool = False) -> Any:
+    """An optional duration in seconds, at most ``maximum``; above 0 unless ``zero_ok``."""
+    if zero_ok:
+        return Field(None, ge=0.0, le=maximum)
+    return Field(None, gt=0.0, le=maximum)
+
+
+class PolicyConfig(BaseModel):
+    """Timing per connection; see ``worker.engine.policy.Policy``. Every value is finite
+    and bounded: a typo such as ``retention_s = -1`` or ``inf`` is refused at load."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    first_poll_s: float | None = _seconds(_DAY_S, zero_ok=True)
+    poll_initial_s: float | None = _seconds(_DAY_S)
+    poll_multiplier: float | None = Field(default=None, ge=1.0, le=10.0)
+    poll_max_s: float | None = _seconds(_DAY_S)
+    jitter: float | None = Field(default=None, ge=0.0, le=1.0)
+    retry_initial_s: float | None = _seconds(3_600.0)
+    retry_max_s: float | None = _seconds(_DAY_S)
+    max_failing_s: float | None = _seconds(30 * _DAY_S, zero_ok=True)
+    busy_retry_s: float | None = _seconds(_DAY_S)
+    submit_settle_s: float | None = _seconds(_DAY_S, zero_ok=True)
+    link_ttl_s: float | None = _seconds(_YEAR_S)
+    retention_s: float | None = _seconds(_YEAR_S)
 
     def overrides(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -95,9 +118,9 @@ class ConnectionConfig(BaseModel):
     # Unicommerce
     facility: str | None = None
     # limits
-    max_concurrency: int = Field(16, ge=1)
-    rate_per_s: float = Field(20.0, gt=0)
-    timeout_s: float = Field(30.0, gt=0)
+    max_concurrency: int = Field(16, ge=1, le=1_000)
+    rate_per_s: float = Field(20.0, gt=0, le=10_000, allow_inf_nan=False)
+    timeout_s: float = Field(30.0, gt=0, le=600, allow_inf_nan=False, description="per vendor HTTP call")
     unknown_outcome: UnknownOutcome = UnknownOutcome.RESUBMIT
     policy: PolicyConfig = PolicyConfig()
     options: dict[str, Any] = Field(default_factory=dict, description="vendor-specific extras")
@@ -114,9 +137,21 @@ class ConnectionsFile(BaseModel):
             raise ConfigError(f"cannot read connections file {path}: {exc.strerror}") from None
         try:
             data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-            return cls.model_validate(data)
         except (ValueError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"connections file {path} is invalid: {exc}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"connections file {path} is invalid: {describe_invalid(exc)}") from None
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """Each problem as ``where: what``, without the offending values: a value in the
+    wrong place may be a credential."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False, include_context=False)
+    )
 
 
 class TopicSettings(BaseModel):
@@ -126,8 +161,8 @@ class TopicSettings(BaseModel):
     jobs: str = "export.jobs"
     dlq: str = "export.requests.dlq"
     control: str = "export.control"
-    partitions: int = Field(6, ge=1, description="for topics the worker creates")
-    replication_factor: int = Field(1, ge=1)
+    partitions: int = Field(6, ge=1, le=10_000, description="for topics the worker creates")
+    replication_factor: int = Field(1, ge=1, le=32)
     create: bool = True
 
     def prefixed(self, prefix: str) -> TopicSettings:
@@ -175,11 +210,13 @@ class Settings(BaseSettings):
     connections_file: Path | None = None
     result_store_url: str = "file://./export-results"
     http_host: str = "0.0.0.0"
-    http_port: int = Field(8080, description="side port for /healthz /readyz /metrics; 0 picks a free one, -1 disables")
-    log_level: str = "info"
+    http_port: int = Field(
+        8080, ge=-1, le=65_535, description="side port for /healthz /readyz /metrics; 0 picks a free one, -1 disables"
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
-    commit_interval_ms: int = Field(100, ge=1)
-    consume_batch: int = Field(500, ge=1)
+    commit_interval_ms: int = Field(100, ge=1, le=60_000)
+    consume_batch: int = Field(500, ge=1, le=10_000)
     # Kept well under the broker's 1 MB record limit: a request's job travels inside its state record.
     max_request_bytes: int = Field(262_144, ge=1024, le=900_000)
     max_record_bytes: int = Field(
@@ -188,11 +225,21 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="largest record the worker writes; a request whose state record could exceed it is rejected",
     )
-    transaction_timeout_ms: int = Field(15_000, ge=1000)
-    session_timeout_ms: int = Field(10_000, ge=1000)
-    shutdown_grace_s: float = Field(25.0, gt=0)
-    revoke_drain_s: float = Field(10.0, ge=0)
-    stall_timeout_s: float = Field(120.0, gt=0, description="/healthz fails when the loop is stuck this long")
+    # At most the broker's default transaction.max.timeout.ms, above which it refuses the producer.
+    transaction_timeout_ms: int = Field(15_000, ge=1000, le=900_000)
+    # At most the broker's default group.max.session.timeout.ms.
+    session_timeout_ms: int = Field(10_000, ge=1000, le=1_800_000)
+    shutdown_grace_s: float = Field(25.0, gt=0, le=3_600, allow_inf_nan=False)
+    # Within librdkafka's max.poll.interval.ms (300 s): the drain runs inside the rebalance.
+    revoke_drain_s: float = Field(10.0, ge=0, le=300, allow_inf_nan=False)
+    stall_timeout_s: float = Field(
+        120.0, gt=0, le=86_400, allow_inf_nan=False, description="/healthz fails when the loop is stuck this long"
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _dead_letters_fit(self) -> Settings:

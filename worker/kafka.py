@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec
@@ -19,6 +19,8 @@ from confluent_kafka.aio import AIOConsumer
 
 from worker.config import Settings
 from worker.errors import ConfigError, ExportWorkerError
+
+T = TypeVar("T")
 
 # librdkafka's own log lines go through Python logging (rendered by structlog).
 CLIENT_LOGGER = logging.getLogger("export_worker.kafka")
@@ -101,84 +103,198 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(base_config(settings))
 
 
-async def _wait(future: Any, what: str, timeout: float = 30.0) -> Any:
-    try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-    except KafkaException as exc:
-        raise BrokerUnavailable(f"{what}: {exc.args[0].str() if exc.args else exc}") from None
-    except TimeoutError:
-        raise BrokerUnavailable(f"{what}: no answer from the broker within {timeout:.0f} s") from None
+# How long start-up waits for topics a peer worker is creating, or whose metadata has not
+# reached every broker of a fresh cluster yet, before it gives up.
+TOPICS_READY_S = 60.0
+
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.NOT_CONTROLLER,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+# What to change when the cluster refuses to create or describe our topics for good.
+_ADMIN_HINTS = {
+    KafkaError.INVALID_REPLICATION_FACTOR: "set EXPORT_WORKER_TOPICS__REPLICATION_FACTOR to at most the broker count",
+    KafkaError.INVALID_PARTITIONS: "check EXPORT_WORKER_TOPICS__PARTITIONS",
+    KafkaError.POLICY_VIOLATION: "create the topics yourself and set EXPORT_WORKER_TOPICS__CREATE=false",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "the worker's principal needs ACLs on the topics (README, Security)",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "the worker's principal needs ACLs to create topics, or create them "
+    "yourself and set EXPORT_WORKER_TOPICS__CREATE=false",
+}
 
 
-async def describe_partitions(admin: AdminClient, topics: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
-    """Partition counts of the topics that exist."""
+def transient_admin_error(error: KafkaError) -> bool:
+    """Whether waiting can fix an admin call's error: a topic still being created, or not
+    yet known to the broker asked, a moving leader or controller, a timeout. Refusals
+    (authorisation, invalid settings, policy) are not."""
+    return error.retriable() or error.code() in _TRANSIENT_CODES
+
+
+@dataclass(frozen=True, slots=True)
+class _Deadline:
+    seconds: float
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> _Deadline:
+        return cls(seconds, time.monotonic() + seconds)
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+
+def _refused(what: str, error: KafkaError) -> ConfigError:
+    hint = _ADMIN_HINTS.get(error.code())
+    return ConfigError(f"{what}: {error.str()}" + (f" ({hint})" if hint else ""))
+
+
+async def _retrying(what: str, call: Callable[[], Awaitable[T]], deadline: _Deadline) -> T:
+    """``call()`` until it succeeds; transient admin errors are retried until ``deadline``."""
+    delay = 0.05
+    while True:
+        try:
+            return await call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not transient_admin_error(error):
+                raise _refused(what, error) from None
+            why = error.str()
+        except TimeoutError:
+            why = "no answer from the broker"
+        if deadline.passed():
+            raise BrokerUnavailable(f"{what}: {why}, still after {deadline.seconds:g} s") from None
+        await asyncio.sleep(delay)
+        delay = min(1.0, delay * 2)
+
+
+async def _metadata(admin: AdminClient, timeout: float) -> Any:
     loop = asyncio.get_running_loop()
     try:
-        metadata = await asyncio.wait_for(
+        return await asyncio.wait_for(
             loop.run_in_executor(None, lambda: admin.list_topics(timeout=timeout)), timeout + 5
         )
     except KafkaException as exc:
         raise BrokerUnavailable(f"cannot reach the Kafka cluster: {exc.args[0].str() if exc.args else exc}") from None
+
+
+async def describe_partitions(admin: AdminClient, topics: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
+    """Partition counts of the topics that exist."""
+    return (await _describe(admin, topics, timeout))[0]
+
+
+async def _describe(
+    admin: AdminClient, topics: Iterable[str], timeout: float = 15.0
+) -> tuple[dict[str, int], set[str]]:
+    """Partition counts of the topics that exist, and the names of those listed with a
+    transient error (being created, or not on every broker yet)."""
+    metadata = await _metadata(admin, timeout)
     wanted = set(topics)
-    return {name: len(t.partitions) for name, t in metadata.topics.items() if name in wanted and t.error is None}
+    ready: dict[str, int] = {}
+    settling: set[str] = set()
+    for name, topic in metadata.topics.items():
+        if name not in wanted:
+            continue
+        if topic.error is None:
+            ready[name] = len(topic.partitions)
+        elif transient_admin_error(topic.error):
+            settling.add(name)
+    return ready, settling
 
 
-async def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> dict[str, int]:
-    """Create missing topics (export.jobs compacted) and check co-partitioning."""
+async def ensure_topics(
+    settings: Settings, admin: AdminClient | None = None, *, ready_s: float = TOPICS_READY_S
+) -> dict[str, int]:
+    """Create missing topics (export.jobs compacted) and check co-partitioning.
+
+    Workers started together on a fresh cluster race to create the topics: a topic a peer
+    created, or one some brokers do not know yet, is waited for (up to ``ready_s``),
+    never a reason to exit. Refusals that waiting cannot fix fail at once (ConfigError).
+    """
     admin = admin or admin_client(settings)
+    deadline = _Deadline.after(ready_s)
     t = settings.topics
     names = [t.requests, t.status, t.files, t.jobs, t.dlq, t.control]
-    existing = await describe_partitions(admin, names)
+    existing, settling = await _describe(admin, names)
     missing = [n for n in names if n not in existing]
-    if missing and t.create:
-        partitions = existing.get(t.requests, t.partitions)
-        new = []
-        for name in missing:
-            config: dict[str, str] = {}
-            count = partitions
-            if name == t.jobs:
-                config = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
-            if name == t.control:
-                count = 1
-                config = {"cleanup.policy": "compact"}
-            new.append(NewTopic(name, num_partitions=count, replication_factor=t.replication_factor, config=config))
-        futures = admin.create_topics(new, operation_timeout=30)
-        for name, future in futures.items():
-            try:
-                await asyncio.wrap_future(future)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise BrokerUnavailable(f"cannot create topic {name}: {exc.args[0].str()}") from None
-        existing = await _wait_for_topics(admin, names)
-    elif missing:
-        raise ConfigError(f"topics missing and topic creation is off: {', '.join(missing)}")
+    if missing and not t.create and not set(missing) <= settling:
+        absent = [n for n in missing if n not in settling]
+        raise ConfigError(f"topics missing and topic creation is off: {', '.join(absent)}")
+    if missing:
+        if t.create:
+            await _create_topics(admin, settings, missing, existing.get(t.requests, t.partitions), deadline)
+        existing = await _wait_for_topics(admin, names, deadline)
     if existing.get(t.jobs) != existing.get(t.requests):
         raise ConfigError(
             f"{t.jobs} has {existing.get(t.jobs)} partitions but {t.requests} has {existing.get(t.requests)}: "
             "the state topic must be co-partitioned with the request topic"
         )
-    await _check_compacted(admin, t.jobs)
+    await _check_compacted(admin, t.jobs, deadline)
     return existing
 
 
-async def _wait_for_topics(admin: AdminClient, names: list[str], timeout: float = 30.0) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
+def _new_topic(settings: Settings, name: str, partitions: int) -> NewTopic:
+    t = settings.topics
+    config: dict[str, str] = {}
+    if name == t.jobs:
+        config = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
+    if name == t.control:
+        partitions = 1
+        config = {"cleanup.policy": "compact"}
+    return NewTopic(name, num_partitions=partitions, replication_factor=t.replication_factor, config=config)
+
+
+async def _create_topics(
+    admin: AdminClient, settings: Settings, names: list[str], partitions: int, deadline: _Deadline
+) -> None:
+    """Create ``names``; one a peer created first counts as created."""
+    for name in names:
+
+        async def create(name: str = name) -> None:
+            (future,) = admin.create_topics([_new_topic(settings, name, partitions)], operation_timeout=30).values()
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(future), 40)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+
+        await _retrying(f"cannot create topic {name}", create, deadline)
+
+
+async def _wait_for_topics(admin: AdminClient, names: list[str], deadline: _Deadline) -> dict[str, int]:
+    """Wait until the broker asked lists every topic (a fresh topic reaches each broker's
+    metadata a little after its creation)."""
     while True:
         existing = await describe_partitions(admin, names)
-        if all(n in existing for n in names) or time.monotonic() > deadline:
+        missing = [n for n in names if n not in existing]
+        if not missing:
             return existing
+        if deadline.passed():
+            raise BrokerUnavailable(
+                f"topics {', '.join(missing)} are not in the cluster metadata after {deadline.seconds:g} s"
+            )
         await asyncio.sleep(0.1)
 
 
-async def _check_compacted(admin: AdminClient, topic: str) -> None:
-    futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
-    for future in futures.values():
-        configs = await _wait(future, f"describe {topic}")
-        policy = configs.get("cleanup.policy")
-        # compact,delete would let time retention delete the only record of a job whose
-        # status has not changed for a while: the state topic must be compact only.
-        if policy is not None and str(policy.value).replace(" ", "") != "compact":
-            raise ConfigError(f"{topic} must have cleanup.policy=compact (it has {policy.value})")
+async def _check_compacted(admin: AdminClient, topic: str, deadline: _Deadline) -> None:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+
+    async def describe() -> Any:
+        (future,) = admin.describe_configs([resource]).values()
+        return await asyncio.wait_for(asyncio.wrap_future(future), 30)
+
+    configs = await _retrying(f"describe {topic}", describe, deadline)
+    policy = configs.get("cleanup.policy")
+    # compact,delete would let time retention delete the only record of a job whose
+    # status has not changed for a while: the state topic must be compact only.
+    if policy is not None and str(policy.value).replace(" ", "") != "compact":
+        raise ConfigError(f"{topic} must have cleanup.policy=compact (it has {policy.value})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,18 +303,6 @@ class RestoredPartition:
     values: dict[bytes, bytes]  # key -> latest value (tombstoned keys removed)
     records: int
     seconds: float
-
-
-_TRANSIENT_CODES = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._TIMED_OUT,
-    }
-)
 
 
 async def list_offsets(

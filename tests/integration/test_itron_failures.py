@@ -168,9 +168,12 @@ class TestDuplicates:
         statuses = out.statuses(r)
         assert statuses.count("SUBMITTED") == 1
         assert len([j for j in pipeline.sim.jobs.values() if j.match_key == key]) == 1
-        # A replay of a finished request re-announces its file instead of exporting again.
+        # A producer's duplicate of a finished request announces nothing again (only an
+        # operator's replay does): DUPLICATE says the file was announced and the link is valid.
         files = out.files_for(r)
-        assert len(files) == 2 and files[0]["reannounced"] is False and files[1]["reannounced"] is True
+        assert len(files) == 1 and files[0]["reannounced"] is False
+        duplicate = [e for e in out.events(r) if e["status"] == "DUPLICATE"]
+        assert duplicate[0]["error"]["code"] == "already_announced"
         assert [e["sequence"] for e in out.events(r)] == list(range(1, len(statuses) + 1))
 
     async def test_sequences_are_gapless_per_request(self, pipeline: Pipeline) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 import json
@@ -16,8 +17,11 @@ from fastavro.schema import to_parsing_canonical_form
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.codec import SOE_MAGIC, Codec, SchemaSet, crc64_avro, schemas_dir
+from tests.conftest import itron_connection
+from worker.codec import SOE_MAGIC, Codec, SchemaSet, canonical_form, crc64_avro, epoch_ms, schemas_dir
+from worker.engine.model import RequestInfo
 from worker.errors import DecodeError
+from worker.ingest import Ingest
 from worker.testing import itron_request
 
 CODEC = Codec()
@@ -179,6 +183,102 @@ class TestApacheAvroCompatibility:
         assert record["status"] == "RUNNING" and record["sequence"] == 3 and record["possible_duplicate"] is True
 
 
+def apache_avro_single_object(name: str, record: dict[str, Any], schema_text: str | None = None) -> bytes:
+    """``record`` framed as a Python producer using the Apache Avro library frames it: C3 01,
+    the library's own CRC-64-AVRO fingerprint of the schema, then the body it writes."""
+    schema = avro.schema.parse(schema_text or (schemas_dir() / f"{name}.avsc").read_text())
+    buf = io.BytesIO()
+    avro.io.DatumWriter(schema).write(record, avro.io.BinaryEncoder(buf))
+    return SOE_MAGIC + schema.fingerprint("CRC-64-AVRO") + buf.getvalue()
+
+
+def avro_library_request(request_id: str) -> dict[str, Any]:
+    record = itron_request(request_id)
+    record["job"] = record["job"][1]  # apache avro picks the union branch itself
+    return record
+
+
+class TestOtherLibrariesFingerprints:
+    """Apache Avro for Python (1.10-1.12) and Rust apache-avro compute another Parsing
+    Canonical Form than the specification (and Java, and fastavro) for schemas with
+    logical types; a request they single-object encode must still be read."""
+
+    RUST_TEST_SCHEMA = {
+        "type": "record",
+        "name": "test",
+        "fields": [
+            {"name": "a", "type": "long", "default": 42},
+            {"name": "b", "type": "string"},
+            {"name": "c", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        ],
+    }
+
+    def test_the_avro_library_fingerprints_our_request_schema_differently(self) -> None:
+        """The premise, checked on the library itself: its fingerprint is not the specification's."""
+        schema = avro.schema.parse((schemas_dir() / "ExportRequested.avsc").read_text())
+        assert '"requested_at","type":{"type":"long"}' in schema.canonical_form
+        assert schema.fingerprint("CRC-64-AVRO") != CODEC.schemas.by_name["ExportRequested"].fingerprint
+
+    def test_request_single_object_encoded_by_apache_avro_python_is_accepted_by_ingest(self) -> None:
+        data = apache_avro_single_object("ExportRequested", avro_library_request("from-py-avro"))
+        ingest = Ingest(CODEC, {"itron": itron_connection("http://127.0.0.1:1")}, max_bytes=1 << 20)
+        outcome = asyncio.run(ingest.read(b"from-py-avro", data, partition=0, offset=0, now_ms=epoch_ms(NOW)))
+        assert isinstance(outcome, RequestInfo), outcome
+        assert outcome.request_id == "from-py-avro" and outcome.vendor == "itron"
+
+    @pytest.mark.parametrize("name", ["ExportRequested", "JobStatusChanged", "FileReady", "DeadLetter", "JobState"])
+    def test_every_schema_is_known_by_the_avro_librarys_fingerprint(self, name: str) -> None:
+        fingerprint = avro.schema.parse((schemas_dir() / f"{name}.avsc").read_text()).fingerprint("CRC-64-AVRO")
+        assert CODEC.schemas.by_fingerprint[fingerprint] is CODEC.schemas.by_name[name]
+
+    def test_a_history_version_written_by_the_avro_library_is_read(self, tmp_path: Path) -> None:
+        """An older request schema (no replay_of) fingerprinted the Python library's way."""
+        for f in schemas_dir().glob("*.avsc"):
+            (tmp_path / f.name).write_text(f.read_text())
+        old = json.loads((schemas_dir() / "ExportRequested.avsc").read_text())
+        old["fields"] = [f for f in old["fields"] if f["name"] != "replay_of"]
+        (tmp_path / "history").mkdir()
+        (tmp_path / "history" / "ExportRequested.1.avsc").write_text(json.dumps(old))
+        record = avro_library_request("old-py")
+        record.pop("replay_of")
+        data = apache_avro_single_object("ExportRequested", record, json.dumps(old))
+        decoded = Codec(SchemaSet(tmp_path)).decode("ExportRequested", data)
+        assert decoded["request_id"] == "old-py" and decoded["replay_of"] is None
+
+    @pytest.mark.parametrize("name", ["ExportRequested", "JobStatusChanged", "FileReady", "DeadLetter", "JobState"])
+    def test_the_canonical_forms_match_their_libraries(self, name: str) -> None:
+        """Ours is fastavro's (the specification's); "wrapped" is the Python library's."""
+        raw = json.loads((schemas_dir() / f"{name}.avsc").read_text())
+        assert canonical_form(raw) == to_parsing_canonical_form(fastavro.parse_schema(raw))
+        assert canonical_form(raw, "wrapped") == avro.schema.parse(json.dumps(raw)).canonical_form
+
+    def test_the_canonical_forms_match_rusts_own_fingerprints(self) -> None:
+        """apache-avro's test_schema_fingerprint: 28cf0a67d9937bb3 before AVRO-4004 (logicalType
+        kept), 92f2ccef718c6754 since (the same {"type":"long"} as the Python library)."""
+
+        def rabin(form: str) -> str:
+            return crc64_avro(canonical_form(self.RUST_TEST_SCHEMA, form).encode()).to_bytes(8, "little").hex()
+
+        assert rabin("logical") == "28cf0a67d9937bb3"
+        assert rabin("wrapped") == "92f2ccef718c6754"
+
+    def test_a_request_fingerprinted_the_old_rust_way_is_accepted(self) -> None:
+        raw = json.loads((schemas_dir() / "ExportRequested.avsc").read_text())
+        fp = crc64_avro(canonical_form(raw, "logical").encode()).to_bytes(8, "little")
+        body = CODEC.encode("ExportRequested", itron_request("from-rust"))[10:]
+        assert CODEC.decode("ExportRequested", SOE_MAGIC + fp + body)["request_id"] == "from-rust"
+
+    def test_unknown_fingerprint_reason_names_what_was_expected(self) -> None:
+        data = SOE_MAGIC + b"\x01" * 8 + b"\x00"
+        with pytest.raises(DecodeError) as err:
+            CODEC.decode("ExportRequested", data)
+        message = err.value.message
+        current = CODEC.schemas.by_name["ExportRequested"].fingerprint[::-1].hex()
+        python_avro = avro.schema.parse((schemas_dir() / "ExportRequested.avsc").read_text()).fingerprint()[::-1].hex()
+        assert "got 0101010101010101" in message
+        assert current in message and python_avro in message and "ExportRequested" in message
+
+
 class TestSchemaHistory:
     def test_states_written_by_an_earlier_version_are_read(self, tmp_path: Path) -> None:
         """A worker with a newer JobState (one more field) reads the older writer's record."""
@@ -198,3 +298,14 @@ class TestSchemaHistory:
         with pytest.raises(DecodeError, match="unknown writer schema"):
             (tmp_path / "history" / "JobState.1.avsc").unlink()
             Codec(SchemaSet(tmp_path)).decode("JobState", old_bytes)
+
+
+class TestTimestamps:
+    @pytest.mark.parametrize("millis", [253_402_300_800_000, 2**63 - 1, -(2**63)])
+    def test_a_timestamp_beyond_year_9999_is_refused_saying_so(self, millis: int) -> None:
+        """A schema-valid value fastavro cannot turn into a datetime: dead-lettered, and the
+        reason names the likely cause instead of only calling the body corrupt."""
+        record = {**itron_request("far"), "requested_at": millis}
+        with pytest.raises(DecodeError, match="timestamp outside years 1-9999") as err:
+            CODEC.decode("ExportRequested", CODEC.encode("ExportRequested", record))
+        assert err.value.reason_code == "not_avro"

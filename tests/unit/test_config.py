@@ -13,7 +13,15 @@ import structlog
 from typer.testing import CliRunner
 
 from worker.cli import app
-from worker.config import ConnectionsFile, KafkaSettings, SecretRef, Settings, TopicSettings, unknown_env_vars
+from worker.config import (
+    ConnectionsFile,
+    KafkaSettings,
+    PolicyConfig,
+    SecretRef,
+    Settings,
+    TopicSettings,
+    unknown_env_vars,
+)
 from worker.errors import ConfigError
 from worker.testing import worker_env
 
@@ -202,3 +210,119 @@ class TestUnknownEnvVars:
             ("unknown setting ignored", "warning", "EXPORT_WORKER_GROUPID"),
             ("unknown setting ignored", "warning", "EXPORT_WORKER_TOPICS__PARTITON"),
         ]
+
+
+POLICY_MAXIMA = {
+    "first_poll_s": 86_400, "poll_initial_s": 86_400, "poll_multiplier": 10, "poll_max_s": 86_400, "jitter": 1,
+    "retry_initial_s": 3_600, "retry_max_s": 86_400, "max_failing_s": 2_592_000, "busy_retry_s": 86_400,
+    "submit_settle_s": 86_400, "link_ttl_s": 31_622_400, "retention_s": 31_622_400,
+}  # fmt: skip
+
+
+def load_toml(tmp_path: Path, extra: str) -> ConnectionsFile:
+    path = tmp_path / "connections.toml"
+    path.write_text(
+        f"""
+[connections.itron]
+vendor = "itron"
+base_url = "https://example.invalid"
+client_id = "c"
+client_secret = {{ value = "top-secret-value" }}
+{extra}
+"""
+    )
+    return ConnectionsFile.load(path)
+
+
+class TestConnectionBounds:
+    """Every timing and limit of a connection is finite and within sensible bounds."""
+
+    def test_the_bounds_cover_every_policy_field(self) -> None:
+        assert set(POLICY_MAXIMA) == set(PolicyConfig.model_fields)
+
+    @pytest.mark.parametrize("name", sorted(POLICY_MAXIMA))
+    @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-1.0", "above"])
+    def test_policy_values_out_of_bounds_are_refused_naming_the_field(
+        self, tmp_path: Path, name: str, value: str
+    ) -> None:
+        text = str(POLICY_MAXIMA[name] * 1.5) if value == "above" else value
+        with pytest.raises(ConfigError, match=rf"connections\.itron\.policy\.{name}"):
+            load_toml(tmp_path, f"policy = {{ {name} = {text} }}")
+
+    @pytest.mark.parametrize("name", sorted(POLICY_MAXIMA))
+    def test_policy_maxima_are_accepted(self, tmp_path: Path, name: str) -> None:
+        conns = load_toml(tmp_path, f"policy = {{ {name} = {POLICY_MAXIMA[name]} }}").connections
+        assert conns["itron"].policy.overrides() == {name: POLICY_MAXIMA[name]}
+
+    @pytest.mark.parametrize("name", ["poll_initial_s", "poll_max_s", "retry_initial_s", "retry_max_s",
+                                      "busy_retry_s", "link_ttl_s", "retention_s"])  # fmt: skip
+    def test_durations_that_must_pass_are_refused_at_zero(self, tmp_path: Path, name: str) -> None:
+        with pytest.raises(ConfigError, match=rf"policy\.{name}.*greater than 0"):
+            load_toml(tmp_path, f"policy = {{ {name} = 0 }}")
+
+    def test_a_poll_multiplier_below_one_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="poll_multiplier"):
+            load_toml(tmp_path, "policy = { poll_multiplier = 0.5 }")
+
+    @pytest.mark.parametrize(
+        ("line", "field"),
+        [
+            ("max_concurrency = 0", "max_concurrency"),
+            ("max_concurrency = 100000", "max_concurrency"),
+            ("rate_per_s = inf", "rate_per_s"),
+            ("rate_per_s = nan", "rate_per_s"),
+            ("rate_per_s = 0", "rate_per_s"),
+            ("rate_per_s = 1e9", "rate_per_s"),
+            ("timeout_s = nan", "timeout_s"),
+            ("timeout_s = -5", "timeout_s"),
+            ("timeout_s = 86400", "timeout_s"),
+        ],
+    )
+    def test_connection_limits_out_of_bounds_are_refused(self, tmp_path: Path, line: str, field: str) -> None:
+        with pytest.raises(ConfigError, match=rf"connections\.itron\.{field}"):
+            load_toml(tmp_path, line)
+
+    def test_an_invalid_file_never_shows_a_secret(self, tmp_path: Path) -> None:
+        path = tmp_path / "c.toml"
+        path.write_text('[connections.x]\nvendor = "itron"\nbase_url = "http://x"\nclient_secret = "plain-s3cr3t"\n')
+        with pytest.raises(ConfigError) as err:
+            ConnectionsFile.load(path)
+        assert "connections.x.client_secret" in str(err.value) and "plain-s3cr3t" not in str(err.value)
+
+
+class TestSettingsBounds:
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("http_port", 70_000),
+            ("http_port", -2),
+            ("commit_interval_ms", 10**9),
+            ("consume_batch", 10**7),
+            ("max_request_bytes", 1_048_576),
+            ("transaction_timeout_ms", 3_600_000),
+            ("session_timeout_ms", 10**8),
+            ("shutdown_grace_s", float("inf")),
+            ("shutdown_grace_s", float("nan")),
+            ("revoke_drain_s", 10**6),
+            ("revoke_drain_s", -1),
+            ("stall_timeout_s", float("inf")),
+            ("log_level", "verbose"),
+        ],
+    )
+    def test_out_of_bounds_settings_are_refused(self, name: str, value: object) -> None:
+        with pytest.raises(ValueError, match=name):
+            Settings(**{name: value})  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(("name", "value"), [("partitions", 100_000), ("replication_factor", 1000)])
+    def test_out_of_bounds_topic_settings_are_refused(self, name: str, value: int) -> None:
+        with pytest.raises(ValueError, match=name):
+            TopicSettings(**{name: value})  # type: ignore[arg-type]
+
+    def test_log_level_is_read_in_any_case(self) -> None:
+        assert Settings(log_level="WARNING").log_level == "warning"
+
+    def test_an_invalid_environment_value_is_one_clear_line(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("EXPORT_WORKER_HTTP_PORT", "99999")
+        result = CliRunner().invoke(app, ["run"])
+        assert result.exit_code != 0
+        assert "http_port" in result.output and "less than or equal to 65535" in result.output

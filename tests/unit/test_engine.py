@@ -12,6 +12,7 @@ from worker.engine.model import (
     CallVendor,
     CancelAnswered,
     ErrorInfo,
+    Event,
     FileInfo,
     JobState,
     Phase,
@@ -37,7 +38,9 @@ def ctx(now: int = NOW, policy: Policy = POLICY, u: float = 0.5) -> Context:
     return Context(now, u, policy)
 
 
-def request(rid: str = "r1", *, offset: int = 10, partition: int = 0, cancel: bool = False) -> RequestInfo:
+def request(
+    rid: str = "r1", *, offset: int = 10, partition: int = 0, cancel: bool = False, replay_of: str | None = None
+) -> RequestInfo:
     return RequestInfo(
         request_id=rid,
         tenant="acme",
@@ -48,6 +51,7 @@ def request(rid: str = "r1", *, offset: int = 10, partition: int = 0, cancel: bo
         partition=partition,
         offset=offset,
         cancel=cancel,
+        replay_of=replay_of,
     )
 
 
@@ -82,6 +86,27 @@ def succeeded(expires_at_ms: int | None = NOW + 10_000) -> JobState:
     tr = step(active(), PollAnswered("Success", Status.SUCCEEDED, file=file), ctx())
     assert tr.state is not None
     return tr.state
+
+
+class Run:
+    """One job driven through events, keeping what a worker would have persisted: a
+    takeover continues from the last persisted state, as a new owner restores it."""
+
+    def __init__(self, state: JobState) -> None:
+        self.state: JobState = state
+        self.persisted: JobState = state
+
+    def step(self, event: Event, now: int) -> JobState:
+        tr = step(self.state, event, ctx(now))
+        assert tr.state is not None
+        self.state = tr.state
+        if tr.persist:
+            self.persisted = tr.state
+        return tr.state
+
+    def takeover(self, now: int) -> None:
+        self.state = self.persisted
+        self.step(Restored(), now)
 
 
 class TestNewRequests:
@@ -170,6 +195,37 @@ class TestPolling:
         err = CallFailed(CallKind.POLL, ErrorInfo("rate_limited", "429", True), retry_after_s=42)
         tr = step(active(), err, ctx())
         assert tr.state is not None and tr.state.next_action_at_ms >= NOW + 42_000
+
+    def test_the_error_budget_counts_from_the_first_failure_across_takeovers(self) -> None:
+        """Each new owner restores what was persisted; the job still fails max_failing_s after
+        its first transient error, not after the first one its current owner saw."""
+        err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))
+        run = Run(active())
+        run.step(err, NOW)
+        for t in (NOW + 20_000, NOW + 40_000):
+            run.takeover(t)
+            run.step(err, t)
+        run.takeover(NOW + 61_000)
+        final = run.step(err, NOW + 61_000)
+        assert final.status is Status.FAILED and final.error is not None
+        assert "gave up after 61 s" in final.error.message
+
+    def test_only_the_start_of_an_error_run_is_written(self) -> None:
+        """Retries within a run change nothing durable: one state record per run, not per error."""
+        err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))
+        first = step(active(), err, ctx(NOW))
+        assert first.persist and first.state is not None and first.state.failing_since_ms == NOW
+        second = step(first.state, err, ctx(NOW + 5_000))
+        assert not second.persist and second.state is not None and second.state.failing_since_ms == NOW
+
+    def test_the_end_of_an_error_run_is_written_so_a_takeover_starts_a_new_budget(self) -> None:
+        err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))
+        run = Run(active())
+        run.step(err, NOW)
+        run.step(PollAnswered("New", Status.QUEUED), NOW + 10_000)  # same status: nothing published
+        run.takeover(NOW + 100_000)
+        after = run.step(err, NOW + 100_000)
+        assert after.phase is Phase.ACTIVE and after.failing_since_ms == NOW + 100_000
 
     def test_a_successful_answer_resets_the_error_run(self) -> None:
         err = CallFailed(CallKind.POLL, ErrorInfo("vendor_unavailable", "HTTP 503", True))
@@ -295,11 +351,36 @@ class TestDuplicatesAndReplays:
         assert tr.state is not None and tr.state.status is Status.SUBMITTED  # its own status is unchanged
         assert tr.state.sequence == state.sequence + 1
 
-    def test_replay_of_a_finished_request_reannounces_its_file(self) -> None:
-        tr = step(succeeded(), RequestReceived(request(offset=99)), ctx())
+    def test_an_operators_replay_of_a_finished_request_reannounces_its_file(self) -> None:
+        """`replay` marks the request as a replay of itself (replay_of = its own id)."""
+        tr = step(succeeded(), RequestReceived(request(offset=99, replay_of="r1")), ctx())
         announces = [e for e in tr.effects if isinstance(e, Announce)]
         assert len(announces) == 1 and announces[0].reannounced
-        assert calls(tr) == []
+        assert statuses(tr) == [Status.DUPLICATE] and calls(tr) == []
+
+    def test_a_plain_duplicate_of_a_finished_request_announces_nothing(self) -> None:
+        """A producer sending the id again gets DUPLICATE, saying its file was announced and
+        the link is still valid, and no second FileReady."""
+        tr = step(succeeded(), RequestReceived(request(offset=99)), ctx())
+        assert not [e for e in tr.effects if isinstance(e, Announce)]
+        published = [e for e in tr.effects if isinstance(e, PublishStatus)]
+        assert [p.status for p in published] == [Status.DUPLICATE] and calls(tr) == []
+        note = published[0].error
+        assert note is not None and note.code == "already_announced" and "still valid" in note.message
+        assert tr.state is not None and tr.state.status is Status.SUCCEEDED
+
+    def test_a_replay_of_another_request_is_a_plain_duplicate(self) -> None:
+        """A forced replay (replay_of = the original id) sent again does not re-announce."""
+        tr = step(succeeded(), RequestReceived(request(offset=99, replay_of="the-original")), ctx())
+        assert not [e for e in tr.effects if isinstance(e, Announce)]
+        assert statuses(tr) == [Status.DUPLICATE]
+
+    def test_a_new_request_marked_as_its_own_replay_keeps_no_replay_of(self) -> None:
+        """replay_of in the state names the request a forced replay re-exports, never itself."""
+        tr = step(None, RequestReceived(request(replay_of="r1")), ctx())
+        assert tr.state is not None and tr.state.replay_of is None and statuses(tr) == [Status.ACCEPTED]
+        forced = step(None, RequestReceived(request("r1~rX", replay_of="r1")), ctx())
+        assert forced.state is not None and forced.state.replay_of == "r1"
 
     def test_replay_after_the_link_expired_says_so(self) -> None:
         state = succeeded(expires_at_ms=NOW + 1000)

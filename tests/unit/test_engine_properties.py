@@ -67,6 +67,7 @@ class JobMachine(RuleBasedStateMachine):
         self.terminal_status: Status | None = None
         self.policy = Policy()
         self.forgotten = False
+        self.announced = 0  # re-announced FileReady effects so far
 
     # ---- the step under test -------------------------------------------------------
     def apply(self, event: Event, u: float = 0.5) -> None:
@@ -77,6 +78,7 @@ class JobMachine(RuleBasedStateMachine):
             self.terminal_status = None
             self.forgotten = False
         tr = step(before, event, Context(self.now, u, self.policy))
+        self.announced += sum(1 for e in tr.effects if isinstance(e, Announce) and e.reannounced)
         published = [e for e in tr.effects if isinstance(e, PublishStatus)]
         new_calls = [e for e in tr.effects if isinstance(e, CallVendor)]
         if published or any(isinstance(e, Announce) for e in tr.effects):
@@ -109,10 +111,18 @@ class JobMachine(RuleBasedStateMachine):
                 self.terminal_status = None  # a rejected id may be sent again, fixed
 
     # ---- rules -----------------------------------------------------------------------
-    @rule(offset=st.integers(0, 3), cancel=st.booleans(), partition=st.integers(0, 1))
-    def request(self, offset: int, cancel: bool, partition: int) -> None:
-        info = RequestInfo("r", "t", "c", "itron", "{}", START, partition, offset, cancel=cancel)
+    @rule(
+        offset=st.integers(0, 3),
+        cancel=st.booleans(),
+        partition=st.integers(0, 1),
+        replay_of=st.sampled_from([None, "r", "other"]),
+    )
+    def request(self, offset: int, cancel: bool, partition: int, replay_of: str | None) -> None:
+        info = RequestInfo("r", "t", "c", "itron", "{}", START, partition, offset, cancel=cancel, replay_of=replay_of)
+        tr_before = self.announced
         self.apply(RequestReceived(info))
+        if replay_of != "r":
+            assert self.announced == tr_before, "only an operator's replay (replay_of = its own id) re-announces"
 
     @rule(offset=st.integers(0, 3))
     def rejected(self, offset: int) -> None:
@@ -179,6 +189,14 @@ class JobMachine(RuleBasedStateMachine):
         """Every open job has either a call in flight or a time to act again."""
         if self.state is not None and self.state.open:
             assert self.in_flight is not None or self.state.next_action_at_ms > 0
+
+    @invariant()
+    def the_start_of_an_error_run_is_durable(self) -> None:
+        """A new owner restores the same failing_since_ms, so max_failing_s counts from the
+        first transient error however often the job changes hands."""
+        if self.state is not None:
+            assert self.persisted is not None
+            assert self.state.failing_since_ms == self.persisted.failing_since_ms
 
     @invariant()
     def done_jobs_are_scheduled_for_expiry_or_forgetting(self) -> None:

@@ -85,6 +85,7 @@ class _Out:
     """Collects the effects of one transition while the state is rebuilt."""
 
     def __init__(self, state: JobState, ctx: Context) -> None:
+        self.before = state
         self._state = state
         self._changes: dict[str, object] = {}
         self.ctx = ctx
@@ -154,6 +155,11 @@ class _Out:
     def done(self) -> Transition:
         if self.forget:
             return Transition(None, True, ())
+        if self.get("failing_since_ms") != self.before.failing_since_ms:
+            # The start of a run of transient errors is durable, so a new owner measures
+            # max_failing_s from the first error, not its own first; so is the run's end,
+            # or a restored old start would fail the next run at once.
+            self.persist = True
         return Transition(self.state, self.persist, tuple(self.effects))
 
 
@@ -174,7 +180,9 @@ def _new_state(request: RequestInfo, ctx: Context, *, sequence: int) -> JobState
         updated_at_ms=ctx.now_ms,
         correlation_id=request.correlation_id,
         labels=request.labels,
-        replay_of=request.replay_of,
+        # The request a forced replay re-exports; an operator's replay of a request with
+        # no state left names itself, which is no lineage.
+        replay_of=None if request.operator_replay else request.replay_of,
         next_action_at_ms=ctx.now_ms,
     )
 
@@ -213,15 +221,24 @@ def _on_request(state: JobState | None, request: RequestInfo, ctx: Context) -> T
         out = _Out(fresh, ctx)
         out.publish(Status.ACCEPTED)
         return out.done()
-    return _on_duplicate(state, ctx)
+    return _on_duplicate(state, request, ctx)
 
 
-def _on_duplicate(state: JobState, ctx: Context) -> Transition:
+def _on_duplicate(state: JobState, request: RequestInfo, ctx: Context) -> Transition:
     out = _Out(state, ctx)
     if state.status is Status.SUCCEEDED and _link_valid(state.file, ctx.now_ms):
         assert state.file is not None
-        out.publish(Status.DUPLICATE, keep_status=True)
-        out.effects.append(Announce(state.file, ctx.now_ms, reannounced=True))
+        if request.operator_replay:
+            # One FileReady per export; only an operator's replay announces it again.
+            out.publish(Status.DUPLICATE, keep_status=True)
+            out.effects.append(Announce(state.file, ctx.now_ms, reannounced=True))
+            return out.done()
+        note = ErrorInfo(
+            "already_announced",
+            "the export already SUCCEEDED and its file was announced; the link is still valid",
+            False,
+        )
+        out.publish(Status.DUPLICATE, error=note, keep_status=True)
         return out.done()
     if state.open:
         note = ErrorInfo("duplicate_request", f"request is already {state.status.value}; no new vendor job", False)

@@ -159,6 +159,12 @@ class RequestInfo:
     replay_of: str | None = None
     cancel: bool = False
 
+    @property
+    def operator_replay(self) -> bool:
+        """Re-published by an operator's ``replay`` of this very request, which marks it
+        ``replay_of`` = its own id (``replay --force`` exports under a new id instead)."""
+        return self.replay_of is not None and self.replay_of == self.request_id
+
 
 @dataclass(frozen=True, slots=True)
 class RequestReceived:

@@ -152,6 +152,9 @@ def name_transition(state: JobState | None, transition: Transition) -> tuple[Out
         if code == "link_expired":
             why = f"{state.status.value}, link expired; --force exports again"
             return OutcomeKind.SKIP, f"skip: already finished ({why})"
+        if code == "already_announced":
+            why = f"{state.status.value}, file announced; the link is still valid"
+            return OutcomeKind.SKIP, f"skip: already finished ({why})"
         return OutcomeKind.SKIP, f"skip: already finished ({state.status.value})"
     if event.status is Status.CANCELLED:
         return OutcomeKind.CANCEL, "cancel: not submitted yet, ends CANCELLED"

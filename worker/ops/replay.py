@@ -3,12 +3,17 @@ planner for ``replay`` of export.requests.
 
 A run reads fixed offset ranges (resolved once, kept in the checkpoint), asks a
 planner what to do with each record, and either predicts the worker's handling
-(``--dry-run``) or re-publishes it. Progress is committed per batch: (1) every record
-of the batch is delivered (flush), (2) the checkpoint records the batch's last offset
-per partition. A crash between the two re-sends at most one batch on resume, and the
-worker treats a re-sent request as a duplicate (no second vendor job). Ctrl-C (or a
-KeyboardInterrupt from a hook) runs the same two steps for the records handled so far
-and re-raises, so the CLI exits 130 with the checkpoint saved.
+(``--dry-run``) or re-publishes it. ``replay`` re-publishes a request marked as an
+operator's replay of itself (``replay_of`` = its own request id), which is what lets
+the worker re-announce a finished export's file for it and for no other duplicate;
+``replay --force`` re-exports it under a derived id with ``replay_of`` = the original.
+
+Progress is committed per batch: (1) every record of the batch is delivered (flush),
+(2) the checkpoint records the batch's last offset per partition. A crash between the
+two re-sends at most one batch on resume, and the worker treats a re-sent request as a
+duplicate (no second vendor job). Ctrl-C (or a KeyboardInterrupt from a hook) runs the
+same two steps for the records handled so far and re-raises, so the CLI exits 130
+with the checkpoint saved.
 """
 
 from __future__ import annotations
@@ -354,15 +359,16 @@ class RequestPlanner:
         if self.filtering and not self._match(record):
             return Planned(matched=False)
         headers = _headers(msg)
+        request_id = str(record["request_id"])
         if self.tag is None:
             partition = msg.partition() if self.same_partition else partition_for(key or b"", self.target_partitions)
-            target = Target(self.target_topic, key, value, partition, headers)
+            # Marked as an operator's replay of this very request: the one kind of
+            # duplicate for which the worker announces a finished export's file again.
+            marked = self._encode({**record, "replay_of": request_id})
+            target = Target(self.target_topic, key, marked, partition, headers)
         else:
-            original = str(record["request_id"])
-            new_id = derive_id(original, self.tag)
-            new_value = self.codec.encode(
-                "ExportRequested", {**record, "request_id": new_id, "replay_of": original}, topic=self.target_topic
-            )
+            new_id = derive_id(request_id, self.tag)
+            new_value = self._encode({**record, "request_id": new_id, "replay_of": request_id})
             new_key = new_id.encode()
             target = Target(
                 self.target_topic, new_key, new_value, partition_for(new_key, self.target_partitions), headers
@@ -371,6 +377,12 @@ class RequestPlanner:
         if self.predictor is not None:
             outcome = await self.predictor.predict(target.key, target.value)
         return Planned(True, target, outcome)
+
+    def _encode(self, record: dict[str, Any]) -> bytes:
+        # A dry run only predicts from the bytes: single-object encoding, so it registers
+        # no schema in a registry.
+        topic = self.target_topic if self.predictor is None else None
+        return self.codec.encode("ExportRequested", record, topic=topic)
 
 
 async def load_predictor(
@@ -442,7 +454,9 @@ async def replay_requests(settings: Settings, options: ReplayOptions, *, hooks: 
         if options.checkpoint is not None and not options.dry_run:
             checkpoint = Checkpoint(options.checkpoint, "replay", args, source, spans, tag=tag)
             checkpoint.save(now_ms)
-    codec = await codec_for(settings, writing=options.force)
+    # A real run writes the requests back re-encoded (marked as replays): with a schema
+    # registry, under the request topic's subject.
+    codec = await codec_for(settings, writing=not options.dry_run)
     predictor = None
     if options.dry_run:
         predictor = await load_predictor(settings, cluster, codec, options.connections, hooks, now_ms)
