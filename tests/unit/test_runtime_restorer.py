@@ -12,6 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
 from tests.unit.runtime_fakes import Collaborators, FakeConsumer, accepted, call_for, metrics
 from worker.engine.model import CallKind, JobState, Phase, Status, SubmitAnswered
 from worker.runtime.mailbox import CallAnswered, RestoreDone
+from worker.runtime.partitions import REMEMBERED_REBUILDS
 from worker.runtime.restorer import Carried, Restorer
 from worker.testing import eventually
 
@@ -193,3 +194,65 @@ class TestCarriedOverAResync:
         rig.restorer.forget({0})
         await rig.restorer.install(done)
         assert rig.partitions[0].jobs["s"].phase is Phase.SUBMITTING
+
+
+class TestLateAnswers:
+    """A call that outlives a resync of its partition (it ran past the drain deadline)
+    answers for an incarnation that was rebuilt by this same worker: only this worker
+    ever sees that answer, so it is applied to the state read back."""
+
+    def test_only_incarnations_this_worker_rebuilt_are_remembered(self) -> None:
+        rig = Rig()
+        first = rig.partitions.claim({0})[0]
+        second = rig.partitions.claim({0})[0]  # a resync
+        assert rig.partitions.rebuilt(0, first) is rig.partitions[0]
+        assert rig.partitions.rebuilt(0, second) is None  # the current one is not "rebuilt"
+        rig.partitions.drop({0})
+        rig.partitions.claim({0})  # taken over afresh: the old calls' answers belong to no one here
+        assert rig.partitions.rebuilt(0, first) is None and rig.partitions.rebuilt(0, second) is None
+
+    def test_remembered_rebuilds_are_bounded(self) -> None:
+        rig = Rig()
+        oldest = rig.partitions.claim({0})[0]
+        for _ in range(REMEMBERED_REBUILDS + 1):
+            rig.partitions.claim({0})
+        assert rig.partitions.rebuilt(0, oldest) is None
+        assert rig.partitions.rebuilt(0, rig.partitions[0].incarnation - 1) is not None
+
+    async def test_a_late_submit_answer_reaches_the_state_being_restored(self) -> None:
+        rig = Rig()
+        now = rig.time.now_ms()
+        rig.stored[0] = [accepted("s", now).evolve(phase=Phase.SUBMITTING, submit_attempt=1, next_action_at_ms=0)]
+        old = rig.partitions.claim({0})[0]
+        await rig.restorer.rewind_and_restore({0}, {0: 3})  # the resync; the submit is still running
+        part = rig.partitions.rebuilt(0, old)
+        assert part is not None and not part.ready
+        rig.restorer.late_answer(part, CallAnswered(0, old, "s", SubmitAnswered("job-9", "Queued", Status.QUEUED)))
+        await rig.restorer.install(await rig.restored())
+        job = rig.partitions[0].jobs["s"]
+        assert job.phase is Phase.ACTIVE and job.vendor_job_id == "job-9" and not job.possible_duplicate
+
+    async def test_a_late_submit_answer_after_the_restore_is_applied_at_once(self) -> None:
+        rig = Rig()
+        now = rig.time.now_ms()
+        rig.stored[0] = [accepted("s", now).evolve(phase=Phase.SUBMITTING, submit_attempt=1, next_action_at_ms=0)]
+        old = rig.partitions.claim({0})[0]
+        await rig.restorer.rewind_and_restore({0}, {0: 3})
+        await rig.restorer.install(await rig.restored())
+        part = rig.partitions.rebuilt(0, old)
+        assert part is not None and part.ready
+        rig.restorer.late_answer(part, CallAnswered(0, old, "s", SubmitAnswered("job-9", "Queued", Status.QUEUED)))
+        job = rig.partitions[0].jobs["s"]
+        assert job.vendor_job_id == "job-9" and (0, "s") in rig.outbox.states
+
+
+class TestShutdown:
+    async def test_no_restore_starts_or_retries_once_cancelled(self) -> None:
+        rig = Rig()
+        rig.failures = 10**6  # the consumer is closing: every read fails
+        rig.restorer.begin({0})
+        await eventually(lambda: len(rig.reads) >= 1)
+        rig.restorer.cancel()
+        await eventually(lambda: not rig.restorer.busy)
+        rig.restorer.begin({1})
+        assert 1 not in rig.partitions and not rig.restorer.busy

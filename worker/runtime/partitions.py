@@ -4,17 +4,26 @@ Every time a partition is (re)claimed, on assignment or after a resync, it gets 
 *incarnation* number. Work started for one incarnation (a vendor call, a restore, a
 batch being written) is applied only if that incarnation is still the current one:
 ``Partitions.current(number, incarnation)`` is the one test for it.
+
+A partition rebuilt by its own worker (a resync) remembers the incarnations it replaced
+(``rebuilt``): a vendor call of one of those that ends after the rebuild still has an
+answer that only this worker ever sees (a submit's job id), so it is applied to the
+state read back instead of being dropped.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import TopicPartition
 
 from worker.engine.model import JobState, Phase
+
+# Rebuilds remembered per partition: calls outlive a resync by at most the vendor timeout,
+# and a partition rebuilt more often than this meanwhile is failing for other reasons.
+REMEMBERED_REBUILDS = 8
 
 
 @dataclass
@@ -43,6 +52,7 @@ class Partitions(Mapping[int, OwnedPartition]):
         self.topic = topic
         self._owned: dict[int, OwnedPartition] = {}
         self._incarnation = 0
+        self._replaced: dict[int, deque[int]] = {}  # by number: incarnations rebuilt by this worker
 
     def __getitem__(self, number: int) -> OwnedPartition:
         return self._owned[number]
@@ -65,6 +75,9 @@ class Partitions(Mapping[int, OwnedPartition]):
         incarnations = {}
         for n in numbers:
             self._incarnation += 1
+            if n in self._owned:  # rebuilt here, not taken over: its late answers stay ours
+                replaced = self._replaced.setdefault(n, deque(maxlen=REMEMBERED_REBUILDS))
+                replaced.append(self._owned[n].incarnation)
             self._owned[n] = OwnedPartition(n, self._incarnation, resume_at=(resume_at or {}).get(n))
             incarnations[n] = self._incarnation
         return incarnations
@@ -74,6 +87,14 @@ class Partitions(Mapping[int, OwnedPartition]):
         another worker or was rebuilt since: its new owner redoes the work)."""
         part = self._owned.get(number)
         if part is None or part.incarnation != incarnation:
+            return None
+        return part
+
+    def rebuilt(self, number: int, incarnation: int) -> OwnedPartition | None:
+        """The partition if ``incarnation`` is one this worker rebuilt it from (recently:
+        the last ``REMEMBERED_REBUILDS``), else None."""
+        part = self._owned.get(number)
+        if part is None or incarnation not in self._replaced.get(number, ()):
             return None
         return part
 
@@ -88,6 +109,7 @@ class Partitions(Mapping[int, OwnedPartition]):
     def drop(self, numbers: set[int]) -> None:
         for n in numbers:
             self._owned.pop(n, None)
+            self._replaced.pop(n, None)
 
     def positions(self) -> list[TopicPartition]:
         """The input offsets to commit: what was fully processed on each ready partition."""

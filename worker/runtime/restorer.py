@@ -92,6 +92,7 @@ class Restorer:
         # One committed-offset lookup at a time: each holds a consumer thread, and a
         # rebalance callback running meanwhile needs free ones for its own consumer calls.
         self._committed_lookup = asyncio.Lock()
+        self._closed = False  # stopping: no restore starts or retries any more
 
     def open(self, consumer: GroupConsumer) -> None:
         self._consumer = consumer
@@ -102,6 +103,8 @@ class Restorer:
 
     def begin(self, numbers: set[int], resume_at: dict[int, int] | None = None) -> None:
         """Own these partitions afresh and read their state back in the background."""
+        if self._closed:
+            return  # the worker is leaving: the next owner restores them
         incarnations = self._partitions.claim(numbers, resume_at)
         task = asyncio.create_task(self._restore(incarnations))
         self._tasks.add(task)
@@ -112,6 +115,8 @@ class Restorer:
             self._carried.pop(n, None)
 
     def cancel(self) -> None:
+        """At shutdown: stop restoring (the consumer is about to close) and start no more."""
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         if self._learning is not None:
@@ -130,7 +135,7 @@ class Restorer:
                 attempt += 1
                 log.exception("restore failed; retrying", partitions=sorted(incarnations), attempt=attempt)
                 await asyncio.sleep(min(MAX_RETRY_WAIT_S, 0.5 * 2**attempt))
-                if all(self._partitions.current(n, i) is None for n, i in incarnations.items()):
+                if self._closed or all(self._partitions.current(n, i) is None for n, i in incarnations.items()):
                     return  # moved on meanwhile
                 continue
             self._mailbox.put_nowait(done)
@@ -227,6 +232,14 @@ class Restorer:
                     part.next_offset = offset
         finally:
             self._learning = None
+
+    def late_answer(self, part: OwnedPartition, answer: CallAnswered) -> None:
+        """The answer of a call that outlived a resync of its partition: applied to the
+        state read back (now, or once it is installed)."""
+        if part.ready:
+            self._stepper.answer(part, CallAnswered(part.number, part.incarnation, answer.request_id, answer.event))
+        else:
+            self._carried.setdefault(part.number, Carried()).answers.append(answer)
 
     def _apply_carried(self, part: OwnedPartition) -> None:
         carried = self._carried.pop(part.number, None)

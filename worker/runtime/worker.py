@@ -343,8 +343,11 @@ class Worker:
                 held.append(report)
             else:
                 part = self.partitions.current(report.partition, report.incarnation)
-                if part is not None:  # else it moved or was rebuilt meanwhile: its new owner redoes it
+                if part is not None:
                     self.stepper.answer(part, report)
+                elif (rebuilt := self.partitions.rebuilt(report.partition, report.incarnation)) is not None:
+                    self.restorer.late_answer(rebuilt, report)
+                # else the partition moved to another worker: its new owner redoes the call
         return held
 
     async def _drain(self, numbers: set[int], deadline: float) -> None:
@@ -394,6 +397,12 @@ class Worker:
             self._start_calls(settled.start)
         elif settled.outcome is Outcome.FENCED:
             raise WorkerFenced(settled.error or "fenced")
+        elif self._stopping:
+            # No resync while leaving (its restore would outlive the consumer), and nothing
+            # more may be committed over what was lost: let go of it all.
+            log.warning("a transaction failed while stopping: the next owner resumes from Kafka")
+            self._forget_uncommitted(set(self.partitions))
+            self._drop(set(self.partitions))
         else:
             # In-memory state ran ahead of what is durable: rebuild it from Kafka. A record
             # the broker refused is dealt with on its own afterwards (see RefusedRecords).
