@@ -17,8 +17,12 @@ What the public reference says, and what is assumed:
   existing job is adopted. A 422 whose words say a run is already in progress is read as
   busy too (assumed; the Jobs API documents no 422).
 * List jobs filters with ``filter=eq(external_ref,<value>)``; filter values may only use
-  ``A-Z a-z 0-9 $ - _ * .`` and spaces, so other request ids are found by paging the list
-  (``page[limit]`` at most 100, ``page[offset]`` at most 10,000).
+  ``A-Z a-z 0-9 $ - _ * .``, spaces and an encoded ``+``, and the Filtering guide offers no
+  quoting, so other request ids (every ``--force`` replay id holds a ``~``) are found by
+  paging the list (``page[limit]`` at most 100, ``page[offset]`` at most 10,000: 10,100
+  jobs). Only a complete lookup may say "no such job": an accepted filter, or paging that
+  reached a short last page. Paging cut off by the offset limit says "cannot tell", and
+  the engine takes its unknown-outcome path instead of submitting a duplicate.
 * Errors are JSON:API ``{"errors": [{"status", "title", "detail", "meta"}]}``, but the
   published examples attach a 500 object to 400 and 404 answers and give ``status`` as
   text or number: the HTTP status decides what happened, the body only supplies words.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -140,6 +145,20 @@ def _busy(answer: Answer) -> bool:
     return answer.status == 409 or (answer.status == 422 and any(w in describe(answer).lower() for w in BUSY_WORDS))
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Our job, if found; ``complete`` when every job that could carry the ref was seen
+    (so ``job=None`` means "no such job", not "not among the pages read")."""
+
+    job: dict[str, Any] | None
+    complete: bool
+
+
+def _ref_of(job: dict[str, Any]) -> object:
+    attributes = job.get("attributes")
+    return attributes.get("external_ref") if isinstance(attributes, dict) else None
+
+
 def _status_of(job: dict[str, Any]) -> str:
     return str(job["attributes"]["status"]).strip()
 
@@ -201,7 +220,7 @@ class ElasticPathAdapter:
                 raise
             # Either the store runs a job of this type already, or our external_ref is
             # taken (a job from an earlier submit whose answer we lost): adopt our own.
-            ours = await self._find(spec.request_id)
+            ours = (await self._find(spec.request_id)).job
             if ours is not None:
                 raw = _status_of(ours)
                 return SubmitAnswered(vendor_job_id=ours["id"], vendor_status=raw, status=map_status(STATUSES, raw))
@@ -266,26 +285,33 @@ class ElasticPathAdapter:
     # ---- reconcile ---------------------------------------------------------------------
 
     async def reconcile(self, spec: JobSpec) -> ReconcileAnswered:
-        ours = await self._find(spec.request_id)
-        if ours is None:
-            return ReconcileAnswered(known=True)
-        raw = _status_of(ours)
+        lookup = await self._find(spec.request_id)
+        if lookup.job is None:
+            return ReconcileAnswered(known=lookup.complete)
+        raw = _status_of(lookup.job)
         return ReconcileAnswered(
-            known=True, vendor_job_id=ours["id"], vendor_status=raw, status=map_status(STATUSES, raw)
+            known=True, vendor_job_id=lookup.job["id"], vendor_status=raw, status=map_status(STATUSES, raw)
         )
 
-    async def _find(self, external_ref: str) -> dict[str, Any] | None:
+    async def _find(self, external_ref: str) -> Lookup:
         """The job carrying ``external_ref``: by filter when the value is filter-safe,
-        else (or when the filter is refused) by paging through the list."""
+        else (or when the filter is refused or evidently not applied) by paging."""
         if FILTER_SAFE.fullmatch(external_ref):
             try:
                 answer = await self._call(
                     "GET", JOBS, operation="reconcile", params={"filter": f"eq(external_ref,{external_ref})"}
                 )
-                return self._match(self._page(answer), external_ref)
+                page = self._page(answer)
+                found = self._match(page, external_ref)
+                # A job under another ref means the filter was not applied: its absence says nothing.
+                if found is not None or all(_ref_of(job) == external_ref for job in page):
+                    return Lookup(found, complete=True)
             except VendorRejected as exc:
                 if exc.status != 400:  # a refused filter falls back to paging
                     raise
+        return await self._page_through(external_ref)
+
+    async def _page_through(self, external_ref: str) -> Lookup:
         offset = 0
         while offset <= MAX_OFFSET:
             answer = await self._call(
@@ -297,16 +323,18 @@ class ElasticPathAdapter:
             page = self._page(answer)
             found = self._match(page, external_ref)
             if found is not None or len(page) < PAGE_LIMIT:
-                return found
+                return Lookup(found, complete=True)
             offset += PAGE_LIMIT
-        return None
+        # Every page the offset limit allows was full: the job may be on the next one.
+        return Lookup(None, complete=False)
 
     @staticmethod
     def _page(answer: Answer) -> list[dict[str, Any]]:
         data = answer.json_object().get("data")
-        if not isinstance(data, list):
-            raise MalformedAnswer(f"reconcile: list answer without a data array: {excerpt(answer.body)}")
-        return [item for item in data if isinstance(item, dict)]
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            # Dropping the odd item would shorten the page and end the paging early.
+            raise MalformedAnswer(f"reconcile: list answer without a data array of objects: {excerpt(answer.body)}")
+        return data
 
     @staticmethod
     def _match(jobs: list[dict[str, Any]], external_ref: str) -> dict[str, Any] | None:
