@@ -630,3 +630,33 @@ class TestSimulatorFilterRule:
     ) -> None:
         answer = await list_with_filter(ep_sim, session, f"eq(external_ref,{value})")
         assert answer.status == 400
+
+
+class TestHostileJobIds:
+    """A job id from an answer goes into the poll URL: it must name one job, and stay one segment."""
+
+    async def test_a_job_id_with_slashes_is_polled_at_its_escaped_path(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator
+    ) -> None:
+        with pytest.raises(VendorRejected) as caught:
+            await adapter.poll(job_spec("req-slashes"), "../jobs")
+        assert caught.value.status == 400  # "job_uuid: must be a UUID", not the job list
+        (poll,) = api_requests(ep_sim, "GET")
+        assert poll["path"] == f"{JOBS}/../jobs"
+
+    async def test_a_dot_segment_job_id_is_never_sent(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator
+    ) -> None:
+        """``..`` resolves even escaped: polling it would ask for /v2/subscriptions."""
+        with pytest.raises(VendorRejected, match="cannot be used as a URL path segment"):
+            await adapter.poll(job_spec("req-dots"), "..")
+        assert not api_requests(ep_sim, "GET")
+
+    async def test_a_created_job_named_dot_dot_is_malformed_and_may_have_acted(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator
+    ) -> None:
+        created = {"data": {"id": "..", "type": "subscription_job", "attributes": {"status": "pending"}}}
+        ep_sim.answer_next(201, json.dumps(created))
+        with pytest.raises(MalformedAnswer) as caught:
+            await adapter.submit(job_spec("req-dot-dot", "TAX_RUN"))
+        assert caught.value.outcome_unknown is True

@@ -48,7 +48,7 @@ from worker.errors import (
 )
 from worker.redaction import excerpt
 from worker.result_store import ResultStore
-from worker.vendors.base import JobSpec, map_status
+from worker.vendors.base import JobSpec, job_id_of, map_status, segment
 from worker.vendors.http import Answer, BearerToken, VendorHttp, parse_retry_after, token_answer
 
 JOBS = "/v2/subscriptions/jobs"
@@ -137,6 +137,7 @@ def _resource(answer: Answer, operation: str, *, outcome_unknown: bool = False) 
             f"{operation}: answer without data.id and data.attributes.status: {excerpt(answer.body)}",
             outcome_unknown=outcome_unknown,
         )
+    job_id_of(data["id"], operation=operation, body=answer.body, outcome_unknown=outcome_unknown)
     return data
 
 
@@ -236,7 +237,7 @@ class ElasticPathAdapter:
     # ---- poll --------------------------------------------------------------------------
 
     async def poll(self, spec: JobSpec, vendor_job_id: str) -> PollAnswered:
-        answer = await self._call("GET", f"{JOBS}/{quote(vendor_job_id, safe='')}", operation="poll")
+        answer = await self._call("GET", f"{JOBS}/{segment(vendor_job_id, 'job id')}", operation="poll")
         job = _resource(answer, "poll")
         raw = _status_of(job)
         status = map_status(STATUSES, raw)
@@ -350,4 +351,6 @@ class ElasticPathAdapter:
         ]
         if not ours:
             return None
-        return min(ours, key=lambda job: str(job["attributes"].get("created_at") or ""))
+        oldest = min(ours, key=lambda job: str(job["attributes"].get("created_at") or ""))
+        job_id_of(oldest["id"], operation="reconcile", body=json.dumps(oldest).encode())
+        return oldest
