@@ -12,12 +12,11 @@ lost submit answer cannot be reconciled.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from worker.config import ConnectionConfig
+from worker.config import UUID_TEXT, ConnectionConfig
 from worker.engine.model import ErrorInfo, FileInfo, PollAnswered, ReconcileAnswered, Status, SubmitAnswered
 from worker.errors import ConfigError, InvalidRequest, MalformedAnswer
 from worker.redaction import excerpt
@@ -35,9 +34,6 @@ LINK_FIELDS = ("downloadurl", "downloaduri")
 DATE_TOKENS = ("StartEventDate", "EndEventDate", "StatusDatetime", "StartReceivedDateTime", "EndReceivedDateTime")
 AVAILABILITY_MONTHS = 13
 _CORRELATION_NS = uuid.UUID("5b0d9a5e-4d0e-4c53-9a64-6e1f4f0c2a11")
-# Seed 000, parameters table: Subscriptionid is a path parameter of format UUID. Only the
-# canonical 8-4-4-4-12 form: uuid.UUID() would also take "urn:uuid:..." and "{...}".
-SUBSCRIPTION_ID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 
 
 def correlation_id(spec: JobSpec) -> str:
@@ -70,9 +66,9 @@ def validate(job: dict[str, Any], now_ms: int, conn: ConnectionConfig) -> None:
     """Refuse what Itron would refuse, before any call: no filter, dates beyond the
     13 months of data availability, no subscription or one that is not a UUID."""
     subscription = job.get("subscription_id")
-    if subscription is not None and not SUBSCRIPTION_ID.fullmatch(str(subscription)):
-        # It goes into the URL path: anything else could point the call, with its token and
-        # DataSubscriberId, at another path.
+    if subscription is not None and not UUID_TEXT.fullmatch(str(subscription)):
+        # Seed 000's parameter table: a UUID. It goes into the URL path: anything else could
+        # point the call, with its token and DataSubscriberId, at another path.
         raise InvalidRequest(
             "invalid_request", f"subscription_id {excerpt(repr(subscription))} is not a UUID (8-4-4-4-12 hex digits)"
         )
