@@ -221,6 +221,8 @@ class ElasticPathAdapter:
                 raise
             # Either the store runs a job of this type already, or our external_ref is
             # taken (a job from an earlier submit whose answer we lost): adopt our own.
+            # A lookup cut short reads as busy too: that may wait for a job of ours past
+            # the listable pages, but never fails a request that is only queued.
             ours = (await self._find(spec.request_id)).job
             if ours is not None:
                 raw = _status_of(ours)
