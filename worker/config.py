@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tomllib
 import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -100,8 +102,44 @@ class PolicyConfig(BaseModel):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+# The canonical 8-4-4-4-12 form (Itron's subscription ids are UUIDs, seed 000).
+UUID_TEXT = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+MAX_URL_CHARS = 2_048
+MAX_HEADER_VALUE_CHARS = 256
+
+
+def vendor_base_url(value: str) -> str:
+    """An absolute http(s) URL with a host, and nothing a path can be appended to badly:
+    no query, fragment or credentials (credentials have their own fields), no whitespace.
+    Errors never quote the value: a misplaced credential would be logged."""
+    if len(value) > MAX_URL_CHARS or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"must be a URL of at most {MAX_URL_CHARS} characters without whitespace")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (user:password@); use the credential fields")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError("must not have a query or fragment: paths are appended to it")
+    return value
+
+
+def header_value(value: str) -> str:
+    if not value.strip() or len(value) > MAX_HEADER_VALUE_CHARS or not value.isprintable():
+        raise ValueError(f"must be 1-{MAX_HEADER_VALUE_CHARS} printable characters (it is sent as a header)")
+    return value
+
+
 class ConnectionConfig(BaseModel):
-    """One vendor account the workers may use (the ``connection`` of a request)."""
+    """One vendor account the workers may use (the ``connection`` of a request).
+
+    Values that end up in URLs and headers are checked for shape at load: base URLs are
+    absolute http(s) URLs with a host, Itron's subscription id is a UUID (it is a path
+    segment), header values are printable."""
 
     vendor: VendorName
     base_url: str
@@ -124,6 +162,23 @@ class ConnectionConfig(BaseModel):
     unknown_outcome: UnknownOutcome = UnknownOutcome.RESUBMIT
     policy: PolicyConfig = PolicyConfig()
     options: dict[str, Any] = Field(default_factory=dict, description="vendor-specific extras")
+
+    @field_validator("base_url", "auth_url")
+    @classmethod
+    def _url_shape(cls, value: str | None) -> str | None:
+        return None if value is None else vendor_base_url(value)
+
+    @field_validator("subscription_id")
+    @classmethod
+    def _subscription_is_uuid(cls, value: str | None) -> str | None:
+        if value is not None and not UUID_TEXT.fullmatch(value):
+            raise ValueError("must be a UUID (8-4-4-4-12 hex digits): it is a path segment of every Itron call")
+        return value
+
+    @field_validator("subscriber_id", "facility")
+    @classmethod
+    def _header_shape(cls, value: str | None) -> str | None:
+        return None if value is None else header_value(value)
 
 
 class ConnectionsFile(BaseModel):

@@ -96,7 +96,7 @@ class TestWorkerReadsJavaRequests:
         assert decoded == expected  # (bytes may differ: map entry order is not canonical)
         conn = ConnectionConfig(
             vendor="itron", base_url="http://127.0.0.1:1", client_id="c", client_secret=SecretRef(value="s"),
-            subscription_id="s", subscriber_id="d",
+            subscription_id="7f7f2d8e-6c38-4b8e-9a53-6a1f1c7b2e10", subscriber_id="d",
         )  # fmt: skip
         ingest = Ingest(CODEC, {"itron": conn}, max_bytes=1 << 20)
         outcome = ingest.validate(

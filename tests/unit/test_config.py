@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from worker.cli import app
 from worker.config import (
+    ConnectionConfig,
     ConnectionsFile,
     KafkaSettings,
     PolicyConfig,
@@ -326,3 +328,43 @@ class TestSettingsBounds:
         result = CliRunner().invoke(app, ["run"])
         assert result.exit_code != 0
         assert "http_port" in result.output and "less than or equal to 65535" in result.output
+
+
+class TestConnectionShapes:
+    """Connection values that become URLs and headers are checked when the file is loaded."""
+
+    @pytest.mark.parametrize(
+        ("field", "value", "words"),
+        [
+            ("base_url", "k8s.itrontotal.com", "absolute http:// or https:// URL with a host"),
+            ("base_url", "ftp://k8s.itrontotal.com", "absolute http:// or https:// URL with a host"),
+            ("base_url", "https://", "absolute http:// or https:// URL with a host"),
+            ("base_url", "https://user:pw-hunter2@k8s.itrontotal.com", "must not carry credentials"),
+            ("base_url", "https://k8s.itrontotal.com/x?y=1", "must not have a query or fragment"),
+            ("base_url", "https://k8s.itrontotal.com/#x", "must not have a query or fragment"),
+            ("base_url", "https://k8s.itrontotal.com:70000", "is not a valid URL"),
+            ("base_url", "https://k8s.itron total.com", "without whitespace"),
+            ("auth_url", "identity.itrontotal.com", "absolute http:// or https:// URL with a host"),
+            ("subscription_id", "x/../../connect/token#", "must be a UUID"),
+            ("subscriber_id", "d\r\nX-Injected: 1", "printable characters"),
+            ("facility", "", "printable characters"),
+        ],
+    )
+    def test_a_misshapen_value_is_refused_naming_the_field_not_the_value(
+        self, tmp_path: Path, field: str, value: str, words: str
+    ) -> None:
+        path = tmp_path / "c.json"
+        conn = {"vendor": "itron", "base_url": "https://k8s.itrontotal.com", field: value}
+        path.write_text(json.dumps({"connections": {"itron": conn}}))
+        with pytest.raises(ConfigError, match=re.escape(words)) as caught:
+            ConnectionsFile.load(path)
+        assert f"connections.itron.{field}" in str(caught.value)
+        assert "hunter2" not in str(caught.value)
+
+    @pytest.mark.parametrize(
+        "url", ["https://k8s.itrontotal.com", "http://127.0.0.1:8080/base/", "https://acme.unicommerce.com"]
+    )
+    def test_ordinary_base_urls_are_accepted(self, url: str) -> None:
+        subscription = "7F7F2D8E-6C38-4B8E-9A53-6A1F1C7B2E10"
+        conn = ConnectionConfig(vendor="itron", base_url=url, auth_url=url, subscription_id=subscription)
+        assert conn.base_url == url

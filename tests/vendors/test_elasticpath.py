@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
 import pytest
+import yarl
 
 from tests.conftest import FAST_POLICY, running
 from worker.config import ConnectionConfig, SecretRef, Settings
@@ -27,6 +28,7 @@ from worker.errors import (
     VendorUnavailable,
 )
 from worker.ingest import jsonable
+from worker.ops.replay import derive_id
 from worker.result_store import FileResultStore
 from worker.runtime import Worker
 from worker.simulators.base import Timing
@@ -105,6 +107,21 @@ def api_requests(sim: ElasticPathSimulator, method: str | None = None, path: str
     return [
         r for r in sim.requests if (method is None or r["method"] == method) and (path is None or r["path"] == path)
     ]
+
+
+async def list_with_filter(
+    sim: ElasticPathSimulator, session: aiohttp.ClientSession, raw_filter: str
+) -> aiohttp.ClientResponse:
+    """List jobs with ``raw_filter`` sent exactly as given (already URL encoded)."""
+    async with session.post(
+        f"{sim.base_url}/oauth/access_token",
+        data={"grant_type": "client_credentials", "client_id": "demo-client", "client_secret": "demo-secret"},
+    ) as answer:
+        token = (await answer.json())["access_token"]
+    url = yarl.URL(f"{sim.base_url}{JOBS}?filter={raw_filter}", encoded=True)
+    async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as answer:
+        await answer.read()
+        return answer
 
 
 class TestValidate:
@@ -517,3 +534,129 @@ class TestEndToEnd:
         assert all("FAILED" not in out.statuses(rid) for rid in ids)
         assert len(api_requests(ep_sim, "POST", JOBS)) >= 3  # at least one submit was refused busy
         assert sorted(j.match_key for j in ep_sim.jobs.values()) == ids
+
+
+class TestReconcileCompleteness:
+    """Only a complete answer may say "no such job"; a lookup cut short says "cannot tell"."""
+
+    async def test_a_job_beyond_the_paging_limit_is_unknown_not_absent(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator
+    ) -> None:
+        """Paging stops at page[offset] 10,000: a job past the last page read is "cannot tell"."""
+        for i in range(10_100):  # exactly the 101 pages of 100 the offset limit lets a client read
+            ep_sim.new_job(f"other-{i}", {}, job_type="tax-run", created_wall=time.time())
+        spec = job_spec(derive_id("req-far", "20260101000000"), "TAX_RUN")
+        ep_sim.new_job(spec.request_id, {}, job_type="tax-run", created_wall=time.time())
+
+        found = await adapter.reconcile(spec)
+
+        assert found.known is False and found.vendor_job_id is None
+        offsets = [int(r["query"]["page[offset]"]) for r in api_requests(ep_sim, "GET", JOBS)]
+        assert offsets[-1] == 10_000 and len(offsets) == 101
+
+    async def test_paging_that_reaches_the_last_page_may_say_absent(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator
+    ) -> None:
+        """A short last page ends the list: not found there is a complete "no such job"."""
+        for i in range(120):
+            ep_sim.new_job(f"other-{i}", {}, job_type="tax-run", created_wall=time.time())
+        found = await adapter.reconcile(job_spec(derive_id("req-never", "20260101000000"), "TAX_RUN"))
+        assert found.known is True and found.vendor_job_id is None
+
+    async def test_a_replay_id_with_a_tilde_is_found_by_paging_not_by_filter(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession
+    ) -> None:
+        """'~' (in every --force replay id) is outside the filter characters: EP refuses it
+        in a filter, so the replay's job is found by paging."""
+        for i in range(150):
+            ep_sim.new_job(f"other-{i}", {}, job_type="tax-run", created_wall=time.time())
+        spec = job_spec(derive_id("req-replayed", "20260101000000"), "TAX_RUN")
+        ep_sim.faults.plan.next_lost_submit = 1
+        with pytest.raises(VendorUnavailable):
+            await adapter.submit(spec)
+        ours = next(j for j in ep_sim.jobs.values() if j.match_key == spec.request_id)
+
+        found = await adapter.reconcile(spec)
+
+        assert found.known is True and found.vendor_job_id == ours.job_id
+        lookups = api_requests(ep_sim, "GET", JOBS)
+        assert all("filter" not in r["query"] for r in lookups)
+        refused = await list_with_filter(ep_sim, session, f"eq(external_ref,{spec.request_id})")
+        assert refused.status == 400
+
+    async def test_a_filter_that_was_not_applied_is_not_trusted_to_say_absent(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator
+    ) -> None:
+        """An accepted filter answer holding other refs was not filtered by ours: page instead."""
+        spec = job_spec("req-unfiltered", "TAX_RUN")
+        ep_sim.new_job("someone-else", {}, job_type="tax-run", created_wall=time.time())
+        ours = ep_sim.new_job(spec.request_id, {}, job_type="tax-run", created_wall=time.time())
+        other = {
+            "id": "11111111-2222-3333-4444-555555555555",
+            "type": "subscription_job",
+            "attributes": {"external_ref": "someone-else", "job_type": "tax-run", "status": "pending"},
+        }
+        ep_sim.answer_next(200, json.dumps({"data": [other]}))
+
+        found = await adapter.reconcile(spec)
+
+        assert found.vendor_job_id == ours.job_id
+
+
+class TestSimulatorFilterRule:
+    """The simulator applies the Filtering guide's character rule to the decoded value."""
+
+    async def test_an_encoded_plus_is_accepted_and_matches_a_plus(
+        self, ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession
+    ) -> None:
+        """'+' may be used when URL encoded (%2B)."""
+        ours = ep_sim.new_job("a+b", {}, job_type="tax-run", created_wall=time.time())
+        answer = await list_with_filter(ep_sim, session, "eq(external_ref,a%2Bb)")
+        assert answer.status == 200
+        assert [j["id"] for j in (await answer.json(content_type=None))["data"]] == [ours.job_id]
+
+    async def test_an_unencoded_plus_is_a_space(
+        self, ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession
+    ) -> None:
+        ep_sim.new_job("a+b", {}, job_type="tax-run", created_wall=time.time())
+        spaced = ep_sim.new_job("a b", {}, job_type="tax-run", created_wall=time.time())
+        answer = await list_with_filter(ep_sim, session, "eq(external_ref,a+b)")
+        assert answer.status == 200
+        assert [j["id"] for j in (await answer.json(content_type=None))["data"]] == [spaced.job_id]
+
+    @pytest.mark.parametrize("value", ["a~b", "a%7Eb", "a/b", "a%2Cb", "a:b", "a%22b%22", "%C3%A9"])
+    async def test_other_characters_are_refused(
+        self, ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession, value: str
+    ) -> None:
+        answer = await list_with_filter(ep_sim, session, f"eq(external_ref,{value})")
+        assert answer.status == 400
+
+
+class TestHostileJobIds:
+    """A job id from an answer goes into the poll URL: it must name one job, and stay one segment."""
+
+    async def test_a_job_id_with_slashes_is_polled_at_its_escaped_path(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator
+    ) -> None:
+        with pytest.raises(VendorRejected) as caught:
+            await adapter.poll(job_spec("req-slashes"), "../jobs")
+        assert caught.value.status == 400  # "job_uuid: must be a UUID", not the job list
+        (poll,) = api_requests(ep_sim, "GET")
+        assert poll["path"] == f"{JOBS}/../jobs"
+
+    async def test_a_dot_segment_job_id_is_never_sent(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator
+    ) -> None:
+        """``..`` resolves even escaped: polling it would ask for /v2/subscriptions."""
+        with pytest.raises(VendorRejected, match="cannot be used as a URL path segment"):
+            await adapter.poll(job_spec("req-dots"), "..")
+        assert not api_requests(ep_sim, "GET")
+
+    async def test_a_created_job_named_dot_dot_is_malformed_and_may_have_acted(
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator
+    ) -> None:
+        created = {"data": {"id": "..", "type": "subscription_job", "attributes": {"status": "pending"}}}
+        ep_sim.answer_next(201, json.dumps(created))
+        with pytest.raises(MalformedAnswer) as caught:
+            await adapter.submit(job_spec("req-dot-dot", "TAX_RUN"))
+        assert caught.value.outcome_unknown is True

@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -703,6 +704,67 @@ class TestValidate:
         """A misspelt connection option is refused rather than silently ignored."""
         with pytest.raises(ConfigError):
             validate(og_job(), 0, opengate_connection("http://og.invalid", options={"max_entity": 5}))
+
+
+class TestCallback:
+    """The callback OpenGate calls when the job ends: http(s), a host, no credentials, bounded."""
+
+    @pytest.mark.parametrize(
+        ("callback", "reason"),
+        [
+            ("ftp://hooks.example.com/og", "http(s) URL with a host"),
+            ("javascript:alert(1)", "http(s) URL with a host"),
+            ("https:///og", "http(s) URL with a host"),
+            ("https://user:secret@hooks.example.com/og", "must not carry credentials"),
+            ("https://token@hooks.example.com/og", "must not carry credentials"),
+            ("https://hooks.example.com:99999/og", "not a valid URL"),
+            ("https://[::1/og", "not a valid URL"),
+            ("https://hooks.example.com/og hook", "whitespace or control characters"),
+            ("https://hooks.example.com/og\r\nX-Injected: 1", "whitespace or control characters"),
+            ("https://hooks.example.com/" + "a" * 2_048, "URL of 1-2048 characters"),
+            ("", "URL of 1-2048 characters"),
+        ],
+    )
+    def test_a_hostile_callback_is_refused_with_its_reason(self, callback: str, reason: str) -> None:
+        with pytest.raises(InvalidRequest, match=re.escape(reason)):
+            validate(og_job(callback=callback), 0, opengate_connection("http://og.invalid"))
+
+    @pytest.mark.parametrize(
+        "callback", ["https://hooks.example.com/og?job=1", "http://10.0.0.7:8080/hook", "https://hooks.example.com"]
+    )
+    def test_an_ordinary_callback_is_sent_as_given(self, callback: str) -> None:
+        validate(og_job(callback=callback), 0, opengate_connection("http://og.invalid"))
+
+
+class TestHostileJobIds:
+    @pytest.mark.parametrize("job_id", ["..", "."])
+    async def test_a_dot_segment_job_id_is_never_sent(
+        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, job_id: str
+    ) -> None:
+        """``..`` resolves even escaped: polling it would ask /operation, not a job."""
+        adapter = make_adapter(sim, session)
+        with pytest.raises(VendorRejected, match="cannot be used as a URL path segment"):
+            await adapter.poll(spec(og_job()), job_id)
+        assert not calls(sim, "GET")
+
+    async def test_a_job_id_with_slashes_is_polled_at_its_escaped_path(
+        self, sim: OpenGateSimulator, session: aiohttp.ClientSession
+    ) -> None:
+        """It names no job: the simulator answers ``{}``, as real tenants do for an unknown id."""
+        adapter = make_adapter(sim, session)
+        with pytest.raises(MalformedAnswer, match=re.escape("without report.summary.status: {}")):
+            await adapter.poll(spec(og_job()), "../../search/jobs")
+        (poll,) = calls(sim, "GET")
+        assert poll["path"] == f"{JOBS}/../../search/jobs"  # one segment: decoded by the simulator
+
+    async def test_a_location_naming_a_dot_segment_is_malformed_and_may_have_acted(
+        self, sim: OpenGateSimulator, session: aiohttp.ClientSession
+    ) -> None:
+        adapter = make_adapter(sim, session)
+        sim.answer_next(201, "", Location=f"{JOBS}/%2E%2E")
+        with pytest.raises(MalformedAnswer) as caught:
+            await adapter.submit(spec(og_job()))
+        assert caught.value.outcome_unknown is True
 
 
 # ---- reconcile -------------------------------------------------------------------------

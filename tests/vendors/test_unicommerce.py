@@ -120,6 +120,12 @@ def token_calls(sim: UnicommerceSimulator) -> list[dict[str, Any]]:
 
 
 class TestValidate:
+    @pytest.mark.parametrize("facility", ["F1\r\nX-Injected: 1", "F1\x00", "F" * 257])
+    def test_a_facility_that_cannot_be_a_header_value_is_refused(self, facility: str) -> None:
+        """The facility is sent as the Facility header: no line breaks, no control characters."""
+        with pytest.raises(InvalidRequest, match="facility must be at most 256 printable characters"):
+            validator("unicommerce")(jsonable(uc_job(facility=facility)), 0, uc_connection("http://x"))
+
     def test_a_full_export_is_valid(self) -> None:
         """Columns, all three filter kinds and the connection's facility pass validation."""
         validator("unicommerce")(jsonable(uc_job()), 0, uc_connection("http://x"))

@@ -8,9 +8,13 @@ Quirks reproduced:
   * JSON:API errors in the mixed shapes of the published examples: a 404 answered with a
     500 error object, ``status`` as a string or a number, ``detail`` missing, and the
     filter error without any ``status``;
-  * ``GET /v2/subscriptions/jobs?filter=eq(external_ref,...)`` (and ``in``) finds jobs by
-    their ref; filter values are limited to the documented characters; the list pages
-    with ``page[limit]`` (at most 100) and ``page[offset]`` (at most 10,000).
+  * ``GET /v2/subscriptions/jobs?filter=eq(external_ref,...)`` (one value) and ``in``
+    (several) find jobs by their ref. Filter values hold only the characters of the
+    Filtering guide's table: ``A-Z a-z 0-9 $ - _ * .`` and the space (an unencoded ``+``
+    is a space), ``+`` only URL encoded (``%2B``); anything else (``~``, ``/``, ``:``, a
+    quote, an encoded comma inside an ``eq``) is "Could not parse the supplied filter".
+    The guide has no quoting. The list pages with ``page[limit]`` (at most 100) and
+    ``page[offset]`` (at most 10,000).
 
 Control route besides the shared ones: ``POST /_sim/answer-next`` (JSON ``{"status",
 "body", "content_type"}``) serves the next API call with that raw answer, e.g. an empty
@@ -36,7 +40,9 @@ API = "/v2/subscriptions/"
 JOB_TYPES = ("billing-run", "tax-run", "payment-run")
 ONE_PER_STORE = ("billing-run", "payment-run")
 FILTER = re.compile(r"^(eq|in)\(external_ref,([^()]*)\)$")
-FILTER_VALUE = re.compile(r"^[A-Za-z0-9$\-_*. ]*$")
+# Checked on the decoded value: an unencoded '+' has become a space by then, so a '+'
+# left in it arrived as %2B, which the guide allows.
+FILTER_VALUE = re.compile(r"^[A-Za-z0-9$\-_*. +]*$")
 JSONAPI = "application/vnd.api+json"
 
 
@@ -169,7 +175,11 @@ class ElasticPathSimulator(Simulator):
         if raw_filter is not None:
             found = FILTER.match(raw_filter)
             values = found.group(2).split(",") if found else []
-            if found is None or not all(FILTER_VALUE.match(v) for v in values):
+            if (
+                found is None
+                or not all(FILTER_VALUE.match(v) for v in values)
+                or (found.group(1) == "eq" and len(values) != 1)
+            ):
                 # The documented filter error has a title and a detail, but no status.
                 return web.json_response(
                     {"errors": [{"title": "Bad Request", "detail": "Could not parse the supplied filter"}]},

@@ -3,7 +3,9 @@
 
 Quirks reproduced: the link field is ``downloadUrl`` on some answers and ``DownloadUri``
 on others (the seed uses both), the link expires at its ``se=`` parameter, the
-``Itron-CorrelationId`` and ``DataSubscriberId`` headers are required.
+``Itron-CorrelationId`` and ``DataSubscriberId`` headers are required. Subscription and
+job ids are UUIDs (the seed's parameter table): any other value names no subscription or
+job (404).
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ from worker.simulators.faults import FaultPlan, drop_connection
 FILETYPES = {"parquet": "Parquet", "orc": "Orc", "json": "Json", "csv": "Csv"}
 STAGES = ("New", "Started", "Running")
 API = "/dpss/api/v1/subscriptions/"
+
+
+def _not_uuid(request: web.Request, *names: str) -> web.Response | None:
+    for name in names:
+        try:
+            uuid.UUID(request.match_info[name])
+        except ValueError:
+            return web.json_response({"message": f"{name} not found"}, status=404)
+    return None
 
 
 class ItronSimulator(Simulator):
@@ -77,7 +88,7 @@ class ItronSimulator(Simulator):
         return None
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
-        refused = self._check(request)
+        refused = self._check(request) or _not_uuid(request, "subscription")
         if refused is not None:
             return refused
         try:
@@ -101,7 +112,7 @@ class ItronSimulator(Simulator):
         return web.json_response(self._answer(job, time.monotonic()))
 
     async def poll(self, request: web.Request) -> web.Response:
-        refused = self._check(request)
+        refused = self._check(request) or _not_uuid(request, "subscription", "job_id")
         if refused is not None:
             return refused
         job = self.jobs.get(request.match_info["job_id"])

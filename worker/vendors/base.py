@@ -7,10 +7,19 @@ and raise ``worker.errors.VendorError`` subclasses; no aiohttp type leaves ``ven
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
+from urllib.parse import quote
 
 from worker.engine.model import CancelAnswered, PollAnswered, ReconcileAnswered, Status, SubmitAnswered
+from worker.errors import MalformedAnswer, VendorRejected
+from worker.redaction import excerpt
+
+# Path segments that clients resolve instead of sending, escaped or not (yarl reads
+# "%2E%2E" as ".."): no escaping keeps them inside the path they were put in.
+DOT_SEGMENTS = frozenset({"", ".", ".."})
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +72,26 @@ class Cancellable(Protocol):
 def map_status(table: dict[str, Status], vendor_status: str, *, default: Status = Status.RUNNING) -> Status:
     """Normalise a vendor status. An unknown status never ends a job: it reads as running."""
     return table.get(vendor_status.strip().lower(), default)
+
+
+def segment(value: str, what: str) -> str:
+    """``value`` (a request field, a config value or a vendor's job id) as exactly one
+    URL path segment: ``/ ? # %`` and every other reserved character escaped.
+
+    Raises VendorRejected for a value no escaping can keep in its place (``.``, ``..``,
+    empty): ingest and the answer checks refuse those before they get here."""
+    if value in DOT_SEGMENTS:
+        raise VendorRejected(f"{what} {value!r} cannot be used as a URL path segment")
+    return quote(value, safe="")
+
+
+def job_id_of(value: object, *, operation: str, body: bytes, outcome_unknown: bool = False) -> str:
+    """A job id from a vendor answer, refused (MalformedAnswer) unless it can name one
+    job in a URL path: a non-empty text, no control characters, not ``.`` or ``..``.
+    ``outcome_unknown`` for a submit's answer: the job exists even if its id is unusable."""
+    if not isinstance(value, str) or value.strip() in DOT_SEGMENTS or CONTROL.search(value):
+        raise MalformedAnswer(
+            f"{operation}: the answer's job id {excerpt(repr(value))} cannot name a job: {excerpt(body)}",
+            outcome_unknown=outcome_unknown,
+        )
+    return value

@@ -17,8 +17,12 @@ What the public reference says, and what is assumed:
   existing job is adopted. A 422 whose words say a run is already in progress is read as
   busy too (assumed; the Jobs API documents no 422).
 * List jobs filters with ``filter=eq(external_ref,<value>)``; filter values may only use
-  ``A-Z a-z 0-9 $ - _ * .`` and spaces, so other request ids are found by paging the list
-  (``page[limit]`` at most 100, ``page[offset]`` at most 10,000).
+  ``A-Z a-z 0-9 $ - _ * .``, spaces and an encoded ``+``, and the Filtering guide offers no
+  quoting, so other request ids (every ``--force`` replay id holds a ``~``) are found by
+  paging the list (``page[limit]`` at most 100, ``page[offset]`` at most 10,000: 10,100
+  jobs). Only a complete lookup may say "no such job": an accepted filter, or paging that
+  reached a short last page. Paging cut off by the offset limit says "cannot tell", and
+  the engine takes its unknown-outcome path instead of submitting a duplicate.
 * Errors are JSON:API ``{"errors": [{"status", "title", "detail", "meta"}]}``, but the
   published examples attach a 500 object to 400 and 404 answers and give ``status`` as
   text or number: the HTTP status decides what happened, the body only supplies words.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -43,7 +48,7 @@ from worker.errors import (
 )
 from worker.redaction import excerpt
 from worker.result_store import ResultStore
-from worker.vendors.base import JobSpec, map_status
+from worker.vendors.base import JobSpec, job_id_of, map_status, segment
 from worker.vendors.http import Answer, BearerToken, VendorHttp, parse_retry_after, token_answer
 
 JOBS = "/v2/subscriptions/jobs"
@@ -132,12 +137,27 @@ def _resource(answer: Answer, operation: str, *, outcome_unknown: bool = False) 
             f"{operation}: answer without data.id and data.attributes.status: {excerpt(answer.body)}",
             outcome_unknown=outcome_unknown,
         )
+    job_id_of(data["id"], operation=operation, body=answer.body, outcome_unknown=outcome_unknown)
     return data
 
 
 def _busy(answer: Answer) -> bool:
     """A 409 write conflict, or a 422 saying a run is in progress: refused for now."""
     return answer.status == 409 or (answer.status == 422 and any(w in describe(answer).lower() for w in BUSY_WORDS))
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Our job, if found; ``complete`` when every job that could carry the ref was seen
+    (so ``job=None`` means "no such job", not "not among the pages read")."""
+
+    job: dict[str, Any] | None
+    complete: bool
+
+
+def _ref_of(job: dict[str, Any]) -> object:
+    attributes = job.get("attributes")
+    return attributes.get("external_ref") if isinstance(attributes, dict) else None
 
 
 def _status_of(job: dict[str, Any]) -> str:
@@ -201,7 +221,9 @@ class ElasticPathAdapter:
                 raise
             # Either the store runs a job of this type already, or our external_ref is
             # taken (a job from an earlier submit whose answer we lost): adopt our own.
-            ours = await self._find(spec.request_id)
+            # A lookup cut short reads as busy too: that may wait for a job of ours past
+            # the listable pages, but never fails a request that is only queued.
+            ours = (await self._find(spec.request_id)).job
             if ours is not None:
                 raw = _status_of(ours)
                 return SubmitAnswered(vendor_job_id=ours["id"], vendor_status=raw, status=map_status(STATUSES, raw))
@@ -217,7 +239,7 @@ class ElasticPathAdapter:
     # ---- poll --------------------------------------------------------------------------
 
     async def poll(self, spec: JobSpec, vendor_job_id: str) -> PollAnswered:
-        answer = await self._call("GET", f"{JOBS}/{quote(vendor_job_id, safe='')}", operation="poll")
+        answer = await self._call("GET", f"{JOBS}/{segment(vendor_job_id, 'job id')}", operation="poll")
         job = _resource(answer, "poll")
         raw = _status_of(job)
         status = map_status(STATUSES, raw)
@@ -266,26 +288,33 @@ class ElasticPathAdapter:
     # ---- reconcile ---------------------------------------------------------------------
 
     async def reconcile(self, spec: JobSpec) -> ReconcileAnswered:
-        ours = await self._find(spec.request_id)
-        if ours is None:
-            return ReconcileAnswered(known=True)
-        raw = _status_of(ours)
+        lookup = await self._find(spec.request_id)
+        if lookup.job is None:
+            return ReconcileAnswered(known=lookup.complete)
+        raw = _status_of(lookup.job)
         return ReconcileAnswered(
-            known=True, vendor_job_id=ours["id"], vendor_status=raw, status=map_status(STATUSES, raw)
+            known=True, vendor_job_id=lookup.job["id"], vendor_status=raw, status=map_status(STATUSES, raw)
         )
 
-    async def _find(self, external_ref: str) -> dict[str, Any] | None:
+    async def _find(self, external_ref: str) -> Lookup:
         """The job carrying ``external_ref``: by filter when the value is filter-safe,
-        else (or when the filter is refused) by paging through the list."""
+        else (or when the filter is refused or evidently not applied) by paging."""
         if FILTER_SAFE.fullmatch(external_ref):
             try:
                 answer = await self._call(
                     "GET", JOBS, operation="reconcile", params={"filter": f"eq(external_ref,{external_ref})"}
                 )
-                return self._match(self._page(answer), external_ref)
+                page = self._page(answer)
+                found = self._match(page, external_ref)
+                # A job under another ref means the filter was not applied: its absence says nothing.
+                if found is not None or all(_ref_of(job) == external_ref for job in page):
+                    return Lookup(found, complete=True)
             except VendorRejected as exc:
                 if exc.status != 400:  # a refused filter falls back to paging
                     raise
+        return await self._page_through(external_ref)
+
+    async def _page_through(self, external_ref: str) -> Lookup:
         offset = 0
         while offset <= MAX_OFFSET:
             answer = await self._call(
@@ -297,16 +326,18 @@ class ElasticPathAdapter:
             page = self._page(answer)
             found = self._match(page, external_ref)
             if found is not None or len(page) < PAGE_LIMIT:
-                return found
+                return Lookup(found, complete=True)
             offset += PAGE_LIMIT
-        return None
+        # Every page the offset limit allows was full: the job may be on the next one.
+        return Lookup(None, complete=False)
 
     @staticmethod
     def _page(answer: Answer) -> list[dict[str, Any]]:
         data = answer.json_object().get("data")
-        if not isinstance(data, list):
-            raise MalformedAnswer(f"reconcile: list answer without a data array: {excerpt(answer.body)}")
-        return [item for item in data if isinstance(item, dict)]
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            # Dropping the odd item would shorten the page and end the paging early.
+            raise MalformedAnswer(f"reconcile: list answer without a data array of objects: {excerpt(answer.body)}")
+        return data
 
     @staticmethod
     def _match(jobs: list[dict[str, Any]], external_ref: str) -> dict[str, Any] | None:
@@ -322,4 +353,6 @@ class ElasticPathAdapter:
         ]
         if not ours:
             return None
-        return min(ours, key=lambda job: str(job["attributes"].get("created_at") or ""))
+        oldest = min(ours, key=lambda job: str(job["attributes"].get("created_at") or ""))
+        job_id_of(oldest["id"], operation="reconcile", body=json.dumps(oldest).encode())
+        return oldest

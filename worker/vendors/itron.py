@@ -16,11 +16,11 @@ import uuid
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from worker.config import ConnectionConfig
+from worker.config import UUID_TEXT, ConnectionConfig
 from worker.engine.model import ErrorInfo, FileInfo, PollAnswered, ReconcileAnswered, Status, SubmitAnswered
 from worker.errors import ConfigError, InvalidRequest, MalformedAnswer
 from worker.redaction import excerpt
-from worker.vendors.base import JobSpec, map_status
+from worker.vendors.base import JobSpec, job_id_of, map_status, segment
 from worker.vendors.http import Answer, BearerToken, VendorHttp, token_answer
 
 STATUSES: dict[str, Status] = {
@@ -64,8 +64,15 @@ def _parse_day(value: str) -> dt.date:
 
 def validate(job: dict[str, Any], now_ms: int, conn: ConnectionConfig) -> None:
     """Refuse what Itron would refuse, before any call: no filter, dates beyond the
-    13 months of data availability, no subscription."""
-    if not (job.get("subscription_id") or conn.subscription_id):
+    13 months of data availability, no subscription or one that is not a UUID."""
+    subscription = job.get("subscription_id")
+    if subscription is not None and not UUID_TEXT.fullmatch(str(subscription)):
+        # Seed 000's parameter table: a UUID. It goes into the URL path: anything else could
+        # point the call, with its token and DataSubscriberId, at another path.
+        raise InvalidRequest(
+            "invalid_request", f"subscription_id {excerpt(repr(subscription))} is not a UUID (8-4-4-4-12 hex digits)"
+        )
+    if not (subscription or conn.subscription_id):
         raise InvalidRequest("invalid_request", "no subscription_id on the request or its connection")
     tokens = job.get("tokens") or {}
     if not any(str(v).strip() for v in tokens.values()):
@@ -143,9 +150,9 @@ class ItronAdapter:
         return token_answer(answer)
 
     def _path(self, spec: JobSpec, job_id: str | None = None) -> str:
-        subscription = spec.job.get("subscription_id") or self.conn.subscription_id
-        path = f"/dpss/api/v1/subscriptions/{subscription}/batch-request"
-        return f"{path}/{job_id}" if job_id else path
+        subscription = str(spec.job.get("subscription_id") or self.conn.subscription_id)
+        path = f"/dpss/api/v1/subscriptions/{segment(subscription, 'subscription_id')}/batch-request"
+        return path if job_id is None else f"{path}/{segment(job_id, 'job id')}"
 
     def _headers(self, spec: JobSpec) -> dict[str, str]:
         assert self.conn.subscriber_id is not None
@@ -161,9 +168,9 @@ class ItronAdapter:
             "POST", self._path(spec), operation="submit", json_body=body, headers=self._headers(spec)
         )
         data = answer.json_object()
-        job_id = data.get("jobId") or data.get("JobId")
-        if not isinstance(job_id, str) or not job_id:
-            raise MalformedAnswer(f"submit answer without jobId: {excerpt(answer.body)}", outcome_unknown=True)
+        job_id = job_id_of(
+            data.get("jobId") or data.get("JobId"), operation="submit", body=answer.body, outcome_unknown=True
+        )
         raw = str(data.get("status") or "New")
         return SubmitAnswered(vendor_job_id=job_id, vendor_status=raw, status=map_status(STATUSES, raw))
 

@@ -38,7 +38,7 @@ from worker.errors import (
 )
 from worker.redaction import excerpt
 from worker.result_store import ResultStore
-from worker.vendors.base import JobSpec, map_status
+from worker.vendors.base import JobSpec, job_id_of, map_status, segment
 from worker.vendors.http import Answer, BearerToken, StaticHeader, VendorHttp
 
 API = "/north/v80"
@@ -62,6 +62,7 @@ RESOURCE_TYPES = frozenset(
     {"entity.device", "entity.asset", "entity.commsModule", "entity.subscription", "entity.subscriber"}
 )
 NOTES_PREFIX = "export-worker:"
+MAX_CALLBACK_CHARS = 2_048
 SUCCESSFUL = "SUCCESSFUL"
 # The longest request id ingest accepts; validate() sizes bodies with it (the real id
 # is only known at submit).
@@ -149,6 +150,27 @@ def _optional_ms(job: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
+def _callback(value: object) -> str:
+    """The URL OpenGate calls when the job ends: http(s) with a host, no credentials in it
+    (it is stored with the job, shown in OpenGate's UI and sent in our requests), no
+    whitespace or control characters, at most MAX_CALLBACK_CHARS. The host is not
+    restricted: OpenGate, not the worker, calls it."""
+    if not isinstance(value, str) or not value or len(value) > MAX_CALLBACK_CHARS:
+        raise InvalidRequest("invalid_request", f"callback must be a URL of 1-{MAX_CALLBACK_CHARS} characters")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise InvalidRequest("invalid_request", "callback must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        raise InvalidRequest("invalid_request", "callback is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest("invalid_request", "callback must be an http(s) URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidRequest("invalid_request", "callback must not carry credentials (user:password@)")
+    return value
+
+
 def _request_fields(job: Mapping[str, Any], request_id: str) -> dict[str, Any]:
     operation = job.get("operation")
     if not isinstance(operation, str) or not operation.strip():
@@ -161,9 +183,7 @@ def _request_fields(job: Mapping[str, Any], request_id: str) -> dict[str, Any]:
     }
     callback = job.get("callback")
     if callback is not None:
-        if not isinstance(callback, str) or urlsplit(callback).scheme not in ("http", "https"):
-            raise InvalidRequest("invalid_request", "callback must be an http(s) URL")
-        request["callback"] = callback
+        request["callback"] = _callback(callback)
     request["userNotes"] = user_notes(request_id)
     stop = _optional_ms(job, "schedule_stop_delayed_ms")
     if stop is not None:
@@ -412,7 +432,7 @@ class OpenGateAdapter:
         if location:
             tail = urlsplit(location).path.rstrip("/").rsplit("/", 1)[-1]
             if tail and tail != "jobs":
-                return unquote(tail)
+                return job_id_of(unquote(tail), operation="submit", body=location.encode(), outcome_unknown=True)
         if answer.body.strip():
             try:
                 data = answer.json()
@@ -422,7 +442,7 @@ class OpenGateAdapter:
                 inner = data.get("job")
                 job_id = data.get("id") or (inner.get("id") if isinstance(inner, dict) else None)
                 if isinstance(job_id, str) and job_id:
-                    return job_id
+                    return job_id_of(job_id, operation="submit", body=answer.body, outcome_unknown=True)
         # A 2xx to the create means a job exists: say the outcome is unknown so it is found.
         raise MalformedAnswer(
             f"submit answer (HTTP {answer.status}) without a Location header or job id: {excerpt(answer.body)}",
@@ -432,7 +452,7 @@ class OpenGateAdapter:
 
     async def _complete(self, job_id: str, plan: Plan) -> None:
         """Append the remaining chunks to an inactive job, then activate it."""
-        path = f"{JOBS}/{quote(job_id, safe='')}"
+        path = f"{JOBS}/{segment(job_id, 'job id')}"
         try:
             for number, body in enumerate(plan.appends, start=1):
                 await self.http.call("PUT", path, operation=f"append {number}/{len(plan.appends)}", json_body=body)
@@ -449,7 +469,7 @@ class OpenGateAdapter:
     # ---- poll --------------------------------------------------------------------------
 
     async def poll(self, spec: JobSpec, vendor_job_id: str) -> PollAnswered:
-        answer = await self.http.call("GET", f"{JOBS}/{quote(vendor_job_id, safe='')}", operation="poll")
+        answer = await self.http.call("GET", f"{JOBS}/{segment(vendor_job_id, 'job id')}", operation="poll")
         job = job_of(answer)
         summary, raw = summary_of(job, answer.body)
         status = map_status(STATUSES, raw)
@@ -479,7 +499,7 @@ class OpenGateAdapter:
 
     async def collect(self, job_id: str, expected: int | None) -> list[dict[str, Any]]:
         """Every operation of a finished job, from its listing, else from the history."""
-        path = f"{JOBS}/{quote(job_id, safe='')}/operations"
+        path = f"{JOBS}/{segment(job_id, 'job id')}/operations"
         operations = await self._pages("GET", path, "operations", expected, operation="collect")
         if expected is not None and len(operations) < expected:
             # Observed live: the listing of a closed job can be empty; the history is not.
@@ -557,11 +577,9 @@ class OpenGateAdapter:
             # visible to the search. An indexing lag would make a lost job look absent,
             # and the engine would submit again.
             return ReconcileAnswered(known=True)
-        job_id = _pick(matches).get("id")
-        if not isinstance(job_id, str) or not job_id:
-            raise MalformedAnswer(f"search answer: a matching job without an id: {excerpt(json.dumps(matches[0]))}")
+        job_id = job_id_of(_pick(matches).get("id"), operation="reconcile", body=json.dumps(matches[0]).encode())
         # The search result may lag; the job itself is authoritative.
-        answer = await self.http.call("GET", f"{JOBS}/{quote(job_id, safe='')}", operation="reconcile get")
+        answer = await self.http.call("GET", f"{JOBS}/{segment(job_id, 'job id')}", operation="reconcile get")
         _, raw = summary_of(job_of(answer), answer.body)
         plan = self._plan(spec)
         if plan.chunked and raw.upper() == "IDLE":
@@ -575,7 +593,7 @@ class OpenGateAdapter:
     # ---- cancel ------------------------------------------------------------------------
 
     async def cancel(self, spec: JobSpec, vendor_job_id: str) -> CancelAnswered:
-        answer = await self.http.call("DELETE", f"{JOBS}/{quote(vendor_job_id, safe='')}", operation="cancel")
+        answer = await self.http.call("DELETE", f"{JOBS}/{segment(vendor_job_id, 'job id')}", operation="cancel")
         raw = "CANCELLING"
         if answer.body.strip():
             data = answer.json()

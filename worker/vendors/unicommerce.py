@@ -93,6 +93,9 @@ def export_filter(item: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_FACILITY_CHARS = 256
+
+
 def facility_of(job: dict[str, Any], conn: ConnectionConfig) -> str | None:
     """The request's facility code, else the connection's."""
     value = str(job.get("facility") or conn.facility or "").strip()
@@ -118,8 +121,14 @@ def validate(job: dict[str, Any], now_ms: int, conn: ConnectionConfig) -> None:
             )
         if date_range and int(date_range["start"]) > int(date_range["end"]):
             raise InvalidRequest("invalid_request", f"export_filters[{i}] ({item['id']}) ends before it starts")
-    if facility_of(job, conn) is None:
+    facility = facility_of(job, conn)
+    if facility is None:
         raise InvalidRequest("invalid_request", "no facility on the request or its connection (Facility header)")
+    if len(facility) > MAX_FACILITY_CHARS or not facility.isprintable():
+        # It is sent as a header: a line break would add headers of the request's choosing.
+        raise InvalidRequest(
+            "invalid_request", f"facility must be at most {MAX_FACILITY_CHARS} printable characters (Facility header)"
+        )
 
 
 def vendor_messages(data: dict[str, Any]) -> list[str]:
