@@ -28,7 +28,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.engine.policy import Policy, UnknownOutcome
 from worker.errors import ConfigError
-from worker.limits import DEAD_LETTER_OVERHEAD, DEFAULT_MAX_RECORD_BYTES
+from worker.limits import (
+    DEAD_LETTER_OVERHEAD,
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_MAX_RETRY_AFTER_S,
+    MAX_ANSWER_BYTES_CEILING,
+    MAX_RETRY_AFTER_CEILING_S,
+    MIN_ANSWER_BYTES,
+)
 from worker.vendor_registry import VENDORS
 
 if TYPE_CHECKING:
@@ -279,6 +287,19 @@ class Settings(BaseSettings):
         ge=65_536,
         le=1_000_000,
         description="largest record the worker writes; a request whose state record could exceed it is rejected",
+    )
+    max_answer_bytes: int = Field(
+        DEFAULT_MAX_ANSWER_BYTES,
+        ge=MIN_ANSWER_BYTES,
+        le=MAX_ANSWER_BYTES_CEILING,
+        description="largest vendor answer body read; a larger one is a retriable answer_too_large error",
+    )
+    max_retry_after_s: float = Field(
+        DEFAULT_MAX_RETRY_AFTER_S,
+        ge=1.0,
+        le=MAX_RETRY_AFTER_CEILING_S,
+        allow_inf_nan=False,
+        description="longest vendor Retry-After honoured; longer ones are cut to this",
     )
     # At most the broker's default transaction.max.timeout.ms, above which it refuses the producer.
     transaction_timeout_ms: int = Field(15_000, ge=1000, le=900_000)

@@ -11,6 +11,7 @@
     │   ├── VendorBusy              vendor refuses for now (one billing-run per store)
     │   ├── VendorRejected          vendor refused the job for good (4xx, successful=false)
     │   └── MalformedAnswer         an answer we cannot parse (retriable, body kept redacted)
+    │       └── AnswerTooLarge      an answer body over EXPORT_WORKER_MAX_ANSWER_BYTES (unread)
     ├── ResultStoreError            writing a collected artifact failed (retriable)
     └── WorkerFenced                another worker owns this work now: stop
         └── ProducerStuck           a transactional call outlived its timeout: replace the process
@@ -113,6 +114,12 @@ class MalformedAnswer(VendorError):
 
     code = "malformed_answer"
     retriable = True
+
+
+class AnswerTooLarge(MalformedAnswer):
+    """The vendor's answer is larger than the worker reads; the rest was not read."""
+
+    code = "answer_too_large"
 
 
 class RegistryUnavailable(ExportWorkerError):

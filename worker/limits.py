@@ -14,6 +14,13 @@ from __future__ import annotations
 # (librdkafka message.max.bytes, 1,000,000) and Kafka's default max.message.bytes.
 DEFAULT_MAX_RECORD_BYTES = 786_432
 
+# Vendor answers (settings EXPORT_WORKER_MAX_ANSWER_BYTES, EXPORT_WORKER_MAX_RETRY_AFTER_S).
+DEFAULT_MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a longer answer body is refused, unread
+MAX_ANSWER_BYTES_CEILING = 256 * 1024 * 1024
+MIN_ANSWER_BYTES = 64 * 1024
+DEFAULT_MAX_RETRY_AFTER_S = 600.0  # a longer Retry-After is cut to this; the job's failure budget applies
+MAX_RETRY_AFTER_CEILING_S = 86_400.0
+
 # Texts from vendor answers kept in a job's state (UTF-8 bytes).
 MAX_VENDOR_STATUS_BYTES = 256  # a vendor's own status name: longer ones are clipped
 MAX_VENDOR_JOB_ID_BYTES = 512  # a job id: a longer one is refused (clipping would poll the wrong job)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from dataclasses import dataclass, field
 
 
@@ -83,4 +84,7 @@ class Limiter:
         self.in_flight = max(0, self.in_flight - 1)
 
     def block(self, now: float, seconds: float) -> None:
+        """No call before ``now + seconds``; a delay that is not finite and positive blocks nothing."""
+        if not 0 < seconds < math.inf:  # also refuses nan
+            return
         self.blocked_until = max(self.blocked_until, now + seconds)

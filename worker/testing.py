@@ -135,6 +135,8 @@ def worker_env(settings: Settings, *, connections_file: str, instance_id: str, h
             "EXPORT_WORKER_TRANSACTION_TIMEOUT_MS": str(settings.transaction_timeout_ms),
             "EXPORT_WORKER_SHUTDOWN_GRACE_S": str(settings.shutdown_grace_s),
             "EXPORT_WORKER_REVOKE_DRAIN_S": str(settings.revoke_drain_s),
+            "EXPORT_WORKER_MAX_ANSWER_BYTES": str(settings.max_answer_bytes),
+            "EXPORT_WORKER_MAX_RETRY_AFTER_S": str(settings.max_retry_after_s),
             "EXPORT_WORKER_LOG_FORMAT": "json",
             "EXPORT_WORKER_LOG_LEVEL": os.environ.get("EXPORT_WORKER_TEST_LOG_LEVEL", "warning"),
             "EXPORT_WORKER_TOPICS__PARTITIONS": str(t.partitions),

@@ -308,6 +308,12 @@ class TestSettingsBounds:
             ("revoke_drain_s", 10**6),
             ("revoke_drain_s", -1),
             ("stall_timeout_s", float("inf")),
+            ("max_retry_after_s", float("inf")),
+            ("max_retry_after_s", float("nan")),
+            ("max_retry_after_s", 0),
+            ("max_retry_after_s", 86_401),
+            ("max_answer_bytes", 256 * 1024 * 1024 + 1),
+            ("max_answer_bytes", 0),
             ("log_level", "verbose"),
         ],
     )
@@ -319,6 +325,16 @@ class TestSettingsBounds:
     def test_out_of_bounds_topic_settings_are_refused(self, name: str, value: int) -> None:
         with pytest.raises(ValueError, match=name):
             TopicSettings(**{name: value})  # type: ignore[arg-type]
+
+    def test_answer_limits_default_and_bounds(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """8 MiB answers and 600 s Retry-After by default; the bounds are accepted; the
+        environment names are the documented ones."""
+        assert (Settings().max_answer_bytes, Settings().max_retry_after_s) == (8_388_608, 600.0)
+        Settings(max_answer_bytes=256 * 1024 * 1024, max_retry_after_s=86_400)
+        Settings(max_retry_after_s=1)
+        monkeypatch.setenv("EXPORT_WORKER_MAX_ANSWER_BYTES", "1048576")
+        monkeypatch.setenv("EXPORT_WORKER_MAX_RETRY_AFTER_S", "30")
+        assert (Settings().max_answer_bytes, Settings().max_retry_after_s) == (1_048_576, 30.0)
 
     def test_log_level_is_read_in_any_case(self) -> None:
         assert Settings(log_level="WARNING").log_level == "warning"

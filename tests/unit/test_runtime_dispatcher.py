@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from tests.unit.runtime_fakes import Collaborators, FakeAdapter, accepted, call_for, connection
 from worker.control import ControlState
 from worker.engine.model import CallFailed, CallKind, Event, JobState, Phase, Status, TimerFired
 from worker.errors import RateLimited
+from worker.limits import DEFAULT_MAX_RETRY_AFTER_S
+from worker.runtime.calls import DEFAULT_RATE_LIMIT_WAIT_S
 from worker.runtime.connections import Connection
 from worker.runtime.dispatcher import INTENTS_PER_SLOT
 from worker.runtime.mailbox import CallAnswered
@@ -160,6 +163,22 @@ class TestCalls:
         assert rig.fire() == []
         rig.time.advance(30)
         assert rig.fire() == ["a", "b", "c"]
+
+    async def test_a_429_blocks_the_connection_no_longer_than_the_cap(self) -> None:
+        """A Retry-After of 30 years (or infinity, from an adapter that let it through)
+        holds the connection for EXPORT_WORKER_MAX_RETRY_AFTER_S at most (600 s by
+        default), or the default wait when it is no delay at all."""
+        for retry_after, held_s in ((1e9, DEFAULT_MAX_RETRY_AFTER_S), (math.inf, DEFAULT_RATE_LIMIT_WAIT_S)):
+            adapter = FakeAdapter()
+            adapter.answers[CallKind.POLL] = RateLimited("429", retry_after=retry_after)
+            rig = Rig(adapter=adapter)
+            state = rig.job("a", Phase.ACTIVE)
+            rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
+            await asyncio.wait_for(rig.mailbox.get(), 5)
+            rig.job("b", Phase.ACTIVE)
+            assert rig.fire() == []
+            rig.time.advance(held_s)
+            assert rig.fire() == ["a", "b"]
 
     async def test_a_call_of_a_partition_no_longer_current_never_starts_and_gives_its_intent_back(self) -> None:
         adapter = FakeAdapter()

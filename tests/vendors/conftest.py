@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
+
+from worker.config import ConnectionConfig
+from worker.simulators import module
 
 
 @pytest.fixture
@@ -13,3 +17,18 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """One aiohttp session per test, as the worker shares one per process."""
     async with aiohttp.ClientSession() as http:
         yield http
+
+
+def token_connection(vendor: str, base_url: str, **update: Any) -> ConnectionConfig:
+    """The simulator's demo connection, logging in where there is a choice (OpenGate: a
+    password rather than an API key), so every vendor has a token endpoint."""
+    conn: ConnectionConfig = module(vendor).demo_connection(base_url)
+    if conn.api_key is not None:
+        conn = ConnectionConfig.model_validate(
+            {
+                **conn.model_dump(exclude={"api_key"}),
+                "username": "demo@example.com",
+                "password": {"value": "demo-password"},
+            }
+        )
+    return conn.model_copy(update=update)

@@ -41,7 +41,16 @@ from worker.engine.model import (
     TimerFired,
     Transition,
 )
-from worker.engine.policy import Policy, UnknownOutcome, at, poll_delay_s, retry_delay_s, spread
+from worker.engine.policy import (
+    Policy,
+    UnknownOutcome,
+    at,
+    duration_ms,
+    poll_delay_s,
+    retry_delay_s,
+    spread,
+    usable_retry_after,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,10 +385,10 @@ def _on_done_timer(out: _Out) -> None:
     if state.status is Status.SUCCEEDED and file is not None and not _link_valid(file, now):
         out.publish(Status.EXPIRED, error=ErrorInfo("link_expired", "the download link has expired", False))
         finished = state.finished_at_ms or now
-        out.update(next_action_at_ms=max(now + 1, finished + round(out.ctx.policy.retention_s * 1000)))
+        out.update(next_action_at_ms=max(now + 1, finished + duration_ms(out.ctx.policy.retention_s)))
         return
     finished = state.finished_at_ms or state.updated_at_ms
-    forget_at = finished + round(out.ctx.policy.retention_s * 1000)
+    forget_at = finished + duration_ms(out.ctx.policy.retention_s)
     if now >= forget_at:
         out.forget = True
         return
@@ -426,7 +435,7 @@ def _on_reconcile_answered(state: JobState, event: ReconcileAnswered, ctx: Conte
     else:
         # Until the lost submit cannot land any more, "no such job" may only mean "not yet".
         lost_at = state.submit_unknown_at_ms or state.updated_at_ms
-        settled_at = lost_at + round(ctx.policy.submit_settle_s * 1000)
+        settled_at = lost_at + duration_ms(ctx.policy.submit_settle_s)
         if ctx.now_ms < settled_at:
             out.update(next_action_at_ms=settled_at)
             return out.done()
@@ -508,7 +517,7 @@ def _on_call_failed(state: JobState, event: CallFailed, ctx: Context) -> Transit
         return out.done()
     if event.kind is CallKind.SUBMIT and state.phase is Phase.SUBMITTING and event.busy:
         # Refused for now (e.g. one billing-run per store): no job exists; queue it.
-        delay = max(ctx.policy.busy_retry_s, event.retry_after_s or 0.0)
+        delay = max(ctx.policy.busy_retry_s, usable_retry_after(event.retry_after_s) or 0.0)
         out.update(phase=Phase.PENDING, next_action_at_ms=at(ctx.now_ms, spread(delay, 0.2, ctx.u)))
         out.persist = True
         return out.done()

@@ -3,8 +3,14 @@ callers pass ``now`` and a uniform draw ``u`` in [0, 1))."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
+
+# The longest delay the engine ever schedules: whatever a vendor or a policy says (an
+# infinite or absurd Retry-After, a huge TTL), a job's next action is at most this far
+# away, and every delay is a finite number of milliseconds.
+MAX_DELAY_S = 366 * 86_400.0
 
 
 class UnknownOutcome(StrEnum):
@@ -54,24 +60,48 @@ class Policy:
     unknown_outcome: UnknownOutcome = UnknownOutcome.RESUBMIT
 
 
+def bounded_delay_s(delay_s: float) -> float:
+    """``delay_s`` within 0..MAX_DELAY_S; nan (no meaningful delay) is 0."""
+    if not delay_s > 0:  # also nan
+        return 0.0
+    return min(delay_s, MAX_DELAY_S)
+
+
+def duration_ms(delay_s: float) -> int:
+    """A delay in whole milliseconds, bounded (never raises, whatever the float)."""
+    return round(bounded_delay_s(delay_s) * 1000)
+
+
 def spread(delay_s: float, jitter: float, u: float) -> float:
     """``delay_s`` moved by up to +-``jitter`` of itself, using the uniform draw ``u``."""
     return max(0.0, delay_s * (1.0 - jitter + 2.0 * jitter * u))
 
 
 def poll_delay_s(policy: Policy, attempt: int, u: float) -> float:
-    base = policy.poll_initial_s * policy.poll_multiplier ** min(attempt, 64)
-    return spread(min(policy.poll_max_s, base), policy.jitter, u)
+    try:
+        base = policy.poll_initial_s * policy.poll_multiplier ** min(attempt, 64)
+    except OverflowError:  # a policy built by hand with an absurd multiplier
+        base = math.inf
+    return bounded_delay_s(spread(min(policy.poll_max_s, base), policy.jitter, u))
 
 
 def retry_delay_s(policy: Policy, failures: int, u: float, retry_after_s: float | None) -> float:
     """Backoff after a transient error; never shorter than the vendor's Retry-After."""
     base = policy.retry_initial_s * 2.0 ** min(failures, 32)
     delay = spread(min(policy.retry_max_s, base), policy.jitter, u)
-    if retry_after_s is not None:
-        delay = max(delay, retry_after_s)
-    return delay
+    vendor_says = usable_retry_after(retry_after_s)
+    if vendor_says is not None:
+        delay = max(delay, vendor_says)
+    return bounded_delay_s(delay)
+
+
+def usable_retry_after(retry_after_s: float | None) -> float | None:
+    """A vendor's Retry-After if it is a finite, non-negative delay; else None (ignored)."""
+    if retry_after_s is None or not math.isfinite(retry_after_s) or retry_after_s < 0:
+        return None
+    return retry_after_s
 
 
 def at(now_ms: int, delay_s: float) -> int:
-    return now_ms + max(1, round(delay_s * 1000))
+    """The time ``delay_s`` after ``now_ms`` (at least 1 ms later, at most MAX_DELAY_S)."""
+    return now_ms + max(1, duration_ms(delay_s))

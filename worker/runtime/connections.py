@@ -11,7 +11,10 @@ from worker.config import ConnectionConfig, ConnectionsFile, Settings, policy_fo
 from worker.engine.policy import Policy
 from worker.errors import ConfigError, RateLimited
 from worker.observability import Metrics
-from worker.vendors import Cancellable, VendorAdapter, build_adapter
+from worker.vendors import Cancellable, HttpLimits, VendorAdapter, build_adapter, operations_of
+
+# The operation label of a call an adapter did not declare (keeps the label set bounded).
+OTHER_OPERATION = "other"
 
 # The policy for a job whose connection is no longer configured (it fails, clearly).
 FALLBACK_POLICY = Policy()
@@ -35,17 +38,31 @@ def build_connections(
     *,
     defaults: Policy | None = None,
     result_store: Any = None,
+    limits: HttpLimits | None = None,
 ) -> dict[str, Connection]:
+    """The adapters and policies of ``configs``. ``limits`` bound every vendor answer
+    (``HttpLimits.from_settings``; the defaults when omitted)."""
     out: dict[str, Connection] = {}
     for name, conf in configs.items():
+        known = operations_of(conf.vendor)
 
-        def observe(connection: str, operation: str, seconds: float, outcome: str, vendor: str = conf.vendor) -> None:
+        def observe(
+            connection: str,
+            operation: str,
+            seconds: float,
+            outcome: str,
+            vendor: str = conf.vendor,
+            known: frozenset[str] = known,
+        ) -> None:
+            # Labels stay a fixed set: an operation the adapter did not declare is "other".
+            if operation not in known:
+                operation = OTHER_OPERATION
             metrics.child(metrics.vendor_latency, vendor, operation).observe(seconds)
             metrics.child(metrics.vendor_calls, vendor, connection, operation, outcome).inc()
             if outcome == RateLimited.code:
                 metrics.rate_limited.labels(vendor, connection).inc()
 
-        adapter = build_adapter(name, conf, session, observe=observe, result_store=result_store)
+        adapter = build_adapter(name, conf, session, observe=observe, limits=limits, result_store=result_store)
         policy = policy_for(
             conf,
             can_reconcile=bool(getattr(adapter, "can_reconcile", False)),

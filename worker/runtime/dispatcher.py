@@ -19,6 +19,7 @@ import structlog
 
 from worker.control import ControlState
 from worker.engine.model import CallFailed, CallKind, ErrorInfo, Event, JobState, Phase, TimerFired
+from worker.limits import DEFAULT_MAX_RETRY_AFTER_S
 from worker.observability import Metrics
 from worker.runtime.calls import Call, connection_wait_s, run_call
 from worker.runtime.clients import Clock
@@ -64,8 +65,11 @@ class CallDispatcher:
         mailbox: Mailbox,
         clock: Clock,
         metrics: Metrics,
+        *,
+        max_wait_s: float = DEFAULT_MAX_RETRY_AFTER_S,
     ) -> None:
         self._connections = connections
+        self._max_wait_s = max_wait_s  # the longest a 429 blocks a connection
         self._partitions = partitions
         self._mailbox = mailbox
         self._clock = clock
@@ -269,7 +273,7 @@ class CallDispatcher:
         except asyncio.CancelledError:
             lane.limiter.release()
             raise
-        wait_s = connection_wait_s(event)
+        wait_s = connection_wait_s(event, self._max_wait_s)
         if wait_s is not None:
             lane.limiter.block(self._clock.monotonic(), wait_s)
         lane.limiter.release()

@@ -58,6 +58,7 @@ from worker.runtime.restorer import Carried, Restorer, StateReader, state_topic_
 from worker.runtime.stepper import Stepper
 from worker.runtime.transactions import Outcome, Settled, TransactionWriter
 from worker.runtime.watchdog import LoopWatchdog
+from worker.vendors import HttpLimits
 
 log = structlog.get_logger("export_worker")
 
@@ -127,7 +128,14 @@ class Worker:
         self.partitions = Partitions(self.topics.requests)
         self.outbox = Outbox(self.clock.monotonic)
         self.refused = RefusedRecords()
-        self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.clock, self.metrics)
+        self.dispatcher = CallDispatcher(
+            self.connections,
+            self.partitions,
+            self.mailbox,
+            self.clock,
+            self.metrics,
+            max_wait_s=settings.max_retry_after_s,
+        )
         self.stepper = Stepper(
             connections=self.connections,
             outbox=self.outbox,
@@ -201,7 +209,15 @@ class Worker:
             configs = load_connection_configs(settings)
         self._session = aiohttp.ClientSession()
         result_store = self._result_store or result_store_from_url(settings.result_store_url)
-        self.connections.update(build_connections(configs, self._session, self.metrics, result_store=result_store))
+        self.connections.update(
+            build_connections(
+                configs,
+                self._session,
+                self.metrics,
+                result_store=result_store,
+                limits=HttpLimits.from_settings(settings),
+            )
+        )
         self.dispatcher.open(self.connections)
         self.intake.open(
             Ingest(

@@ -4,7 +4,8 @@ fault injection and the ``/_sim`` control routes.
 Control routes (not part of any vendor API):
   GET  /_sim/jobs          every job created (id, match key, status, created_at)
   GET  /_sim/requests      the HTTP requests received (for contract tests)
-  POST /_sim/faults        change the FaultPlan (JSON object of fields)
+  POST /_sim/faults        change the FaultPlan (JSON object of fields), hostile-vendor
+                           faults included (see ``faults.FaultPlan``)
   POST /_sim/expire-tokens invalidate every token issued so far
   POST /_sim/answer-next   serve the next API call with a raw answer (JSON {"status",
                            "body", "content_type"}): empty bodies, HTML, unexpected JSON
@@ -126,6 +127,14 @@ class Simulator:
     def is_authenticated_call(self, request: web.Request) -> bool:
         return self.is_api(request)
 
+    def call_kind(self, request: web.Request) -> str | None:
+        """What a request is, for ``FaultPlan.hostile_on``: "token", "submit", "poll",
+        "download", "reconcile", "cancel", "other"; None for the ``/_sim`` control routes.
+        Subclasses name their routes; this default knows only API calls from the rest."""
+        if request.path.startswith("/_sim"):
+            return None
+        return "other"
+
     def routes(self, app: web.Application) -> None:
         raise NotImplementedError
 
@@ -171,7 +180,9 @@ class Simulator:
         app = web.Application(
             middlewares=[
                 self._record,
-                self.faults.middleware(is_api=self.is_api, authenticated=self.is_authenticated_call),
+                self.faults.middleware(
+                    is_api=self.is_api, authenticated=self.is_authenticated_call, kind=self.call_kind
+                ),
                 self._serve_canned,
             ]
         )
@@ -221,6 +232,7 @@ class Simulator:
         return web.json_response({"expired": True})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self.faults.open()
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -231,6 +243,7 @@ class Simulator:
         return self.base_url
 
     async def stop(self) -> None:
+        self.faults.close()  # held (hanging, streaming) answers give up now
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

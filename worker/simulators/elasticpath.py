@@ -69,6 +69,16 @@ class ElasticPathSimulator(Simulator):
         self.client_secret = client_secret
         self._shapes = itertools.count()  # cycles the error shapes of the published examples
 
+    def call_kind(self, request: web.Request) -> str | None:
+        path = request.path.rstrip("/")
+        if path == "/oauth/access_token":
+            return "token"
+        if path == API + "jobs":
+            return "submit" if request.method == "POST" else "reconcile"
+        if path.startswith(API + "jobs/"):
+            return "poll"
+        return super().call_kind(request)
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/oauth/access_token", self.token)
         app.router.add_post(API + "jobs", self.create)

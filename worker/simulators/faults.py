@@ -4,11 +4,16 @@ A ``FaultPlan`` is set at start-up or at runtime through ``POST /_sim/faults`` (
 Counters (``next_401`` ...) fire on the next N API calls; rates (``rate_429`` ...) fire
 at random with that probability. ``lost_submit`` creates the job and then drops the
 answer (the connection is closed without a response): the hardest fault for a client.
+
+Hostile-vendor mode: answers no honest vendor gives, for clients that must survive them
+(``huge``, ``hang``, ``garbage_json``, ``wrong_shape``, ``wrong_content_type``, and
+``retry_after_raw`` for any Retry-After text). They hit the calls ``hostile_on`` names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +23,43 @@ from typing import Any
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CallKind = Callable[[web.Request], "str | None"]
+
+# What ``FaultPlan.hostile_on`` may name: every call, or one kind of call as the
+# simulators tell them apart (``Simulator.call_kind``).
+HOSTILE_TARGETS = ("all", "token", "submit", "poll", "download", "reconcile", "cancel")
+STREAM_CHUNK_BYTES = 64 * 1024
+HANG_CHECK_S = 0.05
+# Invalid JSON, served as application/json (cycled through in turn).
+GARBAGE_JSON: tuple[bytes, ...] = (
+    b'{"status": "Success", "jobId": "',  # cut off
+    b"{'successful': True, 'status': 'COMPLETE'}",  # a Python repr
+    b'{"status": "Success",}',  # a trailing comma
+    b'\xff\xfe{\x00"\x00garbage\x00',  # not even UTF-8
+)
+# Valid JSON of the wrong shape (cycled through in turn): a list, an object without any
+# expected field, and an object whose expected fields have the wrong types.
+WRONG_SHAPES: tuple[Any, ...] = (
+    ["unexpected", 1, None],
+    {"unexpected": True, "items": []},
+    {
+        "jobId": 12345,
+        "JobId": ["not", "a", "string"],
+        "status": 7,
+        "Status": {"not": "a string"},
+        "successful": "true",
+        "jobCode": 42,
+        "data": "not-an-object",
+        "job": [],
+        "report": "none",
+        "operations": {"not": "a list"},
+        "jobs": "none",
+        "user": {"jwt": 42},
+        "access_token": 123,
+        "expires_in": "soon",
+    },
+)
+WRONG_CONTENT_TYPES = ("text/html", "application/octet-stream")
 
 
 @dataclass
@@ -39,14 +81,74 @@ class FaultPlan:
     next_fail: int = 0  # the next N jobs fail
     malformed: float = 0.0  # probability of an HTML error page with status 200
     next_malformed: int = 0
+    # ---- hostile vendor ----------------------------------------------------------------
+    # When set, every 429 carries exactly this Retry-After text instead of
+    # ``retry_after_s``: "Infinity", "nan", "-5", "1e309", "Fri, 31 Dec 9999 23:59:59 GMT".
+    retry_after_raw: str = ""
+    # 200 with a JSON-looking body of ``huge_bytes`` bytes, streamed (never held whole in
+    # memory): with a Content-Length, or chunked without one when ``huge_chunked``.
+    huge: float = 0.0
+    next_huge: int = 0
+    huge_bytes: int = 50_000_000
+    huge_chunked: bool = False
+    # Take the request and never answer: held until the client goes away (or the
+    # simulator stops; it never delays a shutdown).
+    hang: float = 0.0
+    next_hang: int = 0
+    # 200, Content-Type application/json, a body that is not JSON (GARBAGE_JSON in turn).
+    garbage_json: float = 0.0
+    next_garbage_json: int = 0
+    # 200, valid JSON of the wrong shape: a list, an object without the expected fields,
+    # or one whose fields have the wrong types (WRONG_SHAPES in turn).
+    wrong_shape: float = 0.0
+    next_wrong_shape: int = 0
+    # 200 carrying the vendor's real answer body (its status and other headers dropped),
+    # labelled text/html or application/octet-stream in turn. The call is really made.
+    wrong_content_type: float = 0.0
+    next_wrong_content_type: int = 0
+    # Which calls the hostile faults above hit (counters count only those calls):
+    #   "all"       every vendor route, token endpoints and file downloads included;
+    #   "token"     the token / login endpoint only;
+    #   "submit"    the calls that create a job (OpenGate: also its append/activate PUTs);
+    #   "poll"      the job status call (Unicommerce's is a POST);
+    #   "download"  what fetches a result: Itron's blob link, Unicommerce's CSV link,
+    #               OpenGate's operations listing and history (Elastic Path has none);
+    #   "reconcile" the job lookups (Elastic Path's list, OpenGate's search);
+    #   "cancel"    OpenGate's DELETE.
+    # Token endpoints are hit only by "all" and "token": a hostile submit, poll or
+    # download is then one call, not also the token fetch that may precede it.
+    hostile_on: str = "all"
+
+    def __post_init__(self) -> None:
+        self._check()
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
         unknown = set(changes) - names
         if unknown:
             raise ValueError(f"unknown faults: {sorted(unknown)}")
-        for key, value in changes.items():
-            setattr(self, key, type(getattr(self, key))(value))
+        values = {key: _coerce(key, getattr(self, key), value) for key, value in changes.items()}
+        before = self.as_dict()
+        for key, value in values.items():
+            setattr(self, key, value)
+        try:
+            self._check()
+        except ValueError:
+            for key, value in before.items():
+                setattr(self, key, value)
+            raise
+
+    def _check(self) -> None:
+        if self.hostile_on not in HOSTILE_TARGETS:
+            raise ValueError(f"hostile_on must be one of {', '.join(HOSTILE_TARGETS)}, not {self.hostile_on!r}")
+        if any(c in self.retry_after_raw for c in "\r\n\0"):
+            raise ValueError("retry_after_raw must be one line of header text")
+        if self.huge_bytes < 0:
+            raise ValueError("huge_bytes must not be negative")
+
+    def hostile_hits(self, call: str | None) -> bool:
+        """Whether the hostile faults apply to a call of this kind."""
+        return call is not None and self.hostile_on in ("all", call)
 
     def take(self, counter: str, rate: float, rng: random.Random) -> bool:
         left = getattr(self, counter)
@@ -59,6 +161,25 @@ class FaultPlan:
         return asdict(self)
 
 
+def _coerce(name: str, current: Any, value: Any) -> Any:
+    """``value`` as the type of the field it sets (JSON gives ints for floats, etc.)."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{name} must be true or false")
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string")
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number")
+    return type(current)(value)
+
+
 class Faults:
     """Holds the plan, counts what was injected, and applies it as middleware."""
 
@@ -67,6 +188,28 @@ class Faults:
         self.rng = random.Random(seed)
         self.injected: dict[str, int] = {}
         self.rate_limited_at: list[float] = []  # monotonic times 429s were answered
+        self._stopping: asyncio.Event | None = None  # set when the simulator stops: held answers give up
+
+    def open(self) -> None:
+        """The simulator starts (in the running loop): answers may be held again."""
+        self._stopping = asyncio.Event()
+
+    def close(self) -> None:
+        """The simulator stops: every held answer (hang, huge, timeout) gives up now."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    @property
+    def closing(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
+
+    async def _until_closed(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the simulator stops meanwhile."""
+        if self._stopping is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), max(0.0, seconds))
 
     def count(self, name: str) -> None:
         self.injected[name] = self.injected.get(name, 0) + 1
@@ -89,44 +232,127 @@ class Faults:
             self.count("lost_submit")
         return hit
 
-    def middleware(self, *, is_api: Callable[[web.Request], bool], authenticated: Callable[[web.Request], bool]) -> Any:
+    def middleware(
+        self,
+        *,
+        is_api: Callable[[web.Request], bool],
+        authenticated: Callable[[web.Request], bool],
+        kind: CallKind | None = None,
+    ) -> Any:
+        """Faults as aiohttp middleware. The classic faults hit API calls (``is_api``);
+        the hostile ones hit the calls ``hostile_on`` names, as ``kind`` tells them
+        (None: not a vendor route, e.g. ``/_sim``)."""
+
         @web.middleware
         async def inject(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if not is_api(request):
+            api = is_api(request)
+            call = kind(request) if kind is not None else ("api" if api else None)
+            if not api and call is None:
                 return await handler(request)
             plan = self.plan
-            if plan.slow_s > 0:
-                await asyncio.sleep(plan.slow_s)
-            if plan.take("next_429", plan.rate_429, self.rng):
-                self.count("429")
-                self.rate_limited_at.append(time.monotonic())
-                return web.json_response(
-                    {"error": "too many requests"},
-                    status=429,
-                    headers={"Retry-After": f"{plan.retry_after_s:g}"},
-                )
-            if plan.take("next_5xx", plan.rate_5xx, self.rng):
-                self.count("5xx")
-                return web.Response(
-                    status=503,
-                    text="<html><body><h1>503 Service Unavailable</h1></body></html>",
-                    content_type="text/html",
-                )
-            if plan.take("next_malformed", plan.malformed, self.rng):
-                self.count("malformed")
-                return web.Response(
-                    status=200, text="<html><body>Gateway error</body></html>", content_type="text/html"
-                )
-            if authenticated(request) and plan.next_401 > 0:
-                plan.next_401 -= 1
-                self.count("401")
-                return web.json_response({"error": "invalid_token"}, status=401)
-            if plan.rate_timeout > 0 and self.rng.random() < plan.rate_timeout:
+            if api:
+                if plan.slow_s > 0:
+                    await asyncio.sleep(plan.slow_s)
+                if plan.take("next_429", plan.rate_429, self.rng):
+                    self.count("429")
+                    self.rate_limited_at.append(time.monotonic())
+                    return web.json_response(
+                        {"error": "too many requests"},
+                        status=429,
+                        headers={"Retry-After": plan.retry_after_raw or f"{plan.retry_after_s:g}"},
+                    )
+                if plan.take("next_5xx", plan.rate_5xx, self.rng):
+                    self.count("5xx")
+                    return web.Response(
+                        status=503,
+                        text="<html><body><h1>503 Service Unavailable</h1></body></html>",
+                        content_type="text/html",
+                    )
+                if plan.take("next_malformed", plan.malformed, self.rng):
+                    self.count("malformed")
+                    return web.Response(
+                        status=200, text="<html><body>Gateway error</body></html>", content_type="text/html"
+                    )
+                if authenticated(request) and plan.next_401 > 0:
+                    plan.next_401 -= 1
+                    self.count("401")
+                    return web.json_response({"error": "invalid_token"}, status=401)
+            if plan.hostile_hits(call):
+                hostile = await self._hostile(request, handler)
+                if hostile is not None:
+                    return hostile
+            if api and plan.rate_timeout > 0 and self.rng.random() < plan.rate_timeout:
                 self.count("timeout")
-                await asyncio.sleep(plan.timeout_s)
+                await self._until_closed(plan.timeout_s)
             return await handler(request)
 
         return inject
+
+    # ---- hostile vendor ------------------------------------------------------------------
+    async def _hostile(self, request: web.Request, handler: Handler) -> web.StreamResponse | None:
+        plan = self.plan
+        if plan.take("next_hang", plan.hang, self.rng):
+            self.count("hang")
+            return await self._hang(request)
+        if plan.take("next_huge", plan.huge, self.rng):
+            self.count("huge")
+            return await self._huge(request, plan.huge_bytes, chunked=plan.huge_chunked)
+        if plan.take("next_garbage_json", plan.garbage_json, self.rng):
+            body = GARBAGE_JSON[self._turn("garbage_json") % len(GARBAGE_JSON)]
+            return web.Response(status=200, body=body, content_type="application/json")
+        if plan.take("next_wrong_shape", plan.wrong_shape, self.rng):
+            shape = WRONG_SHAPES[self._turn("wrong_shape") % len(WRONG_SHAPES)]
+            return web.json_response(shape, status=200)
+        if plan.take("next_wrong_content_type", plan.wrong_content_type, self.rng):
+            content_type = WRONG_CONTENT_TYPES[self._turn("wrong_content_type") % len(WRONG_CONTENT_TYPES)]
+            real = await handler(request)
+            body = real.body if isinstance(real, web.Response) and isinstance(real.body, bytes) else b""
+            return web.Response(status=200, body=body, content_type=content_type)
+        return None
+
+    def _turn(self, name: str) -> int:
+        """Count one more ``name`` fault; how many came before it (picks the variant)."""
+        before = self.injected.get(name, 0)
+        self.count(name)
+        return before
+
+    def _gone(self, request: web.Request) -> bool:
+        transport = request.transport
+        return self.closing or transport is None or transport.is_closing()
+
+    async def _hang(self, request: web.Request) -> web.StreamResponse:
+        """Never answer: wait until the client hangs up (looked at every HANG_CHECK_S) or
+        the simulator stops."""
+        while not self._gone(request):
+            await self._until_closed(HANG_CHECK_S)
+        return await drop_connection(request)
+
+    async def _huge(self, request: web.Request, size: int, *, chunked: bool) -> web.StreamResponse:
+        """``size`` bytes of ``{"padding": "xxx..."}``, written a chunk at a time."""
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        if chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = size
+        head, tail = b'{"padding": "', b'"}'
+        if size < len(head) + len(tail):
+            head, tail = b"", b""
+        fill = size - len(head) - len(tail)
+        chunk = b"x" * STREAM_CHUNK_BYTES
+        try:
+            await response.prepare(request)
+            await response.write(head)
+            while fill > 0:
+                if self._gone(request):
+                    return await drop_connection(request)
+                part = chunk if fill >= len(chunk) else chunk[:fill]
+                await response.write(part)
+                fill -= len(part)
+            await response.write(tail)
+            await response.write_eof()
+        except ConnectionError:  # the client stopped reading and hung up
+            return await drop_connection(request)
+        return response
 
 
 async def drop_connection(request: web.Request) -> web.StreamResponse:

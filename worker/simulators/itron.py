@@ -59,6 +59,16 @@ class ItronSimulator(Simulator):
         self.subscriber_id = subscriber_id
         self._signing_key = uuid.uuid4().bytes
 
+    def call_kind(self, request: web.Request) -> str | None:
+        path = request.path
+        if path == "/connect/token":
+            return "token"
+        if path.startswith("/raw/"):
+            return "download"
+        if self.is_api_path(path):
+            return "submit" if request.method == "POST" else "poll"
+        return super().call_kind(request)
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/connect/token", self.token)
         app.router.add_post(API + "{subscription}/batch-request", self.submit)

@@ -129,6 +129,22 @@ class OpenGateSimulator(Simulator):
         return og
 
     # ---- routes ------------------------------------------------------------------------
+    def call_kind(self, request: web.Request) -> str | None:
+        path, method = request.path.rstrip("/"), request.method
+        if path == f"{API}/provision/users/login":
+            return "token"
+        if path == JOBS:
+            return "submit"
+        if path.startswith(JOBS + "/"):
+            if path.endswith("/operations"):
+                return "download"
+            return {"GET": "poll", "PUT": "submit", "DELETE": "cancel"}.get(method, "other")
+        if path == f"{API}/search/entities/operations/history":
+            return "download"
+        if path == f"{API}/search/jobs":
+            return "reconcile"
+        return super().call_kind(request)
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post(f"{API}/provision/users/login", self.login)
         app.router.add_post(JOBS, self.create)

@@ -98,6 +98,18 @@ class UnicommerceSimulator(Simulator):
         self.refresh_tokens: dict[str, float] = {}  # refresh token -> expiry (monotonic)
         self._numbers = itertools.count(1)
 
+    def call_kind(self, request: web.Request) -> str | None:
+        path = request.path
+        if path == "/oauth/token":
+            return "token"
+        if path == API + "v1/export/job/create":
+            return "submit"
+        if path == API + "v1/export/job/status":
+            return "poll"
+        if path.startswith("/files/"):
+            return "download"
+        return super().call_kind(request)
+
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/oauth/token", self.token)
         app.router.add_post(API + "v1/export/job/create", self.create)

@@ -12,9 +12,18 @@ from worker.config import ConnectionConfig
 from worker.errors import ConfigError
 from worker.vendor_registry import REGISTRY
 from worker.vendors.base import Cancellable, JobSpec, VendorAdapter
-from worker.vendors.http import Observer, VendorHttp
+from worker.vendors.http import HttpLimits, Observer, VendorHttp
 
-__all__ = ["Cancellable", "JobSpec", "VendorAdapter", "adapter_class", "build_adapter", "validator"]
+__all__ = [
+    "Cancellable",
+    "HttpLimits",
+    "JobSpec",
+    "VendorAdapter",
+    "adapter_class",
+    "build_adapter",
+    "operations_of",
+    "validator",
+]
 
 # vendor name -> (module under worker.vendors holding the adapter and `validate`, adapter class)
 MODULES: dict[str, tuple[str, str]] = {v.name: (v.adapter_module, v.adapter_class) for v in REGISTRY}
@@ -49,11 +58,20 @@ def build_adapter(
     session: aiohttp.ClientSession,
     *,
     observe: Observer | None = None,
+    limits: HttpLimits | None = None,
     **extras: Any,
 ) -> VendorAdapter:
     """Create the adapter for connection ``name``; ``extras`` go to adapters that take them
-    (e.g. ``result_store`` for vendors whose result the worker collects)."""
-    http = VendorHttp(session, connection=name, base_url=conn.base_url, timeout_s=conn.timeout_s, observe=observe)
+    (e.g. ``result_store`` for vendors whose result the worker collects). ``limits``
+    bound its vendor's answers (the defaults when omitted)."""
+    http = VendorHttp(
+        session, connection=name, base_url=conn.base_url, timeout_s=conn.timeout_s, observe=observe, limits=limits
+    )
     cls = adapter_class(conn.vendor)
     accepted = getattr(cls, "extras", ())
     return cls(conn, http, **{k: v for k, v in extras.items() if k in accepted})  # type: ignore[no-any-return]
+
+
+def operations_of(vendor: str) -> frozenset[str]:
+    """The fixed set of operation names the vendor's adapter reports to metrics."""
+    return frozenset(getattr(adapter_class(vendor), "operations", frozenset()))

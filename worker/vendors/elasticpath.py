@@ -49,7 +49,7 @@ from worker.errors import (
 from worker.redaction import excerpt
 from worker.result_store import ResultStore
 from worker.vendors.base import JobSpec, job_id_of, map_status, segment
-from worker.vendors.http import Answer, BearerToken, VendorHttp, parse_retry_after, token_answer
+from worker.vendors.http import Answer, BearerToken, VendorHttp, token_answer
 
 JOBS = "/v2/subscriptions/jobs"
 TOKEN = "/oauth/access_token"
@@ -168,6 +168,8 @@ class ElasticPathAdapter:
     vendor: ClassVar[str] = "elasticpath"
     can_reconcile: ClassVar[bool] = True
     extras: ClassVar[tuple[str, ...]] = ("result_store",)
+    # Every operation name this adapter reports to metrics (a fixed set of labels).
+    operations: ClassVar[frozenset[str]] = frozenset({"token", "submit", "poll", "reconcile"})
 
     def __init__(self, conn: ConnectionConfig, http: VendorHttp, *, result_store: ResultStore | None = None) -> None:
         if conn.client_id is None or conn.client_secret is None:
@@ -230,7 +232,7 @@ class ElasticPathAdapter:
             raise VendorBusy(
                 f"submit: {job_type} refused for now (HTTP {refused.status}): {describe(refused)}",
                 status=refused.status,
-                retry_after=parse_retry_after(refused.headers.get("Retry-After")),
+                retry_after=self.http.retry_after(refused),
             ) from None
         job = _resource(answer, "submit", outcome_unknown=True)
         raw = _status_of(job)

@@ -2,6 +2,11 @@
 token refresh (refresh before expiry; on a 401 refresh once and retry), and the
 translation of transport errors and status codes into ``worker.errors``.
 
+Vendor answers are hostile: a body is read up to ``HttpLimits.max_answer_bytes`` and no
+further, a ``Retry-After`` that is not a finite, non-negative delay is ignored and a
+longer one is cut to ``HttpLimits.max_retry_after_s``, and an answer whose declared
+media type is not JSON is not read as JSON.
+
 Vendor specifics (paths, bodies, status names) stay in the adapter modules.
 """
 
@@ -10,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from pydantic import SecretStr
 
 from worker.errors import (
+    AnswerTooLarge,
     AuthFailed,
     MalformedAnswer,
     RateLimited,
@@ -26,10 +33,61 @@ from worker.errors import (
     VendorRejected,
     VendorUnavailable,
 )
+from worker.limits import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_MAX_RETRY_AFTER_S,
+    MAX_ANSWER_BYTES_CEILING,
+    MAX_RETRY_AFTER_CEILING_S,
+)
 from worker.redaction import excerpt
+
+if TYPE_CHECKING:
+    from worker.config import Settings
 
 Observer = Callable[[str, str, float, str], None]  # (connection, operation, seconds, outcome)
 Describe = Callable[["Answer"], str]  # a vendor's own words for a refused answer (redacted)
+
+READ_CHUNK_BYTES = 64 * 1024
+# Media types an answer may declare and still be read as JSON (besides any ``...json``):
+# none at all, and text/plain, which some gateways put on JSON. Anything else (an HTML
+# error page, a file) is not the API's answer.
+JSON_LENIENT_TYPES = frozenset({"", "text/plain"})
+# Longest token lifetime believed; a longer (or non-finite) one is cut to this.
+MAX_TOKEN_LIFETIME_S = 30 * 86_400.0
+DEFAULT_TOKEN_LIFETIME_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What one vendor answer may cost the worker.
+
+    Args:
+        max_answer_bytes: the largest answer body read (decompressed); a larger one is
+            refused with ``AnswerTooLarge`` without reading the rest.
+        max_retry_after_s: the longest ``Retry-After`` honoured; a longer one is cut to
+            this (beyond it, the job's own failure budget decides).
+    """
+
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_answer_bytes <= MAX_ANSWER_BYTES_CEILING:
+            raise ValueError(f"max_answer_bytes must be 1..{MAX_ANSWER_BYTES_CEILING}")
+        if not (math.isfinite(self.max_retry_after_s) and 0 <= self.max_retry_after_s <= MAX_RETRY_AFTER_CEILING_S):
+            raise ValueError(f"max_retry_after_s must be 0..{MAX_RETRY_AFTER_CEILING_S:g}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpLimits:
+        return cls(max_answer_bytes=settings.max_answer_bytes, max_retry_after_s=settings.max_retry_after_s)
+
+
+def media_type(headers: Mapping[str, str]) -> str:
+    """The declared media type, lower case, without parameters ("" when none)."""
+    value = headers.get("Content-Type")
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    return value.split(";", 1)[0].strip().lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +97,19 @@ class Answer:
     body: bytes
 
     def json(self) -> Any:
-        """The body as JSON; anything else is a MalformedAnswer with a redacted excerpt."""
+        """The body as JSON; anything else is a MalformedAnswer with a redacted excerpt.
+
+        An answer that declares a media type other than JSON (or text/plain) is refused
+        even if its body happens to parse: an HTML page or a file is not the API talking.
+        """
         if not self.body.strip():
             raise MalformedAnswer(f"empty body (HTTP {self.status})", status=self.status)
+        kind = media_type(self.headers)
+        if kind not in JSON_LENIENT_TYPES and not kind.endswith(("/json", "+json")):
+            raise MalformedAnswer(
+                f"answer is {excerpt(kind, 80)}, not JSON (HTTP {self.status}): {excerpt(self.body)}",
+                status=self.status,
+            )
         try:
             return json.loads(self.body)
         except ValueError:
@@ -56,20 +124,34 @@ class Answer:
         return data
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+def parse_retry_after(
+    value: str | None, *, now: float | None = None, maximum: float = DEFAULT_MAX_RETRY_AFTER_S
+) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), at most ``maximum``.
+
+    A value that is not a finite, non-negative delay (``inf``, ``nan``, ``1e309``, ``-5``,
+    text) is ignored: ``None``, as if the vendor had not sent one. A date in the past is
+    0; one far in the future (``Fri, 31 Dec 9999 23:59:59 GMT``) is ``maximum``.
+    """
     if not value:
         return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    text = value.strip()
+    if not text or len(text) > 64:
         return None
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+    seconds: float | None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+            seconds = max(0.0, when.timestamp() - (now if now is not None else time.time()))
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, maximum)
 
 
 class Auth(Protocol):
@@ -141,6 +223,7 @@ class BearerToken:
             if not force and self._token is not None and time.monotonic() < self._renew_at:
                 return
             token, expires_in, refresh = await self._fetch(http, self._refresh_token)
+            expires_in = token_lifetime_s(expires_in)  # whatever the fetcher read: finite
             self.fetches += 1
             self._token = token
             self._refresh_token = refresh or self._refresh_token
@@ -154,23 +237,34 @@ def token_answer(answer: Answer) -> tuple[str, float, str | None]:
     token = data.get("access_token")
     if not isinstance(token, str) or not token:
         raise MalformedAnswer(f"token answer without access_token: {excerpt(answer.body)}")
-    try:
-        expires_in = float(data.get("expires_in", 3600))
-    except (TypeError, ValueError):
-        expires_in = 3600.0
     refresh = data.get("refresh_token")
-    return token, expires_in, refresh if isinstance(refresh, str) else None
+    return token, token_lifetime_s(data.get("expires_in")), refresh if isinstance(refresh, str) else None
+
+
+def token_lifetime_s(value: Any, default_s: float = DEFAULT_TOKEN_LIFETIME_S) -> float:
+    """A token's ``expires_in`` as seconds: ``default_s`` unless a finite number; at most
+    30 days, at least 0 (an expired token is renewed before its next use)."""
+    if isinstance(value, bool):
+        return default_s
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default_s
+    if not math.isfinite(seconds):
+        return default_s
+    return min(max(seconds, 0.0), MAX_TOKEN_LIFETIME_S)
 
 
 class VendorHttp:
-    """HTTP for one connection: base URL, auth, timeouts and error mapping.
+    """HTTP for one connection: base URL, auth, timeouts, answer limits and error mapping.
 
     Args:
         session: shared aiohttp session (one per process).
         base_url: the vendor's base URL, without a trailing slash.
         auth: how to authenticate.
-        timeout_s: total time allowed per call.
+        timeout_s: total time allowed per call (connecting, sending, reading the answer).
         observe: called with (connection, operation, seconds, outcome) after each call.
+        limits: answer size and Retry-After bounds (defaults when omitted).
     """
 
     def __init__(
@@ -182,16 +276,22 @@ class VendorHttp:
         auth: Auth | None = None,
         timeout_s: float = 30.0,
         observe: Observer | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.session = session
         self.connection = connection
         self.base_url = base_url.rstrip("/")
         self.auth: Auth = auth or NoAuth()
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.limits = limits or HttpLimits()
         self._observe = observe
 
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+
+    def retry_after(self, answer: Answer) -> float | None:
+        """The answer's Retry-After in seconds, within this connection's bound."""
+        return parse_retry_after(answer.headers.get("Retry-After"), maximum=self.limits.max_retry_after_s)
 
     async def call(
         self,
@@ -206,23 +306,32 @@ class VendorHttp:
         authenticated: bool = True,
         ok: tuple[int, ...] = (200, 201, 202, 204),
         describe: Describe | None = None,
+        step: str | None = None,
     ) -> Answer:
         """One authenticated call; a 401 refreshes the credentials and retries once.
 
         Any status outside ``ok`` raises: 429 -> RateLimited, 5xx/408 -> VendorUnavailable,
         other 4xx -> VendorRejected (with ``.answer`` for adapters that look closer).
         ``describe`` turns the refused answer into the vendor's own words for the message.
+
+        ``operation`` names the call in metrics: one of a fixed set per adapter (never a
+        page number or a count). ``step`` (e.g. ``3/7``) only adds to error messages.
+
+        A call that fails for want of credentials (the token endpoint is down, slow or
+        talks nonsense) was never sent: its error says ``outcome_unknown=False``.
         """
         started = time.monotonic()
         outcome = "ok"
+        name = f"{operation} {step}" if step else operation
         try:
-            answer = await self._send(method, path, json_body, data, params, headers, authenticated)
+            answer = await self._send(method, path, json_body, data, params, headers, authenticated, name)
             if answer.status == 401 and authenticated:
-                await self.auth.refresh(self)
-                answer = await self._send(method, path, json_body, data, params, headers, authenticated)
+                # Refused: the vendor did not act on it. Nor on a call never resent.
+                await self._credentials(name, refresh=True)
+                answer = await self._send(method, path, json_body, data, params, headers, authenticated, name)
                 if answer.status == 401:
-                    raise AuthFailed(f"{operation}: credentials refused after a token refresh", status=401)
-            self._raise_for(answer, method, operation, ok, describe)
+                    raise AuthFailed(f"{name}: credentials refused after a token refresh", status=401)
+            self._raise_for(answer, method, name, ok, describe)
             return answer
         except VendorError as exc:
             outcome = exc.code
@@ -230,6 +339,18 @@ class VendorHttp:
         finally:
             if self._observe is not None:
                 self._observe(self.connection, operation, time.monotonic() - started, outcome)
+
+    async def _credentials(self, name: str, *, refresh: bool = False) -> dict[str, str]:
+        """The auth headers (after a refresh when asked); a failure to get them is an
+        error of this call that says it was not sent, whatever the token call said."""
+        try:
+            if refresh:
+                await self.auth.refresh(self)
+                return {}
+            return await self.auth.headers(self)
+        except VendorError as exc:
+            why = "refused (401), and new credentials could not be had" if refresh else "not sent, no credentials"
+            raise not_sent(exc, f"{name}: {why}") from None
 
     async def _send(
         self,
@@ -240,10 +361,11 @@ class VendorHttp:
         params: Mapping[str, str] | None,
         headers: Mapping[str, str] | None,
         authenticated: bool,
+        name: str = "call",
     ) -> Answer:
         all_headers: dict[str, str] = {"Accept": "application/json"}
         if authenticated:
-            all_headers.update(await self.auth.headers(self))
+            all_headers.update(await self._credentials(name))
         if headers:
             all_headers.update(headers)
         # A request that never reached the vendor cannot have created anything.
@@ -259,14 +381,45 @@ class VendorHttp:
                 timeout=self.timeout,
                 allow_redirects=False,
             ) as response:
-                body = await response.read()
+                body = await self._read(response, name, reached)
                 return Answer(response.status, response.headers, body)  # case-insensitive names
         except aiohttp.ClientConnectorError as exc:
-            raise VendorUnavailable(f"cannot connect: {exc.os_error.strerror or exc}", outcome_unknown=False) from None
+            raise VendorUnavailable(
+                f"{name}: cannot connect: {exc.os_error.strerror or exc}", outcome_unknown=False
+            ) from None
         except TimeoutError:
-            raise VendorUnavailable("timed out waiting for the answer", outcome_unknown=reached) from None
+            raise VendorUnavailable(f"{name}: timed out waiting for the answer", outcome_unknown=reached) from None
         except aiohttp.ClientError as exc:
-            raise VendorUnavailable(f"connection failed: {type(exc).__name__}", outcome_unknown=reached) from None
+            raise VendorUnavailable(
+                f"{name}: connection failed: {type(exc).__name__}", outcome_unknown=reached
+            ) from None
+
+    async def _read(self, response: aiohttp.ClientResponse, name: str, reached: bool) -> bytes:
+        """The body, read in chunks and refused (the connection closed) once it is over
+        ``max_answer_bytes``: a declared Content-Length is checked first, and a chunked or
+        compressed answer is counted as it arrives."""
+        limit = self.limits.max_answer_bytes
+        declared = response.content_length
+        if declared is not None and declared > limit:
+            response.close()
+            raise self._too_large(response.status, name, reached, f"declares {declared} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                response.close()
+                raise self._too_large(response.status, name, reached, "stopped reading")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, status: int, name: str, reached: bool, how: str) -> AnswerTooLarge:
+        return AnswerTooLarge(
+            f"{name}: answer larger than {self.limits.max_answer_bytes} bytes (HTTP {status}; {how})",
+            status=status,
+            # A refusal (4xx) did nothing; any other answer to a write may have acted.
+            outcome_unknown=reached and not 400 <= status < 500,
+        )
 
     def _raise_for(
         self, answer: Answer, method: str, operation: str, ok: tuple[int, ...], describe: Describe | None
@@ -278,20 +431,34 @@ class VendorHttp:
         if status == 429:
             raise RateLimited(
                 f"{operation}: rate limited (HTTP 429): {detail}",
-                retry_after=parse_retry_after(answer.headers.get("Retry-After")),
+                retry_after=self.retry_after(answer),
                 status=429,
                 outcome_unknown=False,
             )
         if status >= 500 or status in (408, 425):
             raise VendorUnavailable(
                 f"{operation}: HTTP {status}: {detail}",
-                retry_after=parse_retry_after(answer.headers.get("Retry-After")),
+                retry_after=self.retry_after(answer),
                 status=status,
                 outcome_unknown=method.upper() not in ("GET", "HEAD"),
             )
         rejected = VendorRejected(f"{operation}: HTTP {status}: {detail}", status=status)
         rejected.answer = answer
         raise rejected
+
+
+def not_sent(exc: VendorError, context: str) -> VendorError:
+    """``exc`` (same class, so just as retriable) for a call that never left: its
+    vendor cannot have acted on it."""
+    copy = type(exc)(
+        f"{context}: {exc.message}",
+        retry_after=exc.retry_after,
+        status=exc.status,
+        outcome_unknown=False,
+    )
+    if isinstance(exc, VendorRejected):
+        copy.answer = exc.answer  # type: ignore[attr-defined]
+    return copy
 
 
 def _described(answer: Answer, describe: Describe | None) -> str:

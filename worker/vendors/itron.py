@@ -120,6 +120,8 @@ def link_expiry_ms(url: str) -> int | None:
 class ItronAdapter:
     vendor: ClassVar[str] = "itron"
     can_reconcile: ClassVar[bool] = False
+    # Every operation name this adapter reports to metrics (a fixed set of labels).
+    operations: ClassVar[frozenset[str]] = frozenset({"token", "submit", "poll"})
 
     def __init__(self, conn: ConnectionConfig, http: VendorHttp) -> None:
         if conn.client_id is None or conn.client_secret is None:
@@ -167,7 +169,11 @@ class ItronAdapter:
         answer = await self.http.call(
             "POST", self._path(spec), operation="submit", json_body=body, headers=self._headers(spec)
         )
-        data = answer.json_object()
+        try:
+            data = answer.json_object()
+        except MalformedAnswer as exc:
+            exc.outcome_unknown = True  # a 2xx to the submit that cannot be read: a job may exist
+            raise
         job_id = job_id_of(
             data.get("jobId") or data.get("JobId"), operation="submit", body=answer.body, outcome_unknown=True
         )

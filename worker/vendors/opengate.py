@@ -375,6 +375,23 @@ class OpenGateAdapter:
     vendor: ClassVar[str] = "opengate"
     can_reconcile: ClassVar[bool] = True
     extras: ClassVar[tuple[str, ...]] = ("result_store",)
+    # Every operation name this adapter reports to metrics: a fixed set of labels (page
+    # and chunk numbers go to error messages as the call's ``step``, never to labels).
+    operations: ClassVar[frozenset[str]] = frozenset(
+        {
+            "login",
+            "submit",
+            "append",
+            "activate",
+            "discard",
+            "poll",
+            "collect",
+            "history",
+            "reconcile",
+            "reconcile get",
+            "cancel",
+        }
+    )
 
     def __init__(self, conn: ConnectionConfig, http: VendorHttp, *, result_store: ResultStore | None = None) -> None:
         self.conn = conn
@@ -455,7 +472,9 @@ class OpenGateAdapter:
         path = f"{JOBS}/{segment(job_id, 'job id')}"
         try:
             for number, body in enumerate(plan.appends, start=1):
-                await self.http.call("PUT", path, operation=f"append {number}/{len(plan.appends)}", json_body=body)
+                await self.http.call(
+                    "PUT", path, operation="append", step=f"{number}/{len(plan.appends)}", json_body=body
+                )
             await self.http.call("PUT", path, operation="activate", json_body=plan.activate)
         except VendorError as exc:
             if exc.retriable:
@@ -527,11 +546,15 @@ class OpenGateAdapter:
         while True:
             if body is None:
                 answer = await self.http.call(
-                    method, path, operation=f"{operation} page {page}", params={"start": str(page), "size": str(size)}
+                    method,
+                    path,
+                    operation=operation,
+                    step=f"page {page}",
+                    params={"start": str(page), "size": str(size)},
                 )
             else:
                 paged = {**body, "limit": {"size": size, "start": page}}
-                answer = await self.http.call(method, path, operation=f"{operation} page {page}", json_body=paged)
+                answer = await self.http.call(method, path, operation=operation, step=f"page {page}", json_body=paged)
             found = _page_items(answer, key)
             items.extend(found)
             if len(found) < size or (expected is not None and len(items) >= expected):
@@ -563,7 +586,9 @@ class OpenGateAdapter:
         # name and match our notes in the answers here. limit.start is 1-based.
         for page in range(1, self.limits.search_max_pages + 1):
             body = {"filter": {"and": [{"eq": {"operationName": operation}}]}, "limit": {"size": size, "start": page}}
-            answer = await self.http.call("POST", SEARCH_JOBS, operation=f"reconcile page {page}", json_body=body)
+            answer = await self.http.call(
+                "POST", SEARCH_JOBS, operation="reconcile", step=f"page {page}", json_body=body
+            )
             jobs = [_unwrap(j) for j in _page_items(answer, "jobs")]
             matches.extend(j for j in jobs if _notes_of(j) == notes)
             if len(jobs) < size:

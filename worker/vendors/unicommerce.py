@@ -190,6 +190,8 @@ def read_answer(answer: Answer, operation: str, *, outcome_unknown: bool = False
 class UnicommerceAdapter:
     vendor: ClassVar[str] = "unicommerce"
     can_reconcile: ClassVar[bool] = False
+    # Every operation name this adapter reports to metrics (a fixed set of labels).
+    operations: ClassVar[frozenset[str]] = frozenset({"token", "token_refresh", "submit", "poll"})
 
     def __init__(self, conn: ConnectionConfig, http: VendorHttp) -> None:
         if conn.username is None or conn.password is None:
