@@ -122,6 +122,13 @@ class AnswerTooLarge(MalformedAnswer):
     code = "answer_too_large"
 
 
+class ResultTooLarge(VendorError):
+    """A result is larger than the worker agrees to assemble: retrying cannot help."""
+
+    code = "result_too_large"
+    retriable = False
+
+
 class RegistryUnavailable(ExportWorkerError):
     """The schema registry could not be asked (down, 5xx): retry, never dead-letter."""
 

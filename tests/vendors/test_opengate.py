@@ -26,6 +26,7 @@ from worker.errors import (
     InvalidRequest,
     MalformedAnswer,
     RateLimited,
+    ResultTooLarge,
     VendorRejected,
     VendorUnavailable,
 )
@@ -179,6 +180,22 @@ class TestCollect:
         assert answer.file.url.endswith("/opengate/req-1.jsonl")
         pages = [r["query"] for r in calls(sim, "GET", f"{JOBS}/{submitted.vendor_job_id}/operations")]
         assert pages == [{"start": "1", "size": "2"}, {"start": "2", "size": "2"}, {"start": "3", "size": "2"}]
+
+    async def test_a_result_over_collect_max_operations_fails_the_job_without_reading_on(
+        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+    ) -> None:
+        """Operations are held in memory to build the artifact: past the bound the job
+        fails for good (retrying cannot shrink it) and no more pages are read."""
+        adapter = make_adapter(sim, session, store, operations_page_size=2, collect_max_operations=3)
+        job_spec = spec(og_job(devices(9)))
+        job_id = (await adapter.submit(job_spec)).vendor_job_id
+
+        with pytest.raises(ResultTooLarge) as failure:
+            await finish(adapter, job_spec, job_id)
+
+        assert not failure.value.retriable and "more than 3 operations" in str(failure.value)
+        pages = calls(sim, "GET", f"{JOBS}/{job_id}/operations")
+        assert len(pages) == 2  # 4 operations read: over the bound, page 3 of 5 never asked for
 
     async def test_some_operations_in_error_still_succeed(
         self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore

@@ -33,6 +33,7 @@ from worker.errors import (
     InvalidRequest,
     MalformedAnswer,
     ResultStoreError,
+    ResultTooLarge,
     VendorError,
     VendorRejected,
 )
@@ -78,6 +79,9 @@ class Limits:
     operations_page_size: int = 1000
     search_page_size: int = 1000
     search_max_pages: int = 20
+    # Operations held in memory to build one artifact: a vendor that never ends its
+    # pages (or a job with more entities than max_entities allowed) fails the job instead.
+    collect_max_operations: int = 200_000
     jwt_ttl_s: int = 3600
 
     @classmethod
@@ -557,6 +561,11 @@ class OpenGateAdapter:
                 answer = await self.http.call(method, path, operation=operation, step=f"page {page}", json_body=paged)
             found = _page_items(answer, key)
             items.extend(found)
+            if len(items) > self.limits.collect_max_operations:
+                raise ResultTooLarge(
+                    f"{operation}: more than {self.limits.collect_max_operations} operations "
+                    "(connection option collect_max_operations)"
+                )
             if len(found) < size or (expected is not None and len(items) >= expected):
                 return items
             page += 1
