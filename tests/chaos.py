@@ -216,8 +216,8 @@ async def run_chaos(cfg: ChaosConfig, *, bootstrap: str | None = None, say: Any 
     problems += order_problems + dups.problems
     if any(code not in (0, -signal.SIGTERM) for code in r.exit_codes):
         problems.append(f"workers exited with {r.exit_codes} on SIGTERM")
-    if fleet.crashes:
-        problems.append(f"workers died on their own: {fleet.crashes}")
+    for slot, code in fleet.crashes:
+        problems.append(f"worker {slot} died on its own (exit {code}): {fleet.last_error(slot)}")
     say(f"chaos: faults injected {r.injected()}; final statuses {by_status}")
     return ChaosResult(
         requests=len(ids),

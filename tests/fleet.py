@@ -261,6 +261,13 @@ class Fleet:
                 self._killed.add(proc.pid)
                 self.crashes.append((slot, code))
 
+    def last_error(self, slot: int) -> str:
+        """The last error-level line of a worker's log (why it left)."""
+        path = self.logs / f"worker-{slot}.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        errors = [line for line in lines if '"level": "error"' in line or '"level": "critical"' in line]
+        return errors[-1][:300] if errors else (lines[-1][:300] if lines else "")
+
     def revive_exited(self) -> None:
         self.note_crashes()
         for slot, proc in list(self.procs.items()):
