@@ -418,6 +418,7 @@ def main() -> None:
     parser.add_argument("--fuzzed", type=int, default=200)
     parser.add_argument("--hostile", type=int, default=80)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--deadline", type=float, default=300.0)
     parser.add_argument("--workdir", type=Path, default=Path(".adversarial"))
     args = parser.parse_args()
@@ -429,6 +430,7 @@ def main() -> None:
         fuzzed=args.fuzzed,
         hostile=args.hostile,
         seed=args.seed,
+        partitions=args.partitions,
         deadline_s=args.deadline,
         workdir=args.workdir,
     )
