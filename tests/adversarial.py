@@ -227,6 +227,11 @@ def clear_hostile(r: Rig) -> None:
         sim.canned.clear()
 
 
+def dead_letters(out: Output) -> dict[tuple[int, int], dict[str, Any]]:
+    """Dead letters by the (partition, offset) of the record they stand for."""
+    return {(d["partition"], d["offset"]): d for d in out.dlq}
+
+
 def ended(sent: Sent, out: Output, dead: dict[tuple[int, int], dict[str, Any]]) -> bool:
     """A record ended: a dead letter at its offset, or its request reached a terminal status."""
     if sent.where is not None and sent.where in dead:
@@ -239,6 +244,11 @@ async def run_adversarial(
 ) -> AdversarialResult:
     started = time.monotonic()
     rng = random.Random(cfg.seed)
+    outer_say = say
+
+    def say(text: str) -> Any:  # every line says when, in seconds since the start
+        return outer_say(f"[{time.monotonic() - started:5.1f}] {text}")
+
     problems: list[str] = []
     membership = 0
     missing: list[str] = []
@@ -317,6 +327,7 @@ async def run_adversarial(
                 return all(last.get(rid) in TERMINAL for rid in normal_ids)
 
             await wait("every normal request terminal", normal_done)
+            say("adversarial: every normal request ended")
 
             # ---- 3. hostile vendors
             missing = set_hostile(r, say)
@@ -338,17 +349,25 @@ async def run_adversarial(
 
             await wait("every hostile request terminal", hostile_done)
             clear_hostile(r)
+            say("adversarial: every hostile request ended; hostile faults cleared")
+            out = await reader.read()
+            pending = [s for s in fuzzed if s.refused is None and not ended(s, out, dead_letters(out))]
+            if pending:
+                shown = [
+                    (s.name, (s.request_id or "")[:30], out.statuses(s.request_id or "")[-3:]) for s in pending[:4]
+                ]
+                say(f"adversarial: {len(pending)} fuzzed records still open, e.g. {shown}")
 
-            dead_at = lambda out: {(d["partition"], d["offset"]): d for d in out.dlq}  # noqa: E731
             await wait(
                 "every fuzzed record ended",
-                lambda out: all(ended(s, out, dead_at(out)) for s in fuzzed if s.refused is None),
+                lambda out: all(ended(s, out, dead_letters(out)) for s in fuzzed if s.refused is None),
             )
             out = await wait(
-                "every poison record dead-lettered", lambda out: all(s.where in dead_at(out) for s in poison)
+                "every poison record dead-lettered", lambda out: all(s.where in dead_letters(out) for s in poison)
             )
+            say("adversarial: every fuzzed record ended, every poison record dead-lettered; SIGTERM the fleet")
     # ---- the checks
-    dead = dead_at(out)
+    dead = dead_letters(out)
     last = out.last_status()
     normal_ok = sum(1 for rid in normal_ids if last.get(rid) == "SUCCEEDED")
     for rid in normal_ids:
@@ -380,8 +399,11 @@ async def run_adversarial(
     problems += order_problems
     dups = duplicates(tracked, out, r.sims, itron_owners(tracked, "adv"), r.kill_windows())
     problems += [p for p in dups.problems if "never flagged" in p]
+    say(f"adversarial: the fleet exited with {r.exit_codes} on SIGTERM after {r.stop_seconds:.1f} s")
     if any(code not in (0, -signal.SIGTERM) for code in r.exit_codes):
         problems.append(f"shutdown: workers exited with {r.exit_codes} on SIGTERM")
+    if r.stop_seconds > settings.shutdown_grace_s + 10:
+        problems.append(f"shutdown: the fleet took {r.stop_seconds:.1f} s to exit on SIGTERM")
     for slot, code in fleet.crashes:
         problems.append(f"crash: worker {slot} exited {code} on its own: {fleet.last_error(slot)}")
     hostile_statuses = Counter(last.get(rid, "NONE") for rid in hostile_ids)

@@ -315,6 +315,7 @@ class Rig:
     fleet: Fleet
     broker_kills: list[tuple[float, float]] = field(default_factory=list)  # (killed, back) monotonic
     exit_codes: list[int] = field(default_factory=list)
+    stop_seconds: float = 0.0  # how long the fleet took to exit on SIGTERM
 
     def kill_windows(self) -> list[tuple[float, float]]:
         """Every worker kill (an instant) and broker outage, monotonic."""
@@ -393,9 +394,10 @@ async def rig(cfg: RigConfig, *, bootstrap: str | None = None) -> AsyncIterator[
         yield r
     finally:
         if fleet is not None:
+            stopping = time.monotonic()
             codes = await asyncio.to_thread(fleet.stop)  # the simulators keep answering meanwhile
             if r is not None:
-                r.exit_codes = codes
+                r.exit_codes, r.stop_seconds = codes, time.monotonic() - stopping
         for sim in sims.values():
             await sim.stop()
         if broker is not None:
