@@ -92,6 +92,7 @@ class Restorer:
         # One committed-offset lookup at a time: each holds a consumer thread, and a
         # rebalance callback running meanwhile needs free ones for its own consumer calls.
         self._committed_lookup = asyncio.Lock()
+        self._closed = False  # shutting down: no restore starts or retries any more
 
     def open(self, consumer: GroupConsumer) -> None:
         self._consumer = consumer
@@ -102,6 +103,8 @@ class Restorer:
 
     def begin(self, numbers: set[int], resume_at: dict[int, int] | None = None) -> None:
         """Own these partitions afresh and read their state back in the background."""
+        if self._closed:  # assigned while the consumer closes: the next owner restores them
+            return
         incarnations = self._partitions.claim(numbers, resume_at)
         task = asyncio.create_task(self._restore(incarnations))
         self._tasks.add(task)
@@ -112,6 +115,7 @@ class Restorer:
             self._carried.pop(n, None)
 
     def cancel(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         if self._learning is not None:
@@ -130,6 +134,8 @@ class Restorer:
                 attempt += 1
                 log.exception("restore failed; retrying", partitions=sorted(incarnations), attempt=attempt)
                 await asyncio.sleep(min(MAX_RETRY_WAIT_S, 0.5 * 2**attempt))
+                if self._closed:
+                    return
                 if all(self._partitions.current(n, i) is None for n, i in incarnations.items()):
                     return  # moved on meanwhile
                 continue
