@@ -59,7 +59,7 @@ from worker.codec import SOE_MAGIC, Codec
 from worker.output_reader import Output
 from worker.publisher import Publisher
 from worker.simulators.faults import FaultPlan
-from worker.testing import OutputReader, fuzzed_requests
+from worker.testing import OutputReader, eventually, fuzzed_requests
 
 # The hostile fields another branch adds to FaultPlan, and the values this run sets
 # (besides the fields every FaultPlan has). Per vendor, a different Retry-After text.
@@ -342,6 +342,26 @@ async def run_adversarial(
             say(f"adversarial: hostile burst accepted; SIGTERM worker 2: exit {code} after {took:.1f} s")
             if code not in (0, -signal.SIGTERM) or took > settings.shutdown_grace_s + 10:
                 problems.append(f"shutdown: worker 2 exited {code} after {took:.1f} s on SIGTERM")
+
+            # A worker stopped while it restores the partitions it was just given must
+            # exit promptly (one hung retrying a restore against its closed consumer).
+            fleet.start(3, log_level="info")
+            membership += 1
+            try:
+                await eventually(lambda: fleet.log_says(3, "partitions assigned"), timeout=60, what="worker 3 assigned")
+            except TimeoutError as exc:
+                problems.append(f"deadline: {exc}")
+            mid_restore = not fleet.log_says(3, "partitions restored")
+            t0 = time.monotonic()
+            code = await asyncio.to_thread(fleet.terminate, 3)
+            took = time.monotonic() - t0
+            membership += 1
+            say(
+                f"adversarial: worker 3 got partitions; SIGTERM at once ({'mid-restore' if mid_restore else 'restored'}): "
+                f"exit {code} after {took:.1f} s"
+            )
+            if code not in (0, -signal.SIGTERM) or took > settings.shutdown_grace_s + 10:
+                problems.append(f"shutdown: worker 3, stopped while restoring, exited {code} after {took:.1f} s")
 
             def hostile_done(out: Output) -> bool:
                 last = out.last_status()

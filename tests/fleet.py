@@ -216,7 +216,7 @@ class Fleet:
         self._killed: set[int] = set()  # pids this fleet stopped
         self._generation: Counter[int] = Counter()
 
-    def start(self, slot: int) -> None:
+    def start(self, slot: int, *, log_level: str | None = None) -> None:
         # Half the restarts reuse the instance id (a StatefulSet pod), half take a new
         # one (a Deployment pod): the second kind waits for the dead one's transaction.
         if self._generation[slot] and self.rng.random() < 0.5:
@@ -224,6 +224,8 @@ class Fleet:
         instance = f"w{slot}-{self._generation[slot]}"
         self._generation[slot] = max(self._generation[slot], 1)
         env = worker_env(self.settings, connections_file=str(self.conn_file), instance_id=instance)
+        if log_level is not None:
+            env["EXPORT_WORKER_LOG_LEVEL"] = log_level
         self.procs[slot] = spawn_worker(env, self.logs / f"worker-{slot}.log")
         self.starts += 1
 
@@ -260,6 +262,10 @@ class Fleet:
             if code is not None and proc.pid not in self._killed:
                 self._killed.add(proc.pid)
                 self.crashes.append((slot, code))
+
+    def log_says(self, slot: int, text: str) -> bool:
+        path = self.logs / f"worker-{slot}.log"
+        return path.exists() and text in path.read_text(errors="replace")
 
     def last_error(self, slot: int) -> str:
         """The last error-level line of a worker's log (why it left)."""
