@@ -326,8 +326,8 @@ async def run_adversarial(
                 last = out.last_status()
                 return all(last.get(rid) in TERMINAL for rid in normal_ids)
 
-            await wait("every normal request terminal", normal_done)
-            say("adversarial: every normal request ended")
+            if normal_done(await wait("every normal request terminal", normal_done)):
+                say("adversarial: every normal request ended")
 
             # ---- 3. hostile vendors
             missing = set_hostile(r, say)
@@ -356,10 +356,8 @@ async def run_adversarial(
             code = await asyncio.to_thread(fleet.terminate, 3)
             took = time.monotonic() - t0
             membership += 1
-            say(
-                f"adversarial: worker 3 got partitions; SIGTERM at once ({'mid-restore' if mid_restore else 'restored'}): "
-                f"exit {code} after {took:.1f} s"
-            )
+            when = "mid-restore" if mid_restore else "restored"
+            say(f"adversarial: worker 3 got partitions; SIGTERM at once ({when}): exit {code} after {took:.1f} s")
             if code not in (0, -signal.SIGTERM) or took > settings.shutdown_grace_s + 10:
                 problems.append(f"shutdown: worker 3, stopped while restoring, exited {code} after {took:.1f} s")
 
@@ -367,9 +365,9 @@ async def run_adversarial(
                 last = out.last_status()
                 return all(last.get(rid) in TERMINAL for rid in hostile_ids)
 
-            await wait("every hostile request terminal", hostile_done)
+            if hostile_done(await wait("every hostile request terminal", hostile_done)):
+                say("adversarial: every hostile request ended")
             clear_hostile(r)
-            say("adversarial: every hostile request ended; hostile faults cleared")
             out = await reader.read()
             pending = [s for s in fuzzed if s.refused is None and not ended(s, out, dead_letters(out))]
             if pending:
@@ -385,7 +383,7 @@ async def run_adversarial(
             out = await wait(
                 "every poison record dead-lettered", lambda out: all(s.where in dead_letters(out) for s in poison)
             )
-            say("adversarial: every fuzzed record ended, every poison record dead-lettered; SIGTERM the fleet")
+            say("adversarial: done waiting; SIGTERM the fleet")
     # ---- the checks
     dead = dead_letters(out)
     last = out.last_status()
