@@ -16,7 +16,9 @@ A vendor job created twice has a cause (tests.fleet.cause_of): ``answer_lost`` w
 simulator marked the earlier job's answer as never read by the client (dropped, or the
 client gone: a held answer) or it took longer than the client timeout; ``at_kill`` when
 the earlier submit was in flight (from its arrival at the simulator to 2 s after its
-answer, the worker's commit) when a worker was SIGKILLed or the broker was down;
+answer, the worker's commit) when a worker was SIGKILLed or the broker was down (until
+one session timeout after it is back: a member whose session expired meanwhile loses its
+partitions, and the uncommitted answers with them);
 ``other`` otherwise: a bug. ``false_failed`` counts FAILED requests whose vendor job did
 not fail (or never existed).
 """

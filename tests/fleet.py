@@ -178,9 +178,10 @@ def duplicates(
                 result.by_cause[cause] += 1
                 if cause == "other":
                     start, end = in_flight_window(job)
+                    at = dt.datetime.fromtimestamp(job.created_wall, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
                     result.problems.append(
-                        f"{r}: extra vendor job {job.job_id} in flight {start:.2f}-{end:.2f}, "
-                        "neither answer-lost nor at a kill"
+                        f"{r}: extra vendor job {job.job_id} created {at} UTC (in flight {end - start:.1f} s "
+                        "with the commit grace), neither answer-lost nor at a kill"
                     )
         elif flagged:
             result.flagged_without_duplicate += 1
@@ -324,8 +325,11 @@ class Rig:
     stop_seconds: float = 0.0  # how long the fleet took to exit on SIGTERM
 
     def kill_windows(self) -> list[tuple[float, float]]:
-        """Every worker kill (an instant) and broker outage, monotonic."""
-        return [(t, t) for t in self.fleet.kill_times] + list(self.broker_kills)
+        """Every worker kill (an instant) and broker outage, monotonic. A broker outage
+        lasts, for the group, until a member whose session expired meanwhile has noticed
+        (one session timeout after the broker is back) and lost its partitions."""
+        session_s = self.settings.session_timeout_ms / 1000
+        return [(t, t) for t in self.fleet.kill_times] + [(k, back + session_s) for k, back in self.broker_kills]
 
     async def restart_broker(self) -> None:
         assert self.broker is not None
