@@ -39,8 +39,9 @@ format: $(DEV)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-chaos: $(DEV)                 ## kill -9 workers and the broker under load; prints one line
+chaos: $(DEV)                 ## kill -9 workers and the broker under load, then the adversarial run; one line each
 	$(PY) -m tests.chaos
+	$(PY) -m tests.adversarial
 
 bench: $(DEV)                 ## benchmarks against raw baselines
 	$(PY) -m bench

@@ -414,13 +414,18 @@ async def read_compacted(
         "queued.max.messages.kbytes": 262_144,
     }
     consumer = AIOConsumer(conf, max_workers=2)
+    # A cancelled read (a shutdown) must not close the consumer while a consume() is
+    # still running in its executor thread: librdkafka would free what that call uses
+    # (seen as glibc aborting the process: "unaligned tcache chunk detected").
+    consuming: asyncio.Future[Any] | None = None
     try:
         await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
         last_progress = time.monotonic()
         while pending:
             # consume() returns early only when the batch is full: keep the wait short so
             # the end-of-partition markers are seen as soon as they arrive.
-            batch = await consumer.consume(num_messages=10_000, timeout=0.05)
+            consuming = asyncio.ensure_future(consumer.consume(num_messages=10_000, timeout=0.05))
+            batch = await asyncio.shield(consuming)
             if batch:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > stall_s:
@@ -462,6 +467,8 @@ async def read_compacted(
             if on_progress is not None and read:
                 on_progress(read)
     finally:
+        if consuming is not None and not consuming.done():
+            await asyncio.wait([consuming], timeout=10)
         await consumer.close()
     seconds = time.monotonic() - started
     return [RestoredPartition(p, values[p], counts[p], seconds) for p in partitions]

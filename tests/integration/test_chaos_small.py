@@ -1,6 +1,8 @@
 """A small chaos run inside `make test` (the full one is `make chaos`): all four vendors,
 two worker processes SIGKILLed every few seconds, the broker SIGKILLed once, faults
-injected by the simulators; nothing may be lost, repeated or unflagged."""
+injected by the simulators; nothing may be lost, repeated or unflagged,
+no vendor job may be created twice for a reason other than a lost answer or a kill, and
+no request may be FAILED unless its vendor job failed."""
 
 from __future__ import annotations
 
@@ -32,4 +34,7 @@ class TestSmallChaos:
         assert result.duplicate_events == 0, result.problems[:10]
         assert result.out_of_order == 0, result.problems[:10]
         assert result.flagged == result.duplicate_vendor_jobs, result.problems[:10]
+        assert result.duplicates_by_cause["other"] == 0, result.problems[:10]
+        assert sum(result.duplicates_by_cause.values()) == result.duplicate_vendor_jobs
+        assert result.false_failed == 0, result.problems[:10]
         assert sum(result.by_status.values()) == 120

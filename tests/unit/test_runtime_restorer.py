@@ -93,6 +93,17 @@ class TestRestore:
 
 
 class TestCommittedOffsets:
+    async def test_no_restore_starts_or_retries_once_shutdown_cancelled_the_restorer(self) -> None:
+        """An assignment arriving while the consumer closes must not leave a restore
+        retrying against the closed consumer: the process would never exit."""
+        rig = Rig()
+        rig.failures = 10**6  # every read fails, as against a closed consumer
+        rig.restorer.begin({0})
+        await eventually(lambda: len(rig.reads) >= 1, what="the first restore attempt")
+        rig.restorer.cancel()  # Worker._shutdown, before it closes the consumer
+        rig.restorer.begin({1})  # an assignment delivered during consumer.close()
+        await eventually(lambda: not rig.restorer.busy, timeout=5, what="no restore left running")
+
     async def test_at_a_takeover_an_unanswered_lookup_resumes_without_offsets(self) -> None:
         rig = Rig()
         rig.consumer.committed_raises = KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
@@ -244,15 +255,3 @@ class TestLateAnswers:
         rig.restorer.late_answer(part, CallAnswered(0, old, "s", SubmitAnswered("job-9", "Queued", Status.QUEUED)))
         job = rig.partitions[0].jobs["s"]
         assert job.vendor_job_id == "job-9" and (0, "s") in rig.outbox.states
-
-
-class TestShutdown:
-    async def test_no_restore_starts_or_retries_once_cancelled(self) -> None:
-        rig = Rig()
-        rig.failures = 10**6  # the consumer is closing: every read fails
-        rig.restorer.begin({0})
-        await eventually(lambda: len(rig.reads) >= 1)
-        rig.restorer.cancel()
-        await eventually(lambda: not rig.restorer.busy)
-        rig.restorer.begin({1})
-        assert 1 not in rig.partitions and not rig.restorer.busy

@@ -9,13 +9,20 @@ Control routes (not part of any vendor API):
   POST /_sim/expire-tokens invalidate every token issued so far
   POST /_sim/answer-next   serve the next API call with a raw answer (JSON {"status",
                            "body", "content_type"}): empty bodies, HTML, unexpected JSON
+
+Every job remembers the call that created it: when it arrived, when its answer was handed
+to the connection, and ``answer_lost`` when that answer never reached the client (the
+connection was dropped, or the client had gone before the answer: a held answer, a
+client timeout). The chaos run reads these to tell why a vendor job was created twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +42,9 @@ class SimJob:
     cancelled_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     created_wall: float = field(default_factory=time.time)
+    received: float | None = None  # monotonic: when the API call that created the job arrived
+    answered: float | None = None  # monotonic: when that call's answer left (or was dropped)
+    answer_lost: str | None = None  # "dropped" / "client_gone": the client never read the answer
 
     def stage(self, now: float) -> int:
         """Index of the current stage: 0 .. len(durations) (the last means finished)."""
@@ -111,6 +121,10 @@ class Simulator:
             extra=dict(extra),
         )
         self.jobs[job.job_id] = job
+        call = _CALL.get()
+        if call is not None:
+            job.received = call.received
+            call.jobs.append(job)
         return job
 
     def make_job_id(self) -> str:
@@ -159,6 +173,26 @@ class Simulator:
         )
         return web.json_response({"queued": len(self.canned)})
 
+    # ---- did the answer reach the client? --------------------------------------------
+    @web.middleware
+    async def _track_answers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Outermost: stamps the jobs an API call created with its arrival, its answer,
+        and whether the client was still there to read that answer."""
+        if not self.is_api(request):
+            return await handler(request)
+        call = _Call(time.monotonic())
+        token = _CALL.set(call)
+        try:
+            response = await handler(request)
+        except asyncio.CancelledError:  # drop_connection (lost_submit), or aiohttp gave up
+            call.close("dropped")
+            raise
+        finally:
+            _CALL.reset(token)
+        transport = request.transport
+        call.close("client_gone" if transport is None or transport.is_closing() else None)
+        return response
+
     # ---- app -------------------------------------------------------------------------
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -179,6 +213,7 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application(
             middlewares=[
+                self._track_answers,
                 self._record,
                 self.faults.middleware(
                     is_api=self.is_api, authenticated=self.is_authenticated_call, kind=self.call_kind
@@ -207,6 +242,9 @@ class Simulator:
                     "cancelled": j.cancelled_at is not None,
                     "created_wall": j.created_wall,
                     "done_wall": j.created_wall + sum(j.durations),
+                    "received": j.received,
+                    "answered": j.answered,
+                    "answer_lost": j.answer_lost,
                 }
                 for j in self.jobs.values()
             ]
@@ -247,3 +285,20 @@ class Simulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+@dataclass
+class _Call:
+    """One API call in progress, and the jobs it created."""
+
+    received: float
+    jobs: list[SimJob] = field(default_factory=list)
+
+    def close(self, lost: str | None) -> None:
+        now = time.monotonic()
+        for job in self.jobs:
+            job.answered = now
+            job.answer_lost = job.answer_lost or lost
+
+
+_CALL: ContextVar[_Call | None] = ContextVar("simulator_call", default=None)
