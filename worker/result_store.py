@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from worker.errors import ConfigError, ResultStoreError
 
@@ -24,6 +24,23 @@ class StoredArtifact:
 
 class ResultStore(Protocol):
     async def put(self, key: str, data: bytes, *, content_type: str) -> StoredArtifact: ...
+
+
+# Longest file name an artifact key ends in: file systems allow 255 bytes, and the
+# temporary name written first adds a dot, the pid and ".tmp".
+MAX_ARTIFACT_NAME_BYTES = 160
+
+
+def artifact_key(folder: str, request_id: str, suffix: str) -> str:
+    """Where a request's artifact goes: its id escaped into one readable file name, cut
+    and completed by a hash of the whole id when it would be too long (ids are up to 256
+    characters of anything; a name must fit a file system and stay unique)."""
+    name = quote(request_id, safe="-_.~")
+    if len(name) + len(suffix) > MAX_ARTIFACT_NAME_BYTES:
+        head = name[: MAX_ARTIFACT_NAME_BYTES - len(suffix) - 17]
+        head = head[: head.rfind("%")] if "%" in head[-2:] else head  # never half an escape
+        name = f"{head}-{hashlib.sha256(request_id.encode()).hexdigest()[:16]}"
+    return f"{folder}/{name}{suffix}"
 
 
 def _safe_key(key: str) -> str:

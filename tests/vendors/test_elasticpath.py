@@ -168,6 +168,18 @@ class TestHappyPath:
         assert artifact["job_type"] == "billing-run"
         assert set(artifact["timestamps"]) >= {"created_at", "started_at", "finished_at"}
 
+    async def test_the_longest_request_id_of_any_characters_gets_its_artifact(
+        self, adapter: ElasticPathAdapter
+    ) -> None:
+        """Request ids are up to 256 characters of anything: escaped, that is no file
+        name a file system accepts, and writing it failed until the failure budget ran out."""
+        long_id = "é/%~" * 64
+        spec = job_spec(long_id)
+        submitted = await adapter.submit(spec)
+        done = await poll_to_end(adapter, spec, submitted.vendor_job_id)
+        assert done.status is Status.SUCCEEDED and done.file is not None
+        assert json.loads(file_path(done.file.url).read_bytes())["external_ref"] == long_id
+
     async def test_polling_again_rewrites_the_same_bytes(self, adapter: ElasticPathAdapter) -> None:
         """A repeated poll of a finished job stores an identical artifact (same digest)."""
         spec = job_spec("req-twice", "TAX_RUN")

@@ -34,7 +34,6 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from worker.config import ConnectionConfig
 from worker.engine.model import ErrorInfo, FileInfo, PollAnswered, ReconcileAnswered, Status, SubmitAnswered
@@ -47,7 +46,7 @@ from worker.errors import (
     VendorRejected,
 )
 from worker.redaction import excerpt
-from worker.result_store import ResultStore
+from worker.result_store import ResultStore, artifact_key
 from worker.vendors.base import JobSpec, job_id_of, map_status, segment
 from worker.vendors.http import Answer, BearerToken, VendorHttp, token_answer
 
@@ -283,7 +282,7 @@ class ElasticPathAdapter:
         }
         data = (json.dumps(artifact, indent=2, sort_keys=True) + "\n").encode()
         stored = await self.results.put(
-            f"elasticpath/{quote(spec.request_id, safe='-_.')}.json", data, content_type="application/json"
+            artifact_key("elasticpath", spec.request_id, ".json"), data, content_type="application/json"
         )
         return FileInfo(url=stored.url, format="json", size_bytes=stored.size_bytes, sha256=stored.sha256)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from worker.config import ConnectionConfig
 from worker.engine.model import (
@@ -38,7 +38,7 @@ from worker.errors import (
     VendorRejected,
 )
 from worker.redaction import excerpt
-from worker.result_store import ResultStore
+from worker.result_store import ResultStore, artifact_key
 from worker.vendors.base import JobSpec, job_id_of, map_status, segment
 from worker.vendors.http import Answer, BearerToken, StaticHeader, VendorHttp
 
@@ -577,7 +577,7 @@ class OpenGateAdapter:
         lines = [json.dumps(op, sort_keys=True, separators=(",", ":"), ensure_ascii=False) for op in operations]
         data = ("\n".join(lines) + "\n").encode()
         stored = await self.result_store.put(
-            f"opengate/{quote(spec.request_id, safe='')}.jsonl", data, content_type="application/x-ndjson"
+            artifact_key("opengate", spec.request_id, ".jsonl"), data, content_type="application/x-ndjson"
         )
         return FileInfo(
             url=stored.url, format="jsonl", expires_at_ms=None, size_bytes=stored.size_bytes, sha256=stored.sha256
