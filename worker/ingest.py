@@ -16,7 +16,13 @@ from worker.codec import Codec, epoch_ms
 from worker.config import ConnectionConfig
 from worker.engine.model import NO_LABELS, ErrorInfo, RequestInfo, RequestRejected
 from worker.errors import ConfigError, DecodeError, InvalidRequest
-from worker.limits import DEFAULT_MAX_RECORD_BYTES, VENDOR_FIELDS_BOUND
+from worker.limits import (
+    DEFAULT_MAX_RECORD_BYTES,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_REJECTED_TEXT_BYTES,
+    VENDOR_FIELDS_BOUND,
+    clip,
+)
 from worker.records import state_size_bound
 from worker.redaction import redact_text
 from worker.vendor_registry import JOB_VENDORS
@@ -24,6 +30,25 @@ from worker.vendors import validator
 
 CANCEL = "CancelExport"
 MAX_ID_LENGTH = 256
+
+
+def rejected_event(request: RequestInfo, error: ErrorInfo) -> RequestRejected:
+    """The REJECTED event of a request, its texts clipped: what a request is rejected
+    for may be its size, and its rejection must still fit in a record."""
+
+    def kept(text: str) -> str:
+        return clip(text, MAX_REJECTED_TEXT_BYTES)
+
+    return RequestRejected(
+        request_id=request.request_id,
+        tenant=kept(request.tenant),
+        connection=kept(request.connection),
+        vendor=request.vendor,
+        partition=request.partition,
+        offset=request.offset,
+        error=ErrorInfo(error.code, clip(error.message, MAX_ERROR_MESSAGE_BYTES), error.retryable),
+        correlation_id=None if request.correlation_id is None else kept(request.correlation_id),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +120,8 @@ class Ingest:
         def reject(code: str, message: str, *, with_event: bool = True) -> Rejection:
             event = None
             if with_event:
-                event = RequestRejected(
-                    request_id=request_id,
-                    tenant=tenant,
-                    connection=connection,
-                    vendor=vendor,
-                    partition=partition,
-                    offset=offset,
-                    error=ErrorInfo(code, redact_text(message), False),
-                    correlation_id=correlation,
-                )
+                info = RequestInfo(request_id, tenant, connection, vendor, "{}", now_ms, partition, offset, correlation)
+                event = rejected_event(info, ErrorInfo(code, redact_text(message), False))
             return Rejection(code, redact_text(message), event)
 
         if not request_id.strip() or len(request_id) > MAX_ID_LENGTH:

@@ -43,6 +43,11 @@ VENDOR_FIELDS_BOUND = (
     + 16 * 8
 )
 
+# Texts of a rejected request kept in its REJECTED state and status (tenant, connection,
+# correlation id): clipped, so the rejection of any request fits in a record (the dead
+# letter carries the request as it came).
+MAX_REJECTED_TEXT_BYTES = 1_024
+
 # Dead letters carry the refused record's key, value and headers: bounded too, so the
 # dead letter of any input fits in a record.
 MAX_DEAD_LETTER_KEY_BYTES = 1_024

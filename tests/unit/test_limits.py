@@ -19,6 +19,7 @@ from worker.engine.model import (
     FileInfo,
     Phase,
     PollAnswered,
+    PublishStatus,
     RequestInfo,
     RequestReceived,
     Status,
@@ -30,12 +31,13 @@ from worker.limits import (
     DEFAULT_MAX_RECORD_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
     MAX_FILE_URL_BYTES,
+    MAX_REJECTED_TEXT_BYTES,
     MAX_VENDOR_JOB_ID_BYTES,
     MAX_VENDOR_STATUS_BYTES,
     VENDOR_FIELDS_BOUND,
     clip,
 )
-from worker.records import state_size_bound, state_to_record
+from worker.records import state_size_bound, state_to_record, status_record
 from worker.runtime.calls import bounded
 from worker.runtime.intake import bounded_headers
 from worker.testing import itron_request
@@ -126,6 +128,26 @@ class TestIngestChecksTheStateRecord:
         assert isinstance(out, Rejection) and out.reason_code == "state_too_large"
         assert out.event is not None and out.event.request_id == "big"  # the producer hears REJECTED
         assert str(DEFAULT_MAX_RECORD_BYTES) in out.reason
+
+    async def test_the_rejection_of_any_request_fits_in_a_record(self) -> None:
+        """Rejected for an unknown connection, a request whose tenant and connection are
+        ~120 KB of control characters each: its REJECTED state and status carry them
+        clipped (the dead letter keeps the request as it came)."""
+        filler = "\x01" * 120_000
+        record = {**itron_request("rej"), "tenant": filler, "connection": filler, "correlation_id": filler}
+        value = CODEC.encode("ExportRequested", record)
+        ingest = Ingest(CODEC, {"itron": itron_connection("http://127.0.0.1:9")}, max_bytes=900_000)
+        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        out = await ingest.read(b"rej", value, partition=0, offset=0, now_ms=now)
+        assert isinstance(out, Rejection) and out.reason_code == "unknown_connection" and out.event is not None
+        moved = step(None, out.event, Context(now, 0.5, Policy()))
+        assert moved.state is not None and moved.state.status is Status.REJECTED
+        published = [e for e in moved.effects if isinstance(e, PublishStatus)]
+        assert published
+        sizes = [len(CODEC.encode("JobState", state_to_record(moved.state)))]
+        sizes += [len(CODEC.encode("JobStatusChanged", status_record(moved.state, e))) for e in published]
+        assert max(sizes) <= 4 * MAX_REJECTED_TEXT_BYTES + MAX_ERROR_MESSAGE_BYTES + 1_024, sizes
+        assert moved.state.tenant == clip(filler, MAX_REJECTED_TEXT_BYTES)
 
     async def test_an_ordinary_request_fits(self) -> None:
         value = CODEC.encode("ExportRequested", itron_request("small"))

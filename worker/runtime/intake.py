@@ -10,9 +10,9 @@ from confluent_kafka import KafkaException
 
 from worker.codec import Codec
 from worker.config import Settings
-from worker.engine.model import ErrorInfo, RequestInfo, RequestReceived, RequestRejected
+from worker.engine.model import ErrorInfo, RequestInfo, RequestReceived
 from worker.errors import RegistryUnavailable, WorkerFenced
-from worker.ingest import Ingest, Rejection
+from worker.ingest import Ingest, Rejection, rejected_event
 from worker.limits import (
     MAX_DEAD_LETTER_HEADER_BYTES,
     MAX_DEAD_LETTER_HEADERS,
@@ -46,18 +46,7 @@ def bounded_headers(headers: list[tuple[str, bytes | None]] | None) -> list[tupl
 
 
 def _rejected(request: RequestInfo, code: str, why: str) -> Rejection:
-    error = ErrorInfo(code, why, False)
-    event = RequestRejected(
-        request_id=request.request_id,
-        tenant=request.tenant,
-        connection=request.connection,
-        vendor=request.vendor,
-        partition=request.partition,
-        offset=request.offset,
-        error=error,
-        correlation_id=request.correlation_id,
-    )
-    return Rejection(code, why, event)
+    return Rejection(code, why, rejected_event(request, ErrorInfo(code, why, False)))
 
 
 class Intake:
