@@ -309,6 +309,8 @@ class RigConfig:
     faults: dict[str, Any] = field(default_factory=dict)
     stages_s: tuple[float, ...] = (0.4, 0.4, 0.4)
     session_timeout_ms: int = 6000
+    # The longest vendor Retry-After the workers honour (EXPORT_WORKER_MAX_RETRY_AFTER_S).
+    max_retry_after_s: float = 600.0
 
 
 @dataclass
@@ -372,6 +374,7 @@ async def rig(cfg: RigConfig, *, bootstrap: str | None = None) -> AsyncIterator[
             transaction_timeout_ms=10000,
             shutdown_grace_s=10,
             revoke_drain_s=3,
+            max_retry_after_s=cfg.max_retry_after_s,
             result_store_url=(cfg.workdir / f"results-{run}").resolve().as_uri(),
         )
         plan = FaultPlan()

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from tests.vendors.test_elasticpath import ep_connection, job_spec
-from worker.errors import VendorUnavailable
+from worker.errors import MalformedAnswer, VendorUnavailable
 from worker.result_store import FileResultStore
 from worker.simulators.elasticpath import ElasticPathSimulator
 from worker.testing import eventually
@@ -79,3 +79,15 @@ class TestAnswerMarks:
         assert held.answer_lost == "client_gone"
         warm = next(j for j in sim.jobs.values() if j.match_key == "req-warm")
         assert warm.answer_lost is None
+
+    async def test_an_answer_in_the_wrong_content_type_is_marked_garbled(
+        self, sim: ElasticPathSimulator, session: aiohttp.ClientSession, tmp_path: Path
+    ) -> None:
+        """wrong_content_type runs the call (the job exists) but its answer cannot be read."""
+        adapter = adapter_for(sim, session, 5.0, tmp_path)
+        await adapter.submit(job_spec("req-warm", "TAX_RUN"))  # takes the token first
+        sim.faults.plan.update({"next_wrong_content_type": 1, "hostile_on": "submit"})
+        with pytest.raises(MalformedAnswer):
+            await adapter.submit(job_spec("req-garbled", "TAX_RUN"))
+        garbled = next(j for j in sim.jobs.values() if j.match_key == "req-garbled")
+        assert garbled.answer_lost == "garbled"

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from worker.simulators.faults import FaultPlan, Faults
+from worker.simulators.faults import ANSWER_GARBLED, FaultPlan, Faults
 
 
 @dataclass
@@ -44,7 +44,7 @@ class SimJob:
     created_wall: float = field(default_factory=time.time)
     received: float | None = None  # monotonic: when the API call that created the job arrived
     answered: float | None = None  # monotonic: when that call's answer left (or was dropped)
-    answer_lost: str | None = None  # "dropped" / "client_gone": the client never read the answer
+    answer_lost: str | None = None  # "dropped" / "client_gone" / "garbled": the client never read the answer
 
     def stage(self, now: float) -> int:
         """Index of the current stage: 0 .. len(durations) (the last means finished)."""
@@ -190,7 +190,10 @@ class Simulator:
         finally:
             _CALL.reset(token)
         transport = request.transport
-        call.close("client_gone" if transport is None or transport.is_closing() else None)
+        if request.get(ANSWER_GARBLED):
+            call.close("garbled")
+        else:
+            call.close("client_gone" if transport is None or transport.is_closing() else None)
         return response
 
     # ---- app -------------------------------------------------------------------------

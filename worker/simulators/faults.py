@@ -161,6 +161,10 @@ class FaultPlan:
         return asdict(self)
 
 
+# Set on a request whose handler ran but whose answer the client cannot read.
+ANSWER_GARBLED = "answer_garbled"
+
+
 def _coerce(name: str, current: Any, value: Any) -> Any:
     """``value`` as the type of the field it sets (JSON gives ints for floats, etc.)."""
     if isinstance(current, bool):
@@ -306,6 +310,7 @@ class Faults:
         if plan.take("next_wrong_content_type", plan.wrong_content_type, self.rng):
             content_type = WRONG_CONTENT_TYPES[self._turn("wrong_content_type") % len(WRONG_CONTENT_TYPES)]
             real = await handler(request)
+            request[ANSWER_GARBLED] = True  # a job it created may be unknown to the client
             body = real.body if isinstance(real, web.Response) and isinstance(real.body, bytes) else b""
             return web.Response(status=200, body=body, content_type=content_type)
         return None
