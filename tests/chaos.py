@@ -214,7 +214,7 @@ async def run_chaos(cfg: ChaosConfig, *, bootstrap: str | None = None, say: Any 
             out = await reader.read()
     terminal, problems, by_status = check(ids, out)
     dup_events, out_of_order, order_problems = sequence_problems(ids, out)
-    dups: Duplicates = duplicates(ids, out, sims, itron_ids, r.kill_windows())
+    dups: Duplicates = duplicates(ids, out, sims, itron_ids, r.kill_windows(), r.fleet.instance_kills)
     problems += order_problems + dups.problems
     if any(code not in (0, -signal.SIGTERM) for code in r.exit_codes):
         problems.append(f"workers exited with {r.exit_codes} on SIGTERM")

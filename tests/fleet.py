@@ -20,7 +20,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,9 @@ CLIENT_TIMEOUT_S = 3.0  # the connections' HTTP timeout
 # After its answer, a submit is still "in flight" until the worker has committed the
 # vendor job id: a kill in that window leaves a committed intent without a job id.
 COMMIT_GRACE_S = 2.0
+# The longest a worker may hold an answer before committing it when partitions are moving
+# (revoke drain 3 s, a transaction refused by the rebalance and written again).
+UNCOMMITTED_S = 15.0
 
 
 # ---- requests and their vendor-side identity ---------------------------------------------
@@ -123,14 +126,29 @@ def in_flight_window(job: SimJob) -> tuple[float, float]:
     return start, end + COMMIT_GRACE_S
 
 
-def cause_of(job: SimJob, kills: list[tuple[float, float]]) -> str:
+def cause_of(job: SimJob, kills: list[tuple[float, float]], instance_kills: Sequence[tuple[float, str]] = ()) -> str:
     """Why ``job`` (not the one the worker kept) was followed by another submit."""
     start, end = in_flight_window(job)
     if job.answer_lost is not None or (end - COMMIT_GRACE_S) - start >= CLIENT_TIMEOUT_S:
         return "answer_lost"
-    if kill_overlaps(start, end, kills):
+    if kill_overlaps(start, end, kills) or caller_killed_before_commit(job, instance_kills):
         return "at_kill"
     return "other"
+
+
+def caller_killed_before_commit(job: SimJob, instance_kills: Sequence[tuple[float, str]]) -> bool:
+    """The worker that made the call (its instance id is in the User-Agent) was SIGKILLed
+    after the call arrived and before it could commit the answer. A job that was followed
+    by another submit never had its id committed; a commit normally follows the answer
+    within a turn, but waits out a rebalance's drain and retried transactions: up to
+    ``UNCOMMITTED_S``."""
+    if job.client is None or job.received is None:
+        return False
+    answered = job.answered if job.answered is not None else job.received
+    return any(
+        f"({instance})" in job.client and job.received <= at <= answered + UNCOMMITTED_S
+        for at, instance in instance_kills
+    )
 
 
 def duplicates(
@@ -139,6 +157,7 @@ def duplicates(
     sims: dict[str, Simulator],
     itron_ids: dict[str, str],
     kills: list[tuple[float, float]],
+    instance_kills: Sequence[tuple[float, str]] = (),
 ) -> Duplicates:
     """Counts extra vendor jobs by cause, flags without a duplicate, and FAILED statuses
     the vendor does not back (the job the worker tracked did not fail, or none exists)."""
@@ -174,7 +193,7 @@ def duplicates(
             for job in mine:
                 if job is keep:
                     continue
-                cause = cause_of(job, kills)
+                cause = cause_of(job, kills, instance_kills)
                 result.by_cause[cause] += 1
                 if cause == "other":
                     start, end = in_flight_window(job)
@@ -216,6 +235,8 @@ class Fleet:
         self.starts = 0
         self._killed: set[int] = set()  # pids this fleet stopped
         self._generation: Counter[int] = Counter()
+        self.instances: dict[int, str] = {}  # the instance id each slot runs under now
+        self.instance_kills: list[tuple[float, str]] = []  # (monotonic, instance id) of every SIGKILL
 
     def start(self, slot: int, *, log_level: str | None = None) -> None:
         # Half the restarts reuse the instance id (a StatefulSet pod), half take a new
@@ -224,6 +245,7 @@ class Fleet:
             self._generation[slot] += 1
         instance = f"w{slot}-{self._generation[slot]}"
         self._generation[slot] = max(self._generation[slot], 1)
+        self.instances[slot] = instance
         env = worker_env(self.settings, connections_file=str(self.conn_file), instance_id=instance)
         if log_level is not None:
             env["EXPORT_WORKER_LOG_LEVEL"] = log_level
@@ -234,6 +256,7 @@ class Fleet:
         proc = self.procs[slot]
         if proc.poll() is None:
             self.kill_times.append(time.monotonic())
+            self.instance_kills.append((self.kill_times[-1], self.instances[slot]))
             self._killed.add(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

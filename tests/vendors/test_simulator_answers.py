@@ -45,6 +45,7 @@ class TestAnswerMarks:
         assert job.received is not None and job.answered is not None
         assert job.received <= job.answered
         assert job.answer_lost is None
+        assert job.client is not None and "aiohttp" in job.client  # the caller's User-Agent
 
     async def test_a_dropped_answer_is_marked(
         self, sim: ElasticPathSimulator, session: aiohttp.ClientSession, tmp_path: Path

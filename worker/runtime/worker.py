@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import random
 import time
+from importlib.metadata import version as package_version
 from typing import Any
 
 import aiohttp
@@ -207,7 +208,9 @@ class Worker:
         configs = self._connection_configs
         if configs is None:
             configs = load_connection_configs(settings)
-        self._session = aiohttp.ClientSession()
+        # Vendors (and the simulators' chaos accounting) can tell which worker called.
+        user_agent = f"export-worker/{package_version('export-worker')} ({settings.instance_id})"
+        self._session = aiohttp.ClientSession(headers={"User-Agent": user_agent})
         result_store = self._result_store or result_store_from_url(settings.result_store_url)
         self.connections.update(
             build_connections(

@@ -45,6 +45,7 @@ class SimJob:
     received: float | None = None  # monotonic: when the API call that created the job arrived
     answered: float | None = None  # monotonic: when that call's answer left (or was dropped)
     answer_lost: str | None = None  # "dropped" / "client_gone" / "garbled": the client never read the answer
+    client: str | None = None  # the User-Agent of the call that created the job
 
     def stage(self, now: float) -> int:
         """Index of the current stage: 0 .. len(durations) (the last means finished)."""
@@ -180,7 +181,7 @@ class Simulator:
         and whether the client was still there to read that answer."""
         if not self.is_api(request):
             return await handler(request)
-        call = _Call(time.monotonic())
+        call = _Call(time.monotonic(), request.headers.get("User-Agent"))
         token = _CALL.set(call)
         try:
             response = await handler(request)
@@ -248,6 +249,7 @@ class Simulator:
                     "received": j.received,
                     "answered": j.answered,
                     "answer_lost": j.answer_lost,
+                    "client": j.client,
                 }
                 for j in self.jobs.values()
             ]
@@ -295,11 +297,13 @@ class _Call:
     """One API call in progress, and the jobs it created."""
 
     received: float
+    client: str | None = None
     jobs: list[SimJob] = field(default_factory=list)
 
     def close(self, lost: str | None) -> None:
         now = time.monotonic()
         for job in self.jobs:
+            job.client = self.client
             job.answered = now
             job.answer_lost = job.answer_lost or lost
 

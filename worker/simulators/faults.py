@@ -162,7 +162,7 @@ class FaultPlan:
 
 
 # Set on a request whose handler ran but whose answer the client cannot read.
-ANSWER_GARBLED = "answer_garbled"
+ANSWER_GARBLED = web.RequestKey("answer_garbled", bool)
 
 
 def _coerce(name: str, current: Any, value: Any) -> Any:

@@ -1,0 +1,40 @@
+"""Why a vendor job exists twice, as the chaos and adversarial runs tell it."""
+
+from __future__ import annotations
+
+from tests.fleet import UNCOMMITTED_S, cause_of
+from worker.simulators.base import SimJob
+
+
+def job(*, received: float = 10.0, answered: float = 10.1, client: str | None = "export-worker/0.1.0 (w0-1)") -> SimJob:
+    made = SimJob("j", "r", {}, created=received, fails=False, durations=(1.0,))
+    made.received, made.answered, made.client = received, answered, client
+    return made
+
+
+def test_a_lost_answer_is_answer_lost() -> None:
+    lost = job()
+    lost.answer_lost = "dropped"
+    assert cause_of(lost, []) == "answer_lost"
+
+
+def test_a_kill_of_any_worker_while_the_call_ran_is_at_kill() -> None:
+    assert cause_of(job(), [(10.05, 10.05)]) == "at_kill"
+
+
+def test_the_caller_killed_after_the_answer_but_before_committing_it_is_at_kill() -> None:
+    assert cause_of(job(), [(14.0, 14.0)], [(14.0, "w0-1")]) == "at_kill"
+
+
+def test_another_worker_killed_after_the_answer_is_not_an_explanation() -> None:
+    assert cause_of(job(), [(14.0, 14.0)], [(14.0, "w1-1")]) == "other"
+    assert cause_of(job(), [(14.0, 14.0)], [(14.0, "w0-11")]) == "other"  # not a prefix match
+
+
+def test_the_caller_killed_long_after_the_answer_is_not_an_explanation() -> None:
+    late = 10.1 + UNCOMMITTED_S + 1
+    assert cause_of(job(), [(late, late)], [(late, "w0-1")]) == "other"
+
+
+def test_a_job_without_a_known_caller_is_judged_by_the_kill_windows_only() -> None:
+    assert cause_of(job(client=None), [(14.0, 14.0)], [(14.0, "w0-1")]) == "other"
