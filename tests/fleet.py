@@ -17,14 +17,15 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from worker import simulators
 from worker.config import ConnectionConfig, PolicyConfig, Settings, TopicSettings
@@ -198,9 +199,11 @@ def duplicates(
                 if cause == "other":
                     start, end = in_flight_window(job)
                     at = dt.datetime.fromtimestamp(job.created_wall, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+                    kills_after = [f"{i}@+{t - start:.1f}s" for t, i in instance_kills if t >= start]
                     result.problems.append(
-                        f"{r}: extra vendor job {job.job_id} created {at} UTC (in flight {end - start:.1f} s "
-                        "with the commit grace), neither answer-lost nor at a kill"
+                        f"{r}: extra vendor job {job.job_id} created {at} UTC by {job.client} (in flight "
+                        f"{end - start:.1f} s with the commit grace), neither answer-lost nor at a kill; "
+                        f"kills after it: {kills_after[:4]}"
                     )
         elif flagged:
             result.flagged_without_duplicate += 1
@@ -247,6 +250,7 @@ class Fleet:
         self._generation[slot] = max(self._generation[slot], 1)
         self.instances[slot] = instance
         env = worker_env(self.settings, connections_file=str(self.conn_file), instance_id=instance)
+        log_level = log_level or os.environ.get("CHAOS_WORKER_LOG")  # e.g. INFO, to follow a failed run
         if log_level is not None:
             env["EXPORT_WORKER_LOG_LEVEL"] = log_level
         self.procs[slot] = spawn_worker(env, self.logs / f"worker-{slot}.log")
@@ -323,6 +327,28 @@ class Fleet:
 # ---- the rig: broker, simulators, connections, fleet -----------------------------------------
 
 
+T = TypeVar("T")
+
+
+class SimulatorLoop:
+    """The simulators' own event loop, on a thread: what the driver does meanwhile
+    (decoding every output topic, killing and spawning processes) never delays a vendor's
+    answer, which would turn into client timeouts the run would then count as bugs."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="simulators", daemon=True)
+        self._thread.start()
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
 @dataclass
 class RigConfig:
     name: str = "chaos"  # topic prefix, group id and log folder
@@ -378,6 +404,7 @@ async def rig(cfg: RigConfig, *, bootstrap: str | None = None) -> AsyncIterator[
     run = uuid.uuid4().hex[:6]
     broker: EmbeddedKafka | None = None
     sims: dict[str, Simulator] = {}
+    sim_loop = SimulatorLoop()
     fleet: Fleet | None = None
     r: Rig | None = None
     try:
@@ -407,7 +434,7 @@ async def rig(cfg: RigConfig, *, bootstrap: str | None = None) -> AsyncIterator[
             sim = simulators.simulator_class(vendor)(
                 timing=Timing(stages=cfg.stages_s), faults=FaultPlan(**plan.as_dict()), seed=cfg.seed + i
             )
-            await sim.start()
+            await sim_loop.run(sim.start())
             sims[vendor] = sim
             connections[vendor] = (
                 simulators.module(vendor)
@@ -435,7 +462,8 @@ async def rig(cfg: RigConfig, *, bootstrap: str | None = None) -> AsyncIterator[
             if r is not None:
                 r.exit_codes, r.stop_seconds = codes, time.monotonic() - stopping
         for sim in sims.values():
-            await sim.stop()
+            await sim_loop.run(sim.stop())
+        sim_loop.close()
         if broker is not None:
             broker.close()
 
