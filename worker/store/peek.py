@@ -3,8 +3,8 @@
 A restore folds every record of ``export.jobs`` into the store but only needs to know
 whether each job is open and when a finished one falls due. A full decode costs about
 25 µs a record (1M records: 25 s); walking the Avro body up to those two fields costs a
-few. The walk follows the *writer* schema, compiled once per schema into a list of skip
-steps. Anything the walk does not expect (a writer schema with a record or array before
+few. The walk follows the *writer* schema, compiled once per schema into straight-line
+skip code. Anything the walk does not expect (a writer schema with a record or array before
 those fields, an unknown enum symbol, a value cut short) falls back to a full decode,
 which is the authority and raises DecodeError for values that are not a JobState.
 
@@ -15,9 +15,8 @@ in full (loading open jobs, a cold lookup) handles that as an unreadable state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from worker.codec import Codec, SchemaInfo
 from worker.engine.model import Phase
@@ -26,8 +25,7 @@ from worker.errors import DecodeError
 _STATE = "JobState"
 
 
-@dataclass(frozen=True, slots=True)
-class Peeked:
+class Peeked(NamedTuple):  # a tuple: built a million times in a restore, 5x cheaper than a dataclass
     phase: Phase
     next_action_at_ms: int
 
@@ -65,15 +63,13 @@ def _step(node: Any) -> Step:
     raise _Surprise(f"no fast skip for {node}")
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    steps: tuple[Step, ...]  # one per field up to and including next_action_at_ms
-    phase_at: int
-    due_at: int
-    symbols: tuple[Phase | None, ...]  # the writer's JobPhase symbols, as phases
+Walk = Callable[[bytes, int], Peeked]
 
 
-def _plan(writer: SchemaInfo) -> _Plan | None:
+def _compile(writer: SchemaInfo) -> Walk | None:
+    """Straight-line code that skips the writer's fields up to ``next_action_at_ms``, or
+    None when its layout has something the walk does not handle. Generated rather than
+    interpreted: a loop over steps costs ~9 µs a value, the straight line ~3 µs."""
     fields: Sequence[Mapping[str, Any]] = writer.parsed["fields"]
     names = [f["name"] for f in fields]
     if "phase" not in names or "next_action_at_ms" not in names:
@@ -83,14 +79,56 @@ def _plan(writer: SchemaInfo) -> _Plan | None:
     if phase_at > due_at or fields[due_at]["type"] != "long" or not isinstance(enum, Mapping):
         return None
     try:
-        steps = tuple(_step(f["type"]) for f in fields[: due_at + 1])
+        steps = [_step(f["type"]) for f in fields[:due_at]]
     except _Surprise:
         return None
     known = {p.value: p for p in Phase}
-    return _Plan(steps, phase_at, due_at, tuple(known.get(s) for s in enum["symbols"]))
+    lines = ["def walk(buf, pos):"]
+    for i, step in enumerate(steps):
+        lines += _PHASE if i == phase_at else _code(step, i)
+    lines += ["    due, pos = varint(buf, pos)", "    if pos > len(buf):", "        raise Surprise('cut short')"]
+    lines += ["    return Peeked(phase, due)"]
+    namespace: dict[str, Any] = {
+        "varint": _varint,
+        "skip": _skip,
+        "Surprise": _Surprise,
+        "Peeked": Peeked,
+        "symbols": tuple(known.get(s) for s in enum["symbols"]),
+        **{f"step_{i}": step for i, step in enumerate(steps)},
+    }
+    exec(compile("\n".join(lines), f"<peek {writer.name}>", "exec"), namespace)
+    return namespace["walk"]  # type: ignore[no-any-return]
 
 
-_plans: dict[bytes, _Plan | None] = {}
+# The phase: an enum index, one byte for any enum under 64 symbols.
+_PHASE = [
+    "    b = buf[pos]",
+    "    phase = symbols[b >> 1] if b < 0x80 and not b & 1 else None",
+    "    if phase is None:",
+    "        raise Surprise('phase')",
+    "    pos += 1",
+]
+
+
+def _code(step: Step, i: int) -> list[str]:
+    """Lines skipping one field: the common one-byte cases inline, the rest via ``skip``."""
+    kind, arg = step
+    general = [f"        pos = skip(step_{i}, buf, pos)"]
+    if kind == _BYTES:  # a length under 64: one even byte
+        short = ["    b = buf[pos]", "    if b < 0x80 and not b & 1:", "        pos += 1 + (b >> 1)"]
+        return [*short, "    else:", *general]
+    if kind == _VARINT:
+        return ["    if buf[pos] < 0x80:", "        pos += 1", "    else:", *general]
+    if kind == _FIXED:
+        return [f"    pos += {arg}"]
+    if kind == _UNION and arg[0] == (_NULL, None):  # ["null", x]: null is one zero byte
+        return ["    if buf[pos] == 0:", "        pos += 1", "    else:", *general]
+    if kind == _MAP:  # an empty map is one zero byte
+        return ["    if buf[pos] == 0:", "        pos += 1", "    else:", *general]
+    return [f"    pos = skip(step_{i}, buf, pos)"]
+
+
+_walks: dict[bytes, Walk | None] = {}
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -140,34 +178,18 @@ def _skip(step: Step, buf: bytes, pos: int) -> int:
             pos = _skip(arg, buf, pos)
 
 
-def _walk(plan: _Plan, buf: bytes, pos: int) -> Peeked:
-    phase: Phase | None = None
-    for i in range(plan.due_at):
-        if i == plan.phase_at:
-            index, pos = _varint(buf, pos)
-            if index < 0:
-                raise _Surprise("negative enum index")
-            phase = plan.symbols[index]
-        else:
-            pos = _skip(plan.steps[i], buf, pos)
-    due, pos = _varint(buf, pos)
-    if phase is None or pos > len(buf):
-        raise _Surprise("unknown phase symbol, or value cut short")
-    return Peeked(phase, due)
-
-
 def peek(value: bytes, codec: Codec) -> Peeked:
     """The phase and next action time of one ``export.jobs`` value (not a tombstone);
     DecodeError when it is not a JobState we can read."""
     writer = codec.writer(_STATE, value)
     key = writer.fingerprint
-    if key not in _plans:
-        _plans[key] = _plan(writer) if writer.name == _STATE else None
-    plan = _plans[key]
-    if plan is not None:
+    if key not in _walks:
+        _walks[key] = _compile(writer) if writer.name == _STATE else None
+    walk = _walks[key]
+    if walk is not None:
         header = 10 if value[0] != 0 else 5  # single-object vs registry framing
         try:
-            return _walk(plan, value, header)
+            return walk(value, header)
         except (_Surprise, IndexError):
             pass
     return _full(value, codec)
