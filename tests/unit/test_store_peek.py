@@ -22,8 +22,8 @@ from worker.store.peek import Peeked
 
 LONG = st.integers(-(2**63), 2**63 - 1)
 INT = st.integers(-(2**31), 2**31 - 1)
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)
-LONG_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=400)  # multi-byte lengths
+TEXT = st.text(st.characters(codec="utf-8"), max_size=80)
+LONG_TEXT = st.text(st.characters(codec="utf-8"), max_size=400)  # multi-byte lengths
 
 
 def optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:

@@ -163,7 +163,7 @@ class PartitionStore:
             raise
         except Exception as exc:
             raise translate(exc, f"cannot read store {self.path}") from exc
-        return value  # type: ignore[no-any-return]
+        return value
 
     def _number(self, key: bytes) -> int | None:
         value = self._read(key)

@@ -162,7 +162,7 @@ def _skip(step: Step, buf: bytes, pos: int) -> int:
             raise _Surprise("negative union branch")
         return _skip(arg[branch], buf, pos)
     if kind == _FIXED:
-        return pos + arg
+        return pos + int(arg)
     if kind == _NULL:
         return pos
     while True:  # _MAP: blocks of entries, ended by an empty block
