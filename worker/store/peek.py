@@ -180,7 +180,9 @@ def _skip(step: Step, buf: bytes, pos: int) -> int:
 
 def peek(value: bytes, codec: Codec) -> Peeked:
     """The phase and next action time of one ``export.jobs`` value (not a tombstone);
-    DecodeError when it is not a JobState we can read."""
+    DecodeError when it is not a JobState we can read. Synchronous: a registry schema id
+    the codec has not cached yet is DecodeError(unknown_schema) here, so a caller that
+    may meet one fetches it first (``codec.decode_async``)."""
     writer = codec.writer(_STATE, value)
     key = writer.fingerprint
     if key not in _walks:
