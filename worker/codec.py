@@ -269,6 +269,11 @@ class Codec:
         writer = self._writer_for(name, data)
         return self._read(name, writer, data)  # type: ignore[arg-type]
 
+    def writer(self, name: str, data: bytes | None) -> SchemaInfo:
+        """The schema ``data`` was written with, read from its framing, without decoding
+        the body; DecodeError as ``decode`` raises it."""
+        return self._writer_for(name, data)
+
     async def decode_async(self, name: str, data: bytes | None) -> dict[str, Any]:
         try:
             return self.decode(name, data)

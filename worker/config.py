@@ -311,6 +311,13 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(
         120.0, gt=0, le=86_400, allow_inf_nan=False, description="/healthz fails when the loop is stuck this long"
     )
+    state_dir: Path = Field(Path("./state"), description="on-disk stores of owned export.jobs partitions")
+    state_cache_mb: int = Field(
+        64, ge=8, le=65_536, description="one block cache for every store of the process; holds the write buffers too"
+    )
+    state_write_buffer_mb: int = Field(
+        16, ge=4, le=16_384, description="memtables of every store of the process together, charged to the cache"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -324,6 +331,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_request_bytes ({self.max_request_bytes}) plus a dead letter's {DEAD_LETTER_OVERHEAD} bytes "
                 f"of key, headers and reason must fit in max_record_bytes ({self.max_record_bytes})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reads_fit_beside_writes(self) -> Settings:
+        # The write buffers are charged to the block cache: a cache no larger than them
+        # leaves no room for reads (measured: the restore fold runs 2x slower).
+        if self.state_write_buffer_mb * 2 > self.state_cache_mb:
+            raise ValueError(
+                f"state_cache_mb ({self.state_cache_mb}) must be at least twice state_write_buffer_mb "
+                f"({self.state_write_buffer_mb}): the write buffers are charged to the cache"
             )
         return self
 

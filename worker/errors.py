@@ -13,6 +13,7 @@
     │   └── MalformedAnswer         an answer we cannot parse (retriable, body kept redacted)
     │       └── AnswerTooLarge      an answer body over EXPORT_WORKER_MAX_ANSWER_BYTES (unread)
     ├── ResultStoreError            writing a collected artifact failed (retriable)
+    ├── StoreError                  the on-disk state store failed (tree in worker.store.errors)
     └── WorkerFenced                another worker owns this work now: stop
         └── ProducerStuck           a transactional call outlived its timeout: replace the process
 

@@ -1,0 +1,205 @@
+"""Read a JobState value's ``phase`` and ``next_action_at_ms`` without decoding it all.
+
+A restore folds every record of ``export.jobs`` into the store but only needs to know
+whether each job is open and when a finished one falls due. A full decode costs about
+25 µs a record (1M records: 25 s); walking the Avro body up to those two fields costs a
+few. The walk follows the *writer* schema, compiled once per schema into straight-line
+skip code. Anything the walk does not expect (a writer schema with a record or array before
+those fields, an unknown enum symbol, a value cut short) falls back to a full decode,
+which is the authority and raises DecodeError for values that are not a JobState.
+
+A value the walk reads may still fail a full decode later (trailing bytes, a corrupt
+field after ``next_action_at_ms``): the store keeps values raw, and whoever decodes one
+in full (loading open jobs, a cold lookup) handles that as an unreadable state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from worker.codec import Codec, SchemaInfo
+from worker.engine.model import Phase
+from worker.errors import DecodeError
+
+_STATE = "JobState"
+
+
+class Peeked(NamedTuple):  # a tuple: built a million times in a restore, 5x cheaper than a dataclass
+    phase: Phase
+    next_action_at_ms: int
+
+    @property
+    def open(self) -> bool:
+        return self.phase is not Phase.DONE
+
+
+class _Surprise(Exception):
+    """The fast walk met something it does not handle: decode in full instead."""
+
+
+# Skip steps: (kind, argument). Kinds:
+_BYTES, _VARINT, _FIXED, _MAP, _UNION, _NULL = range(6)
+Step = tuple[int, Any]
+
+
+def _step(node: Any) -> Step:
+    """The skip step for a (parsed, writer) schema node; _Surprise when there is none."""
+    if isinstance(node, Mapping):
+        kind = node["type"]
+        if kind == "enum":
+            return (_VARINT, None)
+        if kind == "map":
+            return (_MAP, _step(node["values"]))
+        if isinstance(kind, str) and "logicalType" in node:
+            return _step(kind)
+        raise _Surprise(f"no fast skip for {kind}")
+    if isinstance(node, list):
+        return (_UNION, tuple(_step(branch) for branch in node))
+    simple = {"null": (_NULL, None), "boolean": (_FIXED, 1), "int": (_VARINT, None), "long": (_VARINT, None)}
+    simple |= {"float": (_FIXED, 4), "double": (_FIXED, 8), "string": (_BYTES, None), "bytes": (_BYTES, None)}
+    if node in simple:
+        return simple[node]
+    raise _Surprise(f"no fast skip for {node}")
+
+
+Walk = Callable[[bytes, int], Peeked]
+
+
+def _compile(writer: SchemaInfo) -> Walk | None:
+    """Straight-line code that skips the writer's fields up to ``next_action_at_ms``, or
+    None when its layout has something the walk does not handle. Generated rather than
+    interpreted: a loop over steps costs ~9 µs a value, the straight line ~3 µs."""
+    fields: Sequence[Mapping[str, Any]] = writer.parsed["fields"]
+    names = [f["name"] for f in fields]
+    if "phase" not in names or "next_action_at_ms" not in names:
+        return None
+    phase_at, due_at = names.index("phase"), names.index("next_action_at_ms")
+    enum = fields[phase_at]["type"]
+    if phase_at > due_at or fields[due_at]["type"] != "long" or not isinstance(enum, Mapping):
+        return None
+    try:
+        steps = [_step(f["type"]) for f in fields[:due_at]]
+    except _Surprise:
+        return None
+    known = {p.value: p for p in Phase}
+    lines = ["def walk(buf, pos):"]
+    for i, step in enumerate(steps):
+        lines += _PHASE if i == phase_at else _code(step, i)
+    lines += ["    due, pos = varint(buf, pos)", "    if pos > len(buf):", "        raise Surprise('cut short')"]
+    lines += ["    return Peeked(phase, due)"]
+    namespace: dict[str, Any] = {
+        "varint": _varint,
+        "skip": _skip,
+        "Surprise": _Surprise,
+        "Peeked": Peeked,
+        "symbols": tuple(known.get(s) for s in enum["symbols"]),
+        **{f"step_{i}": step for i, step in enumerate(steps)},
+    }
+    exec(compile("\n".join(lines), f"<peek {writer.name}>", "exec"), namespace)
+    return namespace["walk"]  # type: ignore[no-any-return]
+
+
+# The phase: an enum index, one byte for any enum under 64 symbols.
+_PHASE = [
+    "    b = buf[pos]",
+    "    phase = symbols[b >> 1] if b < 0x80 and not b & 1 else None",
+    "    if phase is None:",
+    "        raise Surprise('phase')",
+    "    pos += 1",
+]
+
+
+def _code(step: Step, i: int) -> list[str]:
+    """Lines skipping one field: the common one-byte cases inline, the rest via ``skip``."""
+    kind, arg = step
+    general = [f"        pos = skip(step_{i}, buf, pos)"]
+    if kind == _BYTES:  # a length under 64: one even byte
+        short = ["    b = buf[pos]", "    if b < 0x80 and not b & 1:", "        pos += 1 + (b >> 1)"]
+        return [*short, "    else:", *general]
+    if kind == _VARINT:
+        return ["    if buf[pos] < 0x80:", "        pos += 1", "    else:", *general]
+    if kind == _FIXED:
+        return [f"    pos += {arg}"]
+    if kind == _UNION and arg[0] == (_NULL, None):  # ["null", x]: null is one zero byte
+        return ["    if buf[pos] == 0:", "        pos += 1", "    else:", *general]
+    if kind == _MAP:  # an empty map is one zero byte
+        return ["    if buf[pos] == 0:", "        pos += 1", "    else:", *general]
+    return [f"    pos = skip(step_{i}, buf, pos)"]
+
+
+_walks: dict[bytes, Walk | None] = {}
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    byte = buf[pos]
+    if byte < 0x80:  # most numbers and lengths fit one byte
+        return (byte >> 1) ^ -(byte & 1), pos + 1
+    result, shift = byte & 0x7F, 7
+    while True:
+        pos += 1
+        byte = buf[pos]
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (result >> 1) ^ -(result & 1), pos + 1
+        shift += 7
+        if shift > 63:
+            raise _Surprise("varint longer than 10 bytes")
+
+
+def _skip(step: Step, buf: bytes, pos: int) -> int:
+    kind, arg = step
+    if kind == _BYTES:
+        size, pos = _varint(buf, pos)
+        if size < 0:
+            raise _Surprise("negative length")
+        return pos + size
+    if kind == _VARINT:
+        return _varint(buf, pos)[1]
+    if kind == _UNION:
+        branch, pos = _varint(buf, pos)
+        if branch < 0:
+            raise _Surprise("negative union branch")
+        return _skip(arg[branch], buf, pos)
+    if kind == _FIXED:
+        return pos + int(arg)
+    if kind == _NULL:
+        return pos
+    while True:  # _MAP: blocks of entries, ended by an empty block
+        count, pos = _varint(buf, pos)
+        if count == 0:
+            return pos
+        if count < 0:  # a block that gives its size in bytes: skip it whole
+            size, pos = _varint(buf, pos)
+            pos += size
+            continue
+        for _ in range(count):
+            pos = _skip((_BYTES, None), buf, pos)
+            pos = _skip(arg, buf, pos)
+
+
+def peek(value: bytes, codec: Codec) -> Peeked:
+    """The phase and next action time of one ``export.jobs`` value (not a tombstone);
+    DecodeError when it is not a JobState we can read. Synchronous: a registry schema id
+    the codec has not cached yet is DecodeError(unknown_schema) here, so a caller that
+    may meet one fetches it first (``codec.decode_async``)."""
+    writer = codec.writer(_STATE, value)
+    key = writer.fingerprint
+    if key not in _walks:
+        _walks[key] = _compile(writer) if writer.name == _STATE else None
+    walk = _walks[key]
+    if walk is not None:
+        header = 10 if value[0] != 0 else 5  # single-object vs registry framing
+        try:
+            return walk(value, header)
+        except (_Surprise, IndexError):
+            pass
+    return _full(value, codec)
+
+
+def _full(value: bytes, codec: Codec) -> Peeked:
+    record = codec.decode(_STATE, value)
+    try:
+        return Peeked(Phase(record["phase"]), int(record.get("next_action_at_ms", 0)))
+    except (KeyError, ValueError) as exc:
+        raise DecodeError("invalid_state", f"not a valid JobState: {exc!r}") from None
