@@ -52,7 +52,7 @@ async def measure(bootstrap: str, n: int = 5000) -> Throughput:
             for i in range(n):
                 await pub.send(itron_request(f"t-{i}"))
             await pub.flush()
-        conn = itron_conn(sim_url, POLICY, rate_per_s=100_000.0, max_concurrency=CONCURRENCY)
+        conn = itron_conn(sim_url, POLICY, rate_per_s=10_000.0, max_concurrency=CONCURRENCY)
         worker = start_worker(settings, {"itron": conn}, "tput")
         try:
             async with OutputReader(settings, include_jobs=False) as reader:
