@@ -8,13 +8,13 @@ may have acted anyway (a submit whose answer never came may have created a job).
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 from dataclasses import dataclass, replace
 
 import structlog
 
 from worker.engine.model import CallFailed, CallKind, ErrorInfo, Event, JobState, PollAnswered
+from worker.engine.policy import usable_retry_after
 from worker.errors import ExportWorkerError, RateLimited, ResultStoreError, VendorBusy, VendorError
 from worker.limits import (
     DEFAULT_MAX_RETRY_AFTER_S,
@@ -159,7 +159,7 @@ def failure_event(kind: CallKind, exc: Exception) -> CallFailed:
         return CallFailed(
             kind=kind,
             error=_error(exc.code, exc.message, exc.retriable),
-            retry_after_s=finite_delay(exc.retry_after),
+            retry_after_s=usable_retry_after(exc.retry_after),
             outcome_unknown=exc.outcome_unknown,
             busy=isinstance(exc, VendorBusy),
         )
@@ -185,16 +185,9 @@ def connection_wait_s(event: Event, maximum: float = DEFAULT_MAX_RETRY_AFTER_S) 
     """How long the whole connection must wait after this answer (a 429), if at all:
     the vendor's Retry-After when it is a finite delay, at most ``maximum``."""
     if isinstance(event, CallFailed) and event.error.code == RateLimited.code:
-        wait = finite_delay(event.retry_after_s)
+        wait = usable_retry_after(event.retry_after_s)
         return min(wait if wait is not None else DEFAULT_RATE_LIMIT_WAIT_S, maximum)
     return None
-
-
-def finite_delay(seconds: float | None) -> float | None:
-    """``seconds`` if it is a finite, non-negative delay, else None (as if not given)."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
 
 
 def _log_failure(call: Call, exc: Exception) -> None:
