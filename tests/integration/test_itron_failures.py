@@ -57,6 +57,20 @@ def api_calls(sim: ItronSimulator, method: str | None = None) -> list[dict[str, 
     return [r for r in sim.requests if r["path"].startswith("/dpss/") and (method is None or r["method"] == method)]
 
 
+class TestIdentity:
+    async def test_every_vendor_call_names_the_worker_that_made_it(self, pipeline: Pipeline) -> None:
+        """The User-Agent says which worker called (a vendor's support, and the chaos
+        run's accounting of who held an answer, rely on it)."""
+        from worker import __version__
+
+        r = rid("ua")
+        await pipeline.pub.send(itron_request(r))
+        await pipeline.pub.flush()
+        await pipeline.until_terminal(r)
+        agents = {c["headers"].get("User-Agent") for c in api_calls(pipeline.sim)}
+        assert agents == {f"export-worker/{__version__} ({pipeline.settings.instance_id})"}
+
+
 class TestVendorTrouble:
     async def test_vendor_failure_ends_failed_without_a_file(self, pipeline: Pipeline) -> None:
         pipeline.sim.faults.plan.next_fail = 1

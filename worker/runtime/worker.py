@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import random
 import time
-from importlib.metadata import version as package_version
 from typing import Any
 
 import aiohttp
@@ -209,7 +208,9 @@ class Worker:
         if configs is None:
             configs = load_connection_configs(settings)
         # Vendors (and the simulators' chaos accounting) can tell which worker called.
-        user_agent = f"export-worker/{package_version('export-worker')} ({settings.instance_id})"
+        from worker import __version__  # here: the package is fully imported by now
+
+        user_agent = f"export-worker/{__version__} ({settings.instance_id})"
         self._session = aiohttp.ClientSession(headers={"User-Agent": user_agent})
         result_store = self._result_store or result_store_from_url(settings.result_store_url)
         self.connections.update(
