@@ -5,6 +5,7 @@ from worker.config import ConnectionConfig, Settings, TopicSettings
 from worker.engine import JobState, Phase, Status
 from worker.errors import ExportWorkerError
 from worker.runtime import Worker
+from worker.version import __version__
 
 __all__ = [
     "Codec",
@@ -17,6 +18,5 @@ __all__ = [
     "Status",
     "TopicSettings",
     "Worker",
+    "__version__",
 ]
-
-__version__ = "0.1.0"

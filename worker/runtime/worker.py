@@ -59,6 +59,7 @@ from worker.runtime.stepper import Stepper
 from worker.runtime.transactions import Outcome, Settled, TransactionWriter
 from worker.runtime.watchdog import LoopWatchdog
 from worker.vendors import HttpLimits
+from worker.version import __version__
 
 log = structlog.get_logger("export_worker")
 
@@ -208,8 +209,6 @@ class Worker:
         if configs is None:
             configs = load_connection_configs(settings)
         # Vendors (and the simulators' chaos accounting) can tell which worker called.
-        from worker import __version__  # here: the package is fully imported by now
-
         user_agent = f"export-worker/{__version__} ({settings.instance_id})"
         self._session = aiohttp.ClientSession(headers={"User-Agent": user_agent})
         result_store = self._result_store or result_store_from_url(settings.result_store_url)
