@@ -212,12 +212,12 @@ class TestTrust:
 
 
 class TestStoreSet:
-    def test_stores_are_kept_per_group_topic_and_partition(self, stores: StoreSet) -> None:
-        """Each partition has its own directory under the group."""
+    def test_stores_are_kept_per_group_instance_topic_and_partition(self, stores: StoreSet) -> None:
+        """Each partition has its own directory under the group and the worker's instance id."""
         restored(stores)
         restored(stores, replace(LOG, partition=4))
-        group = stores.root / "export-worker"
-        assert sorted(p.name for p in group.iterdir()) == ["export.jobs-3", "export.jobs-4"]
+        mine = stores.root / "export-worker" / "pod-1"
+        assert sorted(p.name for p in mine.iterdir()) == ["export.jobs-3", "export.jobs-4"]
 
     def test_close_keeps_the_directory_and_get_forgets_the_store(self, stores: StoreSet) -> None:
         """A revoked partition's store stays on disk for a warm return."""

@@ -1,8 +1,10 @@
 """The open stores of this process, one per owned ``export.jobs`` partition.
 
-Layout: ``<state dir>/<group id>/<topic>-<partition>/`` holds ``db/`` (RocksDB) and
-``checkpoint.json``. The group id is in the path, so a store is never shared between
-groups. A store that cannot be trusted is wiped and re-created empty here; rebuilding
+Layout: ``<state dir>/<group id>/<instance id>/<topic>-<partition>/`` holds ``db/``
+(RocksDB) and ``checkpoint.json``. The group and instance ids are in the path, so a
+store is never shared between groups, nor between workers that share a state dir (the
+demo, tests, several workers on one host); a restarted worker with the same instance id
+finds its stores again. A store that cannot be trusted is wiped and re-created empty here; rebuilding
 it from the topic is the restore's work.
 """
 
@@ -34,7 +36,7 @@ class StoreSet:
     """Args:
     root: the state dir (``EXPORT_WORKER_STATE_DIR``).
     group_id: the consumer group; stores of other groups are never touched.
-    writer: this worker's instance id, recorded in each checkpoint.
+    writer: this worker's instance id: part of the path, and recorded in each checkpoint.
     memory: the process's one cache and write-buffer budget.
     """
 
@@ -55,7 +57,7 @@ class StoreSet:
         self._open: dict[int, tuple[PartitionStore, LogFacts]] = {}
 
     def directory(self, topic: str, partition: int) -> Path:
-        return self.root / self.group_id / f"{topic}-{partition}"
+        return self.root / self.group_id / self.writer / f"{topic}-{partition}"
 
     def open(self, log_facts: LogFacts) -> Opened:
         """Open the partition's store if it can be trusted, else wipe it and open it
