@@ -181,35 +181,38 @@ class TestCleanup:
 
 
 class TestSize:
-    def test_bytes_used_counts_what_is_left(self, stores: StoreSet, clock: Clock) -> None:
-        """The size is measured after the removals: a removed store no longer counts."""
+    def test_bytes_used_counts_what_is_left_of_this_instance(
+        self, tmp_path: Path, memory: StoreMemory, stores: StoreSet, clock: Clock
+    ) -> None:
+        """Measured after the removals, and only this instance's directory: neither a
+        removed store nor another instance's store counts."""
         kept = closed_store(stores, 1, clock)
         (kept / "db" / "ballast").write_bytes(os.urandom(256 * 1024))
         gone = closed_store(stores, 2, clock, complete=False)
         (gone / "db" / "ballast").write_bytes(os.urandom(2 * MIB))
+        other = closed_store(store_set(tmp_path, memory, clock, writer="pod-2"), 1, clock)
+        (other / "db" / "ballast").write_bytes(os.urandom(2 * MIB))
         used = stores.cleanup({1}, clock.now).bytes_used
         assert 256 * 1024 <= used < 2 * MIB
 
+    @pytest.mark.parametrize(("share", "warned"), [(0.7, False), (0.9, True)])
     def test_a_directory_past_80_percent_of_the_limit_warns(
-        self, tmp_path: Path, memory: StoreMemory, clock: Clock
+        self, tmp_path: Path, memory: StoreMemory, clock: Clock, share: float, warned: bool
     ) -> None:
-        """Above 80 % of state_max_mb: one ``state directory large`` warning with the numbers."""
-        stores = store_set(tmp_path, memory, clock, max_bytes=4 * MIB)
-        (closed_store(stores, 1, clock) / "db" / "ballast").write_bytes(os.urandom(4 * MIB))
+        """At 90 % of state_max_mb one ``state directory large`` warning with the numbers;
+        at 70 % none."""
+        limit = 8 * MIB
+        stores = store_set(tmp_path, memory, clock, max_bytes=limit)
+        directory = closed_store(stores, 1, clock)
+        empty = stores.cleanup({1}, clock.now).bytes_used
+        (directory / "db" / "ballast").write_bytes(os.urandom(int(share * limit) - empty))
         with capture_logs() as logs:
             used = stores.cleanup({1}, clock.now).bytes_used
-        warnings = [e for e in logs if e["event"] == "state directory large"]
-        assert [(e["log_level"], e["bytes_used"], e["max_bytes"]) for e in warnings] == [("warning", used, 4 * MIB)]
-
-    def test_a_directory_below_80_percent_does_not_warn(
-        self, tmp_path: Path, memory: StoreMemory, clock: Clock
-    ) -> None:
-        """A store well under the limit logs nothing about size."""
-        stores = store_set(tmp_path, memory, clock, max_bytes=64 * MIB)
-        (closed_store(stores, 1, clock) / "db" / "ballast").write_bytes(os.urandom(MIB))
-        with capture_logs() as logs:
-            stores.cleanup({1}, clock.now)
-        assert [e for e in logs if e["event"] == "state directory large"] == []
+        warnings = [
+            (e["log_level"], e["bytes_used"], e["max_bytes"]) for e in logs if e["event"] == "state directory large"
+        ]
+        assert warnings == ([("warning", used, limit)] if warned else [])
+        assert abs(used - share * limit) < 0.05 * limit  # the ballast landed where intended
 
 
 class TestDepartedInstances:
@@ -243,7 +246,10 @@ class TestDepartedInstances:
     ) -> None:
         """However old: this instance's own stores, and any other group's."""
         mine = closed_store(stores, 3, clock)
-        theirs = closed_store(StoreSet(tmp_path, group_id="other-group", writer="pod-9", memory=memory), 3, clock)
+        written_at(stores.instance_directory(), clock.now)
+        theirs_set = StoreSet(tmp_path, group_id="other-group", writer="pod-9", memory=memory, clock=clock)
+        theirs = closed_store(theirs_set, 3, clock)
+        written_at(theirs_set.instance_directory(), clock.now)
         clock.now += 10 * self.AGE_MS
         assert stores.remove_departed_instances(self.AGE_MS, clock.now) == ()
         assert (mine.is_dir(), theirs.is_dir()) == (True, True)
