@@ -50,6 +50,9 @@ LABEL org.opencontainers.image.title="export-worker" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+# /var/lib/export-worker is the state dir (one RocksDB per owned export.jobs partition)
+# and holds the file:// result store; owned by the user, so a fresh named volume or
+# emptyDir mounted there is writable (Docker copies the folder's owner into a new volume).
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin app \
@@ -63,7 +66,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     EXPORT_WORKER_LOG_FORMAT=json \
     EXPORT_WORKER_HTTP_PORT=8080 \
-    EXPORT_WORKER_RESULT_STORE_URL=file:///var/lib/export-worker/results
+    EXPORT_WORKER_RESULT_STORE_URL=file:///var/lib/export-worker/results \
+    EXPORT_WORKER_STATE_DIR=/var/lib/export-worker
 
 WORKDIR /var/lib/export-worker
 USER 10001:10001

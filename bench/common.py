@@ -52,6 +52,7 @@ def bench_settings(bootstrap: str, name: str, *, partitions: int = 6, **override
         "instance_id": f"bench-{name}",
         "http_port": -1,
         "result_store_url": (WORKDIR / "results").resolve().as_uri(),
+        "state_dir": (WORKDIR / "state").resolve(),
     }
     values.update(overrides)
     return Settings(**values)

@@ -396,6 +396,25 @@ class Rig:
         return dict(total)
 
 
+def rig_settings(cfg: RigConfig, bootstrap: str, run: str) -> Settings:
+    """The fleet's settings: results and stores of this run under ``cfg.workdir``."""
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        topics=TopicSettings(partitions=cfg.partitions).prefixed(f"{cfg.name}{run}."),
+        group_id=f"{cfg.name}-{run}",
+        instance_id="driver",
+        http_port=-1,
+        commit_interval_ms=50,
+        session_timeout_ms=cfg.session_timeout_ms,
+        transaction_timeout_ms=10000,
+        shutdown_grace_s=10,
+        revoke_drain_s=3,
+        max_retry_after_s=cfg.max_retry_after_s,
+        result_store_url=(cfg.workdir / f"results-{run}").resolve().as_uri(),
+        state_dir=(cfg.workdir / f"state-{run}").resolve(),
+    )
+
+
 @asynccontextmanager
 async def rig(cfg: RigConfig, *, bootstrap: str | None = None) -> AsyncIterator[Rig]:
     """Starts a broker (unless ``bootstrap``), the four simulators with ``cfg.faults``;
@@ -413,20 +432,7 @@ async def rig(cfg: RigConfig, *, bootstrap: str | None = None) -> AsyncIterator[
             log_level = os.environ.get("CHAOS_BROKER_LOG", "WARN")
             broker = EmbeddedKafka(data_dir=cfg.workdir / f"kafka-{run}", log_level=log_level)
             bootstrap = await asyncio.to_thread(broker.start)
-        settings = Settings(
-            kafka_bootstrap=bootstrap,
-            topics=TopicSettings(partitions=cfg.partitions).prefixed(f"{cfg.name}{run}."),
-            group_id=f"{cfg.name}-{run}",
-            instance_id="driver",
-            http_port=-1,
-            commit_interval_ms=50,
-            session_timeout_ms=cfg.session_timeout_ms,
-            transaction_timeout_ms=10000,
-            shutdown_grace_s=10,
-            revoke_drain_s=3,
-            max_retry_after_s=cfg.max_retry_after_s,
-            result_store_url=(cfg.workdir / f"results-{run}").resolve().as_uri(),
-        )
+        settings = rig_settings(cfg, bootstrap, run)
         plan = FaultPlan()
         plan.update(cfg.faults)
         connections: dict[str, ConnectionConfig] = {}

@@ -318,6 +318,16 @@ class Settings(BaseSettings):
     state_write_buffer_mb: int = Field(
         16, ge=4, le=16_384, description="memtables of every store of the process together, charged to the cache"
     )
+    state_max_mb: int = Field(
+        2048, ge=16, le=1_048_576, description="expected size of the state dir; a warning is logged above 80 %"
+    )
+    state_cleanup_s: float = Field(
+        600.0,
+        ge=0,
+        le=7 * _DAY_S,
+        allow_inf_nan=False,
+        description="a store of a partition no longer owned is removed once unused this long",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

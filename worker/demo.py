@@ -24,6 +24,8 @@ from worker.publisher import Publisher
 from worker.result_store import FileResultStore
 from worker.runtime import Worker
 from worker.simulators.base import Timing
+from worker.store.cleanup import DEPARTED_MIN_AGE_MS, sweep_departed
+from worker.store.partition import wall_ms
 
 console = Console()
 DEMO_POLICY = PolicyConfig(first_poll_s=0.5, poll_initial_s=0.5, poll_multiplier=1.5, poll_max_s=2.0)
@@ -73,6 +75,19 @@ def _invalid_request() -> dict[str, Any]:
     }
 
 
+def demo_settings(bootstrap: str, topics: TopicSettings, workdir: Path) -> Settings:
+    """The demo worker's settings: its stores under ``workdir``, never the current directory."""
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        topics=topics,
+        group_id="export-worker-demo",
+        instance_id=f"demo-{uuid.uuid4().hex[:6]}",
+        http_port=0,
+        commit_interval_ms=50,
+        state_dir=(workdir / "state").resolve(),
+    )
+
+
 async def run_demo(*, requests_per_vendor: int = 3, timeout: float = 120.0) -> bool:
     configure_logging("error", "console")
     started = time.monotonic()
@@ -103,14 +118,9 @@ async def run_demo(*, requests_per_vendor: int = 3, timeout: float = 120.0) -> b
             samples[vendor] = module.sample_job()
             console.print(f"{vendor} simulator at {url}")
 
-        settings = Settings(
-            kafka_bootstrap=bootstrap,
-            topics=topics,
-            group_id="export-worker-demo",
-            instance_id=f"demo-{uuid.uuid4().hex[:6]}",
-            http_port=0,
-            commit_interval_ms=50,
-        )
+        settings = demo_settings(bootstrap, topics, workdir)
+        # Each run is a new instance id, so earlier runs' stores are never opened again.
+        sweep_departed(settings.state_dir / settings.group_id, settings.instance_id, DEPARTED_MIN_AGE_MS, wall_ms())
         worker = Worker(settings, connections=connections, result_store=FileResultStore(workdir / "results"))
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))

@@ -140,6 +140,12 @@ def worker_env(settings: Settings, *, connections_file: str, instance_id: str, h
             "EXPORT_WORKER_LOG_FORMAT": "json",
             "EXPORT_WORKER_LOG_LEVEL": os.environ.get("EXPORT_WORKER_TEST_LOG_LEVEL", "warning"),
             "EXPORT_WORKER_TOPICS__PARTITIONS": str(t.partitions),
+            # Absolute, so the child keeps its stores where the caller meant them.
+            "EXPORT_WORKER_STATE_DIR": str(settings.state_dir.resolve()),
+            "EXPORT_WORKER_STATE_CACHE_MB": str(settings.state_cache_mb),
+            "EXPORT_WORKER_STATE_WRITE_BUFFER_MB": str(settings.state_write_buffer_mb),
+            "EXPORT_WORKER_STATE_MAX_MB": str(settings.state_max_mb),
+            "EXPORT_WORKER_STATE_CLEANUP_S": str(settings.state_cleanup_s),
         }
     )
     for name in ("requests", "status", "files", "jobs", "dlq", "control"):

@@ -68,6 +68,26 @@ def compose_env(service: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): "" if v is None else str(v) for k, v in env.items()}
 
 
+_QUANTITY_UNITS = {
+    "": 1,
+    "k": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+}
+
+
+def quantity_bytes(value: str | int) -> int:
+    """A Kubernetes quantity (``2Gi``, ``500M``, ``1024``) in bytes."""
+    match = re.fullmatch(r"(\d+)([A-Za-z]*)", str(value))
+    assert match is not None and match[2] in _QUANTITY_UNITS, f"not a byte quantity: {value!r}"
+    return int(match[1]) * _QUANTITY_UNITS[match[2]]
+
+
 # ---- images -----------------------------------------------------------------------------
 
 _IMAGE = re.compile(

@@ -23,6 +23,7 @@ from tests.deploy.support import (
     parse_cli,
     parse_image,
     project_version,
+    read_dockerfile,
     settings_from,
     simulator_paths,
 )
@@ -264,6 +265,20 @@ class TestWorkers:
             assert url.startswith("file:///"), name
             assert mounts(worker).get(url.removeprefix("file://")) in named, name
             assert worker.get("read_only") is True
+
+    def test_each_worker_keeps_its_stores_on_its_own_named_volume(self) -> None:
+        """EXPORT_WORKER_STATE_DIR is the folder the image creates for the user (a new
+        named volume takes its owner) and the target of a named volume, one per worker."""
+        dockerfile = read_dockerfile()
+        image_dir = Path(dockerfile.env(dockerfile.final)["EXPORT_WORKER_STATE_DIR"])
+        named = set(compose().get("volumes") or {})
+        volumes = []
+        for name, worker in workers().items():
+            state_dir = settings_from(compose_env(worker)).state_dir
+            assert state_dir == image_dir, name
+            volumes.append(mounts(worker).get(str(state_dir)))
+            assert volumes[-1] in named, f"{name}: no named volume at {state_dir}"
+        assert len(set(volumes)) == len(volumes), volumes
 
 
 class TestSimulators:

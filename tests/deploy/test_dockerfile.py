@@ -4,8 +4,10 @@ HEALTHCHECK command is run for real against the worker's side port."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 import socket
 import sys
+from pathlib import PurePosixPath
 
 from tests.deploy.support import (
     DOCKERFILE,
@@ -102,6 +104,30 @@ class TestRuntime:
         uid = (dockerfile.final.last("USER") or "").split(":")[0]
         assert f"mkdir -p {folder}" in runs
         assert f"chown -R {uid}:" in runs
+
+    def test_state_dir_is_a_folder_the_user_owns(self) -> None:
+        """EXPORT_WORKER_STATE_DIR is an absolute folder that a RUN creates (``mkdir -p``
+        of it or of a folder inside it) and then chowns recursively to the runtime user:
+        the root file system is read-only, and a volume mounted there takes its owner."""
+        dockerfile = read_dockerfile()
+        state_dir = PurePosixPath(dockerfile.env(dockerfile.final)["EXPORT_WORKER_STATE_DIR"])
+        assert state_dir.is_absolute()
+        user = dockerfile.final.last("USER") or ""
+        created_then_owned = False
+        for run in dockerfile.final.all("RUN"):
+            steps = [shlex.split(step) for step in run.split("&&")]
+            made = [
+                i
+                for i, s in enumerate(steps)
+                if s[:2] == ["mkdir", "-p"] and any(PurePosixPath(p).is_relative_to(state_dir) for p in s[2:])
+            ]
+            owned = [
+                i
+                for i, s in enumerate(steps)
+                if s[:3] == ["chown", "-R", user] and any(state_dir.is_relative_to(p) for p in s[3:])
+            ]
+            created_then_owned |= bool(made and owned and made[0] < owned[-1])
+        assert created_then_owned
 
     def test_stop_signal_is_the_one_the_worker_traps(self) -> None:
         """STOPSIGNAL is SIGTERM, which `export-worker run` handles gracefully."""

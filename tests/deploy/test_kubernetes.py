@@ -28,6 +28,8 @@ from tests.deploy.support import (
     parse_cli,
     parse_env_file,
     parse_image,
+    quantity_bytes,
+    read_dockerfile,
     settings_env_names,
     settings_from,
     side_port_paths,
@@ -36,6 +38,7 @@ from worker.config import VENDORS, ConnectionsFile, Settings
 from worker.observability import Metrics
 
 CLUSTER_SCOPED_KINDS = {"Namespace"}
+MIB = 1 << 20
 SECRET_FIELDS = ("client_secret", "password", "api_key")
 
 
@@ -298,6 +301,35 @@ class TestPodSecurity:
         resources = build.container["resources"]
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(resources[kind]), kind
+
+
+class TestStateDir:
+    def test_the_state_dir_is_set_to_the_images_folder(self, build: Build) -> None:
+        """EXPORT_WORKER_STATE_DIR is set for the worker, to the folder the image creates
+        for it: never the relative default, which would land in the working directory."""
+        assert "EXPORT_WORKER_STATE_DIR" in build.env()
+        dockerfile = read_dockerfile()
+        image_dir = dockerfile.env(dockerfile.final)["EXPORT_WORKER_STATE_DIR"]
+        assert build.settings().state_dir == Path(image_dir)
+        assert build.settings().state_dir.is_absolute()
+
+    def test_the_state_dir_is_a_writable_disk_backed_empty_dir(self, build: Build) -> None:
+        """The stores live on a pod-local emptyDir mounted writable, on disk (a tmpfs would
+        count against the memory limit), while the root file system stays read-only."""
+        state_dir = str(build.settings().state_dir)
+        volume = build.volume_for(state_dir)
+        assert "emptyDir" in volume
+        assert volume["emptyDir"].get("medium", "") != "Memory"
+        (mount,) = [m for m in build.container["volumeMounts"] if m["mountPath"] == state_dir]
+        assert mount.get("readOnly", False) is False
+        assert build.container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    def test_the_size_warning_comes_before_eviction(self, build: Build) -> None:
+        """The emptyDir has a sizeLimit (over it the kubelet evicts the pod) no smaller
+        than EXPORT_WORKER_STATE_MAX_MB, so the worker's 80 % warning is logged first."""
+        volume = build.volume_for(str(build.settings().state_dir))
+        limit = quantity_bytes(volume["emptyDir"]["sizeLimit"])
+        assert build.settings().state_max_mb * MIB <= limit
 
 
 class TestConnections:

@@ -173,6 +173,30 @@ class TestUnknownEnvVars:
         assert [k for k in env if k.startswith("EXPORT_WORKER_")]
         assert unknown_env_vars(env) == []
 
+    def test_spawned_workers_get_the_state_settings(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A worker started from ``worker_env`` keeps its stores in the caller's state dir,
+        made absolute (a relative one is the caller's, whatever the child's cwd), with the
+        caller's store sizes, not its own defaults."""
+        monkeypatch.chdir(tmp_path)
+        settings = Settings(
+            state_dir=Path("state"),
+            state_cache_mb=96,
+            state_write_buffer_mb=24,
+            state_max_mb=100,
+            state_cleanup_s=5.5,
+        )
+        env = worker_env(settings, connections_file=str(tmp_path / "c.json"), instance_id="w1")
+        for key in [k for k in os.environ if k.upper().startswith("EXPORT_WORKER_")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            if key.startswith("EXPORT_WORKER_"):
+                monkeypatch.setenv(key, value)
+        monkeypatch.chdir(tmp_path.parent)
+        spawned = Settings()
+        assert spawned.state_dir == tmp_path.resolve() / "state"
+        sizes = ("state_cache_mb", "state_write_buffer_mb", "state_max_mb", "state_cleanup_s")
+        assert {f: getattr(spawned, f) for f in sizes} == {f: getattr(settings, f) for f in sizes}
+
     def test_run_warns_once_per_unknown_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """``export-worker run`` says which variables it ignores, in its log, before starting."""
         started: list[Settings] = []

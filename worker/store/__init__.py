@@ -6,6 +6,7 @@ rebuilt from it."""
 from __future__ import annotations
 
 from worker.store.checkpoint import Checkpoint, LogFacts, Trust, Wipe
+from worker.store.cleanup import Cleaned, CleanupPolicy
 from worker.store.errors import StoreCorrupt, StoreError, StoreLocked, StoreUntrusted
 from worker.store.options import StoreMemory, StoreOptions
 from worker.store.partition import Entry, PartitionStore, StoreStats
@@ -14,6 +15,8 @@ from worker.store.stores import Opened, StoreSet
 
 __all__ = [
     "Checkpoint",
+    "Cleaned",
+    "CleanupPolicy",
     "Entry",
     "LogFacts",
     "Opened",

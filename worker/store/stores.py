@@ -5,7 +5,8 @@ Layout: ``<state dir>/<group id>/<instance id>/<topic>-<partition>/`` holds ``db
 store is never shared between groups, nor between workers that share a state dir (the
 demo, tests, several workers on one host); a restarted worker with the same instance id
 finds its stores again. A store that cannot be trusted is wiped and re-created empty here; rebuilding
-it from the topic is the restore's work.
+it from the topic is the restore's work. Stores nobody will open warm again are removed
+by ``cleanup`` (``cleanup.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import structlog
 
 from worker.store import checkpoint, keys
 from worker.store.checkpoint import Checkpoint, LogFacts, Trust, Wipe
+from worker.store.cleanup import DEFAULT_POLICY, Cleaned, CleanupPolicy, sweep_departed, sweep_instance
 from worker.store.errors import StoreCorrupt, StoreUntrusted
 from worker.store.options import StoreMemory
 from worker.store.partition import PartitionStore, wall_ms
@@ -38,6 +40,7 @@ class StoreSet:
     group_id: the consumer group; stores of other groups are never touched.
     writer: this worker's instance id: part of the path, and recorded in each checkpoint.
     memory: the process's one cache and write-buffer budget.
+    cleanup_policy: when ``cleanup`` removes an unused store, and the size it warns near.
     """
 
     def __init__(
@@ -48,16 +51,21 @@ class StoreSet:
         writer: str,
         memory: StoreMemory,
         clock: Callable[[], int] = wall_ms,
+        cleanup_policy: CleanupPolicy = DEFAULT_POLICY,
     ) -> None:
         self.root = root
         self.group_id = group_id
         self.writer = writer
         self.memory = memory
+        self.cleanup_policy = cleanup_policy
         self._clock = clock
         self._open: dict[int, tuple[PartitionStore, LogFacts]] = {}
 
+    def instance_directory(self) -> Path:
+        return self.root / self.group_id / self.writer
+
     def directory(self, topic: str, partition: int) -> Path:
-        return self.root / self.group_id / self.writer / f"{topic}-{partition}"
+        return self.instance_directory() / f"{topic}-{partition}"
 
     def open(self, log_facts: LogFacts) -> Opened:
         """Open the partition's store if it can be trusted, else wipe it and open it
@@ -127,6 +135,20 @@ class StoreSet:
     def close_all(self) -> None:
         for partition in list(self._open):
             self.close(partition)
+
+    def cleanup(self, owned: set[int], now_ms: int) -> Cleaned:
+        """Remove this instance's stores of partitions neither ``owned`` nor open that have
+        no complete checkpoint or were unused for ``cleanup_policy.idle_ms``; warn when
+        this instance's directory passes 80 % of ``cleanup_policy.max_bytes``. Call it from
+        the thread that calls ``open`` and ``close``, never while one of them runs."""
+        in_use = set(owned) | set(self._open)
+        return sweep_instance(self.instance_directory(), in_use, now_ms, self.cleanup_policy)
+
+    def remove_departed_instances(self, max_age_ms: int, now_ms: int) -> tuple[Path, ...]:
+        """Remove other instance ids' directories in this group whose newest file is
+        ``max_age_ms`` old or older (workers gone from this disk, e.g. earlier demo runs);
+        at least ``cleanup.DEPARTED_MIN_AGE_MS``. Other groups are never touched."""
+        return sweep_departed(self.root / self.group_id, self.writer, max_age_ms, now_ms)
 
     def _wipe(self, directory: Path, trust: Trust) -> None:
         if directory.exists():
