@@ -55,6 +55,7 @@ def make_settings(bootstrap: str, topics: TopicSettings, tmp_path: Path, **overr
         "session_timeout_ms": 6000,
         "transaction_timeout_ms": 10000,
         "result_store_url": (tmp_path / "results").as_uri(),
+        "state_dir": tmp_path / "state",
         "shutdown_grace_s": 10,
         "revoke_drain_s": 5,
     }

@@ -217,6 +217,16 @@ class Transaction:
     aborted: bool = False
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """A delivered record, as the producer's delivery future gives it."""
+
+    at: int
+
+    def offset(self) -> int:
+        return self.at
+
+
 class FakeProducer:
     """A transactional producer that records each transaction. Faults: ``refuse`` makes
     the delivery of matching records fail, ``send_offsets_error`` / ``commit_error`` fail
@@ -228,6 +238,7 @@ class FakeProducer:
         self.send_offsets_error: KafkaException | None = None
         self.commit_error: KafkaException | None = None
         self.hang_send_offsets = False
+        self.ends: dict[tuple[str, int | None], int] = {}  # next offset by (topic, partition)
 
     @property
     def current(self) -> Transaction:
@@ -245,7 +256,9 @@ class FakeProducer:
         if self.refuse(topic):
             delivery.set_exception(KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large")))
         else:
-            delivery.set_result(None)
+            at = self.ends.get((topic, kwargs.get("partition")), 0)
+            self.ends[(topic, kwargs.get("partition"))] = at + 1
+            delivery.set_result(Delivered(at))
         return delivery
 
     async def flush(self, timeout: float) -> int:
