@@ -156,8 +156,9 @@ class Stepper:
         try:
             return state_from_record(self._codec.decode("JobState", value))
         except (DecodeError, KeyError, ValueError) as exc:
-            # A registry schema this process has not fetched yet (the restore fetches the
-            # schemas of what it folds in; see StoreReader) or a damaged value.
+            # A damaged value, or (registry mode) an old writer schema this process has
+            # not fetched: the restore fetches those of what it folds in, and the current
+            # one is known from registering it.
             log.error("stored job state unreadable", request_id=request_id, error=str(exc))
             return None
 
