@@ -38,6 +38,7 @@ from worker.runtime.outbox import Outbox
 from worker.runtime.partitions import Partitions
 from worker.runtime.refused import RefusedRecords
 from worker.runtime.stepper import Stepper
+from worker.store import StoreSet
 from worker.vendors.base import JobSpec
 
 NOW_S = 1_700_000_000.0
@@ -131,7 +132,7 @@ class Collaborators:
     """The loop-side collaborators wired as ``Worker`` wires them, over a fake clock and
     one connection (a fake adapter unless given)."""
 
-    def __init__(self, conn: Connection | None = None) -> None:
+    def __init__(self, conn: Connection | None = None, *, stores: StoreSet | None = None) -> None:
         self.time = FakeClock()
         self.conn = conn or connection()
         self.connections = {self.conn.name: self.conn}
@@ -151,6 +152,7 @@ class Collaborators:
             rng=random.Random(1),
             metrics=metrics(),
             refused=self.refused,
+            stores=stores,
         )
 
 
