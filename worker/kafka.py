@@ -10,15 +10,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec
 from confluent_kafka.aio import AIOConsumer
 
 from worker.config import Settings
 from worker.errors import ConfigError, ExportWorkerError
+from worker.store.checkpoint import LogFacts
 
 T = TypeVar("T")
 
@@ -306,13 +314,20 @@ class RestoredPartition:
 
 
 async def list_offsets(
-    admin: AdminClient, topic: str, partitions: list[int], isolation: IsolationLevel, *, timeout: float = 30.0
+    admin: AdminClient,
+    topic: str,
+    partitions: list[int],
+    isolation: IsolationLevel,
+    *,
+    timeout: float = 30.0,
+    spec: OffsetSpec | None = None,
 ) -> dict[int, int]:
-    """Latest offsets (high watermark, or last stable offset with READ_COMMITTED),
-    retrying the transient errors of freshly created or moving partitions."""
+    """Latest offsets (high watermark, or last stable offset with READ_COMMITTED), or
+    those of another ``spec`` (e.g. the log start), retrying the transient errors of
+    freshly created or moving partitions."""
     deadline = time.monotonic() + timeout
     while True:
-        request = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}
+        request = {TopicPartition(topic, p): spec or OffsetSpec.latest() for p in partitions}
         try:
             result = {}
             for tp, fut in admin.list_offsets(request, isolation_level=isolation).items():
@@ -343,31 +358,68 @@ async def wait_stable(admin: AdminClient, topic: str, partitions: list[int], *, 
         await asyncio.sleep(0.1)
 
 
+async def log_facts(
+    admin: AdminClient, topic: str, partitions: list[int], *, timeout: float = 30.0
+) -> dict[int, LogFacts]:
+    """What the broker says about these partitions' logs, for deciding whether a local
+    store of them can be trusted (``worker.store.LogFacts``): the cluster and topic
+    incarnation (topic id), each log's start and high watermark, and
+    ``delete.retention.ms`` (how long a tombstone is kept after compaction)."""
+
+    def wait(future: Any) -> Awaitable[Any]:
+        return asyncio.wait_for(asyncio.wrap_future(future), timeout)
+
+    try:
+        cluster = await wait(admin.describe_cluster(request_timeout=timeout))
+        (described,) = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout).values()
+        description = await wait(described)
+        (configured,) = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
+        configs = await wait(configured)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"describe {topic}: {exc.args[0].str() if exc.args else exc}") from None
+    except TimeoutError:
+        raise BrokerUnavailable(f"describe {topic}: no answer within {timeout:.0f} s") from None
+    retention = configs.get("delete.retention.ms")
+    delete_retention_ms = int(retention.value) if retention is not None and retention.value else 86_400_000
+    starts = await list_offsets(admin, topic, partitions, IsolationLevel.READ_UNCOMMITTED, spec=OffsetSpec.earliest())
+    ends = await list_offsets(admin, topic, partitions, IsolationLevel.READ_UNCOMMITTED)
+    return {
+        p: LogFacts(
+            cluster_id=str(cluster.cluster_id),
+            topic=topic,
+            topic_id=str(description.topic_id),
+            partition=p,
+            log_start=starts[p],
+            high_watermark=ends[p],
+            delete_retention_ms=delete_retention_ms,
+        )
+        for p in partitions
+    }
+
+
 async def restore(
     settings: Settings,
     topic: str,
-    partitions: list[int],
+    starts: Mapping[int, int],
+    on_chunk: Callable[[Chunk], Awaitable[None]],
     *,
     admin: AdminClient | None = None,
-    on_progress: Callable[[int], None] | None = None,
     stall_s: float = 30.0,
-) -> list[RestoredPartition]:
-    """Read ``partitions`` of a compacted topic from the beginning to their end
-    (read_committed), keeping the latest value per key: a new owner's takeover, so it
-    first waits (bounded by the transaction timeout) for the previous owner's open
-    transaction to end."""
-    if not partitions:
-        return []
-    started = time.monotonic()
+) -> dict[int, int]:
+    """Read partitions of a compacted topic from ``starts`` (OFFSET_BEGINNING: from the
+    start) to their end, read_committed, handing each batch to ``on_chunk``: a new
+    owner's takeover, so it first waits (bounded by the transaction timeout) for the
+    previous owner's open transaction to end. Returns where each partition ended."""
+    if not starts:
+        return {}
     admin = admin or admin_client(settings)
+    partitions = sorted(starts)
     # An open transaction of a dead owner holds the stable offset back until the
     # transaction times out (transaction_timeout_ms) or its owner restarts.
     if not await wait_stable(admin, topic, partitions, timeout=settings.transaction_timeout_ms / 1000 + 5):
         CLIENT_LOGGER.warning("restoring %s %s past an open transaction that did not end in time", topic, partitions)
     conf = {**base_config(settings), "group.id": f"{settings.group_id}.restore"}
-    read = await read_compacted(conf, topic, partitions, on_progress=on_progress, stall_s=stall_s, verb="restoring")
-    seconds = time.monotonic() - started
-    return [replace(part, seconds=seconds) for part in read]
+    return await stream_compacted(conf, topic, starts, on_chunk, stall_s=stall_s, verb="restoring")
 
 
 async def read_compacted(
@@ -379,30 +431,84 @@ async def read_compacted(
     on_progress: Callable[[int], None] | None = None,
     stall_s: float = 30.0,
     verb: str = "reading",
+    keep: Callable[[bytes], bool] | None = None,
 ) -> list[RestoredPartition]:
     """Read ``partitions`` of a compacted topic from the beginning with read_committed,
-    keeping the latest value per key (a tombstone deletes its key): the one reader of
-    export.jobs, for a worker's restore and for the operator commands.
+    keeping the latest value per key (a tombstone deletes its key): the operator
+    commands' reader of export.jobs. ``keep``: only keys it accepts are held (a
+    ``jobs show`` of one request holds one value, not the whole partition).
+
+    Other arguments as ``stream_compacted``."""
+    started = time.monotonic()
+    values: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+    counts = dict.fromkeys(partitions, 0)
+
+    async def fold(chunk: Chunk) -> None:
+        part = values[chunk.partition]
+        for _offset, key, value in chunk.records:
+            counts[chunk.partition] += 1
+            if keep is not None and not keep(key):
+                continue
+            if value is None:
+                part.pop(key, None)
+            else:
+                part[key] = value
+        if on_progress is not None and chunk.records:
+            on_progress(len(chunk.records))
+
+    await stream_compacted(
+        client, topic, dict.fromkeys(partitions, OFFSET_BEGINNING), fold, ends=ends, stall_s=stall_s, verb=verb
+    )
+    seconds = time.monotonic() - started
+    return [RestoredPartition(p, values[p], counts[p], seconds) for p in partitions]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Records of one partition from one consumed batch, in offset order (keyed records
+    only; ``None`` values are tombstones), and where reading it goes on from: one past
+    the last record, or the partition's end once it is reached (``at_end``)."""
+
+    partition: int
+    records: list[tuple[int, bytes, bytes | None]]
+    next_offset: int
+    at_end: bool
+
+
+async def stream_compacted(
+    client: dict[str, Any],
+    topic: str,
+    starts: Mapping[int, int],
+    on_chunk: Callable[[Chunk], Awaitable[None]],
+    *,
+    ends: Mapping[int, int] | None = None,
+    stall_s: float = 30.0,
+    verb: str = "reading",
+) -> dict[int, int]:
+    """Read partitions of a compacted topic with read_committed, each from its offset in
+    ``starts`` (or OFFSET_BEGINNING) to its end, handing each consumed batch over
+    partition by partition (``on_chunk``, awaited before the next batch is taken: its
+    work is the only thing held). The one reader of export.jobs, for a worker's
+    restore and for the operator commands. Returns where each partition ended (the
+    offset to read from next time).
 
     Args:
         client: the client's base config (bootstrap, security, logger, group.id).
         ends: per partition, the offset to stop before (e.g. the last stable offset when
             the read began): records appended meanwhile are neither read nor waited for.
             Without it a partition is read until the consumer reaches its end.
-        on_progress: called with the number of records of each batch read.
         stall_s: BrokerUnavailable when nothing at all arrives for this long.
         verb: how errors name the read ("restoring export.jobs[3]: ...").
     """
-    if not partitions:
-        return []
-    started = time.monotonic()
-    values: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
-    counts = dict.fromkeys(partitions, 0)
-    pending = set(partitions)
+    positions = {p: (at if at >= 0 else 0) for p, at in starts.items()}
+    pending = set(starts)
     if ends is not None:
-        pending -= {p for p in partitions if ends[p] <= 0}  # nothing was ever written
+        for p in list(pending):
+            if ends[p] <= max(positions[p], 0):  # nothing (more) was ever written
+                pending.discard(p)
+                await on_chunk(Chunk(p, [], max(positions[p], ends[p]), True))
     if not pending:
-        return [RestoredPartition(p, values[p], 0, time.monotonic() - started) for p in partitions]
+        return positions
     conf = {
         **client,
         "enable.auto.commit": False,
@@ -419,7 +525,7 @@ async def read_compacted(
     # (seen as glibc aborting the process: "unaligned tcache chunk detected").
     consuming: asyncio.Future[Any] | None = None
     try:
-        await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
+        await consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(pending)])
         last_progress = time.monotonic()
         while pending:
             # consume() returns early only when the batch is full: keep the wait short so
@@ -430,45 +536,38 @@ async def read_compacted(
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > stall_s:
                 raise BrokerUnavailable(f"{verb} {topic}{sorted(pending)}: nothing read for {stall_s:.0f} s")
-            read = 0
-            reached: list[int] = []
+            chunks: dict[int, list[tuple[int, bytes, bytes | None]]] = {}
+            reached: set[int] = set()
             for msg in batch:
                 number = msg.partition()
+                if number not in pending:
+                    continue  # already at its end (a prefetched record past it)
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(number)
-                        if ends is not None:
-                            reached.append(number)
+                        positions[number] = max(positions[number], msg.offset())
+                        reached.add(number)
                         continue
                     raise BrokerUnavailable(f"{verb} {topic}[{number}]: {err.str()}")
-                if ends is not None:
-                    offset = msg.offset()
-                    if offset >= ends[number]:
-                        reached.append(number)
-                        continue
-                    if offset >= ends[number] - 1:
-                        reached.append(number)
-                read += 1
-                key = msg.key()
-                if key is None:
+                offset = msg.offset()
+                if ends is not None and offset >= ends[number]:
+                    positions[number] = max(positions[number], ends[number])
+                    reached.add(number)
                     continue
-                part = values[number]
-                value = msg.value()
-                if value is None:
-                    part.pop(key, None)
-                else:
-                    part[key] = value
-                counts[number] += 1
+                positions[number] = offset + 1
+                if ends is not None and offset >= ends[number] - 1:
+                    reached.add(number)
+                key = msg.key()
+                if key is not None:
+                    chunks.setdefault(number, []).append((offset, key, msg.value()))
+            for number in sorted(chunks.keys() | reached):
+                await on_chunk(Chunk(number, chunks.get(number, []), positions[number], number in reached))
             if reached:
                 # At their end: fetch nothing more of them (records written since are not read).
-                pending.difference_update(reached)
-                await consumer.pause([TopicPartition(topic, n) for n in dict.fromkeys(reached)])
-            if on_progress is not None and read:
-                on_progress(read)
+                pending -= reached
+                await consumer.pause([TopicPartition(topic, n) for n in sorted(reached)])
     finally:
         if consuming is not None and not consuming.done():
             await asyncio.wait([consuming], timeout=10)
         await consumer.close()
-    seconds = time.monotonic() - started
-    return [RestoredPartition(p, values[p], counts[p], seconds) for p in partitions]
+    return positions

@@ -145,7 +145,30 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
-        self.restored_jobs = Counter("export_worker_restored_jobs", "Job states restored", registry=r)
+        self.restored_jobs = Counter("export_worker_restored_jobs", "Open job states restored", registry=r)
+        self.restored_records = Counter(
+            "export_worker_restored_records",
+            "export.jobs records read into partition stores: the tail (warm) or the whole log (cold)",
+            ["mode"],
+            registry=r,
+        )
+        self.store_opens = Counter(
+            "export_worker_store_opens",
+            "Partition stores opened: warm, or wiped for a reason (no_checkpoint, other_log, too_old ...)",
+            ["result"],
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "export_worker_store_failures", "Partition store writes or reads that failed", registry=r
+        )
+        self.swept = Counter(
+            "export_worker_swept", "Expiry index entries handled, by outcome (stepped, ghost)", ["outcome"], registry=r
+        )
+        self.retention_lag = Gauge(
+            "export_worker_retention_lag_seconds",
+            "How far past due the oldest finished job the last sweep found still is",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "export_worker_consumer_lag", "Requests not yet read, by partition", ["partition"], registry=r
         )

@@ -140,3 +140,29 @@ class TestRegistryMode:
         assert "4242" in letter["reason"]
         assert out.statuses("unknown-id") == []
         assert out.statuses(known)[-1] == "SUCCEEDED"
+
+    async def test_a_restarted_worker_answers_a_duplicate_from_its_registry_framed_store(
+        self, registry_settings: Settings, itron_sim: Any
+    ) -> None:
+        """The store holds registry-framed values written by the previous process: the
+        restarted worker (warm, a fresh codec) still decodes them for a duplicate."""
+        settings = registry_settings
+        done = rid("done")
+        reading = Codec(SchemaSet(), await registry_for(settings, SchemaSet()))
+        first = Worker(settings, connections={"itron": itron_connection(itron_sim.base_url)})
+        async with running(first), Publisher(settings) as pub, OutputReader(settings, codec=reading) as reader:
+            await pub.send(itron_request(done))
+            await pub.flush()
+            await reader.wait_for(lambda o: terminal(o, [done], frozenset({"SUCCEEDED"})), what="succeeded")
+
+            async def evicted() -> bool:
+                return all(done not in part.jobs for part in first.partitions.values())
+
+            await eventually(evicted, what="the finished job only in its store")
+        again = Worker(settings, connections={"itron": itron_connection(itron_sim.base_url)})
+        async with running(again), Publisher(settings) as pub, OutputReader(settings, codec=reading) as reader:
+            await pub.send(itron_request(done))
+            await pub.flush()
+            out = await reader.wait_for(lambda o: "DUPLICATE" in o.statuses(done), what="a DUPLICATE")
+        assert out.statuses(done).count("SUCCEEDED") == 1 and len(itron_sim.jobs) == 1
+        assert again.metrics.registry.get_sample_value("export_worker_store_opens_total", {"result": "warm"})

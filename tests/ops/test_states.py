@@ -11,11 +11,13 @@ from confluent_kafka.aio import AIOProducer
 from worker.codec import Codec
 from worker.config import Settings
 from worker.engine.model import JobState, Phase, Status
-from worker.kafka import admin_client, ensure_topics, producer_config, restore
+from worker.kafka import Chunk, admin_client, ensure_topics, producer_config, restore
 from worker.ops.kafkaio import connect
 from worker.ops.states import load_states
 from worker.records import state_to_record
-from worker.runtime.restorer import state_topic_reader
+from worker.observability import Metrics
+from worker.runtime.state_reader import StoreReader
+from worker.store import StoreMemory, StoreSet
 
 
 def state_value(codec: Codec, request_id: str) -> bytes:
@@ -52,8 +54,15 @@ class TestLoadStates:
         )
         snapshot = await load_states(settings, await connect(settings), codec)
         assert sorted(snapshot.states) == ["kept"] and snapshot.undecodable == 1
-        restored = await restore(settings, settings.topics.jobs, [0, 1, 2])
-        assert {k for part in restored for k in part.values} == {b"kept", b"broken"}
+        chunks: list[Chunk] = []
+
+        async def keep(chunk: Chunk) -> None:
+            chunks.append(chunk)
+
+        ends = await restore(settings, settings.topics.jobs, dict.fromkeys([0, 1, 2], -2), keep)
+        assert [(o, k) for c in chunks if c.partition == 1 for o, k, v in c.records if v is None] == [(1, b"deleted")]
+        assert {k for c in chunks for _o, k, _v in c.records} == {b"kept", b"deleted", b"broken"}
+        assert ends == {0: 2, 1: 2, 2: 1} and all(c.next_offset <= ends[c.partition] for c in chunks)
 
     async def test_an_open_transaction_does_not_hold_the_read_back(self, settings: Settings) -> None:
         """A worker's restore waits for a previous owner's open transaction (up to the
@@ -90,6 +99,8 @@ class TestWorkerRestoreReader:
             settings,
             [(b"a", state_value(codec, "a"), 0), (b"broken", b"not avro", 0), (b"b", state_value(codec, "b"), 1)],
         )
-        read = state_topic_reader(settings, codec, admin_client(settings))
+        stores = StoreSet(settings.state_dir, group_id=settings.group_id, writer="w", memory=StoreMemory())
+        read = StoreReader(settings, codec, admin_client(settings), stores, Metrics())
         states = await read([0, 1, 2])
+        stores.close_all()
         assert {n: [s.request_id for s in found] for n, found in states.items()} == {0: ["a"], 1: ["b"], 2: []}

@@ -38,6 +38,7 @@ from worker.runtime.outbox import Outbox
 from worker.runtime.partitions import Partitions
 from worker.runtime.refused import RefusedRecords
 from worker.runtime.stepper import Stepper
+from worker.store import StoreSet
 from worker.vendors.base import JobSpec
 
 NOW_S = 1_700_000_000.0
@@ -131,7 +132,7 @@ class Collaborators:
     """The loop-side collaborators wired as ``Worker`` wires them, over a fake clock and
     one connection (a fake adapter unless given)."""
 
-    def __init__(self, conn: Connection | None = None) -> None:
+    def __init__(self, conn: Connection | None = None, *, stores: StoreSet | None = None) -> None:
         self.time = FakeClock()
         self.conn = conn or connection()
         self.connections = {self.conn.name: self.conn}
@@ -151,6 +152,7 @@ class Collaborators:
             rng=random.Random(1),
             metrics=metrics(),
             refused=self.refused,
+            stores=stores,
         )
 
 
@@ -217,6 +219,16 @@ class Transaction:
     aborted: bool = False
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """A delivered record, as the producer's delivery future gives it."""
+
+    at: int
+
+    def offset(self) -> int:
+        return self.at
+
+
 class FakeProducer:
     """A transactional producer that records each transaction. Faults: ``refuse`` makes
     the delivery of matching records fail, ``send_offsets_error`` / ``commit_error`` fail
@@ -228,6 +240,7 @@ class FakeProducer:
         self.send_offsets_error: KafkaException | None = None
         self.commit_error: KafkaException | None = None
         self.hang_send_offsets = False
+        self.ends: dict[tuple[str, int | None], int] = {}  # next offset by (topic, partition)
 
     @property
     def current(self) -> Transaction:
@@ -245,7 +258,9 @@ class FakeProducer:
         if self.refuse(topic):
             delivery.set_exception(KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large")))
         else:
-            delivery.set_result(None)
+            at = self.ends.get((topic, kwargs.get("partition")), 0)
+            self.ends[(topic, kwargs.get("partition"))] = at + 1
+            delivery.set_result(Delivered(at))
         return delivery
 
     async def flush(self, timeout: float) -> int:

@@ -33,8 +33,10 @@ class TestOutbox:
         outbox = Outbox(FakeClock().clock.monotonic)
         first = accepted("r1", NOW_MS, partition=2)
         outbox.put_state(2, "r1", first)
-        outbox.put_state(2, "r1", first.evolve(sequence=5))
-        assert outbox.take(encode, "jobs").records == [Outgoing(2, "jobs", b"r1", b"r1:5", 2)]
+        last = first.evolve(sequence=5)
+        outbox.put_state(2, "r1", last)
+        (written,) = outbox.take(encode, "jobs").records
+        assert written == Outgoing(2, "jobs", b"r1", b"r1:5", 2, state=last) and written.state is last
 
     def test_a_forgotten_job_is_written_as_a_tombstone_to_its_own_partition(self) -> None:
         outbox = Outbox(FakeClock().clock.monotonic)

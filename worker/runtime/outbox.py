@@ -22,6 +22,7 @@ class Outgoing:
     value: bytes | None
     target_partition: int | None  # explicit for export.jobs (co-partitioned), else keyed
     origin_offset: int | None = None  # a dead letter: the input offset it stands for
+    state: JobState | None = None  # an export.jobs record: the state it holds (None: a tombstone)
 
 
 @dataclass(slots=True)
@@ -100,7 +101,7 @@ class Outbox:
         states, self.states = self.states, {}
         for (number, request_id), state in states.items():
             value = None if state is None else encode_state(state)
-            records.append(Outgoing(number, jobs_topic, request_id.encode(), value, number))
+            records.append(Outgoing(number, jobs_topic, request_id.encode(), value, number, state=state))
         calls, self.calls = self.calls, []
         answers, self.answers = self.answers, []
         self.offsets_moved = False

@@ -11,14 +11,9 @@ from dataclasses import dataclass, field
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
-from worker import kafka as kafka_io
-from worker.codec import Codec
-from worker.config import Settings
 from worker.engine.model import JobState, Phase
 from worker.observability import Metrics
-from worker.records import decode_states
 from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer
 from worker.runtime.dispatcher import CallDispatcher
@@ -39,7 +34,8 @@ class Carried:
     unsent: list[Call] = field(default_factory=list)
 
 
-# Reads the job states of these partitions of export.jobs, latest per job.
+# Reads these partitions of export.jobs back; returns each one's open jobs (finished ones
+# are needed only from the partition's store). ``state_reader.StoreReader`` in a worker.
 StateReader = Callable[[list[int]], Awaitable[dict[int, list[JobState]]]]
 
 # A failed restore is tried again after 1 s, 2 s, 4 s ... up to this.
@@ -49,22 +45,6 @@ COMMITTED_LOOKUP_TIMEOUT_S = 10
 RESYNC_LOOKUP_TIMEOUT_S = 30
 # How often the input offsets of partitions whose lookup failed are asked for again.
 LEARN_EVERY_S = 2.0
-
-
-def state_topic_reader(settings: Settings, codec: Codec, admin: AdminClient) -> StateReader:
-    """Read from Kafka (to the stable end, past any open transaction of a dead owner)."""
-
-    async def read(numbers: list[int]) -> dict[int, list[JobState]]:
-        restored = await kafka_io.restore(settings, settings.topics.jobs, numbers, admin=admin)
-        states: dict[int, list[JobState]] = {}
-        for part in restored:
-            decoded = await decode_states(codec, part.values)
-            for request_id, why in decoded.unreadable.items():  # one bad state must not stop the others
-                log.error("unreadable job state skipped", key=request_id, error=why)
-            states[part.partition] = list(decoded.states.values())
-        return states
-
-    return read
 
 
 class Restorer:

@@ -24,8 +24,9 @@ from worker.engine.model import (
     Restored,
     Transition,
 )
+from worker.errors import DecodeError
 from worker.observability import Metrics
-from worker.records import file_record, status_record
+from worker.records import file_record, state_from_record, status_record
 from worker.runtime.calls import Call
 from worker.runtime.clients import Clock
 from worker.runtime.connections import FALLBACK_POLICY, Connection
@@ -34,6 +35,7 @@ from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import OwnedPartition
 from worker.runtime.refused import RefusedRecords
+from worker.store import PartitionStore, StoreSet
 
 log = structlog.get_logger("export_worker")
 
@@ -51,8 +53,10 @@ class Stepper:
         rng: random.Random,
         metrics: Metrics,
         refused: RefusedRecords | None = None,
+        stores: StoreSet | None = None,
     ) -> None:
         self._connections = connections
+        self._stores = stores
         self._refused = refused or RefusedRecords()
         self._outbox = outbox
         self._dispatcher = dispatcher
@@ -66,10 +70,24 @@ class Stepper:
         policy = connection.policy if connection is not None else FALLBACK_POLICY
         return Context(self._clock.now_ms(), self._rng.random(), policy)
 
-    def apply(self, part: OwnedPartition, request_id: str, event: Event, slot: Connection | None = None) -> None:
+    def apply(
+        self,
+        part: OwnedPartition,
+        request_id: str,
+        event: Event,
+        slot: Connection | None = None,
+        *,
+        persist_changes: bool = False,
+    ) -> None:
         """Step the job with ``event``. ``slot``: the connection whose call slot the job
-        was admitted with (given back if the step asks for no call)."""
+        was admitted with (given back if the step asks for no call). ``persist_changes``:
+        write the new state whenever it differs, even if the engine would not (a sweep:
+        the store's expiry index follows only what is written)."""
         state = part.jobs.get(request_id)
+        cold = False
+        if state is None:
+            state = self.cold_state(part, request_id)
+            cold = state is not None
         conn_name = (
             state.connection if state is not None else getattr(getattr(event, "request", event), "connection", "")
         )
@@ -81,6 +99,8 @@ class Stepper:
         if refused is not None and transition.state is not None:
             # The broker refused a record of this job: keep only what fits anywhere.
             transition = Transition(transition.state.evolve(job_json="{}", labels=NO_LABELS), True, transition.effects)
+        if persist_changes and not transition.persist and transition.state != state:
+            transition = Transition(transition.state, True, transition.effects)
         new = transition.state
         # Every record is built (and encoded) before anything changes: a failure here
         # leaves the job exactly as it was.
@@ -95,8 +115,9 @@ class Stepper:
             return
         if new is None:
             part.jobs.pop(request_id, None)
-        else:
+        elif not cold or transition.persist or new.open:
             part.jobs[request_id] = new
+        # else a finished job stepped without a change to write: it stays in the store only
         if transition.persist:
             self._outbox.put_state(part.number, request_id, new)
         self._outbox.add(records)
@@ -113,8 +134,33 @@ class Stepper:
             new is not None
             and new.next_action_at_ms > 0
             and (state is None or new.next_action_at_ms != state.next_action_at_ms)
+            and (new.open or self.store_of(part) is None)  # a stored finished job is due by the sweep
         ):
             self._dispatcher.schedule(new.next_action_at_ms, part.number, request_id)
+
+    def store_of(self, part: OwnedPartition) -> PartitionStore | None:
+        """The partition's store, once it holds the partition (restored into it)."""
+        if self._stores is None or not part.ready:
+            return None
+        return self._stores.get(part.number)
+
+    def cold_state(self, part: OwnedPartition, request_id: str) -> JobState | None:
+        """A job not in memory, as its partition's store holds it (finished jobs live
+        only there): a duplicate, a replay or a sweep steps it like a hot one."""
+        store = self.store_of(part)
+        if store is None:
+            return None
+        value = store.get(request_id)
+        if value is None:
+            return None
+        try:
+            return state_from_record(self._codec.decode("JobState", value))
+        except (DecodeError, KeyError, ValueError) as exc:
+            # A damaged value, or (registry mode) an old writer schema this process has
+            # not fetched: the restore fetches those of what it folds in, and the current
+            # one is known from registering it.
+            log.error("stored job state unreadable", request_id=request_id, error=str(exc))
+            return None
 
     def _held_by_pause(self, call: Call) -> bool:
         return call.kind is CallKind.SUBMIT and self._dispatcher.paused(call.connection)

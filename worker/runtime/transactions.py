@@ -55,6 +55,9 @@ class Batch:
     offsets: list[TopicPartition]
     metadata: Any  # consumer group metadata, taken with the offsets
     incarnations: dict[int, int]  # the partitions it was cut from
+    # Once written: per partition, the offset after its last export.jobs record (where a
+    # store holding this batch stands).
+    jobs_offsets: dict[int, int] = field(default_factory=dict)
 
 
 class Outcome(Enum):
@@ -71,6 +74,7 @@ class Settled:
     error: str | None = None
     replay: list[CallAnswered] = field(default_factory=list)  # resync: answers to apply again
     refused: list[Outgoing] = field(default_factory=list)  # resync: records the broker refused
+    batch: Batch | None = None  # committed: what it wrote (for the partition stores)
 
 
 _GENERATION_CODES = frozenset(
@@ -214,6 +218,7 @@ class TransactionWriter:
                 if not isinstance(error, KafkaError):
                     error = KafkaError(KafkaError._FAIL, f"record not delivered: {first}")
                 raise RecordsRefused(error, refused) if refused else KafkaException(error)
+            batch.jobs_offsets = self._jobs_offsets(batch.outgoing, results)
             timeouts = self.timeouts
             if batch.offsets:
                 await self._bounded(
@@ -227,6 +232,13 @@ class TransactionWriter:
         self._metrics.commit_seconds.observe(time.monotonic() - started)
         self._metrics.commit_records.observe(len(batch.outgoing))
         return None
+
+    def _jobs_offsets(self, outgoing: list[Outgoing], delivered: list[Any]) -> dict[int, int]:
+        ends: dict[int, int] = {}
+        for out, message in zip(outgoing, delivered, strict=True):
+            if out.topic == self._jobs_topic and out.target_partition is not None:
+                ends[out.target_partition] = max(ends.get(out.target_partition, 0), message.offset() + 1)
+        return ends
 
     async def _bounded(self, call: Any, timeout_s: float) -> None:
         """Await a transactional call, enforcing its timeout from this side too."""
@@ -253,7 +265,7 @@ class TransactionWriter:
                 batch.metadata = await self._group_metadata()
             error = await self.write(batch)
         if error is None:
-            return Settled(Outcome.COMMITTED, batch.calls, give_up)
+            return Settled(Outcome.COMMITTED, batch.calls, give_up, batch=batch)
         give_up.extend(batch.calls)
         kafka_error: KafkaError = error.args[0]
         self._metrics.transactions.labels("aborted").inc()

@@ -54,10 +54,14 @@ from worker.runtime.mailbox import CallAnswered, ControlChanged, Mailbox, Restor
 from worker.runtime.outbox import Outbox
 from worker.runtime.partitions import Partitions
 from worker.runtime.refused import RefusedRecords
-from worker.runtime.restorer import Carried, Restorer, StateReader, state_topic_reader
+from worker.runtime.restorer import Carried, Restorer, StateReader
+from worker.runtime.state_reader import StoreReader
 from worker.runtime.stepper import Stepper
+from worker.runtime.store_writer import StoreWriter
+from worker.runtime.sweeper import Sweeper
 from worker.runtime.transactions import Outcome, Settled, TransactionWriter
 from worker.runtime.watchdog import LoopWatchdog
+from worker.store import StoreError, StoreMemory, StoreOptions, StoreSet
 from worker.vendors import HttpLimits
 from worker.version import __version__
 
@@ -69,6 +73,9 @@ BUSY_WAIT_S = 0.02
 IDLE_WAIT_S = 0.25
 # How long pending records wait for an input offset to fence their transaction with.
 UNFENCED_WAIT_S = 15.0
+# A partition store that fails again this soon after one was rebuilt: the disk is not
+# usable, and the process exits (its supervisor restarts it; the next owner rebuilds).
+STORE_FAILURES_WINDOW_S = 600.0
 
 
 class Worker:
@@ -86,7 +93,8 @@ class Worker:
         metrics: metrics registry; a fresh one when omitted.
         consumer_factory, producer_factory: how the Kafka clients are made (the seams
             tests use to wrap them); confluent-kafka's asyncio clients when omitted.
-        read_states: how a partition's job states are read back; from export.jobs when omitted.
+        read_states: how a partition's open job states are read back; when omitted,
+            export.jobs is folded into the partition stores under ``settings.state_dir``.
     """
 
     def __init__(
@@ -127,6 +135,13 @@ class Worker:
         self.connections: dict[str, Connection] = {}  # filled at start (adapters need the HTTP session)
         self.mailbox: Mailbox = asyncio.Queue()
         self.partitions = Partitions(self.topics.requests)
+        self.stores = StoreSet(
+            settings.state_dir,
+            group_id=settings.group_id,
+            writer=settings.instance_id,
+            memory=StoreMemory(StoreOptions.from_settings(settings)),
+        )
+        self._store_failed_at: float | None = None
         self.outbox = Outbox(self.clock.monotonic)
         self.refused = RefusedRecords()
         self.dispatcher = CallDispatcher(
@@ -147,6 +162,7 @@ class Worker:
             rng=rng or random.Random(),
             metrics=self.metrics,
             refused=self.refused,
+            stores=self.stores,
         )
         self.intake = Intake(
             settings,
@@ -161,7 +177,7 @@ class Worker:
         )
         self.restorer = Restorer(
             partitions=self.partitions,
-            read_states=read_states or state_topic_reader(settings, self.codec, self.admin),
+            read_states=read_states or StoreReader(settings, self.codec, self.admin, self.stores, self.metrics),
             stepper=self.stepper,
             dispatcher=self.dispatcher,
             mailbox=self.mailbox,
@@ -173,6 +189,12 @@ class Worker:
             codec=self.codec,
             jobs_topic=self.topics.jobs,
             metrics=self.metrics,
+        )
+        self.store_writer = StoreWriter(
+            partitions=self.partitions, stepper=self.stepper, jobs_topic=self.topics.jobs, metrics=self.metrics
+        )
+        self.sweeper = Sweeper(
+            partitions=self.partitions, stepper=self.stepper, codec=self.codec, clock=self.clock, metrics=self.metrics
         )
         self.watchdog = LoopWatchdog(
             stall_timeout_s=settings.stall_timeout_s, partitions=self.partitions, metrics=self.metrics
@@ -282,6 +304,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.producer.close()
         self.dispatcher.cancel_all()
+        with contextlib.suppress(StoreError):
+            self.stores.close_all()
         if self.side_port is not None:
             await self.side_port.stop()
         if self._session is not None:
@@ -328,6 +352,10 @@ class Worker:
         await self._rewind(await self.intake.take(messages))
         await self._apply_reports()
         self.dispatcher.fire_timers(self.stepper.apply)
+        self.sweeper.run()
+        if self.sweeper.failed:
+            failed, self.sweeper.failed = self.sweeper.failed, set()
+            await self._rebuild(failed)
         self.dispatcher.retry_waiting_calls()
         self.restorer.learn_missing_offsets(time.monotonic())
         await self._commit_when_due()
@@ -413,7 +441,11 @@ class Worker:
             return
         self.dispatcher.abandon_all(settled.give_up)
         if settled.outcome is Outcome.COMMITTED:
+            assert settled.batch is not None
+            failed = self.store_writer.committed(settled.batch)
             self._start_calls(settled.start)
+            if failed and not self._stopping:
+                await self._rebuild(failed)
         elif settled.outcome is Outcome.FENCED:
             raise WorkerFenced(settled.error or "fenced")
         elif self._stopping:
@@ -479,6 +511,19 @@ class Worker:
                 carried[call.partition].unsent.append(call)
         await self.restorer.rewind_and_restore(numbers, committed, carried)
 
+    async def _rebuild(self, numbers: set[int]) -> None:
+        """These partitions' stores failed: stop believing them and rebuild them from
+        the topic (a cold restore). Twice within STORE_FAILURES_WINDOW_S is fatal."""
+        now = time.monotonic()
+        if self._store_failed_at is not None and now - self._store_failed_at < STORE_FAILURES_WINDOW_S:
+            raise StoreError(f"partition stores failed twice within {STORE_FAILURES_WINDOW_S:.0f} s: giving up")
+        self._store_failed_at = now
+        for number in numbers:
+            if self.stores.get(number) is not None:
+                self.stores.distrust(number)
+        await self._settle(await self.writer.finish())
+        await self._resync({n for n in numbers if n in self.partitions})
+
     def _forget_uncommitted(self, numbers: set[int]) -> None:
         """Drop these partitions' records not yet cut into a transaction, and the calls
         that were waiting for them to be committed."""
@@ -525,6 +570,16 @@ class Worker:
         self._drop(numbers)
 
     def _drop(self, numbers: set[int]) -> None:
+        for number in numbers:
+            part = self.partitions.get(number)
+            store = self.stores.get(number)
+            if store is not None:
+                # Kept on disk: a partition that comes back is read from its checkpoint on.
+                with contextlib.suppress(StoreError, OSError):
+                    if part is not None and part.ready and store.offset is not None:
+                        self.stores.checkpoint(number)
+                with contextlib.suppress(StoreError):
+                    self.stores.close(number)
         self.partitions.drop(numbers)
         self.restorer.forget(numbers)
         self.watchdog.forget(numbers)

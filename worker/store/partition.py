@@ -8,6 +8,7 @@ goes into the same WriteBatch as the data, so data and offset cannot disagree.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ class PartitionStore:
         self.partition = partition
         self._db: Rdict | None = db
         self._clock = clock
+        # A restore writes from a thread while the loop may close the store (a revoke):
+        # RocksDB must never be closed under a running call.
+        self._lock = threading.Lock()
         self.offset: int | None = self._number(keys.META_OFFSET)  # everything below it is folded in
         self.written_at_ms: int | None = self._number(keys.META_WRITTEN_AT)
         self.format: bytes | None = self._read(keys.META_FORMAT)
@@ -105,22 +109,25 @@ class PartitionStore:
         self._write(fill, "apply")
         self.offset, self.written_at_ms = offset, now
 
-    def open_ids(self) -> Iterator[str]:
-        """Request ids of the open jobs, in key order."""
+    def open_ids(self) -> list[str]:
+        """Request ids of the open jobs, in key order (bounded by the open jobs)."""
         start = len(keys.OPEN)
-        for key in self._scan(keys.OPEN, keys.prefix_end(keys.OPEN)):
-            yield key[start:].decode()
+        with self._lock:
+            return [key[start:].decode() for key in self._scan(keys.OPEN, keys.prefix_end(keys.OPEN))]
 
-    def expiring(self, until_ms: int, limit: int) -> list[tuple[int, str]]:
+    def expiring(self, until_ms: int, limit: int, *, after: tuple[int, str] | None = None) -> list[tuple[int, str]]:
         """At most ``limit`` (due ms, request id) of the expiry index due at or before
-        ``until_ms``, earliest first. Entries may be ghosts: the caller checks them."""
+        ``until_ms``, earliest first, starting past ``after`` when given. Entries may be
+        ghosts: the caller checks them."""
         found: list[tuple[int, str]] = []
         if limit <= 0:
             return found
-        for key in self._scan(keys.EXPIRY, keys.expiry_bound(until_ms)):
-            found.append(keys.parse_expiry_key(key))
-            if len(found) >= limit:
-                break
+        lower = keys.EXPIRY if after is None else keys.expiry_key(*after) + b"\x00"
+        with self._lock:
+            for key in self._scan(lower, keys.expiry_bound(until_ms)):
+                found.append(keys.parse_expiry_key(key))
+                if len(found) >= limit:
+                    break
         return found
 
     def drop_index(self, due_ms: int, request_id: str) -> None:
@@ -143,12 +150,14 @@ class PartitionStore:
     def close(self) -> None:
         """Close; background compaction is cancelled first so a rebalance does not wait
         for it. Closing twice is harmless."""
-        db, self._db = self._db, None
+        with self._lock:
+            db, self._db = self._db, None
         if db is None:
             return
         try:
-            db.cancel_all_background(True)
-            db.close()
+            with self._lock:
+                db.cancel_all_background(True)
+                db.close()
         except Exception as exc:
             # close() flushes the memtables, which RocksDB refuses once background work is
             # cancelled; the DB is released all the same and the WAL replays them on open.
@@ -158,7 +167,8 @@ class PartitionStore:
     # -- helpers ----------------------------------------------------------------------
     def _read(self, key: bytes) -> bytes | None:
         try:
-            value = self.db.get(key)
+            with self._lock:
+                value = self.db.get(key)
         except StoreError:
             raise
         except Exception as exc:
@@ -173,7 +183,8 @@ class PartitionStore:
         batch = WriteBatch(raw_mode=True)
         fill(batch)
         try:
-            self.db.write(batch)
+            with self._lock:
+                self.db.write(batch)
         except StoreError:
             raise
         except Exception as exc:

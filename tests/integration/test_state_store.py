@@ -1,0 +1,121 @@
+"""Finished jobs live in the partition stores, not in memory (issue 13), on the real
+broker: a duplicate of a finished request is still answered DUPLICATE after a restart
+(warm: only the tail is read), after a takeover by another worker (cold), and after its
+store was corrupted or belongs to another log (wiped and rebuilt)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from tests.conftest import itron_connection, make_settings, running
+from worker.config import Settings, TopicSettings
+from worker.runtime import Worker
+from worker.simulators.itron import ItronSimulator
+from worker.testing import OutputReader, Publisher, eventually, itron_request, terminal
+
+REQUESTS = [f"done-{i}" for i in range(6)]
+
+
+def opens(worker: Worker, result: str) -> float:
+    value = worker.metrics.registry.get_sample_value("export_worker_store_opens_total", {"result": result})
+    return value or 0.0
+
+
+def restored_records(worker: Worker, mode: str) -> float:
+    value = worker.metrics.registry.get_sample_value("export_worker_restored_records_total", {"mode": mode})
+    return value or 0.0
+
+
+def worker_for(settings: Settings, sim: ItronSimulator) -> Worker:
+    return Worker(settings, connections={"itron": itron_connection(sim.base_url)})
+
+
+async def finish_requests(settings: Settings, sim: ItronSimulator) -> None:
+    """One worker runs every request to SUCCEEDED; then its finished jobs leave memory
+    and are in the stores."""
+    worker = worker_for(settings, sim)
+    async with running(worker), Publisher(settings) as pub, OutputReader(settings) as reader:
+        for rid in REQUESTS:
+            await pub.send(itron_request(rid))
+        await pub.flush()
+        await reader.wait_for(lambda o: terminal(o, REQUESTS, frozenset({"SUCCEEDED"})), timeout=60)
+
+        async def evicted() -> bool:
+            hot = {rid for part in worker.partitions.values() for rid in part.jobs}
+            stored = {
+                rid
+                for n in worker.partitions
+                if (store := worker.stores.get(n)) is not None
+                for rid in REQUESTS
+                if store.get(rid) is not None
+            }
+            return not hot & set(REQUESTS) and stored == set(REQUESTS)
+
+        await eventually(evicted, timeout=20, what="finished jobs only in the stores")
+    assert len(sim.jobs) == len(REQUESTS)
+
+
+async def duplicates_answered(settings: Settings, sim: ItronSimulator, worker: Worker) -> None:
+    """Every finished request sent again is answered DUPLICATE, with no new vendor job."""
+    async with running(worker), Publisher(settings) as pub, OutputReader(settings) as reader:
+        for rid in REQUESTS:
+            await pub.send(itron_request(rid))
+        await pub.flush()
+        await reader.wait_for(
+            lambda o: all(o.statuses(rid).count("DUPLICATE") == 1 for rid in REQUESTS),
+            timeout=60,
+            what="a DUPLICATE for every finished request",
+        )
+        assert all(
+            rid not in part.jobs or not part.jobs[rid].open for part in worker.partitions.values() for rid in REQUESTS
+        )
+    assert len(sim.jobs) == len(REQUESTS)
+
+
+class TestFinishedJobsInTheStore:
+    async def test_a_restart_reads_only_the_tail_and_still_knows_finished_jobs(
+        self, settings: Settings, itron_sim: ItronSimulator
+    ) -> None:
+        await finish_requests(settings, itron_sim)
+        again = worker_for(settings, itron_sim)  # same instance id and state dir: warm
+        await duplicates_answered(settings, itron_sim, again)
+        assert opens(again, "warm") == settings.topics.partitions
+        assert restored_records(again, "cold") == 0
+        # Only what was written after the stores were last written: nothing at all here.
+        assert restored_records(again, "warm") == 0
+
+    async def test_a_takeover_rebuilds_the_stores_from_the_topic(
+        self, kafka_bootstrap: str, topics: TopicSettings, tmp_path: Path, itron_sim: ItronSimulator
+    ) -> None:
+        first = make_settings(kafka_bootstrap, topics, tmp_path / "a")
+        await finish_requests(first, itron_sim)
+        other = make_settings(kafka_bootstrap, topics, tmp_path / "b", group_id=first.group_id)
+        taker = worker_for(other, itron_sim)  # another worker, another disk: cold
+        await duplicates_answered(other, itron_sim, taker)
+        assert opens(taker, "no_checkpoint") == topics.partitions and opens(taker, "warm") == 0
+        assert restored_records(taker, "cold") >= len(REQUESTS)
+
+    async def test_corrupt_and_foreign_stores_are_wiped_and_rebuilt(
+        self, settings: Settings, itron_sim: ItronSimulator
+    ) -> None:
+        await finish_requests(settings, itron_sim)
+        mine = settings.state_dir / settings.group_id / settings.instance_id
+        stores = {int(d.name.rsplit("-", 1)[1]): d for d in mine.iterdir()}
+        assert sorted(stores) == list(range(settings.topics.partitions))
+        # Partition 0: a checkpoint of another incarnation of the topic (recreated).
+        checkpoint = stores[0] / "checkpoint.json"
+        data = json.loads(checkpoint.read_text())
+        checkpoint.write_text(json.dumps({**data, "topic_id": str(uuid.uuid4())}))
+        # Partition 1: RocksDB's MANIFEST garbled.
+        manifest = next((stores[1] / "db").glob("MANIFEST-*"))
+        garbled = bytearray(manifest.read_bytes())
+        garbled[10:40] = b"\xff" * 30
+        manifest.write_bytes(garbled)
+        # Partition 2: no checkpoint (a restore that never completed).
+        (stores[2] / "checkpoint.json").unlink()
+        again = worker_for(settings, itron_sim)
+        await duplicates_answered(settings, itron_sim, again)
+        assert (opens(again, "other_log"), opens(again, "corrupt"), opens(again, "no_checkpoint")) == (1, 1, 1)
+        assert restored_records(again, "cold") >= 1

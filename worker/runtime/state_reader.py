@@ -1,0 +1,115 @@
+"""Reading owned partitions' job states back (design state-store §3.8): each partition's
+slice of export.jobs is folded into its on-disk store, from the store's own offset when
+the store can be trusted (warm: usually a short tail) or from the start after wiping it
+(cold), batch by batch, so a partition is never held in memory. What comes back to the
+loop is the open jobs only; finished ones stay in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka.admin import AdminClient
+
+from worker import kafka as kafka_io
+from worker.codec import Codec
+from worker.config import Settings
+from worker.engine.model import JobState
+from worker.errors import DecodeError
+from worker.observability import Metrics
+from worker.records import decode_state
+from worker.store import PartitionStore, StoreSet
+from worker.store.loader import StoreLoader
+
+log = structlog.get_logger("export_worker")
+
+# Open jobs decoded per slice before the loop gets a turn (≈ 25 µs each).
+DECODE_SLICE = 2_000
+
+
+class StoreReader:
+    """The worker's ``StateReader``: ``await reader(numbers)`` restores those partitions
+    into their stores and returns each one's open jobs."""
+
+    def __init__(
+        self, settings: Settings, codec: Codec, admin: AdminClient, stores: StoreSet, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._codec = codec
+        self._admin = admin
+        self._stores = stores
+        self._metrics = metrics
+
+    async def __call__(self, numbers: list[int]) -> dict[int, list[JobState]]:
+        topic = self._settings.topics.jobs
+        facts = await kafka_io.log_facts(self._admin, topic, numbers)
+        loaders: dict[int, StoreLoader] = {}
+        starts: dict[int, int] = {}
+        for number in numbers:
+            opened = await asyncio.to_thread(self._stores.open, facts[number])
+            loaders[number] = StoreLoader(opened.store, self._codec)
+            warm = opened.trust.warm and opened.store.offset is not None
+            starts[number] = opened.store.offset if warm and opened.store.offset is not None else OFFSET_BEGINNING
+            if not warm and opened.trust.wipe is not None:
+                self._metrics.store_opens.labels(opened.trust.wipe.value).inc()
+            else:
+                self._metrics.store_opens.labels("warm").inc()
+        modes = {n: "warm" if starts[n] != OFFSET_BEGINNING else "cold" for n in numbers}
+        read = dict.fromkeys(numbers, 0)
+
+        async def fold(chunk: kafka_io.Chunk) -> None:
+            loader = loaders[chunk.partition]
+            # Never move a store back (a partition's end can lag its store while a
+            # dead owner's transaction is still open).
+            at = max(chunk.next_offset, loader.store.offset or 0)
+            given_up: set[bytes] = set()
+            while True:
+                folded = await asyncio.to_thread(loader.fold, chunk.records, at, unreadable=given_up)
+                if folded.unknown_schema is None:
+                    break
+                try:
+                    await self._codec.decode_async("JobState", folded.unknown_schema)  # fetches its schema
+                except DecodeError:
+                    given_up.add(folded.unknown_schema)
+            for request_id, why in folded.unreadable.items():  # one bad state must not stop the others
+                log.error("unreadable job state skipped", key=request_id, error=why)
+            read[chunk.partition] += folded.records
+
+        started = time.monotonic()
+        await kafka_io.restore(self._settings, topic, starts, fold, admin=self._admin)
+        states: dict[int, list[JobState]] = {}
+        for number in numbers:
+            self._metrics.restored_records.labels(modes[number]).inc(read[number])
+            self._stores.checkpoint(number, complete=True)
+            states[number] = await self._open_jobs(loaders[number].store)
+        log.info(
+            "partition stores restored",
+            partitions=numbers,
+            modes=modes,
+            records=read,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return states
+
+    async def _open_jobs(self, store: PartitionStore) -> list[JobState]:
+        values = await asyncio.to_thread(_open_values, store)
+        states: list[JobState] = []
+        for i, (request_id, value) in enumerate(values):
+            try:
+                states.append(await decode_state(self._codec, value))
+            except DecodeError as exc:
+                log.error("unreadable job state skipped", key=request_id, error=str(exc))
+            if i % DECODE_SLICE == DECODE_SLICE - 1:
+                await asyncio.sleep(0)  # let the loop turn for the partitions already running
+        return states
+
+
+def _open_values(store: PartitionStore) -> list[tuple[str, bytes]]:
+    found = []
+    for request_id in store.open_ids():
+        value = store.get(request_id)
+        if value is not None:
+            found.append((request_id, value))
+    return found
