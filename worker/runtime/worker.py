@@ -62,6 +62,7 @@ from worker.runtime.sweeper import Sweeper
 from worker.runtime.transactions import Outcome, Settled, TransactionWriter
 from worker.runtime.watchdog import LoopWatchdog
 from worker.store import StoreError, StoreMemory, StoreOptions, StoreSet
+from worker.store.cleanup import DEPARTED_MIN_AGE_MS, CleanupPolicy
 from worker.vendors import HttpLimits
 from worker.version import __version__
 
@@ -76,6 +77,9 @@ UNFENCED_WAIT_S = 15.0
 # A partition store that fails again this soon after one was rebuilt: the disk is not
 # usable, and the process exits (its supervisor restarts it; the next owner rebuilds).
 STORE_FAILURES_WINDOW_S = 600.0
+# How often stores of partitions no longer owned are looked at (removed once unused for
+# state_cleanup_s), and the state dir's size checked.
+STORE_CLEANUP_EVERY_S = 300.0
 
 
 class Worker:
@@ -140,8 +144,10 @@ class Worker:
             group_id=settings.group_id,
             writer=settings.instance_id,
             memory=StoreMemory(StoreOptions.from_settings(settings)),
+            cleanup_policy=CleanupPolicy.from_settings(settings),
         )
         self._store_failed_at: float | None = None
+        self._stores_cleaned_at = 0.0
         self.outbox = Outbox(self.clock.monotonic)
         self.refused = RefusedRecords()
         self.dispatcher = CallDispatcher(
@@ -358,7 +364,21 @@ class Worker:
             await self._rebuild(failed)
         self.dispatcher.retry_waiting_calls()
         self.restorer.learn_missing_offsets(time.monotonic())
+        self._clean_stores_when_due()
         await self._commit_when_due()
+
+    def _clean_stores_when_due(self) -> None:
+        now = time.monotonic()
+        if now - self._stores_cleaned_at < STORE_CLEANUP_EVERY_S:
+            return
+        first = not self._stores_cleaned_at
+        self._stores_cleaned_at = now
+        try:
+            if first:  # other instance ids' stores left on this disk (earlier runs)
+                self.stores.remove_departed_instances(DEPARTED_MIN_AGE_MS, self.clock.now_ms())
+            self.stores.cleanup(set(self.partitions), self.clock.now_ms())
+        except OSError as exc:
+            log.warning("state dir cleanup failed", error=str(exc))
 
     def _consume_timeout(self) -> float:
         if not self.mailbox.empty():
