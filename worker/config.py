@@ -78,6 +78,8 @@ class SecretRef(BaseModel):
 
 _DAY_S = 86_400.0
 _YEAR_S = 366 * _DAY_S
+# The smallest open-jobs limit besides 0 (none): below it, intake would pause on every batch.
+MIN_MAX_OPEN_JOBS = 10
 
 
 def _seconds(maximum: float, *, zero_ok: bool = False) -> Any:
@@ -311,6 +313,19 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(
         120.0, gt=0, le=86_400, allow_inf_nan=False, description="/healthz fails when the loop is stuck this long"
     )
+    max_open_jobs: int = Field(
+        100_000,
+        ge=0,
+        le=100_000_000,
+        description="open jobs at which the worker stops reading new requests until they drain; 0: no limit",
+    )
+    intake_low_water: float = Field(
+        0.9,
+        ge=0.1,
+        le=0.99,
+        allow_inf_nan=False,
+        description="reading resumes when open jobs fall to this fraction of max_open_jobs",
+    )
     state_dir: Path = Field(Path("./state"), description="on-disk stores of owned export.jobs partitions")
     state_cache_mb: int = Field(
         64, ge=8, le=65_536, description="one block cache for every store of the process; holds the write buffers too"
@@ -333,6 +348,14 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("max_open_jobs")
+    @classmethod
+    def _a_usable_limit(cls, value: int) -> int:
+        # Below a few jobs, one consumed batch overshoots the limit many times over.
+        if 0 < value < MIN_MAX_OPEN_JOBS:
+            raise ValueError(f"must be 0 (no limit) or at least {MIN_MAX_OPEN_JOBS}")
+        return value
 
     @model_validator(mode="after")
     def _dead_letters_fit(self) -> Settings:

@@ -173,6 +173,15 @@ class Metrics:
             "export_worker_consumer_lag", "Requests not yet read, by partition", ["partition"], registry=r
         )
         self.assigned = Gauge("export_worker_assigned_partitions", "Partitions owned", registry=r)
+        self.intake_paused = Gauge(
+            "export_worker_intake_paused", "1 while no new requests are read: too many open jobs", registry=r
+        )
+        self.intake_pauses = Counter(
+            "export_worker_intake_pauses", "Times reading new requests was paused for too many open jobs", registry=r
+        )
+        self.open_jobs_limit = Gauge(
+            "export_worker_open_jobs_limit", "Open jobs at which reading new requests pauses; 0: no limit", registry=r
+        )
         self.poll_lateness = Histogram(
             "export_worker_timer_lateness_seconds",
             "How late a due job was handed its call",

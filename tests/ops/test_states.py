@@ -12,10 +12,10 @@ from worker.codec import Codec
 from worker.config import Settings
 from worker.engine.model import JobState, Phase, Status
 from worker.kafka import Chunk, admin_client, ensure_topics, producer_config, restore
+from worker.observability import Metrics
 from worker.ops.kafkaio import connect
 from worker.ops.states import load_states
 from worker.records import state_to_record
-from worker.observability import Metrics
 from worker.runtime.state_reader import StoreReader
 from worker.store import StoreMemory, StoreSet
 

@@ -176,7 +176,9 @@ class FakeConsumer:
         self.low_watermarks: dict[int, int] = {}  # where the consumer starts with nothing committed
         self.paused: list[int] = []
         self.resumed: list[int] = []
+        self.paused_now: set[int] = set()  # paused by the last pause/resume that named them
         self.seeks: list[tuple[int, int]] = []
+        self.assigned: list[int] = []
         self.metadata_asked = 0
 
     async def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Any]:
@@ -192,15 +194,25 @@ class FakeConsumer:
             for tp in partitions
         ]
 
-    async def get_watermark_offsets(self, partition: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+    async def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = 1.0, cached: bool = False
+    ) -> tuple[int, int]:
         low = self.low_watermarks.get(partition.partition, 0)
         return low, low + 100
 
+    async def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.low_watermarks.get(tp.partition, 0)) for tp in partitions]
+
     async def pause(self, partitions: list[TopicPartition]) -> None:
         self.paused.extend(tp.partition for tp in partitions)
+        self.paused_now.update(tp.partition for tp in partitions)
 
     async def resume(self, partitions: list[TopicPartition]) -> None:
         self.resumed.extend(tp.partition for tp in partitions)
+        self.paused_now.difference_update(tp.partition for tp in partitions)
+
+    async def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned.extend(tp.partition for tp in partitions)
 
     async def seek(self, partition: TopicPartition) -> None:
         self.seeks.append((partition.partition, partition.offset))

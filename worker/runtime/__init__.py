@@ -10,6 +10,7 @@
 - ``Partitions``: ownership and incarnations of the request partitions.
 - ``Restorer``: reading a partition's state back, committed offsets, resync.
 - ``LoopWatchdog``: health, stall stacks, consumer lag.
+- ``IntakeGate``: backpressure, reading requests paused while too many jobs are open.
 - ``clients``: the seams, Kafka client factories and the clock.
 """
 

@@ -9,13 +9,18 @@ A partition rebuilt by its own worker (a resync) remembers the incarnations it r
 (``rebuilt``): a vendor call of one of those that ends after the rebuild still has an
 answer that only this worker ever sees (a submit's job id), so it is applied to the
 state read back instead of being dropped.
+
+Each partition's jobs are a ``JobTable``: a dict that keeps the number of its open jobs
+as it changes, so the intake gate (``worker.runtime.backpressure``) reads the total in
+O(partitions) every turn instead of scanning every job.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 from confluent_kafka import TopicPartition
 
@@ -25,12 +30,95 @@ from worker.engine.model import JobState, Phase
 # and a partition rebuilt more often than this meanwhile is failing for other reasons.
 REMEMBERED_REBUILDS = 8
 
+_DONE = Phase.DONE
+_ABSENT: Any = object()
+
+
+class JobTable(dict[str, JobState]):
+    """A partition's jobs by request id, counting the open ones (``phase`` not DONE) as
+    they are set, replaced and removed: ``open_count`` is always what a recount gives.
+
+    Job states are immutable, so every change of phase is a ``__setitem__``. Every
+    mutating dict method keeps the count (``fromkeys``, which would make entries
+    without states, raises). Reading is plain ``dict``, at its speed."""
+
+    __slots__ = ("open_count",)
+
+    def __init__(self, jobs: Mapping[str, JobState] | Iterable[tuple[str, JobState]] = (), /) -> None:
+        super().__init__()
+        self.open_count = 0
+        self.update(jobs)
+
+    def __setitem__(self, request_id: str, state: JobState) -> None:
+        old = dict.get(self, request_id)
+        dict.__setitem__(self, request_id, state)
+        if state.phase is not _DONE:
+            self.open_count += 1
+        if old is not None and old.phase is not _DONE:
+            self.open_count -= 1
+
+    def __delitem__(self, request_id: str) -> None:
+        old = dict.pop(self, request_id)
+        if old.phase is not _DONE:
+            self.open_count -= 1
+
+    def pop(self, request_id: str, default: Any = _ABSENT) -> Any:
+        old = dict.pop(self, request_id, _ABSENT)
+        if old is _ABSENT:
+            if default is _ABSENT:
+                raise KeyError(request_id)
+            return default
+        if old.phase is not _DONE:
+            self.open_count -= 1
+        return old
+
+    def popitem(self) -> tuple[str, JobState]:
+        request_id, old = dict.popitem(self)
+        if old.phase is not _DONE:
+            self.open_count -= 1
+        return request_id, old
+
+    def clear(self) -> None:
+        dict.clear(self)
+        self.open_count = 0
+
+    def setdefault(self, request_id: str, default: JobState) -> JobState:
+        found = dict.get(self, request_id)
+        if found is None:
+            self[request_id] = found = default
+        return found
+
+    def update(self, *others: Any, **more: JobState) -> None:
+        for other in others:
+            items = other.items() if hasattr(other, "items") else other
+            for request_id, state in items:
+                self[request_id] = state
+        for request_id, state in more.items():
+            self[request_id] = state
+
+    def __ior__(self, other: Any) -> JobTable:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    @classmethod
+    def fromkeys(cls, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError("JobTable.fromkeys: a job table holds job states, not placeholders")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy, deepcopy and pickle rebuild it through __init__, which counts afresh
+        # (the default would restore the count and then add every entry again).
+        return (type(self), (dict(self),))
+
+    def recount(self) -> int:
+        """The open jobs counted one by one (tests and invariant checks: O(jobs))."""
+        return sum(1 for state in self.values() if state.phase is not _DONE)
+
 
 @dataclass
 class OwnedPartition:
     number: int
     incarnation: int
-    jobs: dict[str, JobState] = field(default_factory=dict)
+    jobs: JobTable = field(default_factory=JobTable)
     ready: bool = False  # restored: requests are read and jobs are run
     revoking: bool = False  # being handed over: no new vendor calls
     # The input offset to commit: one past the last request fully processed (not the
@@ -125,10 +213,16 @@ class Partitions(Mapping[int, OwnedPartition]):
     def ready_partitions(self) -> list[TopicPartition]:
         return [TopicPartition(self.topic, n) for n, p in self._owned.items() if p.ready]
 
+    def open_jobs(self) -> int:
+        """Open jobs of every owned partition (ready or not), in O(partitions)."""
+        return sum(part.jobs.open_count for part in self._owned.values())
+
     def open_job_counts(self) -> dict[tuple[str, str], int]:
         """Open jobs by (vendor, status), for the open-jobs gauge (read from another thread)."""
         tally: Counter[tuple[str, str]] = Counter()
         for part in list(self._owned.values()):
+            if not part.jobs.open_count:
+                continue  # nothing open: no need to look at its finished jobs
             for state in list(part.jobs.values()):
                 if state.phase is not Phase.DONE:
                     tally[(state.vendor, state.status.value)] += 1

@@ -57,8 +57,12 @@ class Restorer:
         dispatcher: CallDispatcher,
         mailbox: Mailbox,
         metrics: Metrics,
+        may_resume: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``may_resume``: whether restored partitions may be read at once (not while
+        intake is paused for backpressure: the gate resumes them when it reopens)."""
         self._partitions = partitions
+        self._may_resume = may_resume
         self._read_states = read_states
         self._stepper = stepper
         self._dispatcher = dispatcher
@@ -257,7 +261,7 @@ class Restorer:
             part.ready = True
             part.next_offset = done.committed.get(number)
             ready.append(TopicPartition(self._partitions.topic, number))
-        if ready:
+        if ready and self._may_resume():
             await self._consumer.resume(ready)
         self._metrics.restore_seconds.observe(done.seconds)
         self._metrics.restored_jobs.inc(total)

@@ -6,6 +6,7 @@ One asyncio task (the *loop*) owns every job state. Each turn it:
   2. takes a batch of requests: each becomes engine steps, or a dead letter (``Intake``),
   3. applies what background work reported: vendor answers, restores, pauses (mailbox),
   4. fires due timers and admits due jobs to their connection (``CallDispatcher``),
+     then pauses or resumes reading requests by the open jobs (``IntakeGate``),
   5. cuts everything produced so far into ONE Kafka transaction with the input offsets,
      every ``commit_interval_ms`` (``TransactionWriter``),
   6. and only once that is committed, starts the vendor calls those steps asked for.
@@ -37,6 +38,7 @@ from worker.ingest import Ingest
 from worker.observability import Metrics, SidePort
 from worker.registry import registry_for
 from worker.result_store import ResultStore, result_store_from_url
+from worker.runtime.backpressure import IntakeGate
 from worker.runtime.calls import Call
 from worker.runtime.clients import (
     Clock,
@@ -181,6 +183,7 @@ class Worker:
             worker_id=self.transactional_id,
             refused=self.refused,
         )
+        self.gate = IntakeGate.from_settings(settings, self.metrics)
         self.restorer = Restorer(
             partitions=self.partitions,
             read_states=read_states or StoreReader(settings, self.codec, self.admin, self.stores, self.metrics),
@@ -188,6 +191,7 @@ class Worker:
             dispatcher=self.dispatcher,
             mailbox=self.mailbox,
             metrics=self.metrics,
+            may_resume=self.gate.may_resume,
         )
         self.writer = TransactionWriter(
             outbox=self.outbox,
@@ -365,6 +369,7 @@ class Worker:
         self.dispatcher.retry_waiting_calls()
         self.restorer.learn_missing_offsets(time.monotonic())
         self._clean_stores_when_due()
+        await self.gate.check(self.partitions.open_jobs(), self.consumer, self.partitions)
         await self._commit_when_due()
 
     def _clean_stores_when_due(self) -> None:
