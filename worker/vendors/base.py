@@ -50,7 +50,17 @@ class JobSpec:
 
 
 class VendorAdapter(Protocol):
-    """Submit a job, poll it, and find a job whose submit answer was lost."""
+    """Submit a job, poll it, and find a job whose submit answer was lost.
+
+    The contract on the request's job body (``spec.job``): ``submit`` and ``reconcile``
+    run before the vendor accepted the job and may read all of it. Once the vendor
+    accepted it (``vendor_job_id`` is known), ``poll`` and ``cancel``, and everything
+    they call (paths, headers, reading answers, collecting results), read only what
+    ``poll_view`` keeps. The runtime relies on this: it keeps only the view of an
+    accepted job in memory and hands poll and cancel a spec whose ``job`` is that view
+    (docs/design/state-store.md §3.6). Checked by tests/unit/test_poll_view_reads.py
+    (statically) and tests/vendors/test_poll_view.py (against the simulators).
+    """
 
     vendor: ClassVar[str]
     can_reconcile: ClassVar[bool]
@@ -63,10 +73,24 @@ class VendorAdapter(Protocol):
         """``known=False`` when the vendor offers no way to look a job up."""
         ...
 
+    @staticmethod
+    def poll_view(job: dict[str, Any]) -> dict[str, Any]:
+        """The part of ``job`` that poll and cancel read: a pure function of ``job``,
+        JSON-serialisable, small, and idempotent (``poll_view(poll_view(j)) ==
+        poll_view(j)``), so equal views can be interned and shared. This default keeps
+        the whole job, which is always safe; adapters narrow it with ``kept``."""
+        return job
+
 
 @runtime_checkable
 class Cancellable(Protocol):
     async def cancel(self, spec: JobSpec, vendor_job_id: str) -> CancelAnswered: ...
+
+
+def kept(job: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """``job`` restricted to ``fields``, in their order (so equal views serialise alike).
+    A field the job lacks stays absent: ``view.get(name)`` answers as ``job.get(name)``."""
+    return {name: job[name] for name in fields if name in job}
 
 
 def map_status(table: dict[str, Status], vendor_status: str, *, default: Status = Status.RUNNING) -> Status:

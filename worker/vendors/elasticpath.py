@@ -47,7 +47,7 @@ from worker.errors import (
 )
 from worker.redaction import excerpt
 from worker.result_store import ResultStore, artifact_key
-from worker.vendors.base import JobSpec, job_id_of, map_status, segment
+from worker.vendors.base import JobSpec, VendorAdapter, job_id_of, map_status, segment
 from worker.vendors.http import Answer, BearerToken, VendorHttp, token_answer
 
 JOBS = "/v2/subscriptions/jobs"
@@ -163,7 +163,7 @@ def _status_of(job: dict[str, Any]) -> str:
     return str(job["attributes"]["status"]).strip()
 
 
-class ElasticPathAdapter:
+class ElasticPathAdapter(VendorAdapter):
     vendor: ClassVar[str] = "elasticpath"
     can_reconcile: ClassVar[bool] = True
     extras: ClassVar[tuple[str, ...]] = ("result_store",)
@@ -238,6 +238,11 @@ class ElasticPathAdapter:
         return SubmitAnswered(vendor_job_id=job["id"], vendor_status=raw, status=map_status(STATUSES, raw))
 
     # ---- poll --------------------------------------------------------------------------
+
+    @staticmethod
+    def poll_view(job: dict[str, Any]) -> dict[str, Any]:
+        """Nothing: poll reads the job id and the request id, never the job body."""
+        return {}
 
     async def poll(self, spec: JobSpec, vendor_job_id: str) -> PollAnswered:
         answer = await self._call("GET", f"{JOBS}/{segment(vendor_job_id, 'job id')}", operation="poll")

@@ -20,7 +20,7 @@ from worker.config import UUID_TEXT, ConnectionConfig
 from worker.engine.model import ErrorInfo, FileInfo, PollAnswered, ReconcileAnswered, Status, SubmitAnswered
 from worker.errors import ConfigError, InvalidRequest, MalformedAnswer
 from worker.redaction import excerpt
-from worker.vendors.base import JobSpec, job_id_of, map_status, segment
+from worker.vendors.base import JobSpec, VendorAdapter, job_id_of, kept, map_status, segment
 from worker.vendors.http import Answer, BearerToken, VendorHttp, token_answer
 
 STATUSES: dict[str, Status] = {
@@ -117,11 +117,14 @@ def link_expiry_ms(url: str) -> int | None:
     return int(when.timestamp() * 1000)
 
 
-class ItronAdapter:
+class ItronAdapter(VendorAdapter):
     vendor: ClassVar[str] = "itron"
     can_reconcile: ClassVar[bool] = False
     # Every operation name this adapter reports to metrics (a fixed set of labels).
     operations: ClassVar[frozenset[str]] = frozenset({"token", "submit", "poll"})
+    # What poll reads of the job: the subscription in its path (_path), and the file
+    # type that names the result when a success answer has no fileFormat (read_poll).
+    POLL_FIELDS: ClassVar[tuple[str, ...]] = ("subscription_id", "filetype")
 
     def __init__(self, conn: ConnectionConfig, http: VendorHttp) -> None:
         if conn.client_id is None or conn.client_secret is None:
@@ -150,6 +153,10 @@ class ItronAdapter:
             },
         )
         return token_answer(answer)
+
+    @staticmethod
+    def poll_view(job: dict[str, Any]) -> dict[str, Any]:
+        return kept(job, ItronAdapter.POLL_FIELDS)
 
     def _path(self, spec: JobSpec, job_id: str | None = None) -> str:
         subscription = str(spec.job.get("subscription_id") or self.conn.subscription_id)

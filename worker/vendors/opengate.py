@@ -39,7 +39,7 @@ from worker.errors import (
 )
 from worker.redaction import excerpt
 from worker.result_store import ResultStore, artifact_key
-from worker.vendors.base import JobSpec, job_id_of, map_status, segment
+from worker.vendors.base import JobSpec, VendorAdapter, job_id_of, map_status, segment
 from worker.vendors.http import Answer, BearerToken, StaticHeader, VendorHttp
 
 API = "/north/v80"
@@ -375,7 +375,7 @@ def _created(exc: VendorError, job_id: str) -> VendorError:
     )
 
 
-class OpenGateAdapter:
+class OpenGateAdapter(VendorAdapter):
     vendor: ClassVar[str] = "opengate"
     can_reconcile: ClassVar[bool] = True
     extras: ClassVar[tuple[str, ...]] = ("result_store",)
@@ -490,6 +490,12 @@ class OpenGateAdapter:
             raise
 
     # ---- poll --------------------------------------------------------------------------
+
+    @staticmethod
+    def poll_view(job: dict[str, Any]) -> dict[str, Any]:
+        """Nothing: poll, collect and cancel read the job id and the request id, never
+        the job body (its operation name is read by reconcile only, before acceptance)."""
+        return {}
 
     async def poll(self, spec: JobSpec, vendor_job_id: str) -> PollAnswered:
         answer = await self.http.call("GET", f"{JOBS}/{segment(vendor_job_id, 'job id')}", operation="poll")

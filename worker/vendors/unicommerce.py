@@ -49,7 +49,7 @@ from worker.errors import (
     VendorUnavailable,
 )
 from worker.redaction import excerpt
-from worker.vendors.base import JobSpec, map_status
+from worker.vendors.base import JobSpec, VendorAdapter, kept, map_status
 from worker.vendors.http import Answer, BearerToken, VendorHttp, token_answer
 
 log = structlog.get_logger(__name__)
@@ -187,11 +187,13 @@ def read_answer(answer: Answer, operation: str, *, outcome_unknown: bool = False
     )
 
 
-class UnicommerceAdapter:
+class UnicommerceAdapter(VendorAdapter):
     vendor: ClassVar[str] = "unicommerce"
     can_reconcile: ClassVar[bool] = False
     # Every operation name this adapter reports to metrics (a fixed set of labels).
     operations: ClassVar[frozenset[str]] = frozenset({"token", "token_refresh", "submit", "poll"})
+    # What poll reads of the job: the facility of its Facility header (facility_of).
+    POLL_FIELDS: ClassVar[tuple[str, ...]] = ("facility",)
 
     def __init__(self, conn: ConnectionConfig, http: VendorHttp) -> None:
         if conn.username is None or conn.password is None:
@@ -237,6 +239,10 @@ class UnicommerceAdapter:
         except VendorRejected as exc:
             raise AuthFailed(f"token: Unicommerce refused the username and password (HTTP {exc.status})") from None
         return token_answer(answer)
+
+    @staticmethod
+    def poll_view(job: dict[str, Any]) -> dict[str, Any]:
+        return kept(job, UnicommerceAdapter.POLL_FIELDS)
 
     def _headers(self, spec: JobSpec) -> dict[str, str]:
         facility = facility_of(spec.job, self.conn)
