@@ -135,6 +135,7 @@ def state_from_record(rec: dict[str, Any]) -> JobState:
             "error": None if error is None else ErrorInfo(error["code"], error["message"], error["retryable"]),
             "finished_at_ms": rec.get("finished_at_ms"),
             "submit_unknown_at_ms": 0,
+            "body_in_store": False,
         }
     )
 

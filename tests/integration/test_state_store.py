@@ -11,7 +11,9 @@ from pathlib import Path
 
 from tests.conftest import itron_connection, make_settings, running
 from worker.config import Settings, TopicSettings
+from worker.engine.model import JobState
 from worker.runtime import Worker
+from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator
 from worker.testing import OutputReader, Publisher, eventually, itron_request, terminal
 
@@ -119,3 +121,32 @@ class TestFinishedJobsInTheStore:
         await duplicates_answered(settings, itron_sim, again)
         assert (opens(again, "other_log"), opens(again, "corrupt"), opens(again, "no_checkpoint")) == (1, 1, 1)
         assert restored_records(again, "cold") >= 1
+
+
+class TestTrimmedBodies:
+    async def test_an_accepted_job_keeps_only_its_view_in_memory_and_full_records_on_the_topic(
+        self, settings: Settings
+    ) -> None:
+        points = ",".join(f"90000{i:05d}" for i in range(300))  # a body of a few KiB
+        sim = ItronSimulator(timing=Timing(stages=(3600.0, 3600.0, 3600.0)), seed=3)
+        await sim.start()
+        try:
+            worker = worker_for(settings, sim)
+            async with running(worker), Publisher(settings) as pub, OutputReader(settings) as reader:
+                await pub.send(itron_request("big", tokens={"ServicePoint": points}))
+                await pub.flush()
+
+                def trimmed() -> JobState | None:
+                    state = next((p.jobs["big"] for p in worker.partitions.values() if "big" in p.jobs), None)
+                    return state if state is not None and state.body_in_store else None
+
+                kept = await eventually(trimmed, timeout=30, what="the accepted job trimmed in memory")
+                assert json.loads(kept.job_json) == {"subscription_id": None, "filetype": "Csv"}
+                for job in sim.jobs.values():  # now let it finish
+                    job.durations = (0.0, 0.0, 0.0)
+                out = await reader.wait_for(lambda o: terminal(o, ["big"], frozenset({"SUCCEEDED"})), timeout=60)
+            stored = out.jobs["big"]
+            assert stored is not None and stored["status"] == "SUCCEEDED"
+            assert json.loads(stored["job_json"])["tokens"]["ServicePoint"] == points
+        finally:
+            await sim.stop()

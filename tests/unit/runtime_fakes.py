@@ -89,6 +89,10 @@ class FakeAdapter:
     async def submit(self, spec: JobSpec) -> Any:
         return await self._answer(CallKind.SUBMIT, spec)
 
+    @staticmethod
+    def poll_view(job: dict[str, Any]) -> dict[str, Any]:
+        return {name: job[name] for name in ("filetype",) if name in job}
+
     async def poll(self, spec: JobSpec, vendor_job_id: str) -> Any:
         return await self._answer(CallKind.POLL, spec)
 

@@ -10,6 +10,10 @@ from worker.runtime.outbox import MAX_PENDING_RECORDS, Outbox, Outgoing
 NOW_MS = 1_700_000_000_000
 
 
+def encode_in(number: int, state: JobState) -> bytes:
+    return encode(state)
+
+
 def encode(state: JobState) -> bytes:
     return f"{state.request_id}:{state.sequence}".encode()
 
@@ -35,13 +39,13 @@ class TestOutbox:
         outbox.put_state(2, "r1", first)
         last = first.evolve(sequence=5)
         outbox.put_state(2, "r1", last)
-        (written,) = outbox.take(encode, "jobs").records
+        (written,) = outbox.take(encode_in, "jobs").records
         assert written == Outgoing(2, "jobs", b"r1", b"r1:5", 2, state=last) and written.state is last
 
     def test_a_forgotten_job_is_written_as_a_tombstone_to_its_own_partition(self) -> None:
         outbox = Outbox(FakeClock().clock.monotonic)
         outbox.put_state(1, "gone", None)
-        assert outbox.take(encode, "jobs").records == [Outgoing(1, "jobs", b"gone", None, 1)]
+        assert outbox.take(encode_in, "jobs").records == [Outgoing(1, "jobs", b"gone", None, 1)]
 
     def test_take_hands_over_events_then_states_the_held_calls_and_answers_and_empties_it(self) -> None:
         outbox = Outbox(FakeClock().clock.monotonic)
@@ -53,7 +57,7 @@ class TestOutbox:
         outbox.hold(call)
         outbox.note_answer(answer)
         outbox.offsets_advanced()
-        taken = outbox.take(encode, "jobs")
+        taken = outbox.take(encode_in, "jobs")
         assert [r.topic for r in taken.records] == ["status", "jobs"]
         assert taken.calls == [call] and taken.answers == [answer]
         assert not outbox.pending and outbox.calls == [] and outbox.answers == [] and outbox.since == 0.0
@@ -73,7 +77,7 @@ class TestOutbox:
         outbox.note_answer(kept_answer)
         outbox.note_answer(lost_answer)
         assert outbox.discard({1}) == ([lost_call], [lost_answer])
-        taken = outbox.take(encode, "jobs")
+        taken = outbox.take(encode_in, "jobs")
         assert {r.partition for r in taken.records} == {0} and taken.calls == [kept_call]
         assert taken.answers == [kept_answer]
 

@@ -77,7 +77,7 @@ class TestRefusedJobs:
         assert job.error is not None and job.error.code == "record_refused"
         assert job.job_json == "{}" and rig.outbox.states[(0, "big")] == job
         assert rig.outbox.calls == []  # no submit for a job that cannot be tracked
-        rig.outbox.take(lambda state: b"", "jobs")
+        rig.outbox.take(lambda number, state: b"", "jobs")
         rig.stepper.apply(part, "big", TimerFired())
         assert rig.outbox.states == {}  # dealt with once: the small state is not written again
 

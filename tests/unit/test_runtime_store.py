@@ -16,7 +16,7 @@ from worker.records import state_from_record, state_to_record
 from worker.runtime import sweeper as sweeper_module
 from worker.runtime.store_writer import StoreWriter
 from worker.runtime.sweeper import Sweeper
-from worker.runtime.transactions import Batch
+from worker.runtime.transactions import Batch, TransactionWriter
 from worker.store import Entry, LogFacts, StoreMemory, StoreOptions, StoreSet
 from worker.store.loader import StoreLoader
 
@@ -24,6 +24,10 @@ DAY_MS = 86_400_000
 MIB = 1 << 20
 CODEC = Codec()
 LOG = LogFacts("cluster", "jobs", "topic-id", 0, 0, 1_000_000, DAY_MS)
+
+
+def encode_in(number: int, state: JobState) -> bytes:
+    return encode(state)
 
 
 def encode(state: JobState) -> bytes:
@@ -65,7 +69,7 @@ class Rig(Collaborators):
 
     def commit(self) -> Batch:
         """What the outbox holds, as a committed batch."""
-        taken = self.outbox.take(encode, "jobs")
+        taken = self.outbox.take(encode_in, "jobs")
         ends = {}
         for out in taken.records:
             if out.topic == "jobs":
@@ -175,7 +179,7 @@ class TestStoreWriter:
     def test_a_job_stepped_again_after_the_cut_stays_until_its_newer_state_is_committed(self, rig: Rig) -> None:
         rig.cold(rig.succeeded("r1"))
         rig.stepper.apply(rig.part, "r1", rig.request("r1"))
-        taken = rig.outbox.take(encode, "jobs")
+        taken = rig.outbox.take(encode_in, "jobs")
         rig.stepper.apply(rig.part, "r1", rig.request("r1"))  # a second duplicate, after the cut
         rig.offset += 1
         batch = Batch(taken.records, [], [], [], None, rig.partitions.incarnations(), jobs_offsets={0: rig.offset})
@@ -186,14 +190,14 @@ class TestStoreWriter:
 
     def test_a_batch_of_a_partition_no_longer_owned_is_not_stored(self, rig: Rig) -> None:
         rig.stepper.apply(rig.part, "new", rig.request("new"))
-        taken = rig.outbox.take(encode, "jobs")
+        taken = rig.outbox.take(encode_in, "jobs")
         rig.partitions.claim({0})  # rebuilt meanwhile: the restore reads these records from the topic
         batch = Batch(taken.records, [], [], [], None, {0: rig.part.incarnation}, jobs_offsets={0: 5})
         assert rig.writer.committed(batch) == set() and rig.store.get("new") is None
 
     def test_a_store_that_cannot_be_written_is_reported(self, rig: Rig) -> None:
         rig.stepper.apply(rig.part, "new", rig.request("new"))
-        taken = rig.outbox.take(encode, "jobs")
+        taken = rig.outbox.take(encode_in, "jobs")
         rig.store.close()
         batch = Batch(taken.records, [], [], [], None, rig.partitions.incarnations(), jobs_offsets={0: 5})
         assert rig.writer.committed(batch) == {0}
@@ -247,3 +251,53 @@ class TestSweeper:
         assert len(rig.outbox.states) == 3
         rig.sweeper.run()  # a full slice: the next sweep goes on at once, past what was stepped
         assert len(rig.outbox.states) == 6
+
+
+class TestTrimmedBodies:
+    def active(self, rig: Rig, request_id: str) -> JobState:
+        body = '{"filetype":"Csv","tokens":{"ServicePoint":"' + "9" * 400 + '"}}'
+        return accepted(request_id, rig.now()).evolve(
+            job_json=body, phase=Phase.ACTIVE, status=Status.RUNNING, vendor_job_id="job-1", sequence=3
+        )
+
+    def test_a_committed_accepted_job_keeps_only_its_view_in_memory(self, rig: Rig) -> None:
+        state = self.active(rig, "r1")
+        rig.part.jobs["r1"] = state
+        rig.outbox.put_state(0, "r1", state)
+        rig.commit()
+        kept = rig.part.jobs["r1"]
+        assert (kept.job_json, kept.body_in_store) == ('{"filetype":"Csv"}', True)
+        assert decode(rig.store.get("r1")).job_json == state.job_json
+        other = self.active(rig, "r2")
+        rig.part.jobs["r2"] = other
+        rig.outbox.put_state(0, "r2", other)
+        rig.commit()
+        assert rig.part.jobs["r2"].job_json is kept.job_json  # interned: one string for equal views
+
+    async def test_every_record_of_a_trimmed_job_carries_its_full_body(self, rig: Rig) -> None:
+        state = self.active(rig, "r1")
+        rig.part.jobs["r1"] = state
+        rig.outbox.put_state(0, "r1", state)
+        rig.commit()
+        moved_on = rig.part.jobs["r1"].evolve(vendor_status="Completed", sequence=4)
+        rig.outbox.put_state(0, "r1", moved_on)
+        writer = TransactionWriter(
+            outbox=rig.outbox,
+            partitions=rig.partitions,
+            codec=CODEC,
+            jobs_topic="jobs",
+            metrics=metrics(),
+            stores=rig.stores,
+        )
+        batch = await writer.cut()
+        assert batch is not None
+        (record,) = batch.outgoing
+        written = decode(record.value)
+        assert (written.job_json, written.sequence, written.body_in_store) == (state.job_json, 4, False)
+
+    def test_a_job_that_is_not_accepted_yet_keeps_its_body(self, rig: Rig) -> None:
+        pending = accepted("r1", rig.now()).evolve(job_json='{"filetype":"Csv","tokens":{}}')
+        rig.part.jobs["r1"] = pending
+        rig.outbox.put_state(0, "r1", pending)
+        rig.commit()
+        assert rig.part.jobs["r1"] is pending

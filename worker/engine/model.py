@@ -98,6 +98,10 @@ class JobState:
     # In memory only (not in the JobState schema): when the latest submit's outcome became
     # unknown. A restore sets it to the restore time, which is never earlier.
     submit_unknown_at_ms: int = 0
+    # In memory only: ``job_json`` holds just what the job's calls after acceptance read
+    # (its adapter's ``poll_view``); the full body is in the partition's store, and the
+    # writer puts it back into every record of this job.
+    body_in_store: bool = False
 
     @property
     def open(self) -> bool:

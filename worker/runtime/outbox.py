@@ -94,13 +94,13 @@ class Outbox:
         """``answer`` was applied: keep it until the records it produced are durable."""
         self.answers.append(answer)
 
-    def take(self, encode_state: Callable[[JobState], bytes], jobs_topic: str) -> Taken:
-        """Everything waiting, as records (states encoded now), with the calls held for it
-        and the answers it came from."""
+    def take(self, encode_state: Callable[[int, JobState], bytes], jobs_topic: str) -> Taken:
+        """Everything waiting, as records (states encoded now, with their partition), with
+        the calls held for it and the answers it came from."""
         records, self.records = self.records, []
         states, self.states = self.states, {}
         for (number, request_id), state in states.items():
-            value = None if state is None else encode_state(state)
+            value = None if state is None else encode_state(number, state)
             records.append(Outgoing(number, jobs_topic, request_id.encode(), value, number, state=state))
         calls, self.calls = self.calls, []
         answers, self.answers = self.answers, []

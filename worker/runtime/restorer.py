@@ -252,7 +252,7 @@ class Restorer:
             if part is None:
                 continue
             for state in done.states.get(number, []):
-                resumed = self._stepper.resumed(state)
+                resumed = self._stepper.trimmed(number, self._stepper.resumed(state))
                 part.jobs[state.request_id] = resumed
                 if resumed.next_action_at_ms > 0:
                     self._dispatcher.schedule(resumed.next_action_at_ms, number, state.request_id)

@@ -4,7 +4,9 @@ wrote an intent), the next timer to the dispatcher's heap."""
 
 from __future__ import annotations
 
+import json
 import random
+import sys
 
 import structlog
 
@@ -20,6 +22,7 @@ from worker.engine.model import (
     ErrorInfo,
     Event,
     JobState,
+    Phase,
     PublishStatus,
     Restored,
     Transition,
@@ -98,7 +101,8 @@ class Stepper:
         transition = step(state, event, self.context(conn))
         if refused is not None and transition.state is not None:
             # The broker refused a record of this job: keep only what fits anywhere.
-            transition = Transition(transition.state.evolve(job_json="{}", labels=NO_LABELS), True, transition.effects)
+            kept = transition.state.evolve(job_json="{}", labels=NO_LABELS, body_in_store=False)
+            transition = Transition(kept, True, transition.effects)
         if persist_changes and not transition.persist and transition.state != state:
             transition = Transition(transition.state, True, transition.effects)
         new = transition.state
@@ -137,6 +141,24 @@ class Stepper:
             and (new.open or self.store_of(part) is None)  # a stored finished job is due by the sweep
         ):
             self._dispatcher.schedule(new.next_action_at_ms, part.number, request_id)
+
+    def trimmed(self, number: int, state: JobState) -> JobState:
+        """``state`` as memory keeps an accepted job whose state is committed: its body
+        cut down to what its calls still read (``poll_view``), the rest in the store.
+        Equal views are interned, so thousands of jobs share one string."""
+        if state.body_in_store or state.phase is not Phase.ACTIVE or self._stores is None:
+            return state
+        if self._stores.get(number) is None:
+            return state
+        conn = self._connections.get(state.connection)
+        if conn is None:
+            return state
+        try:
+            view = conn.adapter.poll_view(json.loads(state.job_json))
+        except (ValueError, TypeError):
+            return state  # not a JSON object: keep it whole
+        compact = sys.intern(json.dumps(view, separators=(",", ":")))
+        return state.evolve(job_json=compact, body_in_store=True)
 
     def store_of(self, part: OwnedPartition) -> PartitionStore | None:
         """The partition's store, once it holds the partition (restored into it)."""
@@ -238,4 +260,4 @@ class Stepper:
 
 def _trimmed(state: JobState) -> bool:
     """Already cut down after a refused record (finished, with no job text or labels)."""
-    return not state.open and state.job_json == "{}" and not state.labels
+    return not state.open and state.job_json == "{}" and not state.labels and not state.body_in_store

@@ -64,6 +64,10 @@ class StoreWriter:
                 state = out.state
                 # Only the very state written: a job stepped again since stays until its
                 # newer state is committed.
-                if state is not None and not state.open and part.jobs.get(state.request_id) is state:
+                if state is None or part.jobs.get(state.request_id) is not state:
+                    continue
+                if state.open:
+                    part.jobs[state.request_id] = self._stepper.trimmed(number, state)
+                else:
                     del part.jobs[state.request_id]
         return failed

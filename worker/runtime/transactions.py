@@ -19,15 +19,17 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.codec import Codec
-from worker.errors import ProducerStuck
+from worker.engine.model import JobState
+from worker.errors import DecodeError, ProducerStuck
 from worker.observability import Metrics
-from worker.records import state_to_record
+from worker.records import state_from_record, state_to_record
 from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer, TransactionalProducer
 from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import Partitions
 from worker.runtime.refused import RecordsRefused, refused_record
+from worker.store import StoreError, StoreSet
 
 log = structlog.get_logger("export_worker")
 
@@ -99,12 +101,21 @@ class TransactionWriter:
     codec: encodes job states when a batch is cut.
     jobs_topic: the state topic.
     metrics: transaction counters and timings.
+    stores: the partition stores, where the full body of a trimmed job is read back.
     """
 
     def __init__(
-        self, *, outbox: Outbox, partitions: Partitions, codec: Codec, jobs_topic: str, metrics: Metrics
+        self,
+        *,
+        outbox: Outbox,
+        partitions: Partitions,
+        codec: Codec,
+        jobs_topic: str,
+        metrics: Metrics,
+        stores: StoreSet | None = None,
     ) -> None:
         self._outbox = outbox
+        self._stores = stores
         self._partitions = partitions
         self._codec = codec
         self._jobs_topic = jobs_topic
@@ -149,8 +160,26 @@ class TransactionWriter:
         metadata = (group_metadata or await self._group_metadata()) if offsets else None
         return Batch(taken.records, taken.calls, taken.answers, offsets, metadata, self._partitions.incarnations())
 
-    def _encode_state(self, state: Any) -> bytes:
+    def _encode_state(self, number: int, state: JobState) -> bytes:
+        if state.body_in_store:
+            state = state.evolve(job_json=self._stored_body(number, state), body_in_store=False)
         return self._codec.encode("JobState", state_to_record(state), topic=self._jobs_topic)
+
+    def _stored_body(self, number: int, state: JobState) -> str:
+        """The full job body of a job memory keeps trimmed: every record carries it."""
+        store = self._stores.get(number) if self._stores is not None else None
+        try:
+            value = store.get(state.request_id) if store is not None else None
+            if value is not None:
+                return state_from_record(self._codec.decode("JobState", value)).job_json
+        except (StoreError, DecodeError, KeyError, ValueError) as exc:
+            log.error("stored job body unreadable", request_id=state.request_id, error=str(exc))
+        else:
+            log.error("stored job body missing", request_id=state.request_id, partition=number)
+        # Never expected: the trimmed view still lets the job be polled to its end; the
+        # record's body is what is left of it.
+        self._metrics.store_failures.inc()
+        return state.job_json
 
     async def _group_metadata(self) -> Any:
         assert self._consumer is not None

@@ -199,6 +199,7 @@ class Worker:
             codec=self.codec,
             jobs_topic=self.topics.jobs,
             metrics=self.metrics,
+            stores=self.stores,
         )
         self.store_writer = StoreWriter(
             partitions=self.partitions, stepper=self.stepper, jobs_topic=self.topics.jobs, metrics=self.metrics
