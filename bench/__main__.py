@@ -15,7 +15,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from bench import capacity, latency, politeness, restore, throughput
+from bench import capacity, latency, politeness, restore, store, throughput
 from bench.common import WORKDIR, broker
 
 console = Console()
@@ -100,6 +100,18 @@ async def run(quick: bool) -> list[str]:
             "<= 10 s",
         )
         lines.append(line(f"restore_{r.states}_states_s", r.ready_s, "<=10.0", r.ready_s <= 10.0, "{:.1f}"))
+
+        step("job state at retention (store)")
+        s = await store.measure(
+            bootstrap,
+            store.QUICK_FINISHED if quick else store.FINISHED,
+            store.QUICK_OPEN if quick else store.OPEN,
+            store.QUICK_SAMPLE_S if quick else store.SAMPLE_S,
+            step,
+        )
+        for row in store.rows(s):
+            table.add_row(*row)
+        lines.extend(store.lines(s))
 
         step("politeness")
         p = await politeness.measure(bootstrap)
