@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from rocksdict import Rdict, ReadOptions, WriteBatch
 
@@ -25,8 +26,7 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):  # a tuple: a restore builds one per record, 3x cheaper than a dataclass
     """One committed ``export.jobs`` record, as the store needs it."""
 
     request_id: str

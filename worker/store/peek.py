@@ -15,6 +15,7 @@ in full (loading open jobs, a cold lookup) handles that as an unreadable state.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -110,25 +111,51 @@ _PHASE = [
 ]
 
 
-def _code(step: Step, i: int) -> list[str]:
-    """Lines skipping one field: the common one-byte cases inline, the rest via ``skip``."""
+def _code(step: Step, i: int, indent: str = "    ") -> list[str]:
+    """Lines skipping one field: the common cases inline (a varint is skipped, not read;
+    a length of one or two bytes is read in place), the rest via ``skip``."""
     kind, arg = step
-    general = [f"        pos = skip(step_{i}, buf, pos)"]
-    if kind == _BYTES:  # a length under 64: one even byte
-        short = ["    b = buf[pos]", "    if b < 0x80 and not b & 1:", "        pos += 1 + (b >> 1)"]
-        return [*short, "    else:", *general]
-    if kind == _VARINT:
-        return ["    if buf[pos] < 0x80:", "        pos += 1", "    else:", *general]
+    general = [f"{indent}    pos = skip(step_{i}, buf, pos)"]
+    if kind == _BYTES:
+        return [
+            f"{indent}b = buf[pos]",
+            f"{indent}if b < 0x80 and not b & 1:",  # a length under 64
+            f"{indent}    pos += 1 + (b >> 1)",
+            f"{indent}elif b >= 0x80 and buf[pos + 1] < 0x80:",  # under 8192
+            f"{indent}    n = (b & 0x7F) | (buf[pos + 1] << 7)",
+            f"{indent}    if n & 1:",
+            f"{indent}        raise Surprise('negative length')",
+            f"{indent}    pos += 2 + (n >> 1)",
+            f"{indent}else:",
+            *general,
+        ]
+    if kind == _VARINT:  # skipped to its last byte: its value is not needed
+        return [f"{indent}while buf[pos] & 0x80:", f"{indent}    pos += 1", f"{indent}pos += 1"]
     if kind == _FIXED:
-        return [f"    pos += {arg}"]
-    if kind == _UNION and arg[0] == (_NULL, None):  # ["null", x]: null is one zero byte
-        return ["    if buf[pos] == 0:", "        pos += 1", "    else:", *general]
-    if kind == _MAP:  # an empty map is one zero byte
-        return ["    if buf[pos] == 0:", "        pos += 1", "    else:", *general]
-    return [f"    pos = skip(step_{i}, buf, pos)"]
+        return [f"{indent}pos += {arg}"]
+    if kind == _UNION and len(arg) == 2 and arg[0] == (_NULL, None) and arg[1][0] in (_BYTES, _VARINT, _FIXED):
+        # ["null", x]: branch 0 is one zero byte, branch 1 is the byte 2 and then x
+        inner = [line.replace(f"step_{i}", f"step_{i}[1][1]") for line in _code(arg[1], i, indent + "    ")]
+        return [
+            f"{indent}b = buf[pos]",
+            f"{indent}if b == 0:",
+            f"{indent}    pos += 1",
+            f"{indent}elif b == 2:",
+            f"{indent}    pos += 1",
+            *inner,
+            f"{indent}else:",
+            *general,
+        ]
+    if kind in (_UNION, _MAP):  # a null branch or an empty map is one zero byte
+        return [f"{indent}if buf[pos] == 0:", f"{indent}    pos += 1", f"{indent}else:", *general]
+    return [f"{indent}pos = skip(step_{i}, buf, pos)"]
 
 
 _walks: dict[bytes, Walk | None] = {}
+# The walk of each framing (fingerprint or registry id) a codec has met: the writer is
+# looked up once per framing, not once per value.
+_by_framing: weakref.WeakKeyDictionary[Codec, dict[bytes, Walk | None]] = weakref.WeakKeyDictionary()
+_UNSEEN: Any = object()
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -183,13 +210,18 @@ def peek(value: bytes, codec: Codec) -> Peeked:
     DecodeError when it is not a JobState we can read. Synchronous: a registry schema id
     the codec has not cached yet is DecodeError(unknown_schema) here, so a caller that
     may meet one fetches it first (``codec.decode_async``)."""
-    writer = codec.writer(_STATE, value)
-    key = writer.fingerprint
-    if key not in _walks:
-        _walks[key] = _compile(writer) if writer.name == _STATE else None
-    walk = _walks[key]
+    header = 10 if value[0] != 0 else 5  # single-object vs registry framing
+    by_framing = _by_framing.get(codec)
+    if by_framing is None:
+        by_framing = _by_framing[codec] = {}
+    framing = value[:header]
+    walk = by_framing.get(framing, _UNSEEN)
+    if walk is _UNSEEN:
+        writer = codec.writer(_STATE, value)
+        if writer.fingerprint not in _walks:
+            _walks[writer.fingerprint] = _compile(writer) if writer.name == _STATE else None
+        walk = by_framing[framing] = _walks[writer.fingerprint]
     if walk is not None:
-        header = 10 if value[0] != 0 else 5  # single-object vs registry framing
         try:
             return walk(value, header)
         except (_Surprise, IndexError):
