@@ -524,6 +524,15 @@ async def stream_compacted(
     # still running in its executor thread: librdkafka would free what that call uses
     # (seen as glibc aborting the process: "unaligned tcache chunk detected").
     consuming: asyncio.Future[Any] | None = None
+    # One batch is handed over while the next is consumed: the two overlap (librdkafka
+    # and the receiver each release the GIL for part of their work). Batches are handed
+    # over strictly in order.
+    delivering: asyncio.Future[None] | None = None
+
+    async def deliver(ready: list[Chunk]) -> None:
+        for chunk in ready:
+            await on_chunk(chunk)
+
     try:
         await consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(pending)])
         last_progress = time.monotonic()
@@ -560,13 +569,23 @@ async def stream_compacted(
                 key = msg.key()
                 if key is not None:
                     chunks.setdefault(number, []).append((offset, key, msg.value()))
-            for number in sorted(chunks.keys() | reached):
-                await on_chunk(Chunk(number, chunks.get(number, []), positions[number], number in reached))
+            ready = [
+                Chunk(number, chunks.get(number, []), positions[number], number in reached)
+                for number in sorted(chunks.keys() | reached)
+            ]
+            if delivering is not None:
+                await delivering
+            delivering = asyncio.ensure_future(deliver(ready))
             if reached:
                 # At their end: fetch nothing more of them (records written since are not read).
                 pending -= reached
                 await consumer.pause([TopicPartition(topic, n) for n in sorted(reached)])
+        if delivering is not None:
+            await delivering
     finally:
+        if delivering is not None and not delivering.done():
+            delivering.cancel()
+            await asyncio.wait([delivering], timeout=10)
         if consuming is not None and not consuming.done():
             await asyncio.wait([consuming], timeout=10)
         await consumer.close()
