@@ -1,8 +1,10 @@
 """Job state at retention (issue 13, design state-store §5): export.jobs holds 1,000,000
 finished jobs and 50,000 open ones over 6 partitions.
 
-- cold takeover: a worker with an empty state dir takes every partition; seconds to
-  /readyz, and the worker's restore rate against a bare consumer reading the same
+- cold takeover: a worker with an empty state dir takes every partition; seconds from
+  assignment until it polls again (the worker's restore_seconds: read, load, install;
+  process start to /readyz is printed beside it, as start-up costs the same either way),
+  and the worker's restore rate against a bare consumer reading the same
   partitions to their end (``bench.restore.bare_read``);
 - RSS at retention: the worker's largest VmRSS over a window after it is ready, against
   the same worker holding the open jobs alone (what retention adds is the difference);
@@ -479,16 +481,17 @@ def rows(s: StoreBench) -> list[tuple[str, str, str, str, str]]:
         ),
         (
             f"cold takeover of {s.records:,} states",
-            f"{s.cold_ready_s:.1f} s to ready ({s.cold_states_per_s:,.0f} states/s)",
+            f"{s.cold_restore_s:.1f} s assigned to polling ({s.cold_states_per_s:,.0f} states/s;"
+            f" {s.cold_ready_s:.1f} s from process start)",
             f"{s.bare_states_per_s:,.0f} states/s bare consumer",
             f"{s.cold_ratio:.2f}",
             f"<= {COLD_TARGET_S:.0f} s, >= {COLD_RATIO_TARGET:.1f}",
         ),
         (
             f"warm takeover, {TAIL:,} new records",
-            f"{s.warm_ready_s:.1f} s to ready ({warm_read})",
-            f"cold takeover {s.cold_ready_s:.1f} s",
-            f"{s.warm_ready_s / s.cold_ready_s:.2f}",
+            f"{s.warm_restore_s:.1f} s assigned to polling ({warm_read}; {s.warm_ready_s:.1f} s from process start)",
+            f"cold takeover {s.cold_restore_s:.1f} s",
+            f"{s.warm_restore_s / s.cold_restore_s:.2f}",
             f"<= {WARM_TARGET_S:.0f} s",
         ),
     ]
@@ -516,9 +519,9 @@ def lines(s: StoreBench) -> list[str]:
         ),
         line(
             f"cold_takeover_{size}_s",
-            s.cold_ready_s,
+            s.cold_restore_s,
             f"<={COLD_TARGET_S:.1f}",
-            s.cold_ready_s <= COLD_TARGET_S,
+            s.cold_restore_s <= COLD_TARGET_S,
             "{:.1f}",
         ),
         line(
@@ -528,7 +531,9 @@ def lines(s: StoreBench) -> list[str]:
             s.cold_ratio >= COLD_RATIO_TARGET,
             "{:.2f}",
         ),
-        line("warm_takeover_s", s.warm_ready_s, f"<={WARM_TARGET_S:.1f}", s.warm_ready_s <= WARM_TARGET_S, "{:.1f}"),
+        line(
+            "warm_takeover_s", s.warm_restore_s, f"<={WARM_TARGET_S:.1f}", s.warm_restore_s <= WARM_TARGET_S, "{:.1f}"
+        ),
         warm,
     ]
 
