@@ -9,40 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.store import Entry, LogFacts, StoreLocked, StoreMemory, StoreOptions, StoreSet, Wipe
+from tests.unit.store_support import DAY_MS, LOG, NOW, Clock
+from worker.store import Entry, LogFacts, StoreLocked, StoreMemory, StoreSet, Wipe
 from worker.store import checkpoint as cp
 from worker.store.partition import PartitionStore
-
-MIB = 1 << 20
-DAY_MS = 86_400_000
-NOW = 1_733_000_000_000
-LOG = LogFacts(
-    cluster_id="cluster-a",
-    topic="export.jobs",
-    topic_id="4f9c0c0e-1111-2222-3333-444455556666",
-    partition=3,
-    log_start=0,
-    high_watermark=500,
-    delete_retention_ms=DAY_MS,
-)
-
-
-@pytest.fixture(scope="module")
-def memory() -> StoreMemory:
-    return StoreMemory(StoreOptions(cache_bytes=16 * MIB, write_buffer_bytes=4 * MIB))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

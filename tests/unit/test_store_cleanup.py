@@ -11,41 +11,13 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from tests.unit.store_support import LOG, MIB, Clock
 from worker.config import Settings
-from worker.store import CleanupPolicy, Entry, LogFacts, StoreMemory, StoreOptions, StoreSet
+from worker.store import CleanupPolicy, Entry, StoreMemory, StoreSet
 from worker.store.cleanup import DEPARTED_MIN_AGE_MS, partition_of
 
-MIB = 1 << 20
 IDLE_MS = 600_000
-NOW = 1_733_000_000_000
 GROUP = "export-worker"
-LOG = LogFacts(
-    cluster_id="cluster-a",
-    topic="export.jobs",
-    topic_id="4f9c0c0e-1111-2222-3333-444455556666",
-    partition=3,
-    log_start=0,
-    high_watermark=500,
-    delete_retention_ms=86_400_000,
-)
-
-
-@pytest.fixture(scope="module")
-def memory() -> StoreMemory:
-    return StoreMemory(StoreOptions(cache_bytes=16 * MIB, write_buffer_bytes=4 * MIB))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def store_set(root: Path, memory: StoreMemory, clock: Clock, *, writer: str = "pod-1", **policy: int) -> StoreSet:

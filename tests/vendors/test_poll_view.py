@@ -9,11 +9,12 @@ of a pair meet the job in the same state."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -32,6 +33,8 @@ from worker.vendors.elasticpath import ElasticPathAdapter
 from worker.vendors.itron import ItronAdapter
 from worker.vendors.opengate import OpenGateAdapter
 from worker.vendors.unicommerce import UnicommerceAdapter
+
+S = TypeVar("S", bound=Simulator)
 
 HOUR = 3600.0
 FROZEN = Timing(stages=(HOUR, HOUR, HOUR))
@@ -114,15 +117,20 @@ def itron_success_without_format(job_id: str, base_url: str) -> str:
     return json.dumps({"jobId": job_id, "status": "Success", "DownloadUri": link})
 
 
+@contextlib.asynccontextmanager
+async def running(simulator: S) -> AsyncIterator[S]:
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
 class TestItron:
     @pytest.fixture
     async def sim(self) -> AsyncIterator[ItronSimulator]:
-        simulator = ItronSimulator(timing=FROZEN, seed=3)
-        await simulator.start()
-        try:
+        async with running(ItronSimulator(timing=FROZEN, seed=3)) as simulator:
             yield simulator
-        finally:
-            await simulator.stop()
 
     @pytest.fixture
     def adapter(self, sim: ItronSimulator, session: aiohttp.ClientSession) -> ItronAdapter:
@@ -224,12 +232,8 @@ def unicommerce_job() -> dict[str, Any]:
 class TestUnicommerce:
     @pytest.fixture
     async def sim(self) -> AsyncIterator[UnicommerceSimulator]:
-        simulator = UnicommerceSimulator(timing=FROZEN, seed=4)
-        await simulator.start()
-        try:
+        async with running(UnicommerceSimulator(timing=FROZEN, seed=4)) as simulator:
             yield simulator
-        finally:
-            await simulator.stop()
 
     @pytest.fixture
     def adapter(self, sim: UnicommerceSimulator, session: aiohttp.ClientSession) -> UnicommerceAdapter:
@@ -284,12 +288,8 @@ class TestUnicommerce:
 class TestElasticPath:
     @pytest.fixture
     async def sim(self) -> AsyncIterator[ElasticPathSimulator]:
-        simulator = ElasticPathSimulator(timing=Timing(stages=(HOUR, HOUR)), seed=5)
-        await simulator.start()
-        try:
+        async with running(ElasticPathSimulator(timing=Timing(stages=(HOUR, HOUR)), seed=5)) as simulator:
             yield simulator
-        finally:
-            await simulator.stop()
 
     @pytest.fixture
     def adapter(
@@ -365,12 +365,8 @@ def opengate_later(sim: OpenGateSimulator, job_id: str, seconds: float) -> None:
 class TestOpenGate:
     @pytest.fixture
     async def sim(self) -> AsyncIterator[OpenGateSimulator]:
-        simulator = OpenGateSimulator(timing=FROZEN, seed=11)
-        await simulator.start()
-        try:
+        async with running(OpenGateSimulator(timing=FROZEN, seed=11)) as simulator:
             yield simulator
-        finally:
-            await simulator.stop()
 
     @pytest.fixture
     def adapter(
