@@ -158,6 +158,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.store_memory = Gauge(
+            "export_worker_store_memory_bytes",
+            "RocksDB block cache and memtables of all partition stores (one budget: EXPORT_WORKER_STATE_CACHE_MB)",
+            registry=r,
+        )
         self.store_failures = Counter(
             "export_worker_store_failures", "Partition store writes or reads that failed", registry=r
         )

@@ -211,6 +211,7 @@ class Worker:
             stall_timeout_s=settings.stall_timeout_s, partitions=self.partitions, metrics=self.metrics
         )
         self.metrics.watch_open_jobs(self.partitions.open_job_counts)
+        self.metrics.store_memory.set_function(self.stores.memory.usage)
 
     @property
     def producer_stuck(self) -> bool:
