@@ -490,7 +490,7 @@ def rows(s: StoreBench) -> list[tuple[str, str, str, str, str]]:
         (
             f"warm takeover, {TAIL:,} new records",
             f"{s.warm_restore_s:.1f} s assigned to polling ({warm_read}; {s.warm_ready_s:.1f} s from process start)",
-            f"cold takeover {s.cold_restore_s:.1f} s",
+            f"cold takeover {s.cold_restore_s:.1f} s (after a stop of {s.stop_s:.1f} s, exit {s.stop_code})",
             f"{s.warm_restore_s / s.cold_restore_s:.2f}",
             f"<= {WARM_TARGET_S:.0f} s",
         ),
