@@ -324,7 +324,9 @@ async def ready(worker: Process, name: str, timeout: float) -> float:
         worker.stop()
         log = WORKDIR / f"worker-{name}.log"
         tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
-        raise BenchFailed(f"worker {name} not ready after {timeout:.0f} s ({exc}); {log}:\n" + "\n".join(tail)) from exc
+        raise BenchFailed(
+            f"worker {name} did not become ready ({exc}; limit {timeout:.0f} s); {log}:\n" + "\n".join(tail)
+        ) from exc
 
 
 async def max_rss_mib(pid: int, seconds: float) -> float:
