@@ -143,8 +143,6 @@ def start_worker(settings: Settings, connections: dict[str, ConnectionConfig], n
     )
     env["EXPORT_WORKER_COMMIT_INTERVAL_MS"] = str(settings.commit_interval_ms)
     env["EXPORT_WORKER_CONSUME_BATCH"] = str(settings.consume_batch)
-    # Where the worker keeps its on-disk stores (the default resolves the same way, from here).
-    env["EXPORT_WORKER_STATE_DIR"] = str(settings.state_dir.resolve())
     profile = WORKDIR / f"worker-{name}.prof" if os.environ.get("BENCH_PROFILE") else None
     return Process(spawn_worker(env, WORKDIR / f"worker-{name}.log", profile=profile), port)
 
