@@ -24,8 +24,6 @@ from worker.publisher import Publisher
 from worker.result_store import FileResultStore
 from worker.runtime import Worker
 from worker.simulators.base import Timing
-from worker.store.cleanup import DEPARTED_MIN_AGE_MS, sweep_departed
-from worker.store.partition import wall_ms
 
 console = Console()
 DEMO_POLICY = PolicyConfig(first_poll_s=0.5, poll_initial_s=0.5, poll_multiplier=1.5, poll_max_s=2.0)
@@ -119,8 +117,6 @@ async def run_demo(*, requests_per_vendor: int = 3, timeout: float = 120.0) -> b
             console.print(f"{vendor} simulator at {url}")
 
         settings = demo_settings(bootstrap, topics, workdir)
-        # Each run is a new instance id, so earlier runs' stores are never opened again.
-        sweep_departed(settings.state_dir / settings.group_id, settings.instance_id, DEPARTED_MIN_AGE_MS, wall_ms())
         worker = Worker(settings, connections=connections, result_store=FileResultStore(workdir / "results"))
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))

@@ -431,12 +431,10 @@ async def read_compacted(
     on_progress: Callable[[int], None] | None = None,
     stall_s: float = 30.0,
     verb: str = "reading",
-    keep: Callable[[bytes], bool] | None = None,
 ) -> list[RestoredPartition]:
     """Read ``partitions`` of a compacted topic from the beginning with read_committed,
     keeping the latest value per key (a tombstone deletes its key): the operator
-    commands' reader of export.jobs. ``keep``: only keys it accepts are held (a
-    ``jobs show`` of one request holds one value, not the whole partition).
+    commands' reader of export.jobs.
 
     Other arguments as ``stream_compacted``."""
     started = time.monotonic()
@@ -447,8 +445,6 @@ async def read_compacted(
         part = values[chunk.partition]
         for _offset, key, value in chunk.records:
             counts[chunk.partition] += 1
-            if keep is not None and not keep(key):
-                continue
             if value is None:
                 part.pop(key, None)
             else:
@@ -467,12 +463,11 @@ async def read_compacted(
 class Chunk:
     """Records of one partition from one consumed batch, in offset order (keyed records
     only; ``None`` values are tombstones), and where reading it goes on from: one past
-    the last record, or the partition's end once it is reached (``at_end``)."""
+    the last record, or the partition's end once it is reached."""
 
     partition: int
     records: list[tuple[int, bytes, bytes | None]]
     next_offset: int
-    at_end: bool
 
 
 async def stream_compacted(
@@ -487,8 +482,8 @@ async def stream_compacted(
 ) -> dict[int, int]:
     """Read partitions of a compacted topic with read_committed, each from its offset in
     ``starts`` (or OFFSET_BEGINNING) to its end, handing each consumed batch over
-    partition by partition (``on_chunk``, awaited before the next batch is taken: its
-    work is the only thing held). The one reader of export.jobs, for a worker's
+    partition by partition, in order (``on_chunk``; one batch is handed over while the
+    next is consumed, and nothing else is held). The one reader of export.jobs, for a worker's
     restore and for the operator commands. Returns where each partition ended (the
     offset to read from next time).
 
@@ -506,7 +501,7 @@ async def stream_compacted(
         for p in list(pending):
             if ends[p] <= max(positions[p], 0):  # nothing (more) was ever written
                 pending.discard(p)
-                await on_chunk(Chunk(p, [], max(positions[p], ends[p]), True))
+                await on_chunk(Chunk(p, [], max(positions[p], ends[p])))
     if not pending:
         return positions
     conf = {
@@ -570,8 +565,7 @@ async def stream_compacted(
                 if key is not None:
                     chunks.setdefault(number, []).append((offset, key, msg.value()))
             ready = [
-                Chunk(number, chunks.get(number, []), positions[number], number in reached)
-                for number in sorted(chunks.keys() | reached)
+                Chunk(number, chunks.get(number, []), positions[number]) for number in sorted(chunks.keys() | reached)
             ]
             if delivering is not None:
                 await delivering

@@ -143,8 +143,18 @@ def state_from_record(rec: dict[str, Any]) -> JobState:
 async def decode_state(codec: Codec, value: bytes) -> JobState:
     """One export.jobs value as a state; DecodeError when it is not one we can read (not
     a record of our schemas, or a JobState with a missing or invalid field)."""
+    return _valid_state(await codec.decode_async("JobState", value))
+
+
+def decode_state_now(codec: Codec, value: bytes) -> JobState:
+    """``decode_state`` without network I/O: a registry schema the codec has not fetched
+    is DecodeError(unknown_schema) (the loop's reads of a partition store)."""
+    return _valid_state(codec.decode("JobState", value))
+
+
+def _valid_state(record: dict[str, Any]) -> JobState:
     try:
-        return state_from_record(await codec.decode_async("JobState", value))
+        return state_from_record(record)
     except (KeyError, ValueError) as exc:
         raise DecodeError("invalid_state", f"not a valid JobState: {exc!r}") from None
 

@@ -25,8 +25,8 @@ def store(tmp_path: Path, memory: StoreMemory) -> Iterator[PartitionStore]:
     opened.close()
 
 
-def done(request_id: str, due: int, value: bytes = b"v", swept: int | None = None) -> Entry:
-    return Entry(request_id, value, open=False, due_ms=due, swept_due=swept)
+def done(request_id: str, due: int, value: bytes = b"v") -> Entry:
+    return Entry(request_id, value, open=False, due_ms=due)
 
 
 def running(request_id: str, value: bytes = b"v") -> Entry:
@@ -114,13 +114,6 @@ class TestExpiryIndex:
         dues = [2**40, 255, 256, 1_733_000_000_000, 1]
         store.apply([done(f"j{d}", d) for d in dues], offset=1)
         assert [due for due, _ in store.expiring(2**41, limit=10)] == sorted(dues)
-
-    def test_a_swept_entry_is_deleted_with_the_step_that_consumed_it(self, store: PartitionStore) -> None:
-        """Entry.swept_due removes the consumed x/ entry in the same batch, even when the
-        new state falls due at the same time."""
-        store.apply([done("a", 100), done("b", 100)], offset=1)
-        store.apply([done("a", 500, swept=100), done("b", 100, swept=100)], offset=2)
-        assert store.expiring(1_000, limit=10) == [(100, "b"), (500, "a")]
 
     def test_drop_index_removes_a_ghost_only(self, store: PartitionStore) -> None:
         """Dropping an index entry keeps the value and the offset."""

@@ -264,12 +264,13 @@ class Restorer:
             ready.append(TopicPartition(self._partitions.topic, number))
         if ready and self._may_resume():
             await self._consumer.resume(ready)
-        self._metrics.restore_seconds.observe(done.seconds + time.monotonic() - installing)
+        installed_s = time.monotonic() - installing
+        self._metrics.restore_seconds.observe(done.seconds + installed_s)
         self._metrics.restored_jobs.inc(total)
         log.info(
             "partitions restored",
             partitions=sorted(tp.partition for tp in ready),
             jobs=total,
             seconds=round(done.seconds, 3),
-            install_seconds=round(time.monotonic() - installing, 3),
+            install_seconds=round(installed_s, 3),
         )

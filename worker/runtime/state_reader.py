@@ -50,12 +50,10 @@ class StoreReader:
         for number in numbers:
             opened = await asyncio.to_thread(self._stores.open, facts[number])
             loaders[number] = StoreLoader(opened.store, self._codec)
-            warm = opened.trust.warm and opened.store.offset is not None
-            starts[number] = opened.store.offset if warm and opened.store.offset is not None else OFFSET_BEGINNING
-            if not warm and opened.trust.wipe is not None:
-                self._metrics.store_opens.labels(opened.trust.wipe.value).inc()
-            else:
-                self._metrics.store_opens.labels("warm").inc()
+            # A trusted store has an offset (trust rule 4); a wiped one starts from nothing.
+            offset = opened.store.offset if opened.trust.warm else None
+            starts[number] = OFFSET_BEGINNING if offset is None else offset
+            self._metrics.store_opens.labels(opened.trust.wipe.value if opened.trust.wipe else "warm").inc()
         modes = {n: "warm" if starts[n] != OFFSET_BEGINNING else "cold" for n in numbers}
         read = dict.fromkeys(numbers, 0)
 

@@ -29,7 +29,7 @@ from worker.engine.model import (
 )
 from worker.errors import DecodeError
 from worker.observability import Metrics
-from worker.records import file_record, state_from_record, status_record
+from worker.records import decode_state_now, file_record, status_record
 from worker.runtime.calls import Call
 from worker.runtime.clients import Clock
 from worker.runtime.connections import FALLBACK_POLICY, Connection
@@ -176,8 +176,8 @@ class Stepper:
         if value is None:
             return None
         try:
-            return state_from_record(self._codec.decode("JobState", value))
-        except (DecodeError, KeyError, ValueError) as exc:
+            return decode_state_now(self._codec, value)
+        except DecodeError as exc:
             # A damaged value, or (registry mode) an old writer schema this process has
             # not fetched: the restore fetches those of what it folds in, and the current
             # one is known from registering it.

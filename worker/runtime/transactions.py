@@ -22,7 +22,7 @@ from worker.codec import Codec
 from worker.engine.model import JobState
 from worker.errors import DecodeError, ProducerStuck
 from worker.observability import Metrics
-from worker.records import state_from_record, state_to_record
+from worker.records import decode_state_now, state_to_record
 from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer, TransactionalProducer
 from worker.runtime.mailbox import CallAnswered
@@ -171,8 +171,8 @@ class TransactionWriter:
         try:
             value = store.get(state.request_id) if store is not None else None
             if value is not None:
-                return state_from_record(self._codec.decode("JobState", value)).job_json
-        except (StoreError, DecodeError, KeyError, ValueError) as exc:
+                return decode_state_now(self._codec, value).job_json
+        except (StoreError, DecodeError) as exc:
             log.error("stored job body unreadable", request_id=state.request_id, error=str(exc))
         else:
             log.error("stored job body missing", request_id=state.request_id, partition=number)

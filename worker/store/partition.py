@@ -33,7 +33,6 @@ class Entry(NamedTuple):  # a tuple: a restore builds one per record, 3x cheaper
     value: bytes | None  # None: a tombstone
     open: bool  # phase is not DONE
     due_ms: int  # next_action_at_ms: where a finished job goes in the expiry index
-    swept_due: int | None = None  # the x/ entry a sweep consumed for this step: deleted with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +90,6 @@ class PartitionStore:
         def fill(batch: WriteBatch) -> None:
             for entry in entries:
                 job, index = keys.job_key(entry.request_id), keys.open_key(entry.request_id)
-                if entry.swept_due is not None:  # before the put: the new entry may have the same key
-                    batch.delete(keys.expiry_key(entry.swept_due, entry.request_id))
                 if entry.value is None:
                     batch.delete(job)
                     batch.delete(index)
