@@ -113,10 +113,12 @@ def run(
 
     import structlog
 
+    from worker.allocator import limit_arenas
     from worker.config import unknown_env_vars
     from worker.observability import configure_logging
     from worker.runtime import Worker
 
+    limit_arenas()  # before librdkafka and RocksDB start their threads
     settings = settings_from_env(connections_file=connections, kafka_bootstrap=bootstrap, http_port=http_port)
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("export_worker")

@@ -343,6 +343,13 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="a store of a partition no longer owned is removed once unused this long",
     )
+    memory_trim_s: float = Field(
+        30.0,
+        ge=0,
+        le=3_600,
+        allow_inf_nan=False,
+        description="freed heap memory is given back to the OS this often (glibc); 0: never",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -187,6 +187,12 @@ class Metrics:
         self.open_jobs_limit = Gauge(
             "export_worker_open_jobs_limit", "Open jobs at which reading new requests pauses; 0: no limit", registry=r
         )
+        self.memory_trims = Counter(
+            "export_worker_memory_trims", "Times freed heap memory was offered back to the OS", registry=r
+        )
+        self.memory_trimmed = Counter(
+            "export_worker_memory_trimmed_bytes", "Resident memory given back to the OS by those trims", registry=r
+        )
         self.poll_lateness = Histogram(
             "export_worker_timer_lateness_seconds",
             "How late a due job was handed its call",

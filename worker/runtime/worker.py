@@ -62,6 +62,7 @@ from worker.runtime.stepper import Stepper
 from worker.runtime.store_writer import StoreWriter
 from worker.runtime.sweeper import Sweeper
 from worker.runtime.transactions import Outcome, Settled, TransactionWriter
+from worker.runtime.trimmer import MemoryTrimmer
 from worker.runtime.watchdog import LoopWatchdog
 from worker.store import StoreError, StoreMemory, StoreOptions, StoreSet
 from worker.store.cleanup import DEPARTED_MIN_AGE_MS, CleanupPolicy
@@ -210,6 +211,7 @@ class Worker:
         self.watchdog = LoopWatchdog(
             stall_timeout_s=settings.stall_timeout_s, partitions=self.partitions, metrics=self.metrics
         )
+        self.trimmer = MemoryTrimmer(settings.memory_trim_s, self.metrics, self.clock.monotonic)
         self.metrics.watch_open_jobs(self.partitions.open_job_counts)
         self.metrics.store_memory.set_function(self.stores.memory.usage)
 
@@ -322,6 +324,7 @@ class Worker:
             await self.side_port.stop()
         if self._session is not None:
             await self._session.close()
+        await self.trimmer.close()
         log.info("worker stopped")
 
     def readiness(self) -> tuple[bool, str]:
@@ -371,6 +374,7 @@ class Worker:
         self.dispatcher.retry_waiting_calls()
         self.restorer.learn_missing_offsets(time.monotonic())
         self._clean_stores_when_due()
+        self.trimmer.run_when_due()
         await self.gate.check(self.partitions.open_jobs(), self.consumer, self.partitions)
         await self._commit_when_due()
 
