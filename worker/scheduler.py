@@ -1,29 +1,29 @@
 """When each open job is due, and whether its connection may take a call now.
 
-One heap for all jobs of a process: an entry is ``(due_ms, seq, partition, request_id)``.
+One heap for all jobs of a process: an entry is ``(due_ms, partition, request_id)``,
+the due time being the job's own ``next_action_at_ms`` object (no int of its own).
 Entries are never removed when a job's time changes; a popped entry whose time no
 longer equals the job's ``next_action_at_ms`` is simply stale and skipped. That keeps
-10,000s of open jobs at one small tuple each and O(log n) per timer.
+10,000s of open jobs at one small tuple each and O(log n) per timer. Jobs due in the
+same millisecond come out by partition and id.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from dataclasses import dataclass, field
 
 
 class TimerHeap:
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, int, str]] = []
-        self._seq = itertools.count()
+        self._heap: list[tuple[int, int, str]] = []
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def schedule(self, due_ms: int, partition: int, request_id: str) -> None:
-        heapq.heappush(self._heap, (due_ms, next(self._seq), partition, request_id))
+        heapq.heappush(self._heap, (due_ms, partition, request_id))
 
     def next_due_ms(self) -> int | None:
         return self._heap[0][0] if self._heap else None
@@ -33,13 +33,12 @@ class TimerHeap:
         out: list[tuple[int, int, str]] = []
         heap = self._heap
         while heap and heap[0][0] <= now_ms and len(out) < limit:
-            due, _, partition, request_id = heapq.heappop(heap)
-            out.append((due, partition, request_id))
+            out.append(heapq.heappop(heap))
         return out
 
     def compact(self, keep: set[int]) -> None:
         """Drop entries of partitions no longer owned."""
-        self._heap = [e for e in self._heap if e[2] in keep]
+        self._heap = [e for e in self._heap if e[1] in keep]
         heapq.heapify(self._heap)
 
 

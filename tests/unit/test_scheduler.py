@@ -14,11 +14,18 @@ class TestTimerHeap:
         assert heap.pop_due(250, limit=10) == [(100, 1, "a"), (200, 0, "b")]
         assert heap.next_due_ms() == 300 and len(heap) == 1
 
-    def test_entries_due_at_the_same_time_keep_the_order_they_were_scheduled_in(self) -> None:
+    def test_entries_due_at_the_same_time_come_out_by_partition_then_id(self) -> None:
         heap = TimerHeap()
-        for rid in ("z", "a", "m"):
-            heap.schedule(100, 0, rid)
-        assert [rid for _, _, rid in heap.pop_due(100, limit=10)] == ["z", "a", "m"]
+        for partition, rid in ((1, "a"), (0, "z"), (0, "m")):
+            heap.schedule(100, partition, rid)
+        assert heap.pop_due(100, limit=10) == [(100, 0, "m"), (100, 0, "z"), (100, 1, "a")]
+
+    def test_the_same_job_due_twice_at_the_same_time_comes_out_twice(self) -> None:
+        """The caller skips the second as it skips any stale entry."""
+        heap = TimerHeap()
+        heap.schedule(100, 0, "a")
+        heap.schedule(100, 0, "a")
+        assert heap.pop_due(100, limit=10) == [(100, 0, "a"), (100, 0, "a")]
 
     def test_a_turn_pops_no_more_than_its_limit(self) -> None:
         heap = TimerHeap()
