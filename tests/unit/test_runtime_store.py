@@ -65,7 +65,9 @@ class Rig(Collaborators):
     def cold(self, state: JobState) -> None:
         """``state`` committed earlier, and only in the store."""
         self.offset += 1
-        self.store.apply([Entry(state.request_id, encode(state), state.open, state.next_action_at_ms)], self.offset)
+        self.store.apply(
+            [Entry(state.request_id.encode(), encode(state), state.open, state.next_action_at_ms)], self.offset
+        )
 
     def commit(self) -> Batch:
         """What the outbox holds, as a committed batch."""
@@ -131,6 +133,12 @@ class TestStoreLoader:
         assert rig.store.open_ids() == ["open"]
         assert rig.store.expiring(done.next_action_at_ms, 10) == [(done.next_action_at_ms, "done")]
         assert rig.store.offset == 20
+
+    def test_a_job_open_in_the_store_that_finishes_in_the_tail_leaves_the_open_index(self, rig: Rig) -> None:
+        """A warm restore's loader starts from the o/ entries the store already has."""
+        StoreLoader(rig.store, CODEC).fold([(0, b"a", encode(accepted("a", rig.now())))], 1)
+        StoreLoader(rig.store, CODEC).fold([(1, b"a", encode(rig.succeeded("a")))], 2)
+        assert rig.store.open_ids() == []
 
     def test_an_unreadable_value_is_reported_and_deletes_what_was_stored(self, rig: Rig) -> None:
         loader = StoreLoader(rig.store, CODEC)

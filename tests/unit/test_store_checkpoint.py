@@ -25,7 +25,7 @@ def stores(tmp_path: Path, memory: StoreMemory, clock: Clock) -> Iterator[StoreS
 def restored(stores: StoreSet, log: LogFacts = LOG, offset: int = 400) -> None:
     """A completed restore: data in the store, a complete checkpoint, then closed."""
     opened = stores.open(log)
-    opened.store.apply([Entry("a", b"A", open=True, due_ms=0), Entry("b", b"B", open=False, due_ms=9)], offset)
+    opened.store.apply([Entry(b"a", b"A", open=True, due_ms=0), Entry(b"b", b"B", open=False, due_ms=9)], offset)
     stores.checkpoint(log.partition)
     stores.close(log.partition)
 
@@ -81,7 +81,7 @@ class TestTrust:
     def test_an_incomplete_restore_wipes(self, stores: StoreSet) -> None:
         """Rule 1: a restore that never reached the end left complete=false."""
         opened = stores.open(LOG)
-        opened.store.apply([Entry("a", b"A", open=True, due_ms=0)], 400)
+        opened.store.apply([Entry(b"a", b"A", open=True, due_ms=0)], 400)
         stores.checkpoint(3, complete=False)
         stores.close(3)
         assert warm_or_wiped(stores) is Wipe.NO_CHECKPOINT

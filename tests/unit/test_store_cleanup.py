@@ -45,7 +45,7 @@ def written_at(path: Path, ms: int) -> None:
 def closed_store(stores: StoreSet, partition: int, clock: Clock, *, complete: bool = True) -> Path:
     """A partition's store as revoke leaves it: data, a checkpoint, closed, last written now."""
     opened = stores.open(replace(LOG, partition=partition))
-    opened.store.apply([Entry("a", b"A", open=False, due_ms=9)], 400)
+    opened.store.apply([Entry(b"a", b"A", open=False, due_ms=9)], 400)
     stores.checkpoint(partition, complete=complete)
     stores.close(partition)
     directory = stores.directory(LOG.topic, partition)

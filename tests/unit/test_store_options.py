@@ -25,7 +25,7 @@ class TestSharedMemory:
         otherwise re-open it with a private 8 MiB cache and no filter (bench/store_get.py)."""
         memory = StoreMemory(StoreOptions(cache_bytes=24 * MIB, write_buffer_bytes=4 * MIB))
         first = PartitionStore.open(tmp_path / "db", 0, memory)
-        first.apply([Entry("a", b"v", open=True, due_ms=0)], offset=1)
+        first.apply([Entry(b"a", b"v", open=True, due_ms=0)], offset=1)
         first.close()
         again = PartitionStore.open(tmp_path / "db", 0, memory)
         try:
@@ -43,7 +43,7 @@ class TestSharedMemory:
         try:
             for batch in range(24):
                 for p, store in enumerate(stores):
-                    entries = [Entry(f"{p}-{batch}-{i}", os.urandom(1024), True, 0) for i in range(341)]
+                    entries = [Entry(f"{p}-{batch}-{i}".encode(), os.urandom(1024), True, 0) for i in range(341)]
                     store.apply(entries, offset=batch + 1)
                 memtables = sum(store.stats().memtable_bytes for store in stores)
                 # The shared budget triggers flushes but does not stall writes (that would

@@ -26,15 +26,15 @@ def store(tmp_path: Path, memory: StoreMemory) -> Iterator[PartitionStore]:
 
 
 def done(request_id: str, due: int, value: bytes = b"v") -> Entry:
-    return Entry(request_id, value, open=False, due_ms=due)
+    return Entry(request_id.encode(), value, open=False, due_ms=due)
 
 
 def running(request_id: str, value: bytes = b"v") -> Entry:
-    return Entry(request_id, value, open=True, due_ms=0)
+    return Entry(request_id.encode(), value, open=True, due_ms=0)
 
 
 def tombstone(request_id: str) -> Entry:
-    return Entry(request_id, None, open=False, due_ms=0)
+    return Entry(request_id.encode(), None, open=False, due_ms=0)
 
 
 class TestApply:
@@ -88,6 +88,16 @@ class TestOpenIndex:
         store.apply([running("b"), running("a"), running("c")], offset=1)
         store.apply([done("b", 5)], offset=2)
         assert list(store.open_ids()) == ["a", "c"]
+
+    def test_with_the_open_keys_known_an_o_entry_goes_exactly_when_its_job_ends(self, store: PartitionStore) -> None:
+        """A restore passes the keys with an o/ entry: the set follows every change, and a
+        finished job without an entry writes no delete."""
+        known: set[bytes] = set()
+        store.apply([running("a"), running("b"), running("c")], offset=1, open_keys=known)
+        assert known == {b"a", b"b", b"c"}
+        store.apply([done("a", 5), tombstone("b"), done("z", 6)], offset=2, open_keys=known)
+        assert known == {b"c"} and store.open_ids() == ["c"]
+        assert (store.get("a"), store.get("b"), store.get("z")) == (b"v", None, b"v")
 
     def test_ids_with_slashes_and_non_ascii_round_trip(self, store: PartitionStore) -> None:
         """Request ids are opaque UTF-8."""

@@ -64,7 +64,7 @@ states = st.builds(
 
 def full(codec: Codec, value: bytes) -> Peeked:
     record = codec.decode("JobState", value)
-    return Peeked(Phase(record["phase"]), record["next_action_at_ms"])
+    return (Phase(record["phase"]), record["next_action_at_ms"])
 
 
 class FixedRegistry:
@@ -93,7 +93,7 @@ class TestPeek:
     def test_agrees_with_a_full_decode(self, state: JobState) -> None:
         """For any state, peek gives the phase and due time a full decode gives."""
         value = CODEC.encode("JobState", state_to_record(state))
-        assert peek(value, CODEC) == full(CODEC, value) == Peeked(state.phase, state.next_action_at_ms)
+        assert peek(value, CODEC) == full(CODEC, value) == (state.phase, state.next_action_at_ms)
 
     @settings(max_examples=50, deadline=None)
     @given(states)
@@ -102,7 +102,7 @@ class TestPeek:
         codec = Codec(registry=FixedRegistry(CURRENT))
         value = codec.encode("JobState", state_to_record(state), topic="export.jobs")
         assert value[0] == 0
-        assert peek(value, codec) == Peeked(state.phase, state.next_action_at_ms)
+        assert peek(value, codec) == (state.phase, state.next_action_at_ms)
 
     @settings(max_examples=100, deadline=None)
     @given(states)
@@ -128,7 +128,7 @@ class TestPeek:
         state = JobState("r", "t", "c", "v", "{}", 1, 0, 5, Phase.ACTIVE, Status.RUNNING, 3, 1, 2, next_action_at_ms=77)
         record = state_to_record(state) | {"extra": {"n": 5}}
         value = _encode_with(writer, record)
-        assert peek(value, codec) == Peeked(Phase.ACTIVE, 77)
+        assert peek(value, codec) == (Phase.ACTIVE, 77)
 
     def test_a_value_cut_short_is_a_decode_error(self) -> None:
         """A truncated value falls back to the full decode, which refuses it."""

@@ -46,7 +46,7 @@ class StoreWriter:
                 continue  # moved on: its next owner (or restore) reads these records from the topic
             entries = [
                 Entry(
-                    out.key.decode(),
+                    out.key,
                     out.value,
                     out.state is not None and out.state.open,
                     out.state.next_action_at_ms if out.state is not None else 0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import structlog
 
 from worker.codec import Codec
-from worker.engine.model import TimerFired
+from worker.engine.model import Phase, TimerFired
 from worker.errors import DecodeError
 from worker.observability import Metrics
 from worker.runtime.clients import Clock
@@ -88,7 +88,7 @@ class Sweeper:
         except DecodeError as exc:
             log.error("stored job state unreadable; dropped from the expiry index", key=request_id, error=str(exc))
             peeked = None
-        if peeked is None or peeked.open or peeked.next_action_at_ms != due_ms:
+        if peeked is None or peeked != (Phase.DONE, due_ms):
             store.drop_index(due_ms, request_id)  # a ghost: the job moved on or is gone
             self._metrics.swept.labels("ghost").inc()
             return

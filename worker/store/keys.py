@@ -30,12 +30,13 @@ def from_be64(data: bytes) -> int:
     return int.from_bytes(data, "big")
 
 
-def job_key(request_id: str) -> bytes:
-    return JOB + request_id.encode()
+def job_key(key: bytes) -> bytes:
+    """``key``: the request id as the record key carries it (UTF-8)."""
+    return JOB + key
 
 
-def open_key(request_id: str) -> bytes:
-    return OPEN + request_id.encode()
+def open_key(key: bytes) -> bytes:
+    return OPEN + key
 
 
 def due_of(next_action_at_ms: int) -> int:
@@ -44,8 +45,8 @@ def due_of(next_action_at_ms: int) -> int:
     return min(max(next_action_at_ms, 0), _DUE_MAX)
 
 
-def expiry_key(due_ms: int, request_id: str) -> bytes:
-    return EXPIRY + be64(due_of(due_ms)) + request_id.encode()
+def expiry_key(due_ms: int, key: bytes) -> bytes:
+    return EXPIRY + be64(due_of(due_ms)) + key
 
 
 def parse_expiry_key(key: bytes) -> tuple[int, str]:
