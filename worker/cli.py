@@ -549,6 +549,27 @@ def paused(output: Output = OutputFormat.table, bootstrap: Bootstrap = None) -> 
         render.paused_table(rows)
 
 
+@app.command()
+def budgets(output: Output = OutputFormat.table, bootstrap: Bootstrap = None) -> None:
+    """Show each connection's fleet budget (rate, concurrent calls), blocks in force, and
+    each worker's share of it by the partitions of export.requests it owns.
+
+    Example: EXPORT_WORKER_CONNECTIONS_FILE=connections.toml export-worker budgets
+    """
+    from worker.ops import render
+    from worker.ops.budgets import fleet_budgets
+
+    settings = settings_from_env(kafka_bootstrap=bootstrap)
+    connections = connection_configs(settings)
+    if connections is None:
+        raise fail("budgets reads the fleet's numbers from the connections file: set EXPORT_WORKER_CONNECTIONS_FILE", 2)
+    report = run_async(fleet_budgets(settings, connections))
+    if output is OutputFormat.json:
+        render.print_json(report)
+    else:
+        render.budgets_tables(report)
+
+
 def main() -> None:
     try:
         app()

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.budgets import BudgetMode
 from worker.engine.policy import Policy, UnknownOutcome
 from worker.errors import ConfigError
 from worker.limits import (
@@ -342,6 +343,11 @@ class Settings(BaseSettings):
         le=7 * _DAY_S,
         allow_inf_nan=False,
         description="a store of a partition no longer owned is removed once unused this long",
+    )
+    budget_mode: BudgetMode = Field(
+        BudgetMode.FLEET,
+        description="fleet: a connection's rate_per_s and max_concurrency are the whole fleet's, shared by "
+        "ownership of export.requests; process: every process may use them in full",
     )
     memory_trim_s: float = Field(
         30.0,

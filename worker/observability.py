@@ -187,6 +187,31 @@ class Metrics:
         self.open_jobs_limit = Gauge(
             "export_worker_open_jobs_limit", "Open jobs at which reading new requests pauses; 0: no limit", registry=r
         )
+        self.budget_rate = Gauge(
+            "export_worker_budget_rate_per_s",
+            "A connection's call rate: the fleet's (configured) and this worker's share of it",
+            ["connection", "scope"],
+            registry=r,
+        )
+        self.budget_concurrency = Gauge(
+            "export_worker_budget_concurrency",
+            "A connection's concurrent calls: the fleet's (configured) and this worker's share of it",
+            ["connection", "scope"],
+            registry=r,
+        )
+        self.adaptive_concurrency = Gauge(
+            "export_worker_adaptive_concurrency",
+            "Calls a connection may have in flight now: this worker's share, halved by 429s and grown back (AIMD)",
+            ["connection"],
+            registry=r,
+        )
+        self.connection_blocks = Counter(
+            "export_worker_connection_blocks",
+            "Times a connection was blocked: after its own 429 or 503 with Retry-After (local), "
+            "or by another worker's (fleet)",
+            ["connection", "source"],
+            registry=r,
+        )
         self.memory_trims = Counter(
             "export_worker_memory_trims", "Times freed heap memory was offered back to the OS", registry=r
         )

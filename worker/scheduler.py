@@ -82,6 +82,15 @@ class Limiter:
     def release(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)
 
+    def resize(self, now: float, max_concurrency: int, rate_per_s: float) -> None:
+        """A new concurrency cap and rate (a rebalance changed this worker's share). Calls
+        in flight keep their slots; tokens saved up never exceed the new burst."""
+        self._refill(now)
+        self.max_concurrency = max_concurrency
+        self.rate_per_s = rate_per_s
+        self.burst = max(1.0, rate_per_s)
+        self._tokens = min(self._tokens, self.burst)
+
     def block(self, now: float, seconds: float) -> None:
         """No call before ``now + seconds``; a delay that is not finite and positive blocks nothing."""
         if not 0 < seconds < math.inf:  # also refuses nan

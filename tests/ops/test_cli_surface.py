@@ -46,7 +46,17 @@ def one_line_error(stderr: str) -> str:
 class TestHelp:
     def test_the_operator_commands_exist(self) -> None:
         paths = {" ".join(p) for p in command_paths()}
-        expected = {"jobs list", "jobs show", "replay", "dlq list", "dlq replay", "pause", "resume", "paused"}
+        expected = {
+            "jobs list",
+            "jobs show",
+            "replay",
+            "dlq list",
+            "dlq replay",
+            "pause",
+            "resume",
+            "paused",
+            "budgets",
+        }
         assert expected <= paths
 
     @pytest.mark.parametrize("path", command_paths(), ids=" ".join)

@@ -142,7 +142,8 @@ class Collaborators:
         self.connections = {self.conn.name: self.conn}
         self.partitions = Partitions("requests")
         self.mailbox: Mailbox = asyncio.Queue()
-        self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.time.clock, metrics())
+        self.metrics = metrics()
+        self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.time.clock, self.metrics)
         self.dispatcher.open(self.connections)
         self.outbox = Outbox(self.time.clock.monotonic)
         self.refused = RefusedRecords()

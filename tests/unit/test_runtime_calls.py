@@ -76,8 +76,15 @@ class TestConnectionWait:
     def test_a_429_without_retry_after_blocks_it_briefly(self) -> None:
         assert connection_wait_s(failure_event(CallKind.POLL, RateLimited("429"))) == DEFAULT_RATE_LIMIT_WAIT_S
 
+    def test_a_503_with_retry_after_blocks_the_connection_for_it(self) -> None:
+        assert connection_wait_s(failure_event(CallKind.POLL, VendorUnavailable("503", retry_after=9.0))) == 9.0
+
+    def test_a_retry_after_is_cut_to_the_maximum(self) -> None:
+        assert connection_wait_s(failure_event(CallKind.POLL, VendorUnavailable("503", retry_after=900.0)), 60) == 60
+
     def test_other_answers_do_not_block_the_connection(self) -> None:
-        assert connection_wait_s(failure_event(CallKind.POLL, VendorUnavailable("503", retry_after=9.0))) is None
+        assert connection_wait_s(failure_event(CallKind.POLL, VendorUnavailable("503"))) is None
+        assert connection_wait_s(failure_event(CallKind.POLL, VendorUnavailable("503", retry_after=0.0))) is None
         assert connection_wait_s(PollAnswered("Processing", Status.RUNNING)) is None
 
 

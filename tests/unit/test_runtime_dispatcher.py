@@ -8,7 +8,7 @@ import math
 
 from tests.unit.runtime_fakes import Collaborators, FakeAdapter, accepted, call_for, connection
 from worker.control import ControlState
-from worker.engine.model import CallFailed, CallKind, Event, JobState, Phase, Status, TimerFired
+from worker.engine.model import CallFailed, CallKind, Event, JobState, Phase, PollAnswered, Status, TimerFired
 from worker.errors import RateLimited
 from worker.limits import DEFAULT_MAX_RETRY_AFTER_S
 from worker.runtime.calls import DEFAULT_RATE_LIMIT_WAIT_S
@@ -154,7 +154,7 @@ class TestCalls:
     async def test_a_429_holds_back_every_call_of_the_connection_for_its_retry_after(self) -> None:
         adapter = FakeAdapter()
         adapter.answers[CallKind.POLL] = RateLimited("429", retry_after=30.0)
-        rig = Rig(adapter=adapter)
+        rig = Rig(adapter=adapter, max_concurrency=4)  # halved by the 429: still two polls at once
         state = rig.job("a", Phase.ACTIVE)
         rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
         await asyncio.wait_for(rig.mailbox.get(), 5)
@@ -171,7 +171,7 @@ class TestCalls:
         for retry_after, held_s in ((1e9, DEFAULT_MAX_RETRY_AFTER_S), (math.inf, DEFAULT_RATE_LIMIT_WAIT_S)):
             adapter = FakeAdapter()
             adapter.answers[CallKind.POLL] = RateLimited("429", retry_after=retry_after)
-            rig = Rig(adapter=adapter)
+            rig = Rig(adapter=adapter, max_concurrency=4)
             state = rig.job("a", Phase.ACTIVE)
             rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
             await asyncio.wait_for(rig.mailbox.get(), 5)
@@ -289,3 +289,79 @@ class TestWithdraw:
         rig = Rig()
         state = rig.job("a", Phase.ACTIVE)
         assert not call_for(state, rig.conn, CallKind.POLL).withdrawable
+
+
+class TestAdaptiveConcurrency:
+    async def test_a_429_halves_the_calls_in_flight_and_good_answers_grow_them_back(self) -> None:
+        adapter = FakeAdapter()
+        adapter.answers[CallKind.POLL] = RateLimited("429", retry_after=1.0)
+        rig = Rig(adapter=adapter, max_concurrency=8)
+        state = rig.job("a", Phase.ACTIVE)
+        rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
+        await asyncio.wait_for(rig.mailbox.get(), 5)
+        gauge = rig.metrics.registry.get_sample_value
+        assert rig.lane.limiter.max_concurrency == 4
+        assert gauge("export_worker_adaptive_concurrency", {"connection": rig.conn.name}) == 4
+        adapter.answers[CallKind.POLL] = PollAnswered("Processing", Status.RUNNING)
+        for i in range(40):
+            rig.time.advance(1.0)  # past the 429's Retry-After, and a token a call
+            state = rig.job(f"ok-{i}", Phase.ACTIVE)
+            rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
+            await asyncio.wait_for(rig.mailbox.get(), 5)
+        assert rig.lane.limiter.max_concurrency == 8
+
+
+class TestFleetBlocks:
+    async def test_a_429_is_told_to_the_fleet_once_per_block_not_once_per_answer(self) -> None:
+        adapter = FakeAdapter()
+        adapter.answers[CallKind.POLL] = RateLimited("429", retry_after=30.0)
+        rig = Rig(adapter=adapter, max_concurrency=4)
+        told: list[tuple[str, int, str]] = []
+        rig.dispatcher.announce = lambda connection, until, reason: told.append((connection, until, reason))
+        for rid in ("a", "b", "c"):  # three 429s in the same second
+            state = rig.job(rid, Phase.ACTIVE)
+            rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
+        for _ in range(3):
+            await asyncio.wait_for(rig.mailbox.get(), 5)
+        assert told == [(rig.conn.name, rig.time.now_ms() + 30_000, "rate_limited: the vendor asked to wait 30 s")]
+
+    def test_a_block_from_the_fleet_holds_every_call_until_it_ends(self) -> None:
+        rig = Rig()
+        rig.dispatcher.apply_control(ControlState(frozenset(), {rig.conn.name: rig.time.now_ms() + 20_000}))
+        rig.job("a", Phase.ACTIVE)
+        rig.job("b", Phase.PENDING)
+        assert rig.fire() == []
+        rig.time.advance(19.9)
+        assert rig.fire() == []
+        rig.time.advance(0.2)
+        assert rig.fire() == ["a", "b"]
+
+    def test_a_fleet_block_is_cut_to_this_workers_cap_and_a_past_one_does_nothing(self) -> None:
+        rig = Rig()
+        rig.dispatcher.apply_control(ControlState(frozenset(), {rig.conn.name: rig.time.now_ms() - 1}))
+        rig.job("a", Phase.ACTIVE)
+        assert rig.fire() == ["a"]
+        far = rig.time.now_ms() + 10**12  # 30 years, from a hostile or broken writer
+        rig.dispatcher.apply_control(ControlState(frozenset(), {rig.conn.name: far}))
+        rig.job("b", Phase.ACTIVE)
+        assert rig.fire() == []
+        rig.time.advance(DEFAULT_MAX_RETRY_AFTER_S)
+        assert rig.fire() == ["b"]
+
+    async def test_a_block_the_fleet_already_knows_is_not_told_again(self) -> None:
+        adapter = FakeAdapter()
+        adapter.answers[CallKind.POLL] = RateLimited("429", retry_after=5.0)
+        rig = Rig(adapter=adapter)
+        told: list[int] = []
+        rig.dispatcher.announce = lambda _connection, until, _reason: told.append(until)
+        state = rig.job("a", Phase.ACTIVE)
+        rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
+        # Before its answer comes back, another worker's longer block arrives.
+        rig.dispatcher.apply_control(ControlState(frozenset(), {rig.conn.name: rig.time.now_ms() + 20_000}))
+        await asyncio.wait_for(rig.mailbox.get(), 5)
+        assert told == []
+        rig.time.advance(20)  # that block is over: the next 429 is news again
+        state = rig.job("b", Phase.ACTIVE)
+        rig.dispatcher.dispatch(call_for(state, rig.conn, CallKind.POLL, incarnation=rig.incarnation))
+        await asyncio.wait_for(rig.mailbox.get(), 5)
+        assert told == [rig.time.now_ms() + 5_000]

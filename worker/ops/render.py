@@ -272,6 +272,34 @@ def paused_table(rows: list[dict[str, Any]]) -> None:
     stdout().print(table)
 
 
+def budgets_tables(report: dict[str, Any]) -> None:
+    fleet = Table(title=f"fleet budgets ({report['mode']}, {report['partitions']} partitions)", title_justify="left")
+    for name in ("connection", "vendor", "rate/s", "calls", "paused", "blocked until"):
+        fleet.add_column(name)
+    for r in report["connections"]:
+        fleet.add_row(
+            escape(r["connection"]),
+            r["vendor"],
+            f"{r['rate_per_s']:g}",
+            str(r["max_concurrency"]),
+            "yes" if r["paused"] else "",
+            r["blocked_until"],
+        )
+    stdout().print(fleet)
+    if not report["shares"]:
+        note("no worker is in the group")
+        return
+    shares = Table(title="each worker's share", title_justify="left")
+    for name in ("worker", "partitions", "connection", "rate/s", "calls"):
+        shares.add_column(name)
+    for r in report["shares"]:
+        shares.add_row(
+            escape(r["worker"]), str(r["partitions"]), escape(r["connection"]), f"{r['rate_per_s']:g}",
+            str(r["max_concurrency"]),
+        )  # fmt: skip
+    stdout().print(shares)
+
+
 def run_summary(report: RunReport) -> None:
     """The end of a replay run: counts per outcome (dry run) or what was written."""
     if report.already_complete:

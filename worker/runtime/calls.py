@@ -15,7 +15,7 @@ import structlog
 
 from worker.engine.model import CallFailed, CallKind, ErrorInfo, Event, JobState, PollAnswered
 from worker.engine.policy import usable_retry_after
-from worker.errors import ExportWorkerError, RateLimited, ResultStoreError, VendorBusy, VendorError
+from worker.errors import ExportWorkerError, RateLimited, ResultStoreError, VendorBusy, VendorError, VendorUnavailable
 from worker.limits import (
     DEFAULT_MAX_RETRY_AFTER_S,
     MAX_CHECKSUM_BYTES,
@@ -182,11 +182,16 @@ def _error(code: str, text: str, retriable: bool) -> ErrorInfo:
 
 
 def connection_wait_s(event: Event, maximum: float = DEFAULT_MAX_RETRY_AFTER_S) -> float | None:
-    """How long the whole connection must wait after this answer (a 429), if at all:
-    the vendor's Retry-After when it is a finite delay, at most ``maximum``."""
-    if isinstance(event, CallFailed) and event.error.code == RateLimited.code:
-        wait = usable_retry_after(event.retry_after_s)
+    """How long the whole connection must wait after this answer, if at all: after a 429
+    the vendor's Retry-After when it is a finite delay (else a default), after a 5xx only
+    when it carries a usable Retry-After; at most ``maximum``."""
+    if not isinstance(event, CallFailed):
+        return None
+    wait = usable_retry_after(event.retry_after_s)
+    if event.error.code == RateLimited.code:
         return min(wait if wait is not None else DEFAULT_RATE_LIMIT_WAIT_S, maximum)
+    if event.error.code == VendorUnavailable.code and wait is not None and wait > 0:
+        return min(wait, maximum)
     return None
 
 

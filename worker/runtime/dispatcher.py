@@ -10,6 +10,7 @@ Calls run as tasks that post their answer to the mailbox; they never touch job s
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,8 +18,10 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from worker.budgets import AdaptiveLimit, BudgetMode, FleetBlocks, Ownership, share_of
 from worker.control import ControlState
 from worker.engine.model import CallFailed, CallKind, ErrorInfo, Event, JobState, Phase, TimerFired
+from worker.errors import RateLimited
 from worker.limits import DEFAULT_MAX_RETRY_AFTER_S
 from worker.observability import Metrics
 from worker.runtime.calls import Call, connection_wait_s, run_call
@@ -46,6 +49,7 @@ class Lane:
     """One connection's capacity and the jobs waiting for it."""
 
     limiter: Limiter
+    adaptive: AdaptiveLimit
     # Due jobs waiting for capacity, oldest first.
     waiting: deque[QueueEntry] = field(default_factory=deque)
     waiting_submits: deque[QueueEntry] = field(default_factory=deque)
@@ -67,8 +71,14 @@ class CallDispatcher:
         metrics: Metrics,
         *,
         max_wait_s: float = DEFAULT_MAX_RETRY_AFTER_S,
+        budget_mode: BudgetMode = BudgetMode.FLEET,
     ) -> None:
         self._connections = connections
+        self.budget_mode = budget_mode
+        self.ownership = Ownership(0, 0)  # until the partition count is known: the whole budget
+        self.blocks = FleetBlocks()
+        # Tells the fleet about a block this worker got: (connection, until epoch ms, reason).
+        self.announce: Callable[[str, int, str], None] | None = None
         self._max_wait_s = max_wait_s  # the longest a 429 blocks a connection
         self._partitions = partitions
         self._mailbox = mailbox
@@ -83,8 +93,25 @@ class CallDispatcher:
     def open(self, connections: dict[str, Connection]) -> None:
         for name, conn in connections.items():
             self.lanes[name] = Lane(
-                Limiter(max_concurrency=conn.config.max_concurrency, rate_per_s=conn.config.rate_per_s)
+                Limiter(max_concurrency=conn.config.max_concurrency, rate_per_s=conn.config.rate_per_s),
+                AdaptiveLimit(conn.config.max_concurrency),
             )
+        self.reshare(self.ownership)
+
+    def reshare(self, ownership: Ownership) -> None:
+        """Size every connection's lane to this worker's share of its fleet budget."""
+        self.ownership = ownership
+        now = self._clock.monotonic()
+        for name, lane in self.lanes.items():
+            config = self._connections[name].config
+            share = share_of(config.rate_per_s, config.max_concurrency, ownership, self.budget_mode)
+            lane.adaptive.set_ceiling(share.max_concurrency)
+            lane.limiter.resize(now, lane.adaptive.calls, share.rate_per_s)
+            self._metrics.adaptive_concurrency.labels(name).set(lane.adaptive.calls)
+            self._metrics.budget_rate.labels(name, "fleet").set(config.rate_per_s)
+            self._metrics.budget_rate.labels(name, "worker").set(share.rate_per_s)
+            self._metrics.budget_concurrency.labels(name, "fleet").set(config.max_concurrency)
+            self._metrics.budget_concurrency.labels(name, "worker").set(share.max_concurrency)
 
     # ---- state the loop asks about --------------------------------------------------
 
@@ -177,8 +204,18 @@ class CallDispatcher:
     # ---- pause and resume ------------------------------------------------------------
 
     def apply_control(self, control: ControlState) -> None:
+        now_ms, mono = self._clock.now_ms(), self._clock.monotonic()
         for name, lane in self.lanes.items():
             conn = self._connections[name]
+            until = control.blocks.get(name)
+            if until is not None:
+                self.blocks.learn(name, until)
+                # Another worker's clock says when; never longer than this one honours.
+                wait_s = min(self._max_wait_s, (until - now_ms) / 1000)
+                if wait_s > 0 and mono + wait_s > lane.limiter.blocked_until + 0.001:
+                    lane.limiter.block(mono, wait_s)
+                    self._metrics.connection_blocks.labels(name, "fleet").inc()
+                    log.info("connection blocked by the fleet", connection=name, seconds=round(wait_s, 3))
             paused = control.is_paused(name, conn.config.vendor)
             if paused and not lane.limiter.paused:
                 lane.limiter.paused = True
@@ -268,16 +305,37 @@ class CallDispatcher:
             self.abandon(call)
 
     async def _run(self, call: Call, lane: Lane) -> None:
+        started = self._clock.monotonic()
         try:
             event = await run_call(call)
         except asyncio.CancelledError:
             lane.limiter.release()
             raise
         wait_s = connection_wait_s(event, self._max_wait_s)
+        self._adapt(call.connection.name, lane, started, event)
         if wait_s is not None:
             lane.limiter.block(self._clock.monotonic(), wait_s)
+            self._metrics.connection_blocks.labels(call.connection.name, "local").inc()
+            self._tell_fleet(call.connection.name, wait_s, event)
         lane.limiter.release()
         self._mailbox.put_nowait(CallAnswered(call.partition, call.incarnation, call.request_id, event))
+
+    def _adapt(self, connection: str, lane: Lane, started: float, event: Event) -> None:
+        """AIMD on the connection's concurrent calls: halved by a 429, grown back by answers."""
+        now = self._clock.monotonic()
+        limited = isinstance(event, CallFailed) and event.error.code == RateLimited.code
+        lane.adaptive.answered(now, now - started, rate_limited=limited)
+        calls = lane.adaptive.calls
+        if calls != lane.limiter.max_concurrency:
+            lane.limiter.max_concurrency = calls
+            self._metrics.adaptive_concurrency.labels(connection).set(calls)
+
+    def _tell_fleet(self, connection: str, wait_s: float, event: Event) -> None:
+        until_ms = self._clock.now_ms() + math.ceil(wait_s * 1000)
+        if self.announce is None or not self.blocks.worth_telling(connection, until_ms):
+            return
+        code = event.error.code if isinstance(event, CallFailed) else "blocked"
+        self.announce(connection, until_ms, f"{code}: the vendor asked to wait {wait_s:g} s")
 
     async def wait_in_flight(self, numbers: set[int], deadline: float) -> None:
         """Let these partitions' calls end, until ``deadline`` (``time.monotonic()``)."""

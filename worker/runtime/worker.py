@@ -30,6 +30,7 @@ import structlog
 from confluent_kafka import TopicPartition
 
 from worker import kafka as kafka_io
+from worker.budgets import Ownership
 from worker.codec import Codec
 from worker.config import ConnectionConfig, Settings
 from worker.control import ControlFollower, read_control_state
@@ -160,7 +161,9 @@ class Worker:
             self.clock,
             self.metrics,
             max_wait_s=settings.max_retry_after_s,
+            budget_mode=settings.budget_mode,
         )
+        self._request_partitions = 0  # export.requests' partition count, known at start
         self.stepper = Stepper(
             connections=self.connections,
             outbox=self.outbox,
@@ -238,7 +241,8 @@ class Worker:
 
     async def _start(self) -> None:
         settings = self.settings
-        await kafka_io.ensure_topics(settings, self.admin)
+        counts = await kafka_io.ensure_topics(settings, self.admin)
+        self._request_partitions = counts.get(self.topics.requests, 0)
         if settings.schema_registry_url and self.codec.registry is None:
             self.codec.registry = await registry_for(settings, self.codec.schemas)
         configs = self._connection_configs
@@ -280,6 +284,7 @@ class Worker:
         self.dispatcher.apply_control(await read_control_state(settings))
         self._control = ControlFollower(settings, lambda state: self.mailbox.put_nowait(ControlChanged(state)))
         self._control.start()
+        self.dispatcher.announce = self._control.publish_block
         await self.consumer.subscribe(
             [self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -563,6 +568,13 @@ class Worker:
 
     # ---- rebalancing ---------------------------------------------------------------
 
+    def _reshare(self) -> None:
+        """Each connection's budget follows the part of export.requests this worker owns."""
+        ownership = Ownership(len(self.partitions), self._request_partitions)
+        if ownership != self.dispatcher.ownership:
+            self.dispatcher.reshare(ownership)
+            log.info("vendor budgets reshared", owned=ownership.owned, partitions=ownership.total)
+
     def _ours(self, partitions: list[TopicPartition]) -> set[int]:
         return {tp.partition for tp in partitions if tp.topic == self.topics.requests}
 
@@ -576,6 +588,7 @@ class Worker:
         log.info("partitions assigned", partitions=sorted(numbers))
         self.restorer.begin(numbers)
         self.metrics.assigned.set(len(self.partitions))
+        self._reshare()
 
     async def _on_revoke(self, consumer: GroupConsumer, partitions: list[TopicPartition]) -> None:
         numbers = self._ours(partitions)
@@ -616,3 +629,4 @@ class Worker:
         self.watchdog.forget(numbers)
         self.dispatcher.forget(numbers)
         self.metrics.assigned.set(len(self.partitions))
+        self._reshare()

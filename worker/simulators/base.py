@@ -261,7 +261,10 @@ class Simulator:
     async def _sim_rate_limits(self, _request: web.Request) -> web.Response:
         """When 429s were answered and when API calls arrived (monotonic seconds)."""
         arrivals = [r["at"] for r in self.requests if self.is_api_path(r["path"])]
-        return web.json_response({"rate_limited_at": self.faults.rate_limited_at, "arrivals": arrivals})
+        quota = {"calls": self.faults.quota.calls, "refused": self.faults.quota.refused}
+        return web.json_response(
+            {"rate_limited_at": self.faults.rate_limited_at, "arrivals": arrivals, "account_quota": quota}
+        )
 
     async def _sim_faults(self, request: web.Request) -> web.Response:
         try:

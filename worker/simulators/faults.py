@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -81,6 +82,11 @@ class FaultPlan:
     next_fail: int = 0  # the next N jobs fail
     malformed: float = 0.0  # probability of an HTML error page with status 200
     next_malformed: int = 0
+    # The account's quota, every client of this simulator together (a vendor sees one
+    # account, not one process): API calls beyond this many a second (a token bucket
+    # holding one second's worth) get 429 with the whole seconds until the next call
+    # would be allowed as Retry-After. 0: no quota.
+    account_rate_per_s: float = 0.0
     # ---- hostile vendor ----------------------------------------------------------------
     # When set, every 429 carries exactly this Retry-After text instead of
     # ``retry_after_s``: "Infinity", "nan", "-5", "1e309", "Fri, 31 Dec 9999 23:59:59 GMT".
@@ -145,6 +151,8 @@ class FaultPlan:
             raise ValueError("retry_after_raw must be one line of header text")
         if self.huge_bytes < 0:
             raise ValueError("huge_bytes must not be negative")
+        if not 0 <= self.account_rate_per_s < float("inf"):
+            raise ValueError("account_rate_per_s must be a finite number, 0 or more")
 
     def hostile_hits(self, call: str | None) -> bool:
         """Whether the hostile faults apply to a call of this kind."""
@@ -159,6 +167,32 @@ class FaultPlan:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class AccountQuota:
+    """The account's token bucket (``FaultPlan.account_rate_per_s``) and what it saw."""
+
+    calls: int = 0  # API calls that reached the quota
+    refused: int = 0  # of them, answered 429
+    _tokens: float = -1.0
+    _at: float = 0.0
+
+    def take(self, rate_per_s: float, now: float) -> int | None:
+        """None when the call may go on; else the Retry-After seconds (at least 1)."""
+        if rate_per_s <= 0:
+            return None
+        self.calls += 1
+        burst = max(1.0, rate_per_s)
+        if self._tokens < 0:
+            self._tokens, self._at = burst, now
+        self._tokens = min(burst, self._tokens + (now - self._at) * rate_per_s)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return None
+        self.refused += 1
+        return max(1, math.ceil((1.0 - self._tokens) / rate_per_s))
 
 
 # Set on a request whose handler ran but whose answer the client cannot read.
@@ -192,6 +226,7 @@ class Faults:
         self.rng = random.Random(seed)
         self.injected: dict[str, int] = {}
         self.rate_limited_at: list[float] = []  # monotonic times 429s were answered
+        self.quota = AccountQuota()
         self._stopping: asyncio.Event | None = None  # set when the simulator stops: held answers give up
 
     def open(self) -> None:
@@ -257,6 +292,13 @@ class Faults:
             if api:
                 if plan.slow_s > 0:
                     await asyncio.sleep(plan.slow_s)
+                wait_s = self.quota.take(plan.account_rate_per_s, time.monotonic())
+                if wait_s is not None:
+                    self.count("quota_429")
+                    self.rate_limited_at.append(time.monotonic())
+                    return web.json_response(
+                        {"error": "account quota exceeded"}, status=429, headers={"Retry-After": str(wait_s)}
+                    )
                 if plan.take("next_429", plan.rate_429, self.rng):
                     self.count("429")
                     self.rate_limited_at.append(time.monotonic())
