@@ -15,7 +15,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from bench import capacity, latency, politeness, restore, store, throughput
+from bench import budgets, capacity, latency, politeness, restore, store, throughput
 from bench.common import WORKDIR, broker
 
 console = Console()
@@ -114,6 +114,12 @@ async def run(quick: bool) -> list[str]:
         for row in store.rows(s):
             table.add_row(*row)
         lines.extend(store.lines(s))
+
+        step("fleet budgets")
+        fb = await budgets.measure(bootstrap, quick)
+        for row in budgets.rows(fb):
+            table.add_row(*row)
+        lines.extend(budgets.lines(fb))
 
         step("politeness")
         p = await politeness.measure(bootstrap)

@@ -96,9 +96,11 @@ class AdaptiveLimit:
         return max(1, min(self.ceiling, math.floor(self.limit)))
 
     def set_ceiling(self, ceiling: int) -> None:
-        """A new share: the limit never exceeds it, and grows back to a larger one."""
-        self.ceiling = max(1, ceiling)
-        self.limit = min(self.limit, float(self.ceiling))
+        """A new share: the limit keeps its place relative to the ceiling (at the old
+        ceiling, it is at the new one; halved by 429s, it stays half of the new one)."""
+        ceiling = max(1, ceiling)
+        self.limit = max(1.0, min(float(ceiling), self.limit * ceiling / self.ceiling))
+        self.ceiling = ceiling
 
     def answered(self, now: float, latency_s: float, *, rate_limited: bool) -> None:
         if rate_limited:

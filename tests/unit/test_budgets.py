@@ -112,8 +112,17 @@ class TestAdaptiveLimit:
         limit = AdaptiveLimit(12)
         limit.set_ceiling(3)
         assert limit.calls == 3
-        limit.set_ceiling(6)  # a larger share: grown back into, not jumped to
-        assert limit.calls == 3
+        limit.set_ceiling(6)  # not held back by 429s: at the new share at once
+        assert limit.calls == 6
+
+    def test_a_new_share_keeps_a_backed_off_limit_in_proportion(self) -> None:
+        limit = AdaptiveLimit(8)
+        limit.answered(0.0, 0.1, rate_limited=True)
+        assert limit.calls == 4
+        limit.set_ceiling(16)
+        assert limit.calls == 8
+        limit.set_ceiling(2)
+        assert limit.calls == 1
 
     def test_a_latency_that_is_no_duration_is_ignored(self) -> None:
         limit = AdaptiveLimit(4)
