@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.budgets import BudgetMode
 from worker.engine.policy import Policy, UnknownOutcome
 from worker.errors import ConfigError
+from worker.exclusive import JOB_KINDS
 from worker.limits import (
     DEAD_LETTER_OVERHEAD,
     DEFAULT_MAX_ANSWER_BYTES,
@@ -173,6 +174,22 @@ class ConnectionConfig(BaseModel):
     unknown_outcome: UnknownOutcome = UnknownOutcome.RESUBMIT
     policy: PolicyConfig = PolicyConfig()
     options: dict[str, Any] = Field(default_factory=dict, description="vendor-specific extras")
+    exclusive_kinds: list[str] | None = Field(
+        None,
+        max_length=16,
+        description="job kinds the vendor runs one at a time per account; the fleet runs them in request "
+        "order (default: Elastic Path BILLING_RUN and PAYMENT_RUN; [] for none)",
+    )
+
+    @model_validator(mode="after")
+    def _known_kinds(self) -> ConnectionConfig:
+        if self.exclusive_kinds:
+            known = JOB_KINDS.get(self.vendor, frozenset())
+            unknown = sorted(set(self.exclusive_kinds) - known)
+            if unknown:
+                kinds = ", ".join(sorted(known)) or "none"
+                raise ValueError(f"exclusive_kinds {unknown} are not {self.vendor} job kinds (known: {kinds})")
+        return self
 
     @field_validator("base_url", "auth_url")
     @classmethod

@@ -62,6 +62,21 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def elasticpath_request(
+    request_id: str, job_type: str, *, connection: str = "ep", tenant: str = "acme"
+) -> dict[str, Any]:
+    """An Elastic Path subscription job request (``BILLING_RUN``, ``TAX_RUN``, ``PAYMENT_RUN``)."""
+    return {
+        "request_id": request_id,
+        "tenant": tenant,
+        "connection": connection,
+        "requested_at": dt.datetime.now(dt.UTC),
+        "correlation_id": None,
+        "labels": {},
+        "job": ("export.v1.ElasticPathJob", {"job_type": job_type}),
+    }
+
+
 def itron_request(
     request_id: str,
     *,

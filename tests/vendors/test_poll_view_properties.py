@@ -76,7 +76,7 @@ class TestEveryView:
 SAMPLE_VIEWS: dict[str, dict[str, Any]] = {
     "itron": {"subscription_id": None, "filetype": "Csv"},
     "unicommerce": {"facility": None},
-    "elasticpath": {},
+    "elasticpath": {"job_type": "TAX_RUN"},
     "opengate": {},
 }
 PADDING = "x" * 1024

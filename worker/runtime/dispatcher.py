@@ -27,6 +27,7 @@ from worker.observability import Metrics
 from worker.runtime.calls import Call, connection_wait_s, run_call
 from worker.runtime.clients import Clock
 from worker.runtime.connections import Connection
+from worker.runtime.exclusive_gate import ExclusiveGate
 from worker.runtime.mailbox import CallAnswered, Mailbox
 from worker.runtime.partitions import OwnedPartition, Partitions
 from worker.scheduler import Limiter, TimerHeap
@@ -35,6 +36,8 @@ log = structlog.get_logger("export_worker")
 
 # Due timers handled per loop turn, so one turn never runs long under a burst.
 TIMERS_PER_TURN = 5_000
+# A job waiting for its exclusive kind is looked at again this often, even unwoken.
+EXCLUSIVE_RECHECK_MS = 5_000
 # Submits whose intent may wait for a commit or a slot, per call slot of the connection:
 # bounded, so a crash leaves few intents the next owner must reconcile.
 INTENTS_PER_SLOT = 4
@@ -77,6 +80,7 @@ class CallDispatcher:
         self.budget_mode = budget_mode
         self.ownership = Ownership(0, 0)  # until the partition count is known: the whole budget
         self.blocks = FleetBlocks()
+        self.exclusive = ExclusiveGate(connections)
         # Tells the fleet about a block this worker got: (connection, until epoch ms, reason).
         self.announce: Callable[[str, int, str], None] | None = None
         self._max_wait_s = max_wait_s  # the longest a 429 blocks a connection
@@ -193,6 +197,12 @@ class CallDispatcher:
                 number, request_id, _ = queue.popleft()
                 lane.parked.append((number, request_id))
                 continue
+            if not self.exclusive.admit(part, queue[0][1]):
+                # Waits for its kind: woken when the job holding it ends, and looked at
+                # again now and then all the same.
+                number, request_id, _ = queue.popleft()
+                self._due_again(part, request_id, now_ms + EXCLUSIVE_RECHECK_MS)
+                continue
             # A submit takes its call slot only once its intent is durable, so slots are
             # not held through a commit; the intents waiting for one are bounded.
             if lane.intents >= INTENTS_PER_SLOT * lane.limiter.max_concurrency or mono < lane.limiter.blocked_until:
@@ -223,6 +233,17 @@ class CallDispatcher:
             elif not paused and lane.limiter.paused:
                 self.resume(name)
                 log.warning("connection resumed", connection=name)
+
+    def job_ended(self, part: OwnedPartition, request_id: str, before: JobState) -> None:
+        """A job left the vendor: the next job waiting for its exclusive kind is due now."""
+        woken = self.exclusive.ended(part, request_id, before)
+        if woken is not None:
+            self._due_again(part, woken, self._clock.now_ms())
+
+    def _due_again(self, part: OwnedPartition, request_id: str, at_ms: int) -> None:
+        """A waiting job's next look (in memory: its committed state stays as it was)."""
+        part.jobs[request_id] = replace(part.jobs[request_id], next_action_at_ms=at_ms)
+        self._timers.schedule(at_ms, part.number, request_id)
 
     def paused(self, connection: Connection) -> bool:
         return self.lanes[connection.name].limiter.paused
@@ -354,6 +375,7 @@ class CallDispatcher:
             if call.partition in numbers:
                 self._started(call)
         self._waiting_calls = [c for c in self._waiting_calls if c.partition not in numbers]
+        self.exclusive.forget(numbers)
         for lane in self.lanes.values():
             lane.parked = [(p, r) for p, r in lane.parked if p not in numbers]
             lane.waiting = deque(w for w in lane.waiting if w[0] not in numbers)

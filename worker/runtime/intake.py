@@ -3,6 +3,7 @@ with a reason. Bad input never stops a partition."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
@@ -12,6 +13,7 @@ from worker.codec import Codec
 from worker.config import Settings
 from worker.engine.model import ErrorInfo, RequestInfo, RequestReceived
 from worker.errors import RegistryUnavailable, WorkerFenced
+from worker.exclusive import exclusive_kind, exclusive_kinds, home_partition
 from worker.ingest import Ingest, Rejection, rejected_event
 from worker.limits import (
     MAX_DEAD_LETTER_HEADER_BYTES,
@@ -73,6 +75,8 @@ class Intake:
         self._worker_id = worker_id
         self._refused = refused or RefusedRecords()
         self._ingest: Ingest | None = None
+        # export.requests' partition count (set at start): where exclusive kinds live.
+        self.request_partitions = 0
 
     def open(self, ingest: Ingest) -> None:
         self._ingest = ingest
@@ -124,10 +128,29 @@ class Intake:
             if outcome.event is not None:
                 self._stepper.apply(part, outcome.event.request_id, outcome.event)
             self._dead_letter(part, msg, outcome, now)
+        elif (home := self._home_of(outcome)) is not None and home != part.number:
+            self._forward(part, msg, outcome, home)
         else:
             self._metrics.child(self._metrics.requests, "read").inc()
             self._stepper.apply(part, outcome.request_id, RequestReceived(outcome))
         part.next_offset = msg.offset() + 1
+
+    def _home_of(self, request: RequestInfo) -> int | None:
+        """The home partition of a request of an exclusive kind (``worker.exclusive``)."""
+        assert self._ingest is not None
+        conf = self._ingest.connections.get(request.connection)
+        if conf is None or self.request_partitions <= 0 or not exclusive_kinds(conf.vendor, conf.exclusive_kinds):
+            return None
+        kind = exclusive_kind(conf.vendor, conf.exclusive_kinds, json.loads(request.job_json))
+        return None if kind is None else home_partition(request.connection, kind, self.request_partitions)
+
+    def _forward(self, part: OwnedPartition, msg: Any, request: RequestInfo, home: int) -> None:
+        """Hand the request, as it was read, to its home partition: in the same
+        transaction as this partition's offset, so exactly once."""
+        self._metrics.child(self._metrics.requests, "forwarded").inc()
+        log.info("request forwarded to the home of its kind", request_id=request.request_id, partition=home)
+        topic = self._settings.topics.requests
+        self._outbox.add([Outgoing(part.number, topic, msg.key(), msg.value(), home)])
 
     def _dead_letter(self, part: OwnedPartition, msg: Any, rejection: Rejection, now_ms: int | None = None) -> None:
         self._metrics.dead_letters.labels(rejection.reason_code).inc()

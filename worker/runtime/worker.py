@@ -242,7 +242,7 @@ class Worker:
     async def _start(self) -> None:
         settings = self.settings
         counts = await kafka_io.ensure_topics(settings, self.admin)
-        self._request_partitions = counts.get(self.topics.requests, 0)
+        self._request_partitions = self.intake.request_partitions = counts.get(self.topics.requests, 0)
         if settings.schema_registry_url and self.codec.registry is None:
             self.codec.registry = await registry_for(settings, self.codec.schemas)
         configs = self._connection_configs

@@ -86,6 +86,7 @@ class Simulator:
         self.tokens: dict[str, float] = {}  # token -> expiry (monotonic)
         self.jobs: dict[str, SimJob] = {}
         self.requests: list[dict[str, Any]] = []
+        self.busy_refused = 0  # submits refused because the account was busy (Elastic Path: 409)
         # Raw answers for the next API calls, served after the request is recorded and
         # the faults are applied, before the vendor logic (and its auth) runs.
         self.canned: deque[tuple[int, bytes, str, dict[str, str]]] = deque()
@@ -263,7 +264,12 @@ class Simulator:
         arrivals = [r["at"] for r in self.requests if self.is_api_path(r["path"])]
         quota = {"calls": self.faults.quota.calls, "refused": self.faults.quota.refused}
         return web.json_response(
-            {"rate_limited_at": self.faults.rate_limited_at, "arrivals": arrivals, "account_quota": quota}
+            {
+                "rate_limited_at": self.faults.rate_limited_at,
+                "arrivals": arrivals,
+                "account_quota": quota,
+                "busy_refused": self.busy_refused,
+            }
         )
 
     async def _sim_faults(self, request: web.Request) -> web.Response:

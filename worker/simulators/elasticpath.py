@@ -156,6 +156,7 @@ class ElasticPathSimulator(Simulator):
         if job_type in ONE_PER_STORE and any(
             j.extra["job_type"] == job_type and not self._finished(j, now) for j in self.jobs.values()
         ):
+            self.busy_refused += 1
             return self._error(409, "Write Conflict")
         job = self.new_job(ref or "", body, job_type=job_type, created_wall=time.time())
         if self.faults.submit_lost():

@@ -47,7 +47,7 @@ from worker.errors import (
 )
 from worker.redaction import excerpt
 from worker.result_store import ResultStore, artifact_key
-from worker.vendors.base import JobSpec, VendorAdapter, job_id_of, map_status, segment
+from worker.vendors.base import JobSpec, VendorAdapter, job_id_of, kept, map_status, segment
 from worker.vendors.http import Answer, BearerToken, VendorHttp, token_answer
 
 JOBS = "/v2/subscriptions/jobs"
@@ -241,8 +241,9 @@ class ElasticPathAdapter(VendorAdapter):
 
     @staticmethod
     def poll_view(job: dict[str, Any]) -> dict[str, Any]:
-        """Nothing: poll reads the job id and the request id, never the job body."""
-        return {}
+        """The job type: poll reads only the job id and the request id, but the worker
+        runs billing and payment runs one at a time and must know a running job's type."""
+        return kept(job, ("job_type",))
 
     async def poll(self, spec: JobSpec, vendor_job_id: str) -> PollAnswered:
         answer = await self._call("GET", f"{JOBS}/{segment(vendor_job_id, 'job id')}", operation="poll")
