@@ -15,7 +15,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from bench import budgets, capacity, latency, politeness, restore, store, throughput
+from bench import budgets, capacity, exclusive, latency, politeness, restore, store, throughput
 from bench.common import WORKDIR, broker
 
 console = Console()
@@ -120,6 +120,12 @@ async def run(quick: bool) -> list[str]:
         for row in budgets.rows(fb):
             table.add_row(*row)
         lines.extend(budgets.lines(fb))
+
+        step("exclusive kinds")
+        ex = await exclusive.measure(bootstrap, quick)
+        for row in exclusive.rows(ex):
+            table.add_row(*row)
+        lines.extend(exclusive.lines(ex))
 
         step("politeness")
         p = await politeness.measure(bootstrap)

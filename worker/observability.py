@@ -205,6 +205,11 @@ class Metrics:
             ["connection"],
             registry=r,
         )
+        self.exclusive_waiting = Gauge(
+            "export_worker_exclusive_waiting",
+            "Jobs of an exclusive kind waiting for the one before them to end (in this worker's home partitions)",
+            registry=r,
+        )
         self.connection_blocks = Counter(
             "export_worker_connection_blocks",
             "Times a connection was blocked: after its own 429 or 503 with Retry-After (local), "

@@ -56,8 +56,9 @@ class TestGate:
         assert rig.gate.admit(rig.part, "b1")
         rig.start("b1")
         assert not rig.gate.admit(rig.part, "b2")
+        assert rig.gate.waiting() == 1
         assert rig.end("b1") == "b2"
-        assert rig.gate.admit(rig.part, "b2")
+        assert rig.gate.admit(rig.part, "b2") and rig.gate.waiting() == 0
 
     def test_kinds_do_not_wait_for_each_other_and_tax_runs_never_wait(self) -> None:
         rig = Rig()
@@ -86,6 +87,14 @@ class TestGate:
         rig.job("at-vendor", "BILLING_RUN", Phase.ACTIVE)
         rig.job("queued", "BILLING_RUN")
         assert not rig.gate.admit(rig.part, "queued")
+
+    def test_a_job_admitted_on_a_later_look_no_longer_counts_as_waiting(self) -> None:
+        rig = Rig()
+        rig.job("b1", "BILLING_RUN", Phase.ACTIVE)
+        rig.job("b2", "BILLING_RUN")
+        assert not rig.gate.admit(rig.part, "b2") and rig.gate.waiting() == 1
+        del rig.part.jobs["b1"]  # ended unseen; b2's next look finds the kind free
+        assert rig.gate.admit(rig.part, "b2") and rig.gate.waiting() == 0
 
     def test_a_holder_that_ended_unseen_holds_nothing(self) -> None:
         rig = Rig()

@@ -47,6 +47,7 @@ class ExclusiveGate:
         holder = self._holder(part, key)
         if holder is None or holder == request_id:
             self._holders[key] = request_id
+            self._waiting.get(key, {}).pop(request_id, None)
             return True
         self._waiting.setdefault(key, {})[request_id] = state.requested_at_ms
         return False

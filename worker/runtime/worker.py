@@ -217,6 +217,7 @@ class Worker:
         self.trimmer = MemoryTrimmer(settings.memory_trim_s, self.metrics, self.clock.monotonic)
         self.metrics.watch_open_jobs(self.partitions.open_job_counts)
         self.metrics.store_memory.set_function(self.stores.memory.usage)
+        self.metrics.exclusive_waiting.set_function(self.dispatcher.exclusive.waiting)
 
     @property
     def producer_stuck(self) -> bool:
