@@ -12,19 +12,17 @@ against R.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import time
 from dataclasses import dataclass
 
 import aiohttp
 
-from bench.common import Process, bench_settings, itron_conn, metric, scrape, simulator, start_worker, wait_ready
+from bench.common import bench_main, bench_settings, fleet, itron_conn, simulator
 from worker.budgets import BudgetMode
 from worker.config import PolicyConfig
 from worker.kafka import admin_client, ensure_topics
-from worker.testing import OutputReader, Publisher, eventually, itron_request, terminal
+from worker.testing import OutputReader, Publisher, itron_request, terminal
 
 RATE = 150.0  # the account's quota, calls/s: the connection's configured rate_per_s
 WORKERS = 3
@@ -65,19 +63,7 @@ async def run(bootstrap: str, mode: BudgetMode, jobs: int) -> FleetRun:
     await ensure_topics(settings, admin_client(settings))
     async with simulator("itron", stage_seconds=STAGE_S, faults={"account_rate_per_s": RATE}, record=False) as url:
         conn = {"itron": itron_conn(url, POLICY, rate_per_s=RATE, max_concurrency=32)}
-        workers: list[Process] = []
-        try:
-            for i in range(WORKERS):
-                name = f"fleet-{mode.value}-{i}"
-                workers.append(start_worker(settings.model_copy(update={"instance_id": f"bench-{name}"}), conn, name))
-            for worker in workers:
-                await wait_ready(worker)
-
-            async def balanced() -> bool:
-                owned = [metric((await scrape(w.port))[1], "export_worker_assigned_partitions") for w in workers]  # type: ignore[arg-type]
-                return owned == [settings.topics.partitions / WORKERS] * WORKERS
-
-            await eventually(balanced, timeout=120, interval=0.5, what="partitions spread over the workers")
+        async with fleet(settings, conn, f"fleet-{mode.value}", WORKERS):
             calls0, refused0 = await quota(url)
             ids = [f"fleet-{mode.value}-{i}" for i in range(jobs)]
             async with Publisher(settings) as pub, OutputReader(settings, include_jobs=False) as reader:
@@ -97,9 +83,6 @@ async def run(bootstrap: str, mode: BudgetMode, jobs: int) -> FleetRun:
             if failed:
                 raise RuntimeError(f"{len(failed)} jobs did not succeed, e.g. {failed[:3]}")
             calls, refused = await quota(url)
-        finally:
-            for worker in workers:
-                worker.stop()
     accepted_busy = (calls90 - refused90) - (calls0 - refused0)
     return FleetRun(mode.value, jobs, calls - calls0, refused - refused0, busy_s, accepted_busy, total_s)
 
@@ -146,13 +129,4 @@ def lines(b: FleetBench) -> list[str]:
 
 
 if __name__ == "__main__":
-    from bench.common import broker
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    with broker() as bootstrap:
-        result = asyncio.run(measure(bootstrap, args.quick))
-    for row in rows(result):
-        print(" | ".join(row))
-    print("\n".join(lines(result)))
+    bench_main(measure, rows, lines)

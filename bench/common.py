@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import aiohttp
 
 from worker.config import ConnectionConfig, PolicyConfig, Settings, TopicSettings
 from worker.embedded import EmbeddedKafka
-from worker.testing import connections_json, spawn_worker, worker_env
+from worker.testing import connections_json, eventually, spawn_worker, worker_env
 
 WORKDIR = Path(".bench")
 
@@ -237,3 +237,47 @@ def itron_conn(base_url: str, policy: PolicyConfig, **overrides: Any) -> Connect
 
     conn = demo_connection(base_url)
     return conn.model_copy(update={"policy": policy, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def fleet(
+    settings: Settings, connections: dict[str, ConnectionConfig], name: str, size: int
+) -> AsyncIterator[list[Process]]:
+    """``size`` workers of one group, each ready and owning its even share of the
+    partitions (so every one of them has work from the first request); stopped at the end."""
+    workers: list[Process] = []
+    try:
+        for i in range(size):
+            member = f"{name}-{i}"
+            workers.append(
+                start_worker(settings.model_copy(update={"instance_id": f"bench-{member}"}), connections, member)
+            )
+        for worker in workers:
+            await wait_ready(worker)
+
+        async def balanced() -> bool:
+            owned = [metric((await scrape(w.port))[1], "export_worker_assigned_partitions") for w in workers]  # type: ignore[arg-type]
+            return owned == [settings.topics.partitions / size] * size
+
+        await eventually(balanced, timeout=120, interval=0.5, what="partitions spread over the workers")
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def bench_main(
+    measure: Callable[[str, bool], Awaitable[Any]], rows: Callable[[Any], Any], lines: Callable[[Any], Any]
+) -> None:
+    """``python -m bench.<name> [--quick]``: measure against a fresh broker, print the
+    table rows and the ``name value target ok|miss`` lines."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    with broker() as bootstrap:
+        result = asyncio.run(measure(bootstrap, args.quick))
+    for row in rows(result):
+        print(" | ".join(row))
+    print("\n".join(lines(result)))

@@ -10,19 +10,17 @@ exclusive kinds declared, left to the vendor's refusals and the engine's busy re
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import time
 from dataclasses import dataclass
 
 import aiohttp
 
-from bench.common import Process, bench_settings, metric, scrape, simulator, start_worker, wait_ready
+from bench.common import bench_main, bench_settings, fleet, simulator
 from worker.config import PolicyConfig
 from worker.kafka import admin_client, ensure_topics
 from worker.simulators.elasticpath import demo_connection
-from worker.testing import OutputReader, Publisher, elasticpath_request, eventually, terminal
+from worker.testing import OutputReader, Publisher, elasticpath_request, terminal
 
 WORKERS = 3
 RUNS, QUICK_RUNS = 80, 20  # half billing runs, half payment runs
@@ -62,22 +60,7 @@ async def run(bootstrap: str, runs: int, *, exclusive: bool) -> ExclusiveRun:
             update={"policy": POLICY, "max_concurrency": 32, "rate_per_s": 500.0}
             | ({} if exclusive else {"exclusive_kinds": []})
         )
-        workers: list[Process] = []
-        try:
-            for i in range(WORKERS):
-                workers.append(
-                    start_worker(
-                        settings.model_copy(update={"instance_id": f"bench-{name}-{i}"}), {"ep": conf}, f"{name}-{i}"
-                    )
-                )
-            for worker in workers:
-                await wait_ready(worker)
-
-            async def balanced() -> bool:
-                owned = [metric((await scrape(w.port))[1], "export_worker_assigned_partitions") for w in workers]  # type: ignore[arg-type]
-                return owned == [settings.topics.partitions / WORKERS] * WORKERS
-
-            await eventually(balanced, timeout=120, interval=0.5, what="partitions spread over the workers")
+        async with fleet(settings, {"ep": conf}, name, WORKERS):
             kinds = ("BILLING_RUN", "PAYMENT_RUN")
             ids = [(f"{name}-{kinds[i % 2][:3].lower()}-{i}", kinds[i % 2]) for i in range(runs)]
             async with Publisher(settings) as pub, OutputReader(settings, include_jobs=False) as reader:
@@ -91,9 +74,6 @@ async def run(bootstrap: str, runs: int, *, exclusive: bool) -> ExclusiveRun:
             if failed:
                 raise RuntimeError(f"{len(failed)} runs did not succeed, e.g. {failed[:3]}")
             refused = await busy_refused(url)
-        finally:
-            for worker in workers:
-                worker.stop()
     return ExclusiveRun(runs, refused, seconds, (runs / 2) * 3 * STAGE_S)
 
 
@@ -137,13 +117,4 @@ def lines(b: ExclusiveBench) -> list[str]:
 
 
 if __name__ == "__main__":
-    from bench.common import broker
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    with broker() as bootstrap:
-        result = asyncio.run(measure(bootstrap, args.quick))
-    for row in rows(result):
-        print(" | ".join(row))
-    print("\n".join(lines(result)))
+    bench_main(measure, rows, lines)

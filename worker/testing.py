@@ -10,6 +10,7 @@ import datetime as dt
 import importlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -62,19 +63,30 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-def elasticpath_request(
-    request_id: str, job_type: str, *, connection: str = "ep", tenant: str = "acme"
-) -> dict[str, Any]:
-    """An Elastic Path subscription job request (``BILLING_RUN``, ``TAX_RUN``, ``PAYMENT_RUN``)."""
+def request(
+    request_id: str, job: tuple[str, dict[str, Any]], *, connection: str, tenant: str = "acme",
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """An ExportRequested record for ``job`` (its union branch and fields)."""
     return {
         "request_id": request_id,
         "tenant": tenant,
         "connection": connection,
         "requested_at": dt.datetime.now(dt.UTC),
         "correlation_id": None,
-        "labels": {},
-        "job": ("export.v1.ElasticPathJob", {"job_type": job_type}),
+        "labels": labels or {},
+        "job": job,
+        "replay_of": None,
     }
+
+
+def elasticpath_request(
+    request_id: str, job_type: str, *, connection: str = "ep", tenant: str = "acme"
+) -> dict[str, Any]:
+    """An Elastic Path subscription job request (``BILLING_RUN``, ``TAX_RUN``, ``PAYMENT_RUN``)."""
+    return request(
+        request_id, ("export.v1.ElasticPathJob", {"job_type": job_type}), connection=connection, tenant=tenant
+    )
 
 
 def itron_request(
@@ -87,29 +99,31 @@ def itron_request(
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     today = dt.datetime.now(dt.UTC).date()
-    return {
-        "request_id": request_id,
-        "tenant": tenant,
-        "connection": connection,
-        "requested_at": dt.datetime.now(dt.UTC),
-        "correlation_id": None,
-        "labels": labels or {},
-        "job": (
-            "export.v1.ItronBatchRequest",
-            {
-                "filetype": filetype,
-                "tokens": tokens
-                or {
-                    "StartEventDate": (today - dt.timedelta(days=30)).isoformat(),
-                    "EndEventDate": today.isoformat(),
-                    "ServicePoint": "9000053409,9002036306",
-                },
-                "is_ohs_request": False,
-                "subscription_id": None,
-            },
-        ),
-        "replay_of": None,
+    job = {
+        "filetype": filetype,
+        "tokens": tokens
+        or {
+            "StartEventDate": (today - dt.timedelta(days=30)).isoformat(),
+            "EndEventDate": today.isoformat(),
+            "ServicePoint": "9000053409,9002036306",
+        },
+        "is_ohs_request": False,
+        "subscription_id": None,
     }
+    return request(
+        request_id, ("export.v1.ItronBatchRequest", job), connection=connection, tenant=tenant, labels=labels
+    )
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """SIGTERM each process still running (ours, by its handle), SIGKILL what outlives ``timeout``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 class OutputReader(output_reader.OutputReader):

@@ -25,6 +25,7 @@ from worker.testing import (
     elasticpath_request,
     eventually,
     spawn_worker,
+    stop_processes,
     terminal,
     worker_env,
 )
@@ -116,11 +117,5 @@ class TestHolderKilled:
             assert overlaps(list(sim.jobs.values())) == []
             assert sorted(j.match_key for j in sim.jobs.values()) == sorted(ids)
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+            stop_processes(procs)
             await sim.stop()

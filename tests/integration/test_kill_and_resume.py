@@ -14,7 +14,16 @@ from tests.conftest import itron_connection, make_settings
 from worker.config import TopicSettings
 from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator
-from worker.testing import OutputReader, Publisher, connections_json, itron_request, spawn_worker, terminal, worker_env
+from worker.testing import (
+    OutputReader,
+    Publisher,
+    connections_json,
+    itron_request,
+    spawn_worker,
+    stop_processes,
+    terminal,
+    worker_env,
+)
 from worker.vendors.base import JobSpec
 from worker.vendors.itron import correlation_id
 
@@ -69,12 +78,6 @@ class TestKillAndResume:
                 if jobs > 1:  # a vendor job created twice is never silent
                     assert any(e["possible_duplicate"] for e in out.events(r)), r
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+            stop_processes(procs)
             await sim.stop()
         assert procs[1].returncode == 0, "the replacement worker must stop cleanly on SIGTERM"

@@ -532,9 +532,12 @@ class TestEndToEnd:
     async def test_a_second_billing_run_is_queued_not_failed(
         self, settings: Settings, ep_sim: ElasticPathSimulator
     ) -> None:
-        """Two billing runs for one store: the second is refused busy, waits, and then succeeds too."""
+        """Two billing runs for one store on a connection that does not run them one at a
+        time itself (no exclusive kinds: e.g. another client also starts runs): the second
+        is refused busy, waits, and then succeeds too."""
         ep_sim.timing.stages = (0.5, 0.5)
-        conn = ep_connection(ep_sim.base_url, policy=FAST_POLICY.model_copy(update={"busy_retry_s": 0.3}))
+        policy = FAST_POLICY.model_copy(update={"busy_retry_s": 0.3})
+        conn = ep_connection(ep_sim.base_url, policy=policy, exclusive_kinds=[])
         worker = Worker(settings, connections={"ep": conn})
         ids = ["ep-busy-1", "ep-busy-2"]
         async with running(worker), Publisher(settings) as pub, OutputReader(settings) as reader:
