@@ -16,22 +16,23 @@ from confluent_kafka import KafkaException
 from worker.budgets import BudgetMode, Ownership, share_of
 from worker.config import ConnectionConfig, Settings
 from worker.control import ControlState, read_control
+from worker.exclusive import exclusive_kinds, home_partition
 from worker.kafka import BrokerUnavailable
 from worker.ops.kafkaio import Cluster, connect
 from worker.ops.timeparse import format_ms
 
 
-async def group_members(cluster: Cluster, settings: Settings) -> dict[str, int]:
-    """Each worker of the group (its client id) and how many partitions of export.requests it owns."""
+async def group_members(cluster: Cluster, settings: Settings) -> dict[str, set[int]]:
+    """Each worker of the group (its client id) and the partitions of export.requests it owns."""
     futures = cluster.admin.describe_consumer_groups([settings.group_id], request_timeout=10)
     try:
         description = await asyncio.wrap_future(futures[settings.group_id])
     except KafkaException as exc:
         raise BrokerUnavailable(f"describe group {settings.group_id}: {exc.args[0].str()}") from None
-    owned: dict[str, int] = {}
+    owned: dict[str, set[int]] = {}
     for member in description.members:
         partitions = member.assignment.topic_partitions if member.assignment else []
-        owned[member.client_id] = sum(1 for tp in partitions if tp.topic == settings.topics.requests)
+        owned[member.client_id] = {tp.partition for tp in partitions if tp.topic == settings.topics.requests}
     return owned
 
 
@@ -62,14 +63,28 @@ async def fleet_budgets(settings: Settings, connections: dict[str, ConnectionCon
     prefix = f"{settings.group_id}-"
     for client, owned in sorted(members.items()):
         for name, conf in sorted(connections.items()):
-            share = share_of(conf.rate_per_s, conf.max_concurrency, Ownership(owned, total), mode)
+            share = share_of(conf.rate_per_s, conf.max_concurrency, Ownership(len(owned), total), mode)
             shares.append(
                 {
                     "worker": client.removeprefix(prefix),
-                    "partitions": owned,
+                    "partitions": len(owned),
                     "connection": name,
                     "rate_per_s": round(share.rate_per_s, 3),
                     "max_concurrency": share.max_concurrency,
                 }
             )
-    return {"mode": BudgetMode(mode).value, "partitions": total, "connections": rows, "shares": shares}
+    # Where each exclusive kind's queue lives: its home partition and that partition's owner
+    # (whose export_worker_exclusive_waiting counts the runs waiting there).
+    exclusive = []
+    for name, conf in sorted(connections.items()):
+        for kind in sorted(exclusive_kinds(conf.vendor, conf.exclusive_kinds)):
+            home = home_partition(name, kind, total)
+            owner = next((c.removeprefix(prefix) for c, owned in members.items() if home in owned), "")
+            exclusive.append({"connection": name, "kind": kind, "home_partition": home, "worker": owner})
+    return {
+        "mode": BudgetMode(mode).value,
+        "partitions": total,
+        "connections": rows,
+        "shares": shares,
+        "exclusive": exclusive,
+    }

@@ -298,6 +298,13 @@ def budgets_tables(report: dict[str, Any]) -> None:
             str(r["max_concurrency"]),
         )  # fmt: skip
     stdout().print(shares)
+    if report["exclusive"]:
+        homes = Table(title="exclusive kinds: one at a time, queued in their home partition", title_justify="left")
+        for name in ("connection", "kind", "home partition", "worker"):
+            homes.add_column(name)
+        for r in report["exclusive"]:
+            homes.add_row(escape(r["connection"]), r["kind"], str(r["home_partition"]), escape(r["worker"]))
+        stdout().print(homes)
 
 
 def run_summary(report: RunReport) -> None:
