@@ -82,6 +82,11 @@ class Limiter:
     def release(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)
 
+    def seconds_to_token(self, now: float) -> float:
+        """How long until the bucket holds a whole token again (0 if it does now)."""
+        self._refill(now)
+        return max(0.0, (1.0 - self._tokens) / self.rate_per_s)
+
     def resize(self, now: float, max_concurrency: int, rate_per_s: float) -> None:
         """A new concurrency cap and rate (a rebalance changed this worker's share). Calls
         in flight keep their slots; tokens saved up never exceed the new burst."""

@@ -18,10 +18,12 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from aiohttp import web
+
+from worker.scheduler import Limiter
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CallKind = Callable[[web.Request], "str | None"]
@@ -171,28 +173,28 @@ class FaultPlan:
 
 @dataclass
 class AccountQuota:
-    """The account's token bucket (``FaultPlan.account_rate_per_s``) and what it saw."""
+    """The account's quota (``FaultPlan.account_rate_per_s``), as the worker's own token
+    bucket (``worker.scheduler.Limiter``) holding one second's worth, and what it saw."""
 
     calls: int = 0  # API calls that reached the quota
     refused: int = 0  # of them, answered 429
-    _tokens: float = -1.0
-    _at: float = 0.0
+    _bucket: Limiter | None = field(default=None, repr=False)
 
     def take(self, rate_per_s: float, now: float) -> int | None:
         """None when the call may go on; else the Retry-After seconds (at least 1)."""
         if rate_per_s <= 0:
             return None
         self.calls += 1
-        burst = max(1.0, rate_per_s)
-        if self._tokens < 0:
-            self._tokens, self._at = burst, now
-        self._tokens = min(burst, self._tokens + (now - self._at) * rate_per_s)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = Limiter(max_concurrency=1, rate_per_s=rate_per_s)
+        elif bucket.rate_per_s != rate_per_s:
+            bucket.resize(now, 1, rate_per_s)
+        if bucket.try_acquire(now):
+            bucket.release()  # a rate only: no call is held
             return None
         self.refused += 1
-        return max(1, math.ceil((1.0 - self._tokens) / rate_per_s))
+        return max(1, math.ceil(bucket.seconds_to_token(now)))
 
 
 # Set on a request whose handler ran but whose answer the client cannot read.
