@@ -153,9 +153,7 @@ class ControlFollower:
             value = block_value(until_ms, reason, self.settings.instance_id)
             await (await self._producer.produce(self.settings.topics.control, value=value, key=block_key(connection)))
         except Exception as exc:  # the local block holds; the others learn at their own 429
-            structlog.get_logger(log_name).warning(
-                "connection block not published", connection=connection, error=str(exc)
-            )
+            log.warning("connection block not published", connection=connection, error=str(exc))
 
     async def stop(self) -> None:
         if self._task is not None:

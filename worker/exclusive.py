@@ -12,6 +12,7 @@ no lease to expire and no clock to trust.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -39,6 +40,18 @@ def exclusive_kind(vendor: str, declared: Collection[str] | None, job: Mapping[s
     """The job's kind when its connection runs that kind one at a time, else None."""
     kind = job_kind(vendor, job)
     return kind if kind is not None and kind in exclusive_kinds(vendor, declared) else None
+
+
+def exclusive_kind_of(vendor: str, declared: Collection[str] | None, job_json: str) -> str | None:
+    """``exclusive_kind`` of a job's JSON body (a connection's vendor and declared kinds);
+    None when the connection has none, or the body says none or is not a JSON object."""
+    if not exclusive_kinds(vendor, declared):
+        return None  # most connections: no body to parse
+    try:
+        job = json.loads(job_json)
+    except ValueError:
+        return None
+    return exclusive_kind(vendor, declared, job) if isinstance(job, dict) else None
 
 
 def home_partition(connection: str, kind: str, partitions: int) -> int:

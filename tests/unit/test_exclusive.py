@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.unit.runtime_fakes import POLICY, FakeAdapter, accepted
 from worker.config import ConnectionConfig
 from worker.engine.model import JobState, Phase
-from worker.exclusive import exclusive_kind, home_partition
+from worker.exclusive import exclusive_kind, exclusive_kind_of, home_partition
 from worker.runtime.connections import Connection
 from worker.runtime.exclusive_gate import ExclusiveGate
 from worker.runtime.partitions import Partitions
@@ -127,6 +127,12 @@ class TestRouting:
         assert exclusive_kind("elasticpath", None, {"job_type": "TAX_RUN"}) is None
         assert exclusive_kind("elasticpath", ["TAX_RUN"], {"job_type": "TAX_RUN"}) == "TAX_RUN"
         assert exclusive_kind("itron", None, {"job_type": "BILLING_RUN"}) is None
+
+    def test_the_kind_of_a_body(self) -> None:
+        assert exclusive_kind_of("elasticpath", None, '{"job_type": "PAYMENT_RUN"}') == "PAYMENT_RUN"
+        for body in ("not json", "[1, 2]", '"BILLING_RUN"', "{}"):
+            assert exclusive_kind_of("elasticpath", None, body) is None
+        assert exclusive_kind_of("itron", None, '{"job_type": "BILLING_RUN"}') is None
 
     @given(st.text(min_size=1, max_size=40), st.sampled_from(["BILLING_RUN", "PAYMENT_RUN"]), st.integers(1, 64))
     def test_every_worker_finds_the_same_home_within_the_topic(self, connection: str, kind: str, n: int) -> None:

@@ -6,11 +6,10 @@ takeover finds it again."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 from worker.engine.model import JobState, Phase
-from worker.exclusive import exclusive_kind, exclusive_kinds
+from worker.exclusive import exclusive_kind_of
 from worker.runtime.connections import Connection
 from worker.runtime.partitions import OwnedPartition
 
@@ -27,15 +26,9 @@ class ExclusiveGate:
 
     def key_of(self, number: int, state: JobState) -> Key | None:
         conn = self._connections.get(state.connection)
-        if conn is None or not exclusive_kinds(conn.config.vendor, conn.config.exclusive_kinds):
-            return None
-        try:
-            job = json.loads(state.job_json)
-        except ValueError:
-            return None
-        if not isinstance(job, dict):
-            return None
-        kind = exclusive_kind(conn.config.vendor, conn.config.exclusive_kinds, job)
+        kind = (
+            None if conn is None else exclusive_kind_of(conn.config.vendor, conn.config.exclusive_kinds, state.job_json)
+        )
         return None if kind is None else (number, state.connection, kind)
 
     def admit(self, part: OwnedPartition, request_id: str) -> bool:

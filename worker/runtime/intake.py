@@ -3,7 +3,6 @@ with a reason. Bad input never stops a partition."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
@@ -13,7 +12,7 @@ from worker.codec import Codec
 from worker.config import Settings
 from worker.engine.model import ErrorInfo, RequestInfo, RequestReceived
 from worker.errors import RegistryUnavailable, WorkerFenced
-from worker.exclusive import exclusive_kind, exclusive_kinds, home_partition
+from worker.exclusive import exclusive_kind_of, home_partition
 from worker.ingest import Ingest, Rejection, rejected_event
 from worker.limits import (
     MAX_DEAD_LETTER_HEADER_BYTES,
@@ -139,9 +138,9 @@ class Intake:
         """The home partition of a request of an exclusive kind (``worker.exclusive``)."""
         assert self._ingest is not None
         conf = self._ingest.connections.get(request.connection)
-        if conf is None or self.request_partitions <= 0 or not exclusive_kinds(conf.vendor, conf.exclusive_kinds):
+        if conf is None or self.request_partitions <= 0:
             return None
-        kind = exclusive_kind(conf.vendor, conf.exclusive_kinds, json.loads(request.job_json))
+        kind = exclusive_kind_of(conf.vendor, conf.exclusive_kinds, request.job_json)
         return None if kind is None else home_partition(request.connection, kind, self.request_partitions)
 
     def _forward(self, part: OwnedPartition, msg: Any, request: RequestInfo, home: int) -> None:

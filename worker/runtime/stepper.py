@@ -121,9 +121,9 @@ class Stepper:
             part.jobs.pop(request_id, None)
         elif not cold or transition.persist or new.open:
             part.jobs[request_id] = new
+        # else a finished job stepped without a change to write: it stays in the store only
         if state is not None and state.open and (new is None or not new.open):
             self._dispatcher.job_ended(part, request_id, state)
-        # else a finished job stepped without a change to write: it stays in the store only
         if transition.persist:
             self._outbox.put_state(part.number, request_id, new)
         self._outbox.add(records)
