@@ -443,14 +443,14 @@ async def read_compacted(
 
     async def fold(chunk: Chunk) -> None:
         part = values[chunk.partition]
-        for _offset, key, value in chunk.records:
-            counts[chunk.partition] += 1
+        counts[chunk.partition] += chunk.records
+        for key, value in chunk.latest.items():
             if value is None:
                 part.pop(key, None)
             else:
                 part[key] = value
         if on_progress is not None and chunk.records:
-            on_progress(len(chunk.records))
+            on_progress(chunk.records)
 
     await stream_compacted(
         client, topic, dict.fromkeys(partitions, OFFSET_BEGINNING), fold, ends=ends, stall_s=stall_s, verb=verb
@@ -461,12 +461,14 @@ async def read_compacted(
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """Records of one partition from one consumed batch, in offset order (keyed records
-    only; ``None`` values are tombstones), and where reading it goes on from: one past
-    the last record, or the partition's end once it is reached."""
+    """The keyed records of one partition from one consumed batch, as the last value of
+    each key (``None``: a tombstone; an earlier record of a key in the same batch is
+    superseded, as compaction would), how many records that was, and where reading goes
+    on from: one past the last record, or the partition's end once it is reached."""
 
     partition: int
-    records: list[tuple[int, bytes, bytes | None]]
+    latest: dict[bytes, bytes | None]
+    records: int
     next_offset: int
 
 
@@ -501,7 +503,7 @@ async def stream_compacted(
         for p in list(pending):
             if ends[p] <= max(positions[p], 0):  # nothing (more) was ever written
                 pending.discard(p)
-                await on_chunk(Chunk(p, [], max(positions[p], ends[p])))
+                await on_chunk(Chunk(p, {}, 0, max(positions[p], ends[p])))
     if not pending:
         return positions
     conf = {
@@ -540,7 +542,8 @@ async def stream_compacted(
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > stall_s:
                 raise BrokerUnavailable(f"{verb} {topic}{sorted(pending)}: nothing read for {stall_s:.0f} s")
-            chunks: dict[int, list[tuple[int, bytes, bytes | None]]] = {}
+            chunks: dict[int, dict[bytes, bytes | None]] = {}
+            counts = dict.fromkeys(pending, 0)
             reached: set[int] = set()
             for msg in batch:
                 number = msg.partition()
@@ -563,9 +566,14 @@ async def stream_compacted(
                     reached.add(number)
                 key = msg.key()
                 if key is not None:
-                    chunks.setdefault(number, []).append((offset, key, msg.value()))
+                    latest = chunks.get(number)
+                    if latest is None:
+                        latest = chunks[number] = {}
+                    latest[key] = msg.value()
+                    counts[number] += 1
             ready = [
-                Chunk(number, chunks.get(number, []), positions[number]) for number in sorted(chunks.keys() | reached)
+                Chunk(number, chunks.get(number, {}), counts[number], positions[number])
+                for number in sorted(chunks.keys() | reached)
             ]
             if delivering is not None:
                 await delivering

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from tests.conftest import itron_connection, make_settings, running
-from worker.config import Settings, TopicSettings
+from worker.config import PolicyConfig, Settings, TopicSettings
 from worker.engine.model import JobState
 from worker.runtime import Worker
 from worker.simulators.base import Timing
@@ -150,3 +150,50 @@ class TestTrimmedBodies:
             assert json.loads(stored["job_json"])["tokens"]["ServicePoint"] == points
         finally:
             await sim.stop()
+
+
+class TestParkedJobs:
+    async def test_a_takeover_parks_polling_jobs_and_polls_them_to_the_end(
+        self, kafka_bootstrap: str, topics: TopicSettings, tmp_path: Path
+    ) -> None:
+        """Polling jobs whose next poll is well ahead come back undecoded: counted open
+        and in the gauge, scheduled, then polled and finished as usual."""
+        ids = [f"park-{i}" for i in range(4)]
+        # The first poll 15 s after acceptance: still ahead when the taker reads the state
+        # (parking wants it at least PARK_AHEAD_MS away).
+        slow = PolicyConfig(first_poll_s=15, poll_initial_s=15, poll_multiplier=1.0, poll_max_s=15)
+        sim = ItronSimulator(timing=Timing(stages=(3600.0, 3600.0, 3600.0)), seed=5)
+        await sim.start()
+        try:
+            first = make_settings(kafka_bootstrap, topics, tmp_path / "a")
+            conns = {"itron": itron_connection(sim.base_url, policy=slow)}
+            async with Publisher(first) as pub, OutputReader(first) as reader:
+                async with running(Worker(first, connections=conns)):
+                    for rid in ids:
+                        await pub.send(itron_request(rid))
+                    await pub.flush()
+                    await reader.wait_for(
+                        lambda o: all(any(e["vendor_job_id"] for e in o.events(rid)) for rid in ids),
+                        timeout=60,
+                        what="every job accepted",
+                    )
+                other = make_settings(kafka_bootstrap, topics, tmp_path / "b", group_id=first.group_id)
+                taker = Worker(other, connections=conns)
+                async with running(taker):
+                    await eventually(lambda: not taker.partitions.restoring(), timeout=30, what="restored")
+                    parked = sum(part.jobs.parked for part in taker.partitions.values())
+                    assert parked == len(ids) and taker.partitions.open_jobs() == len(ids)
+                    counts = taker.partitions.open_job_counts()  # the gauge's source, without decoding
+                    assert sum(counts.values()) == len(ids) and {vendor for vendor, _ in counts} == {"itron"}
+                    assert sum(part.jobs.parked for part in taker.partitions.values()) == len(ids)
+                    for job in sim.jobs.values():  # now let them finish at their next poll
+                        job.durations = (0.0, 0.0, 0.0)
+                    await reader.wait_for(
+                        lambda o: terminal(o, ids, frozenset({"SUCCEEDED"})) and all(o.files_for(rid) for rid in ids),
+                        timeout=60,
+                        what="every parked job polled to a file",
+                    )
+                    assert sum(part.jobs.parked for part in taker.partitions.values()) == 0
+        finally:
+            await sim.stop()
+        assert len(sim.jobs) == len(ids)  # no job submitted twice

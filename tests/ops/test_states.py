@@ -60,8 +60,9 @@ class TestLoadStates:
             chunks.append(chunk)
 
         ends = await restore(settings, settings.topics.jobs, dict.fromkeys([0, 1, 2], -2), keep)
-        assert [(o, k) for c in chunks if c.partition == 1 for o, k, v in c.records if v is None] == [(1, b"deleted")]
-        assert {k for c in chunks for _o, k, _v in c.records} == {b"kept", b"deleted", b"broken"}
+        assert [k for c in chunks if c.partition == 1 for k, v in c.latest.items() if v is None] == [b"deleted"]
+        assert {k for c in chunks for k in c.latest} == {b"kept", b"deleted", b"broken"}
+        assert sum(c.records for c in chunks) == 5  # superseded values counted too
         assert ends == {0: 2, 1: 2, 2: 1} and all(c.next_offset <= ends[c.partition] for c in chunks)
 
     async def test_an_open_transaction_does_not_hold_the_read_back(self, settings: Settings) -> None:
@@ -103,4 +104,5 @@ class TestWorkerRestoreReader:
         read = StoreReader(settings, codec, admin_client(settings), stores, Metrics())
         states = await read([0, 1, 2])
         stores.close_all()
-        assert {n: [s.request_id for s in found] for n, found in states.items()} == {0: ["a"], 1: ["b"], 2: []}
+        found = {n: [s.request_id for s in jobs.states] + sorted(jobs.parked) for n, jobs in states.items()}
+        assert found == {0: ["a"], 1: ["b"], 2: []}

@@ -28,6 +28,7 @@ from worker.ingest import Ingest
 from worker.observability import Metrics
 from worker.runtime import Worker
 from worker.runtime.backpressure import IntakeGate, low_water_mark
+from worker.runtime.job_table import OpenJobs
 from worker.testing import eventually, itron_request
 
 TOPICS = TopicSettings()
@@ -131,8 +132,8 @@ class Rig:
             self.partitions[number].ready = True
             self.partitions[number].next_offset = 0
 
-    async def read(self, numbers: list[int]) -> dict[int, list[JobState]]:
-        return {n: self.stored.get(n, []) for n in numbers}
+    async def read(self, numbers: list[int]) -> dict[int, OpenJobs]:
+        return {n: OpenJobs(self.stored.get(n, [])) for n in numbers}
 
     @property
     def metrics(self) -> Metrics:

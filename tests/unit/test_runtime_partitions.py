@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from tests.unit.runtime_fakes import NOW_MS_INT, accepted
 from worker.engine.model import JobState, Phase
-from worker.runtime.partitions import JobTable, Partitions
+from worker.runtime.job_table import JobTable, Parked
+from worker.runtime.partitions import Partitions
 
 BASE = accepted("base", NOW_MS_INT)
 STATES = {phase: BASE.evolve(phase=phase) for phase in Phase}
@@ -36,7 +37,20 @@ operations = st.one_of(
     st.tuples(st.just("setdefault"), keys, phases),
     st.tuples(st.just("update"), pairs),
     st.tuples(st.just("ior"), pairs),
+    st.tuples(st.just("park"), st.lists(keys, max_size=3, unique=True)),
+    st.tuples(st.just("get"), keys),
+    st.tuples(st.just("index"), keys),
 )
+PARKED_STATUS = STATES[Phase.ACTIVE].status.value
+
+
+def unpark(request_id: str, value: bytes) -> JobState | None:
+    """The tests' decoder: a parked value names the phase of the state it holds."""
+    return None if value == b"unreadable" else STATES[Phase[value.decode()]]
+
+
+def parked(*request_ids: str, value: bytes = b"ACTIVE") -> dict[str, Parked]:
+    return {request_id: (value, 1, "itron", PARKED_STATUS) for request_id in request_ids}
 
 
 def apply(table: JobTable, model: dict[str, Phase], op: tuple[Any, ...]) -> None:
@@ -79,6 +93,18 @@ def apply(table: JobTable, model: dict[str, Phase], op: tuple[Any, ...]) -> None
     elif name == "ior":
         table |= {k: state(p) for k, p in op[1]}
         model.update(op[1])
+    elif name == "park":
+        table.park(parked(*op[1]), unpark)
+        model.update(dict.fromkeys(op[1], Phase.ACTIVE))
+    elif name == "get":
+        found = table.get(op[1])
+        assert (found and found.phase) is model.get(op[1])
+    elif name == "index":
+        if op[1] in model:
+            assert table[op[1]].phase is model[op[1]]
+        else:
+            with pytest.raises(KeyError):
+                table[op[1]]
 
 
 class TestJobTable:
@@ -89,8 +115,46 @@ class TestJobTable:
         model: dict[str, Phase] = {}
         for op in ops:
             apply(table, model, op)
-            assert table.open_count == table.recount() == sum(p is not Phase.DONE for p in model.values())
-            assert {k: s.phase for k, s in table.items()} == model
+            # Checked without iterating, which would decode every parked job.
+            assert table.open_count == sum(p is not Phase.DONE for p in model.values())
+            assert len(table) == len(model)
+            assert all((k in table) == (k in model) for k in "abcde")
+        assert table.open_count == table.recount()
+        assert {k: s.phase for k, s in table.items()} == model
+        assert table.parked == 0 and table.parked_counts() == []
+
+    def test_a_parked_job_is_decoded_once_on_first_look_and_counted_meanwhile(self) -> None:
+        decoded: list[str] = []
+
+        def counting(request_id: str, value: bytes) -> JobState | None:
+            decoded.append(request_id)
+            return unpark(request_id, value)
+
+        table = JobTable({"done": state(Phase.DONE)})
+        assert table.park(parked("a", "b"), counting) == 2
+        assert (table.open_count, table.parked, len(table)) == (2, 2, 3)
+        assert table.parked_counts() == [(("itron", PARKED_STATUS), 2)]
+        assert "a" in table and decoded == []  # membership does not decode
+        assert table.get("a") is STATES[Phase.ACTIVE] and table["a"] is STATES[Phase.ACTIVE]
+        assert decoded == ["a"] and table.parked == 1
+        assert table.parked_counts() == [(("itron", PARKED_STATUS), 1)]
+        table["b"] = state(Phase.DONE)  # replaced before anyone looked: never decoded
+        assert decoded == ["a"] and table.open_count == 1 and table.parked_counts() == []
+
+    def test_an_unreadable_parked_job_goes_on_first_look(self) -> None:
+        table = JobTable()
+        table.park(parked("bad", value=b"unreadable") | parked("ok"), unpark)
+        assert table.open_count == 2
+        assert table.get("bad") is None and "bad" not in table
+        with pytest.raises(KeyError):
+            table["bad"]
+        assert table.open_count == 1 and len(table) == 1
+
+    def test_iterating_decodes_every_parked_job(self) -> None:
+        table = JobTable()
+        table.park(parked("a") | parked("b", value=b"PENDING"), unpark)
+        assert sorted((k, s.phase) for k, s in table.items()) == [("a", Phase.ACTIVE), ("b", Phase.PENDING)]
+        assert table.parked == 0 and table.open_count == table.recount() == 2
 
     def test_a_job_counts_while_open_and_stops_when_it_finishes(self) -> None:
         table = JobTable()

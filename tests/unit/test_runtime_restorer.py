@@ -10,7 +10,10 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
 
 from tests.unit.runtime_fakes import Collaborators, FakeConsumer, accepted, call_for, metrics
+from worker.codec import Codec
 from worker.engine.model import CallKind, JobState, Phase, Status, SubmitAnswered
+from worker.records import state_to_record
+from worker.runtime.job_table import OpenJobs, Parked
 from worker.runtime.mailbox import CallAnswered, RestoreDone
 from worker.runtime.partitions import REMEMBERED_REBUILDS
 from worker.runtime.restorer import Carried, Restorer
@@ -21,6 +24,7 @@ class Rig(Collaborators):
     def __init__(self) -> None:
         super().__init__()
         self.stored: dict[int, list[JobState]] = {}
+        self.parked: dict[int, dict[str, Parked]] = {}
         self.reads: list[list[int]] = []
         self.failures = 0  # reads to fail before one works
         self.consumer = FakeConsumer()
@@ -34,12 +38,12 @@ class Rig(Collaborators):
         )
         self.restorer.open(self.consumer)
 
-    async def read(self, numbers: list[int]) -> dict[int, list[JobState]]:
+    async def read(self, numbers: list[int]) -> dict[int, OpenJobs]:
         self.reads.append(numbers)
         if self.failures:
             self.failures -= 1
             raise OSError("broker went away")
-        return {n: self.stored.get(n, []) for n in numbers}
+        return {n: OpenJobs(self.stored.get(n, []), self.parked.get(n, {})) for n in numbers}
 
     async def restored(self) -> RestoreDone:
         report = await asyncio.wait_for(self.mailbox.get(), 10)
@@ -64,6 +68,20 @@ class TestRestore:
         assert set(rig.partitions[0].jobs) == {"open"}
         assert rig.dispatcher.next_due_ms() is not None  # its next poll is scheduled
         assert sorted(rig.consumer.resumed) == [0, 1]
+
+    async def test_a_parked_job_is_scheduled_at_once_and_decoded_when_first_needed(self) -> None:
+        rig = Rig()
+        now = rig.time.now_ms()
+        polling = accepted("p", now).evolve(phase=Phase.ACTIVE, vendor_job_id="j1", next_action_at_ms=now + 60_000)
+        value = Codec().encode("JobState", state_to_record(polling))
+        rig.parked[0] = {"p": (value, polling.next_action_at_ms, polling.vendor, polling.status.value)}
+        rig.restorer.begin({0})
+        await rig.restorer.install(await rig.restored())
+        jobs = rig.partitions[0].jobs
+        assert (jobs.parked, jobs.open_count, rig.partitions.open_jobs()) == (1, 1, 1)
+        assert rig.partitions.open_job_counts() == {(polling.vendor, polling.status.value): 1}
+        assert rig.dispatcher.next_due_ms() == polling.next_action_at_ms
+        assert jobs.get("p") == polling and jobs.parked == 0  # decoded on first look, as stored
 
     async def test_a_restore_for_an_incarnation_that_is_gone_is_not_installed(self) -> None:
         rig = Rig()

@@ -114,19 +114,27 @@ def rig(tmp_path: Path) -> Rig:
     return Rig(tmp_path)
 
 
+def latest(records: list[tuple[int, bytes, bytes | None]]) -> dict[bytes, bytes | None]:
+    """A consumed batch as ``kafka.Chunk`` hands it over: the last value of each key."""
+    return {key: value for _offset, key, value in records}
+
+
 class TestStoreLoader:
     def test_the_last_value_wins_a_tombstone_deletes_and_the_offset_moves(self, rig: Rig) -> None:
         open_job = accepted("open", rig.now())
         done = rig.succeeded("done")
         folded = StoreLoader(rig.store, CODEC).fold(
-            [
-                (10, b"done", encode(open_job.evolve(request_id="done"))),
-                (11, b"done", encode(done)),
-                (12, b"open", encode(open_job)),
-                (13, b"gone", encode(done.evolve(request_id="gone"))),
-                (14, b"gone", None),
-            ],
+            latest(
+                [
+                    (10, b"done", encode(open_job.evolve(request_id="done"))),
+                    (11, b"done", encode(done)),
+                    (12, b"open", encode(open_job)),
+                    (13, b"gone", encode(done.evolve(request_id="gone"))),
+                    (14, b"gone", None),
+                ]
+            ),
             20,
+            records=5,
         )
         assert folded.records == 5 and not folded.unreadable
         assert decode(rig.store.get("done")) == done and rig.store.get("gone") is None
@@ -136,14 +144,52 @@ class TestStoreLoader:
 
     def test_a_job_open_in_the_store_that_finishes_in_the_tail_leaves_the_open_index(self, rig: Rig) -> None:
         """A warm restore's loader starts from the o/ entries the store already has."""
-        StoreLoader(rig.store, CODEC).fold([(0, b"a", encode(accepted("a", rig.now())))], 1)
-        StoreLoader(rig.store, CODEC).fold([(1, b"a", encode(rig.succeeded("a")))], 2)
-        assert rig.store.open_ids() == []
+        StoreLoader(rig.store, CODEC).fold(latest([(0, b"a", encode(accepted("a", rig.now())))]), 1)
+        loader = StoreLoader(rig.store, CODEC)
+        loader.fold(latest([(1, b"a", encode(rig.succeeded("a")))]), 2)
+        assert rig.store.open_ids() == [] and loader.open_jobs == {}
+
+    def test_it_keeps_each_open_job_as_the_restore_hands_it_over(self, rig: Rig) -> None:
+        """The store's open jobs, then every record's change: value, phase, due, vendor, status."""
+        kept = accepted("kept", rig.now())
+        StoreLoader(rig.store, CODEC).fold(
+            latest([(0, b"kept", encode(kept)), (1, b"ends", encode(accepted("ends", rig.now())))]), 2
+        )
+        loader = StoreLoader(rig.store, CODEC)
+        assert not loader.load_open().unreadable
+        assert sorted(loader.open_jobs) == [b"ends", b"kept"]
+        new = accepted("new", rig.now()).evolve(next_action_at_ms=1234)
+        loader.fold(
+            latest([(2, b"ends", encode(rig.succeeded("ends"))), (3, b"new", encode(new)), (4, b"kept", None)]), 5
+        )
+        assert loader.open_jobs == {
+            b"new": (encode(new), new.phase, 1234, new.vendor, new.status.value),
+        }
+        assert rig.store.open_ids() == ["new"]
+
+    def test_open_jobs_split_into_parkable_polls_and_the_rest(self, rig: Rig) -> None:
+        """Polling jobs due after the cut may stay encoded; the others are decoded."""
+        now = rig.now()
+        polling = accepted("later", now).evolve(phase=Phase.ACTIVE, status=Status.RUNNING, vendor_job_id="j")
+        later = polling.evolve(next_action_at_ms=now + 60_000)
+        soon = polling.evolve(request_id="soon", next_action_at_ms=now + 1_000)
+        pending = accepted("pending", now).evolve(next_action_at_ms=now + 60_000)
+        loader = StoreLoader(rig.store, CODEC)
+        loader.fold(latest([(i, s.request_id.encode(), encode(s)) for i, s in enumerate((later, soon, pending))]), 3)
+        parkable, others = loader.split_open(now + 5_000)
+        assert parkable == {"later": (encode(later), now + 60_000, later.vendor, later.status.value)}
+        assert sorted(others) == [("pending", encode(pending)), ("soon", encode(soon))]
+
+    def test_an_unreadable_open_job_in_a_warm_store_is_dropped_and_reported(self, rig: Rig) -> None:
+        rig.store.apply([(b"bad", b"\xc3\x01garbage", True, 0)], 1)
+        loader = StoreLoader(rig.store, CODEC)
+        assert list(loader.load_open().unreadable) == ["bad"]
+        assert loader.open_jobs == {} and rig.store.get("bad") is None and rig.store.open_ids() == []
 
     def test_an_unreadable_value_is_reported_and_deletes_what_was_stored(self, rig: Rig) -> None:
         loader = StoreLoader(rig.store, CODEC)
-        loader.fold([(0, b"a", encode(accepted("a", rig.now())))], 1)
-        folded = loader.fold([(1, b"a", b"\xc3\x01garbage"), (2, b"b", encode(accepted("b", rig.now())))], 3)
+        loader.fold(latest([(0, b"a", encode(accepted("a", rig.now())))]), 1)
+        folded = loader.fold(latest([(1, b"a", b"\xc3\x01garbage"), (2, b"b", encode(accepted("b", rig.now())))]), 3)
         assert list(folded.unreadable) == ["a"]
         assert rig.store.get("a") is None and rig.store.open_ids() == ["b"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from worker.scheduler import Limiter, TimerHeap
 
 
@@ -48,6 +50,19 @@ class TestTimerHeap:
         heap.schedule(200, 2, "b")
         heap.compact({2})
         assert heap.pop_due(1000, limit=10) == [(200, 2, "b"), (300, 2, "c")]
+
+    @pytest.mark.parametrize("already", [0, 3, 100])
+    def test_many_scheduled_at_once_come_out_as_if_pushed_one_by_one(self, already: int) -> None:
+        """A takeover's bulk schedule (heapified, or pushed when few) keeps heap order."""
+        bulk, single = TimerHeap(), TimerHeap()
+        for i in range(already):
+            bulk.schedule(1_000 - i, 0, f"old{i}")
+            single.schedule(1_000 - i, 0, f"old{i}")
+        entries = [((i * 7_919) % 500, 1, f"new{i}") for i in range(40)]
+        bulk.schedule_many(entries)
+        for entry in entries:
+            single.schedule(*entry)
+        assert bulk.pop_due(10_000, 1_000) == single.pop_due(10_000, 1_000)
 
     def test_an_empty_heap_has_no_next_due_time(self) -> None:
         assert TimerHeap().next_due_ms() is None

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rocksdict import WriteBatch
 
 from worker.store import Entry, PartitionStore, StoreMemory, StoreOptions, StoreUntrusted
 from worker.store.errors import StoreCorrupt
@@ -89,15 +90,22 @@ class TestOpenIndex:
         store.apply([done("b", 5)], offset=2)
         assert list(store.open_ids()) == ["a", "c"]
 
-    def test_with_the_open_keys_known_an_o_entry_goes_exactly_when_its_job_ends(self, store: PartitionStore) -> None:
-        """A restore passes the keys with an o/ entry: the set follows every change, and a
-        finished job without an entry writes no delete."""
-        known: set[bytes] = set()
-        store.apply([running("a"), running("b"), running("c")], offset=1, open_keys=known)
-        assert known == {b"a", b"b", b"c"}
-        store.apply([done("a", 5), tombstone("b"), done("z", 6)], offset=2, open_keys=known)
-        assert known == {b"c"} and store.open_ids() == ["c"]
-        assert (store.get("a"), store.get("b"), store.get("z")) == (b"v", None, b"v")
+    def test_what_a_folded_batch_raises_leaves_the_store_as_it_was(self, store: PartitionStore) -> None:
+        store.apply([running("a", b"A")], offset=1)
+
+        def fill(batch: WriteBatch) -> None:
+            batch.put(b"j/b", b"B")
+            raise ValueError("stop")
+
+        with pytest.raises(ValueError):
+            store.write_folded(fill, 5)
+        assert store.offset == 1 and store.get("b") is None
+
+    def test_open_values_and_forget(self, store: PartitionStore) -> None:
+        store.apply([running("a", b"A"), running("b", b"B"), done("c", 5, b"C")], offset=1)
+        assert store.open_values() == [(b"a", b"A"), (b"b", b"B")]
+        store.forget(b"a")
+        assert store.open_values() == [(b"b", b"B")] and store.get("a") is None and store.offset == 1
 
     def test_ids_with_slashes_and_non_ascii_round_trip(self, store: PartitionStore) -> None:
         """Request ids are opaque UTF-8."""

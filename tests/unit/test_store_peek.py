@@ -18,7 +18,7 @@ from worker.engine.model import ErrorInfo, FileInfo, JobState, Phase, Status
 from worker.errors import DecodeError
 from worker.records import state_to_record
 from worker.store import peek
-from worker.store.peek import Peeked
+from worker.store.peek import Peeked, peek_open
 
 LONG = st.integers(-(2**63), 2**63 - 1)
 INT = st.integers(-(2**31), 2**31 - 1)
@@ -116,6 +116,36 @@ class TestPeek:
 
         codec.decode = no_full_decode  # type: ignore[method-assign]
         assert peek(value, codec) == (state.phase, state.next_action_at_ms)
+
+    @settings(max_examples=200, deadline=None)
+    @given(states)
+    def test_the_open_peek_also_reads_vendor_and_status_without_a_full_decode(self, state: JobState) -> None:
+        """``peek_open`` walks too, and its vendor and status are the state's."""
+        codec = Codec()
+        value = codec.encode("JobState", state_to_record(state))
+        codec.decode = lambda name, data: (_ for _ in ()).throw(AssertionError("decoded in full"))  # type: ignore[method-assign]
+        assert peek_open(value, codec) == (state.phase, state.next_action_at_ms, state.vendor, state.status.value)
+
+    def test_the_open_peek_falls_back_to_a_full_decode_for_other_layouts(self) -> None:
+        """A writer whose vendor is not a plain string is decoded in full, and agrees."""
+        older = copy.deepcopy(CURRENT)
+        vendor = next(f for f in older["fields"] if f["name"] == "vendor")
+        vendor["type"] = ["null", "string"]
+        codec = Codec()
+        writer = codec.schemas.add_writer("JobState", older, label="test")
+        state = JobState("r", "t", "c", "v", "{}", 1, 0, 5, Phase.ACTIVE, Status.RUNNING, 3, 1, 2, next_action_at_ms=9)
+        value = _encode_with(writer, state_to_record(state))
+        assert peek_open(value, codec) == (Phase.ACTIVE, 9, "v", "RUNNING")
+        assert peek(value, codec) == (Phase.ACTIVE, 9)  # the due walk still takes the fast path
+
+    def test_bad_utf8_in_a_captured_string_is_a_decode_error(self) -> None:
+        """A vendor that is not UTF-8 falls back to the full decode, which refuses it."""
+        state = JobState("r", "t", "c", "vv", "{}", 1, 0, 5, Phase.ACTIVE, Status.RUNNING, 3, 1, 2)
+        value = CODEC.encode("JobState", state_to_record(state))
+        at = value.index(b"\x04vv")
+        broken = value[: at + 1] + b"\xff\xfe" + value[at + 3 :]
+        with pytest.raises(DecodeError):
+            peek_open(broken, CODEC)
 
     def test_another_writer_schema_falls_back_to_a_full_decode(self) -> None:
         """A writer schema whose layout the walk does not follow (here: an extra record

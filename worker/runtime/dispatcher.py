@@ -136,6 +136,10 @@ class CallDispatcher:
     def schedule(self, due_ms: int, partition: int, request_id: str) -> None:
         self._timers.schedule(due_ms, partition, request_id)
 
+    def schedule_many(self, entries: list[tuple[int, int, str]]) -> None:
+        """(due ms, partition, request id) entries, at once."""
+        self._timers.schedule_many(entries)
+
     def fire_timers(self, step: StepFn) -> None:
         """Hand due jobs to their connection's lane; admit as many as it has capacity for."""
         if self.stopping:

@@ -8,7 +8,8 @@ import asyncio
 from dataclasses import dataclass
 
 from worker.control import ControlState
-from worker.engine.model import Event, JobState
+from worker.engine.model import Event
+from worker.runtime.job_table import OpenJobs
 
 
 @dataclass(slots=True)
@@ -26,7 +27,7 @@ class RestoreDone:
     """The job states of some partitions were read back from export.jobs."""
 
     incarnations: dict[int, int]
-    states: dict[int, list[JobState]]
+    states: dict[int, OpenJobs]  # each partition's open jobs, decoded or parked
     seconds: float
     committed: dict[int, int]  # the group's committed input offset per partition (absent: none)
 

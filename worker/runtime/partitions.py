@@ -10,108 +10,24 @@ A partition rebuilt by its own worker (a resync) remembers the incarnations it r
 answer that only this worker ever sees (a submit's job id), so it is applied to the
 state read back instead of being dropped.
 
-Each partition's jobs are a ``JobTable``: a dict that keeps the number of its open jobs
-as it changes, so the intake gate (``worker.runtime.backpressure``) reads the total in
-O(partitions) every turn instead of scanning every job.
+Each partition's jobs are a ``JobTable`` (``worker.runtime.job_table``): it counts the
+open jobs as they change and holds restored open jobs undecoded until they are needed.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
 
 from confluent_kafka import TopicPartition
 
-from worker.engine.model import JobState, Phase
+from worker.engine.model import Phase
+from worker.runtime.job_table import JobTable
 
 # Rebuilds remembered per partition: calls outlive a resync by at most the vendor timeout,
 # and a partition rebuilt more often than this meanwhile is failing for other reasons.
 REMEMBERED_REBUILDS = 8
-
-_DONE = Phase.DONE
-_ABSENT: Any = object()
-
-
-class JobTable(dict[str, JobState]):
-    """A partition's jobs by request id, counting the open ones (``phase`` not DONE) as
-    they are set, replaced and removed: ``open_count`` is always what a recount gives.
-
-    Job states are immutable, so every change of phase is a ``__setitem__``. Every
-    mutating dict method keeps the count (``fromkeys``, which would make entries
-    without states, raises). Reading is plain ``dict``, at its speed."""
-
-    __slots__ = ("open_count",)
-
-    def __init__(self, jobs: Mapping[str, JobState] | Iterable[tuple[str, JobState]] = (), /) -> None:
-        super().__init__()
-        self.open_count = 0
-        self.update(jobs)
-
-    def __setitem__(self, request_id: str, state: JobState) -> None:
-        old = dict.get(self, request_id)
-        dict.__setitem__(self, request_id, state)
-        if state.phase is not _DONE:
-            self.open_count += 1
-        if old is not None and old.phase is not _DONE:
-            self.open_count -= 1
-
-    def __delitem__(self, request_id: str) -> None:
-        old = dict.pop(self, request_id)
-        if old.phase is not _DONE:
-            self.open_count -= 1
-
-    def pop(self, request_id: str, default: Any = _ABSENT) -> Any:
-        old = dict.pop(self, request_id, _ABSENT)
-        if old is _ABSENT:
-            if default is _ABSENT:
-                raise KeyError(request_id)
-            return default
-        if old.phase is not _DONE:
-            self.open_count -= 1
-        return old
-
-    def popitem(self) -> tuple[str, JobState]:
-        request_id, old = dict.popitem(self)
-        if old.phase is not _DONE:
-            self.open_count -= 1
-        return request_id, old
-
-    def clear(self) -> None:
-        dict.clear(self)
-        self.open_count = 0
-
-    def setdefault(self, request_id: str, default: JobState) -> JobState:
-        found = dict.get(self, request_id)
-        if found is None:
-            self[request_id] = found = default
-        return found
-
-    def update(self, *others: Any, **more: JobState) -> None:
-        for other in others:
-            items = other.items() if hasattr(other, "items") else other
-            for request_id, state in items:
-                self[request_id] = state
-        for request_id, state in more.items():
-            self[request_id] = state
-
-    def __ior__(self, other: Any) -> JobTable:  # type: ignore[override,misc]
-        self.update(other)
-        return self
-
-    @classmethod
-    def fromkeys(cls, *_args: Any, **_kwargs: Any) -> NoReturn:
-        raise TypeError("JobTable.fromkeys: a job table holds job states, not placeholders")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # copy, deepcopy and pickle rebuild it through __init__, which counts afresh
-        # (the default would restore the count and then add every entry again).
-        return (type(self), (dict(self),))
-
-    def recount(self) -> int:
-        """The open jobs counted one by one (tests and invariant checks: O(jobs))."""
-        return sum(1 for state in self.values() if state.phase is not _DONE)
 
 
 @dataclass
@@ -223,7 +139,9 @@ class Partitions(Mapping[int, OwnedPartition]):
         for part in list(self._owned.values()):
             if not part.jobs.open_count:
                 continue  # nothing open: no need to look at its finished jobs
-            for state in list(part.jobs.values()):
+            for state in list(dict.values(part.jobs)):  # not JobTable's: that decodes parked jobs
                 if state.phase is not Phase.DONE:
                     tally[(state.vendor, state.status.value)] += 1
+            for key, count in part.jobs.parked_counts():
+                tally[key] += count
         return dict(tally)

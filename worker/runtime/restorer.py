@@ -5,6 +5,7 @@ input offsets, while those partitions stay paused; the loop installs them when d
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,11 +13,12 @@ from dataclasses import dataclass, field
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
-from worker.engine.model import JobState, Phase
+from worker.engine.model import Phase
 from worker.observability import Metrics
 from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer
 from worker.runtime.dispatcher import CallDispatcher
+from worker.runtime.job_table import OpenJobs
 from worker.runtime.mailbox import CallAnswered, Mailbox, RestoreDone
 from worker.runtime.partitions import OwnedPartition, Partitions
 from worker.runtime.stepper import Stepper
@@ -34,9 +36,10 @@ class Carried:
     unsent: list[Call] = field(default_factory=list)
 
 
-# Reads these partitions of export.jobs back; returns each one's open jobs (finished ones
-# are needed only from the partition's store). ``state_reader.StoreReader`` in a worker.
-StateReader = Callable[[list[int]], Awaitable[dict[int, list[JobState]]]]
+# Reads these partitions of export.jobs back; returns each one's open jobs, decoded or
+# parked (finished ones are needed only from the partition's store).
+# ``state_reader.StoreReader`` in a worker.
+StateReader = Callable[[list[int]], Awaitable[dict[int, OpenJobs]]]
 
 # A failed restore is tried again after 1 s, 2 s, 4 s ... up to this.
 MAX_RETRY_WAIT_S = 10.0
@@ -247,17 +250,22 @@ class Restorer:
         assert self._consumer is not None
         installing = time.monotonic()
         ready = []
-        total = 0
+        total = parked = 0
         for number, incarnation in done.incarnations.items():
             part = self._partitions.current(number, incarnation)
             if part is None:
                 continue
-            for state in done.states.get(number, []):
+            jobs = done.states.get(number) or OpenJobs([])
+            for state in jobs.states:
                 resumed = self._stepper.trimmed(number, self._stepper.resumed(state))
                 part.jobs[state.request_id] = resumed
                 if resumed.next_action_at_ms > 0:
                     self._dispatcher.schedule(resumed.next_action_at_ms, number, state.request_id)
-                total += 1
+            # Polling and not due yet: the restore step leaves such a job as it is, so it
+            # is decoded (and trimmed) only when first needed.
+            parked += part.jobs.park(jobs.parked, functools.partial(self._stepper.unparked, number))
+            self._dispatcher.schedule_many([(due, number, rid) for rid, (_v, due, _vn, _s) in jobs.parked.items()])
+            total += len(jobs.states) + len(jobs.parked)
             self._apply_carried(part)
             part.ready = True
             part.next_offset = done.committed.get(number)
@@ -271,6 +279,7 @@ class Restorer:
             "partitions restored",
             partitions=sorted(tp.partition for tp in ready),
             jobs=total,
+            parked=parked,
             seconds=round(done.seconds, 3),
             install_seconds=round(installed_s, 3),
         )

@@ -2,12 +2,16 @@
 slice of export.jobs is folded into its on-disk store, from the store's own offset when
 the store can be trusted (warm: usually a short tail) or from the start after wiping it
 (cold), batch by batch, so a partition is never held in memory. What comes back to the
-loop is the open jobs only; finished ones stay in the store."""
+loop is the open jobs only; finished ones stay in the store. Open jobs that a takeover
+would not change (polling, next poll well ahead) come back *parked*, undecoded: the loop
+decodes each when it is first needed (``worker.runtime.job_table``)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING
@@ -16,17 +20,21 @@ from confluent_kafka.admin import AdminClient
 from worker import kafka as kafka_io
 from worker.codec import Codec
 from worker.config import Settings
-from worker.engine.model import JobState
 from worker.errors import DecodeError
 from worker.observability import Metrics
 from worker.records import decode_state
-from worker.store import PartitionStore, StoreSet
-from worker.store.loader import StoreLoader
+from worker.runtime.job_table import OpenJobs
+from worker.store import StoreSet
+from worker.store.loader import Folded, StoreLoader
 
 log = structlog.get_logger("export_worker")
 
 # Open jobs decoded per slice before the loop gets a turn (≈ 25 µs each).
 DECODE_SLICE = 2_000
+# A polling job is parked only if its next poll is at least this far ahead of the read:
+# the loop installs it a moment later, and one already due there would skip the
+# takeover's spreading of overdue polls.
+PARK_AHEAD_MS = 5_000
 
 
 class StoreReader:
@@ -42,7 +50,7 @@ class StoreReader:
         self._stores = stores
         self._metrics = metrics
 
-    async def __call__(self, numbers: list[int]) -> dict[int, list[JobState]]:
+    async def __call__(self, numbers: list[int]) -> dict[int, OpenJobs]:
         topic = self._settings.topics.jobs
         facts = await kafka_io.log_facts(self._admin, topic, numbers)
         loaders: dict[int, StoreLoader] = {}
@@ -62,26 +70,18 @@ class StoreReader:
             # Never move a store back (a partition's end can lag its store while a
             # dead owner's transaction is still open).
             at = max(chunk.next_offset, loader.store.offset or 0)
-            given_up: set[bytes] = set()
-            while True:
-                folded = await asyncio.to_thread(loader.fold, chunk.records, at, unreadable=given_up)
-                if folded.unknown_schema is None:
-                    break
-                try:
-                    await self._codec.decode_async("JobState", folded.unknown_schema)  # fetches its schema
-                except DecodeError:
-                    given_up.add(folded.unknown_schema)
-            for request_id, why in folded.unreadable.items():  # one bad state must not stop the others
-                log.error("unreadable job state skipped", key=request_id, error=why)
+            folded = await self._load(functools.partial(loader.fold, chunk.latest, at, records=chunk.records))
             read[chunk.partition] += folded.records
 
+        for loader in loaders.values():  # a warm store's open jobs, before its tail
+            await self._load(loader.load_open)
         started = time.monotonic()
         await kafka_io.restore(self._settings, topic, starts, fold, admin=self._admin)
-        states: dict[int, list[JobState]] = {}
+        states: dict[int, OpenJobs] = {}
         for number in numbers:
             self._metrics.restored_records.labels(modes[number]).inc(read[number])
             self._stores.checkpoint(number, complete=True)
-            states[number] = await self._open_jobs(loaders[number].store)
+            states[number] = await self._open_jobs(loaders[number])
         log.info(
             "partition stores restored",
             partitions=numbers,
@@ -91,23 +91,32 @@ class StoreReader:
         )
         return states
 
-    async def _open_jobs(self, store: PartitionStore) -> list[JobState]:
-        values = await asyncio.to_thread(_open_values, store)
-        states: list[JobState] = []
-        for i, (request_id, value) in enumerate(values):
+    async def _load(self, load: Callable[..., Folded]) -> Folded:
+        """Run one load or fold in a thread until every registry schema it meets is
+        fetched (or known to be missing); unreadable states are logged and skipped."""
+        given_up: set[bytes] = set()
+        while True:
+            folded = await asyncio.to_thread(load, unreadable=given_up)
+            if folded.unknown_schema is None:
+                break
             try:
-                states.append(await decode_state(self._codec, value))
+                await self._codec.decode_async("JobState", folded.unknown_schema)  # fetches its schema
+            except DecodeError:
+                given_up.add(folded.unknown_schema)
+        for request_id, why in folded.unreadable.items():  # one bad state must not stop the others
+            log.error("unreadable job state skipped", key=request_id, error=why)
+        return folded
+
+    async def _open_jobs(self, loader: StoreLoader) -> OpenJobs:
+        """The partition's open jobs: polling ones not due soon parked, the rest decoded."""
+        park_after = time.time_ns() // 1_000_000 + PARK_AHEAD_MS
+        parkable, others = await asyncio.to_thread(loader.split_open, park_after)
+        jobs = OpenJobs([], parkable)
+        for i, (request_id, value) in enumerate(others):
+            try:
+                jobs.states.append(await decode_state(self._codec, value))
             except DecodeError as exc:
                 log.error("unreadable job state skipped", key=request_id, error=str(exc))
             if i % DECODE_SLICE == DECODE_SLICE - 1:
                 await asyncio.sleep(0)  # let the loop turn for the partitions already running
-        return states
-
-
-def _open_values(store: PartitionStore) -> list[tuple[str, bytes]]:
-    found = []
-    for request_id in store.open_ids():
-        value = store.get(request_id)
-        if value is not None:
-            found.append((request_id, value))
-    return found
+        return jobs

@@ -162,6 +162,16 @@ class Stepper:
         compact = sys.intern(json.dumps(view, separators=(",", ":")))
         return state.evolve(job_json=compact, body_in_store=True)
 
+    def unparked(self, number: int, request_id: str, value: bytes) -> JobState | None:
+        """A parked job (``job_table``) decoded as memory keeps it; None when its value
+        cannot be read (logged, and the job is dropped as a restore drops one)."""
+        try:
+            state = decode_state_now(self._codec, value)
+        except DecodeError as exc:
+            log.error("unreadable job state skipped", key=request_id, error=str(exc))
+            return None
+        return self.trimmed(number, state)
+
     def store_of(self, part: OwnedPartition) -> PartitionStore | None:
         """The partition's store, once it holds the partition (restored into it)."""
         if self._stores is None or not part.ready:

@@ -19,7 +19,7 @@ META_FORMAT = b"m/format"
 FORMAT = b"1"
 
 _DUE_BYTES = 8
-_DUE_MAX = (1 << 63) - 1  # an Avro long
+DUE_MAX = (1 << 63) - 1  # an Avro long
 
 
 def be64(number: int) -> bytes:
@@ -42,7 +42,7 @@ def open_key(key: bytes) -> bytes:
 def due_of(next_action_at_ms: int) -> int:
     """A due time as the index orders it: a negative one (never written, but an Avro long
     allows it) is simply already due."""
-    return min(max(next_action_at_ms, 0), _DUE_MAX)
+    return min(max(next_action_at_ms, 0), DUE_MAX)
 
 
 def expiry_key(due_ms: int, key: bytes) -> bytes:

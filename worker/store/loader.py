@@ -2,20 +2,29 @@
 store, the last value per key winning and a tombstone deleting (design state-store §3.8).
 
 Nothing is decoded in full: a peek at each value says whether the job is open and when
-a finished one falls due, which is all the store's indexes need. Synchronous: the
-restore runs it in a thread, a batch at a time, so no partition is ever held in memory.
+a finished one falls due, which is all the store's indexes need. The loader also keeps
+what the restore hands the loop of each open job (its value, phase, due time, vendor and
+status), bounded by the open jobs. Synchronous: the restore runs it in a thread, a batch
+at a time, so no partition is ever held in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import sys
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+
+from rocksdict import WriteBatch
 
 from worker.codec import Codec
 from worker.engine.model import Phase
 from worker.errors import DecodeError
+from worker.store import keys
 from worker.store.partition import PartitionStore
-from worker.store.peek import peek
+from worker.store.peek import peek_open
+
+# An open job as the restore found it: (value, phase, next_action_at_ms, vendor, status).
+OpenJob = tuple[bytes, Phase, int, str, str]
 
 
 @dataclass(slots=True)
@@ -29,50 +38,126 @@ class Folded:
     unknown_schema: bytes | None = None
 
 
+class _Refold(Exception):
+    """A value of a registry schema not fetched yet: the fold is abandoned unwritten."""
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+
 class StoreLoader:
-    """Folds record batches of one partition into its store."""
+    """Folds record batches of one partition into its store, and keeps its open jobs."""
 
     def __init__(self, store: PartitionStore, codec: Codec) -> None:
         self.store = store
         self._codec = codec
-        # Keys with an o/ entry (bounded by the open jobs), read at the first fold (in
-        # its thread): a finished job deletes one only if it has one.
-        self._open_keys: set[bytes] | None = None
+        # By record key, the open jobs: the store's at the first fold (read in its
+        # thread), then as the records change them.
+        self._open: dict[bytes, OpenJob] | None = None
 
-    def fold(
-        self,
-        records: Iterable[tuple[int, bytes, bytes | None]],
-        next_offset: int,
-        *,
-        unreadable: Collection[bytes] = (),
-    ) -> Folded:
-        """Fold ``(offset, key, value)`` records in offset order, and move the store's
-        offset to ``next_offset``, in one write. ``unreadable``: values already known to
-        be unreadable (a schema the registry does not have)."""
+    @property
+    def open_jobs(self) -> dict[bytes, OpenJob]:
+        """The open jobs after the folds so far (``load_open`` or a fold reads them first)."""
+        if self._open is None:
+            raise RuntimeError("the open jobs are read at the first fold (or load_open)")
+        return self._open
+
+    def load_open(self, *, unreadable: Collection[bytes] = ()) -> Folded:
+        """Read the open jobs the store already has (a warm store's; none in a wiped one).
+        A value that cannot be read now is dropped from the store and reported."""
         folded = Folded()
-        latest: dict[bytes, bytes | None] = {}
-        for _offset, key, value in records:
-            folded.records += 1
-            latest[key] = value  # a later record of the same key supersedes it unread
-        rows: list[tuple[bytes, bytes | None, bool, int]] = []  # Entry's shape, built cheaper
-        add, codec, done = rows.append, self._codec, Phase.DONE
-        for key, value in latest.items():
-            if value is None:
-                add((key, None, False, 0))
-                continue
+        found: dict[bytes, OpenJob] = {}
+        for key, value in self.store.open_values():
             try:
-                if value in unreadable:
-                    raise DecodeError("unknown_schema", "its writer schema is not known here")
-                phase, due = peek(value, codec)
+                found[key] = self._open_job(value, unreadable)
             except DecodeError as exc:
                 if exc.reason_code == "unknown_schema" and value not in unreadable:
                     folded.unknown_schema = value
                     return folded
                 folded.unreadable[key.decode("utf-8", "replace")] = str(exc)
-                add((key, None, False, 0))  # an older readable value must not stay
-                continue
-            add((key, value, phase is not done, due))
-        if self._open_keys is None:
-            self._open_keys = set(self.store.open_keys())
-        self.store.apply(rows, next_offset, open_keys=self._open_keys)
+                self.store.forget(key)
+        self._open = found
         return folded
+
+    def fold(
+        self,
+        latest: Mapping[bytes, bytes | None],
+        next_offset: int,
+        *,
+        records: int | None = None,
+        unreadable: Collection[bytes] = (),
+    ) -> Folded:
+        """Fold the last value of each key in a batch of records (None: a tombstone) and
+        move the store's offset to ``next_offset``, in one write. ``records``: how many
+        records the batch had (superseded ones included; default one per key).
+        ``unreadable``: values already known to be unreadable (a schema the registry
+        does not have)."""
+        if self._open is None:
+            loaded = self.load_open(unreadable=unreadable)
+            if loaded.unknown_schema is not None:
+                return loaded
+        folded = Folded(len(latest) if records is None else records)
+        open_jobs, codec, done, intern = self.open_jobs, self._codec, Phase.DONE, sys.intern
+        opened: list[tuple[bytes, OpenJob]] = []
+        closed: list[bytes] = []
+        job, open_, expiry, latest_due = keys.JOB, keys.OPEN, keys.EXPIRY, keys.DUE_MAX
+
+        # One pass: each value is peeked and written straight into the batch (no row per
+        # record). An o/ entry is deleted only where there is one: a delete costs a put.
+        def fill(batch: WriteBatch) -> None:
+            put, delete = batch.put, batch.delete
+            for key, value in latest.items():
+                phase = None  # stays None for a tombstone, and for a value that cannot be read
+                if value is not None:
+                    try:
+                        if value in unreadable:
+                            raise DecodeError("unknown_schema", "its writer schema is not known here")
+                        phase, due, vendor, status = peek_open(value, codec)
+                    except DecodeError as exc:
+                        if exc.reason_code == "unknown_schema" and value not in unreadable:
+                            raise _Refold(value) from None
+                        # Deleted like a tombstone: an older readable value must not stay.
+                        folded.unreadable[key.decode("utf-8", "replace")] = str(exc)
+                if phase is None:
+                    delete(job + key)
+                elif phase is not done:
+                    put(job + key, value)
+                    put(open_ + key, b"")
+                    opened.append((key, (value, phase, due, intern(vendor), intern(status))))
+                    continue
+                else:
+                    put(job + key, value)
+                    put(expiry + (due if 0 <= due <= latest_due else keys.due_of(due)).to_bytes(8, "big") + key, b"")
+                if key in open_jobs:
+                    delete(open_ + key)
+                    closed.append(key)
+
+        try:
+            self.store.write_folded(fill, next_offset)
+        except _Refold as refold:
+            return Folded(unknown_schema=refold.value)  # nothing was written
+        for key in closed:
+            del open_jobs[key]
+        open_jobs.update(opened)
+        return folded
+
+    def split_open(self, park_after_ms: int) -> tuple[dict[str, tuple[bytes, int, str, str]], list[tuple[str, bytes]]]:
+        """The open jobs by request id, in two: those polling with a next poll after
+        ``park_after_ms`` as (value, due, vendor, status), which the loop may keep
+        undecoded, and the others as (request id, value), to decode."""
+        parkable: dict[str, tuple[bytes, int, str, str]] = {}
+        others: list[tuple[str, bytes]] = []
+        active = Phase.ACTIVE
+        for key, (value, phase, due, vendor, status) in self.open_jobs.items():
+            request_id = key.decode("utf-8", "replace")
+            if phase is active and due > park_after_ms:
+                parkable[request_id] = (value, due, vendor, status)
+            else:
+                others.append((request_id, value))
+        return parkable, others
+
+    def _open_job(self, value: bytes, unreadable: Collection[bytes]) -> OpenJob:
+        if value in unreadable:
+            raise DecodeError("unknown_schema", "its writer schema is not known here")
+        phase, due, vendor, status = peek_open(value, self._codec)
+        return (value, phase, due, sys.intern(vendor), sys.intern(status))

@@ -81,23 +81,9 @@ class PartitionStore:
         """The raw committed value of a job, or None when the store has none."""
         return self._read(keys.job_key(request_id.encode()))
 
-    def apply(
-        self,
-        entries: Iterable[tuple[bytes, bytes | None, bool, int]],
-        offset: int,
-        *,
-        open_keys: set[bytes] | None = None,
-    ) -> None:
+    def apply(self, entries: Iterable[tuple[bytes, bytes | None, bool, int]], offset: int) -> None:
         """Fold committed records in and move the offset to ``offset`` (the next one to
-        read), in one WriteBatch. An offset below the stored one is refused: the store
-        would claim records it never saw.
-
-        ``open_keys``: every key with an ``o/`` entry, kept up to date here. With it, a
-        job that finishes or goes deletes its ``o/`` entry only if it has one; a restore
-        knows them all, and a RocksDB delete costs as much as a put."""
-        if self.offset is not None and offset < self.offset:
-            raise StoreUntrusted(f"offset {offset} is below the store's {self.offset} (partition {self.partition})")
-        now = self._clock()
+        read), in one WriteBatch (``write_folded``)."""
 
         def fill(batch: WriteBatch) -> None:
             put, delete = batch.put, batch.delete
@@ -105,24 +91,43 @@ class PartitionStore:
                 if is_open and value is not None:
                     put(keys.JOB + key, value)
                     put(keys.OPEN + key, b"")
-                    if open_keys is not None:
-                        open_keys.add(key)
                     continue
-                if open_keys is None:
-                    delete(keys.OPEN + key)
-                elif key in open_keys:
-                    delete(keys.OPEN + key)
-                    open_keys.discard(key)
+                delete(keys.OPEN + key)
                 if value is None:
                     delete(keys.JOB + key)
                 else:
                     put(keys.JOB + key, value)
                     put(keys.expiry_key(due_ms, key), b"")
+
+        self.write_folded(fill, offset)
+
+    def write_folded(self, fill: Callable[[WriteBatch], None], offset: int) -> None:
+        """Write what ``fill`` puts in a batch (records folded in by the caller, in the
+        layout of ``keys``) and move the offset to ``offset`` (the next one to read), in
+        one WriteBatch. An offset below the stored one is refused: the store would claim
+        records it never saw. Whatever ``fill`` raises leaves the store as it was."""
+        if self.offset is not None and offset < self.offset:
+            raise StoreUntrusted(f"offset {offset} is below the store's {self.offset} (partition {self.partition})")
+        now = self._clock()
+
+        def with_offset(batch: WriteBatch) -> None:
+            fill(batch)
             batch.put(keys.META_OFFSET, keys.be64(offset))
             batch.put(keys.META_WRITTEN_AT, keys.be64(now))
 
-        self._write(fill, "apply")
+        self._write(with_offset, "apply")
         self.offset, self.written_at_ms = offset, now
+
+    def forget(self, key: bytes) -> None:
+        """Delete a job and its ``o/`` entry (an unreadable value found by a restore).
+        Local only: the offset does not move, and a rebuild from the topic drops the
+        same value."""
+
+        def fill(batch: WriteBatch) -> None:
+            batch.delete(keys.JOB + key)
+            batch.delete(keys.OPEN + key)
+
+        self._write(fill, "forget in")
 
     def open_ids(self) -> list[str]:
         """Request ids of the open jobs, in key order (bounded by the open jobs)."""
@@ -133,6 +138,15 @@ class PartitionStore:
         start = len(keys.OPEN)
         with self._lock:
             return [key[start:] for key in self._scan(keys.OPEN, keys.prefix_end(keys.OPEN))]
+
+    def open_values(self) -> list[tuple[bytes, bytes]]:
+        """(record key, value) of the open jobs, in key order (bounded by the open jobs)."""
+        found = []
+        for key in self.open_keys():
+            value = self._read(keys.JOB + key)
+            if value is not None:
+                found.append((key, value))
+        return found
 
     def expiring(self, until_ms: int, limit: int, *, after: tuple[int, str] | None = None) -> list[tuple[int, str]]:
         """At most ``limit`` (due ms, request id) of the expiry index due at or before
