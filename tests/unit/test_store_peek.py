@@ -18,7 +18,7 @@ from worker.engine.model import ErrorInfo, FileInfo, JobState, Phase, Status
 from worker.errors import DecodeError
 from worker.records import state_to_record
 from worker.store import peek
-from worker.store.peek import Peeked, peek_open
+from worker.store.peek import Peeked, peek_body, peek_open
 
 LONG = st.integers(-(2**63), 2**63 - 1)
 INT = st.integers(-(2**31), 2**31 - 1)
@@ -125,6 +125,14 @@ class TestPeek:
         value = codec.encode("JobState", state_to_record(state))
         codec.decode = lambda name, data: (_ for _ in ()).throw(AssertionError("decoded in full"))  # type: ignore[method-assign]
         assert peek_open(value, codec) == (state.phase, state.next_action_at_ms, state.vendor, state.status.value)
+
+    @settings(max_examples=100, deadline=None)
+    @given(states)
+    def test_the_body_peek_reads_job_json_without_a_full_decode(self, state: JobState) -> None:
+        codec = Codec()
+        value = codec.encode("JobState", state_to_record(state))
+        codec.decode = lambda name, data: (_ for _ in ()).throw(AssertionError("decoded in full"))  # type: ignore[method-assign]
+        assert peek_body(value, codec) == state.job_json
 
     def test_the_open_peek_falls_back_to_a_full_decode_for_other_layouts(self) -> None:
         """A writer whose vendor is not a plain string is decoded in full, and agrees."""

@@ -22,7 +22,7 @@ from worker.codec import Codec
 from worker.engine.model import JobState
 from worker.errors import DecodeError, ProducerStuck
 from worker.observability import Metrics
-from worker.records import decode_state_now, state_to_record
+from worker.records import state_to_record
 from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer, TransactionalProducer
 from worker.runtime.mailbox import CallAnswered
@@ -30,6 +30,7 @@ from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import Partitions
 from worker.runtime.refused import RecordsRefused, refused_record
 from worker.store import StoreError, StoreSet
+from worker.store.peek import peek_body
 
 log = structlog.get_logger("export_worker")
 
@@ -171,7 +172,7 @@ class TransactionWriter:
         try:
             value = store.get(state.request_id) if store is not None else None
             if value is not None:
-                return decode_state_now(self._codec, value).job_json
+                return peek_body(value, self._codec)
         except (StoreError, DecodeError) as exc:
             log.error("stored job body unreadable", request_id=state.request_id, error=str(exc))
         else:

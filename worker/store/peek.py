@@ -273,6 +273,7 @@ class _Peeker:
 _UNSEEN: Any = object()
 _peek_due = _Peeker(())
 _peek_open = _Peeker(_OPEN_FIELDS)
+_peek_body = _Peeker(("job_json",))
 
 
 def peek(value: bytes, codec: Codec) -> Peeked:
@@ -287,3 +288,9 @@ def peek_open(value: bytes, codec: Codec) -> PeekedOpen:
     """``peek`` and the job's vendor and status: what a restore keeps of an open job it
     leaves encoded until it is needed."""
     return _peek_open(value, codec)  # type: ignore[return-value]
+
+
+def peek_body(value: bytes, codec: Codec) -> str:
+    """The job body (``job_json``) of one ``export.jobs`` value, without decoding the
+    rest: a trimmed job's records carry the full body, read back from the store."""
+    return str(_peek_body(value, codec)[2])
