@@ -62,7 +62,7 @@ async def run(quick: bool) -> list[str]:
         lines.append(line("throughput_vs_raw_pipeline", t.ratio, ">=0.70", t.ratio >= 0.7))
 
         step("open-job capacity and memory")
-        c = await capacity.measure(bootstrap, 10_000 if quick else 50_000, 20.0 if quick else 45.0)
+        c = await capacity.measure(bootstrap, 10_000 if quick else 50_000, 20.0 if quick else capacity.INTERVAL_S)
         table.add_row(
             "open jobs polled every 30 s",
             f"{c.open_jobs} (p99 lateness {c.p99_lateness_s:.2f} s, {c.on_time_fraction:.1%} <= 1 s)",

@@ -1,7 +1,7 @@
 """Exclusive job kinds (issue 14): Elastic Path runs one billing run and one payment run
-per store at a time. 80 runs of those two kinds (40 each) through three workers, against
+per store at a time. 40 runs of those two kinds (20 each) through three workers, against
 the strict simulator (it refuses an overlapping run with 409): refused calls per job, and
-the time until every run ended against the serial minimum (40 runs one after the other;
+the time until every run ended against the serial minimum (20 runs one after the other;
 the two kinds run side by side). Baseline in the same run: the same fleet with no
 exclusive kinds declared, left to the vendor's refusals and the engine's busy retry.
 
@@ -23,7 +23,7 @@ from worker.simulators.elasticpath import demo_connection
 from worker.testing import OutputReader, Publisher, elasticpath_request, terminal
 
 WORKERS = 3
-RUNS, QUICK_RUNS = 80, 20  # half billing runs, half payment runs
+RUNS, QUICK_RUNS = 40, 20  # half billing runs, half payment runs
 STAGE_S = 0.7  # the simulator's three stages: a run takes 2.1 s
 POLICY = PolicyConfig(
     first_poll_s=0.1, poll_initial_s=0.1, poll_multiplier=1.0, poll_max_s=0.1, retry_initial_s=0.2, busy_retry_s=1.0

@@ -54,7 +54,7 @@ from worker.records import state_to_record
 FINISHED, OPEN = 1_000_000, 50_000
 QUICK_FINISHED, QUICK_OPEN = 100_000, 5_000
 TAIL = 1_000  # records another owner writes while the worker is away
-SAMPLE_S, QUICK_SAMPLE_S = 20.0, 5.0
+SAMPLE_S, QUICK_SAMPLE_S = 10.0, 5.0
 
 DAY_MS = 86_400_000
 # Open jobs' next poll is an hour away: the bench measures restore and memory, not polling,

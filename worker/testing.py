@@ -176,6 +176,7 @@ def worker_env(settings: Settings, *, connections_file: str, instance_id: str, h
             "EXPORT_WORKER_STATE_MAX_MB": str(settings.state_max_mb),
             "EXPORT_WORKER_STATE_CLEANUP_S": str(settings.state_cleanup_s),
             "EXPORT_WORKER_BUDGET_MODE": settings.budget_mode.value,
+            "EXPORT_WORKER_MEMORY_TRIM_S": str(settings.memory_trim_s),
         }
     )
     for name in ("requests", "status", "files", "jobs", "dlq", "control"):
