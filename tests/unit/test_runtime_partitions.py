@@ -150,6 +150,25 @@ class TestJobTable:
             table["bad"]
         assert table.open_count == 1 and len(table) == 1
 
+    def test_a_failing_decode_leaves_the_job_parked_and_counted(self) -> None:
+        def broken(request_id: str, value: bytes) -> JobState | None:
+            raise RuntimeError("a bug in the decoder")
+
+        table = JobTable()
+        table.park(parked("a"), broken)
+        with pytest.raises(RuntimeError):
+            table.get("a")
+        assert (table.parked, table.open_count, "a" in table) == (1, 1, True)
+
+    def test_comparisons_and_repr_see_parked_jobs(self) -> None:
+        table, other = JobTable(), JobTable()
+        table.park(parked("a"), unpark)
+        other.park(parked("a"), unpark)
+        assert repr(table) == "JobTable({}, parked=1)"
+        assert table == other
+        assert (table != other) is False  # dict.__ne__ would ignore the parked jobs
+        assert table != {} and list(reversed(table)) == ["a"]
+
     def test_iterating_decodes_every_parked_job(self) -> None:
         table = JobTable()
         table.park(parked("a") | parked("b", value=b"PENDING"), unpark)

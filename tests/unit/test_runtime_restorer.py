@@ -83,6 +83,21 @@ class TestRestore:
         assert rig.dispatcher.next_due_ms() == polling.next_action_at_ms
         assert jobs.get("p") == polling and jobs.parked == 0  # decoded on first look, as stored
 
+    async def test_a_parked_job_that_fell_due_before_the_install_is_decoded_and_spread(self) -> None:
+        """Parked on the reader's margin, due by the time the loop installs it: it takes
+        the restore step like any overdue job (its poll spread), not its stale due time."""
+        rig = Rig()
+        now = rig.time.now_ms()
+        overdue = accepted("late", now).evolve(phase=Phase.ACTIVE, vendor_job_id="j", next_action_at_ms=now - 1_000)
+        value = Codec().encode("JobState", state_to_record(overdue))
+        rig.parked[0] = {"late": (value, overdue.next_action_at_ms, overdue.vendor, overdue.status.value)}
+        rig.restorer.begin({0})
+        await rig.restorer.install(await rig.restored())
+        jobs = rig.partitions[0].jobs
+        assert jobs.parked == 0 and jobs.open_count == 1
+        resumed = jobs["late"]
+        assert resumed.next_action_at_ms >= now and rig.dispatcher.next_due_ms() == resumed.next_action_at_ms
+
     async def test_a_restore_for_an_incarnation_that_is_gone_is_not_installed(self) -> None:
         rig = Rig()
         rig.stored[0] = [accepted("stale", rig.time.now_ms())]

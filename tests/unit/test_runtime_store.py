@@ -180,6 +180,13 @@ class TestStoreLoader:
         assert parkable == {"later": (encode(later), now + 60_000, later.vendor, later.status.value)}
         assert sorted(others) == [("pending", encode(pending)), ("soon", encode(soon))]
 
+    def test_an_open_entry_without_its_job_is_removed_when_the_open_jobs_are_read(self, rig: Rig) -> None:
+        rig.store.apply([(b"a", encode(accepted("a", rig.now())), True, 0)], 1)
+        rig.store.db.delete(b"j/a")  # damage: the o/ entry outlives its job
+        loader = StoreLoader(rig.store, CODEC)
+        assert not loader.load_open().unreadable and loader.open_jobs == {}
+        assert rig.store.open_ids() == []
+
     def test_an_unreadable_open_job_in_a_warm_store_is_dropped_and_reported(self, rig: Rig) -> None:
         rig.store.apply([(b"bad", b"\xc3\x01garbage", True, 0)], 1)
         loader = StoreLoader(rig.store, CODEC)

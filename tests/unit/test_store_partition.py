@@ -104,6 +104,9 @@ class TestOpenIndex:
     def test_open_values_and_forget(self, store: PartitionStore) -> None:
         store.apply([running("a", b"A"), running("b", b"B"), done("c", 5, b"C")], offset=1)
         assert store.open_values() == [(b"a", b"A"), (b"b", b"B")]
+        store.db.delete(b"j/b")
+        assert store.open_values() == [(b"a", b"A"), (b"b", None)]  # an o/ entry without its job
+        store.db.put(b"j/b", b"B")
         store.forget(b"a")
         assert store.open_values() == [(b"b", b"B")] and store.get("a") is None and store.offset == 1
 

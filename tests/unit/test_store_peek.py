@@ -168,6 +168,11 @@ class TestPeek:
         value = _encode_with(writer, record)
         assert peek(value, codec) == (Phase.ACTIVE, 77)
 
+    def test_an_empty_value_is_a_decode_error(self) -> None:
+        for reader in (peek, peek_open, peek_body):
+            with pytest.raises(DecodeError):
+                reader(b"", CODEC)
+
     def test_a_value_cut_short_is_a_decode_error(self) -> None:
         """A truncated value falls back to the full decode, which refuses it."""
         state = JobState("r", "t", "c", "v", "{}", 1, 0, 5, Phase.ACTIVE, Status.RUNNING, 3, 1, 2)

@@ -97,9 +97,10 @@ class JobTable(dict[str, JobState]):
 
     def _take(self, request_id: str) -> JobState | None:
         """Decode one parked job into an ordinary entry (None: it was unreadable)."""
-        job = self._parked.pop(request_id)
+        job = self._parked[request_id]
+        state = self._unpark(request_id, job[0])  # if it raises, the job stays parked
+        del self._parked[request_id]
         self._untally(job)
-        state = self._unpark(request_id, job[0])
         if state is None:
             self.open_count -= 1
             return None
@@ -165,7 +166,19 @@ class JobTable(dict[str, JobState]):
 
     def __eq__(self, other: object) -> bool:
         self.unpark_all()
+        if isinstance(other, JobTable):
+            other.unpark_all()
         return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __reversed__(self) -> Iterator[str]:
+        self.unpark_all()
+        return dict.__reversed__(self)
+
+    def __repr__(self) -> str:
+        return f"JobTable({dict.__repr__(self)}, parked={len(self._parked)})"
 
     __hash__ = None  # type: ignore[assignment]
 

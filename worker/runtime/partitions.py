@@ -134,7 +134,8 @@ class Partitions(Mapping[int, OwnedPartition]):
         return sum(part.jobs.open_count for part in self._owned.values())
 
     def open_job_counts(self) -> dict[tuple[str, str], int]:
-        """Open jobs by (vendor, status), for the open-jobs gauge (read from another thread)."""
+        """Open jobs by (vendor, status), for the open-jobs gauge (collected by the /metrics
+        handler, on the loop), parked ones included without decoding them."""
         tally: Counter[tuple[str, str]] = Counter()
         for part in list(self._owned.values()):
             if not part.jobs.open_count:

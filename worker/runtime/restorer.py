@@ -244,6 +244,22 @@ class Restorer:
         for answer in carried.answers:
             self._stepper.answer(part, CallAnswered(part.number, part.incarnation, answer.request_id, answer.event))
 
+    def _due_meanwhile(self, number: int, jobs: OpenJobs) -> OpenJobs:
+        """Parked jobs due by now (the read was parked on a margin, and the committed
+        offsets lookup can take seconds) are decoded, so the restore step spreads their
+        overdue polls like any other's."""
+        now = self._stepper.now_ms()
+        due = [rid for rid, (_v, due_ms, _vn, _s) in jobs.parked.items() if due_ms <= now]
+        if not due:
+            return jobs
+        parked = dict(jobs.parked)
+        states = list(jobs.states)
+        for request_id in due:
+            state = self._stepper.decoded(request_id, parked.pop(request_id)[0])
+            if state is not None:
+                states.append(state)
+        return OpenJobs(states, parked)
+
     async def install(self, done: RestoreDone) -> None:
         """Put the restored jobs of partitions still current in place, resume their due
         work, and let the consumer read their requests."""
@@ -256,6 +272,7 @@ class Restorer:
             if part is None:
                 continue
             jobs = done.states.get(number) or OpenJobs([])
+            jobs = self._due_meanwhile(number, jobs)
             for state in jobs.states:
                 resumed = self._stepper.trimmed(number, self._stepper.resumed(state))
                 part.jobs[state.request_id] = resumed

@@ -97,15 +97,15 @@ class StoreReader:
         given_up: set[bytes] = set()
         while True:
             folded = await asyncio.to_thread(load, unreadable=given_up)
+            # Reported for every attempt: what one dropped from the store is not met again.
+            for request_id, why in folded.unreadable.items():  # one bad state must not stop the others
+                log.error("unreadable job state skipped", key=request_id, error=why)
             if folded.unknown_schema is None:
-                break
+                return folded
             try:
                 await self._codec.decode_async("JobState", folded.unknown_schema)  # fetches its schema
             except DecodeError:
                 given_up.add(folded.unknown_schema)
-        for request_id, why in folded.unreadable.items():  # one bad state must not stop the others
-            log.error("unreadable job state skipped", key=request_id, error=why)
-        return folded
 
     async def _open_jobs(self, loader: StoreLoader) -> OpenJobs:
         """The partition's open jobs: polling ones not due soon parked, the rest decoded."""

@@ -162,15 +162,22 @@ class Stepper:
         compact = sys.intern(json.dumps(view, separators=(",", ":")))
         return state.evolve(job_json=compact, body_in_store=True)
 
-    def unparked(self, number: int, request_id: str, value: bytes) -> JobState | None:
-        """A parked job (``job_table``) decoded as memory keeps it; None when its value
-        cannot be read (logged, and the job is dropped as a restore drops one)."""
+    def now_ms(self) -> int:
+        return self._clock.now_ms()
+
+    def decoded(self, request_id: str, value: bytes) -> JobState | None:
+        """A restored job's value decoded; None when it cannot be read (logged, and the
+        job is dropped as a restore drops one)."""
         try:
-            state = decode_state_now(self._codec, value)
+            return decode_state_now(self._codec, value)
         except DecodeError as exc:
             log.error("unreadable job state skipped", key=request_id, error=str(exc))
             return None
-        return self.trimmed(number, state)
+
+    def unparked(self, number: int, request_id: str, value: bytes) -> JobState | None:
+        """A parked job (``job_table``) decoded as memory keeps it (None: unreadable)."""
+        state = self.decoded(request_id, value)
+        return None if state is None else self.trimmed(number, state)
 
     def store_of(self, part: OwnedPartition) -> PartitionStore | None:
         """The partition's store, once it holds the partition (restored into it)."""

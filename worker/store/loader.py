@@ -68,6 +68,9 @@ class StoreLoader:
         folded = Folded()
         found: dict[bytes, OpenJob] = {}
         for key, value in self.store.open_values():
+            if value is None:
+                self.store.forget(key)  # an o/ entry without its job: nothing to keep
+                continue
             try:
                 found[key] = self._open_job(value, unreadable)
             except DecodeError as exc:

@@ -139,14 +139,10 @@ class PartitionStore:
         with self._lock:
             return [key[start:] for key in self._scan(keys.OPEN, keys.prefix_end(keys.OPEN))]
 
-    def open_values(self) -> list[tuple[bytes, bytes]]:
-        """(record key, value) of the open jobs, in key order (bounded by the open jobs)."""
-        found = []
-        for key in self.open_keys():
-            value = self._read(keys.JOB + key)
-            if value is not None:
-                found.append((key, value))
-        return found
+    def open_values(self) -> list[tuple[bytes, bytes | None]]:
+        """(record key, value) of the open jobs, in key order (bounded by the open jobs);
+        None for an ``o/`` entry without a job (only a damaged store has one)."""
+        return [(key, self._read(keys.JOB + key)) for key in self.open_keys()]
 
     def expiring(self, until_ms: int, limit: int, *, after: tuple[int, str] | None = None) -> list[tuple[int, str]]:
         """At most ``limit`` (due ms, request id) of the expiry index due at or before

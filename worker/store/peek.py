@@ -238,6 +238,8 @@ class _Peeker:
         self._last: tuple[weakref.ref[Codec], dict[bytes, Walk | None]] | None = None
 
     def __call__(self, value: bytes, codec: Codec) -> tuple[Any, ...]:
+        if not value:
+            raise DecodeError("not_avro", "empty message value")
         header = 10 if value[0] != 0 else 5  # single-object vs registry framing
         last = self._last
         if last is not None and last[0]() is codec:
