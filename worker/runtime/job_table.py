@@ -88,7 +88,7 @@ class JobTable(dict[str, JobState]):
         return len(self._parked)
 
     def parked_counts(self) -> list[tuple[tuple[str, str], int]]:
-        """Parked jobs by (vendor, status). Safe from another thread: one C-level copy."""
+        """Parked jobs by (vendor, status), for the open-jobs gauge."""
         return list(self._parked_tally.items())
 
     def unpark_all(self) -> None:

@@ -244,7 +244,7 @@ class Restorer:
         for answer in carried.answers:
             self._stepper.answer(part, CallAnswered(part.number, part.incarnation, answer.request_id, answer.event))
 
-    def _due_meanwhile(self, number: int, jobs: OpenJobs) -> OpenJobs:
+    def _due_meanwhile(self, jobs: OpenJobs) -> OpenJobs:
         """Parked jobs due by now (the read was parked on a margin, and the committed
         offsets lookup can take seconds) are decoded, so the restore step spreads their
         overdue polls like any other's."""
@@ -272,7 +272,7 @@ class Restorer:
             if part is None:
                 continue
             jobs = done.states.get(number) or OpenJobs([])
-            jobs = self._due_meanwhile(number, jobs)
+            jobs = self._due_meanwhile(jobs)
             for state in jobs.states:
                 resumed = self._stepper.trimmed(number, self._stepper.resumed(state))
                 part.jobs[state.request_id] = resumed

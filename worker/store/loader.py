@@ -21,7 +21,7 @@ from worker.engine.model import Phase
 from worker.errors import DecodeError
 from worker.store import keys
 from worker.store.partition import PartitionStore
-from worker.store.peek import peek_open
+from worker.store.peek import PeekedOpen, peek_open
 
 # An open job as the restore found it: (value, phase, next_action_at_ms, vendor, status).
 OpenJob = tuple[bytes, Phase, int, str, str]
@@ -100,10 +100,10 @@ class StoreLoader:
             if loaded.unknown_schema is not None:
                 return loaded
         folded = Folded(len(latest) if records is None else records)
-        open_jobs, codec, done, intern = self.open_jobs, self._codec, Phase.DONE, sys.intern
+        open_jobs, peek, done, intern = self.open_jobs, self._peek, Phase.DONE, sys.intern
         opened: list[tuple[bytes, OpenJob]] = []
         closed: list[bytes] = []
-        job, open_, expiry, latest_due = keys.JOB, keys.OPEN, keys.EXPIRY, keys.DUE_MAX
+        job, open_, expiry_key = keys.JOB, keys.OPEN, keys.expiry_key
 
         # One pass: each value is peeked and written straight into the batch (no row per
         # record). An o/ entry is deleted only where there is one: a delete costs a put.
@@ -113,9 +113,7 @@ class StoreLoader:
                 phase = None  # stays None for a tombstone, and for a value that cannot be read
                 if value is not None:
                     try:
-                        if value in unreadable:
-                            raise DecodeError("unknown_schema", "its writer schema is not known here")
-                        phase, due, vendor, status = peek_open(value, codec)
+                        phase, due, vendor, status = peek(value, unreadable)
                     except DecodeError as exc:
                         if exc.reason_code == "unknown_schema" and value not in unreadable:
                             raise _Refold(value) from None
@@ -130,7 +128,7 @@ class StoreLoader:
                     continue
                 else:
                     put(job + key, value)
-                    put(expiry + (due if 0 <= due <= latest_due else keys.due_of(due)).to_bytes(8, "big") + key, b"")
+                    put(expiry_key(due, key), b"")
                 if key in open_jobs:
                     delete(open_ + key)
                     closed.append(key)
@@ -160,7 +158,11 @@ class StoreLoader:
         return parkable, others
 
     def _open_job(self, value: bytes, unreadable: Collection[bytes]) -> OpenJob:
+        phase, due, vendor, status = self._peek(value, unreadable)
+        return (value, phase, due, sys.intern(vendor), sys.intern(status))
+
+    def _peek(self, value: bytes, unreadable: Collection[bytes]) -> PeekedOpen:
+        """``peek_open``; a value already known to be unreadable is refused unread."""
         if value in unreadable:
             raise DecodeError("unknown_schema", "its writer schema is not known here")
-        phase, due, vendor, status = peek_open(value, self._codec)
-        return (value, phase, due, sys.intern(vendor), sys.intern(status))
+        return peek_open(value, self._codec)
