@@ -1,7 +1,8 @@
 """Kafka plumbing: client configs, topic creation, and restoring export.jobs partitions.
 
-Every blocking admin call runs in a thread; the consumers and the producer are
-confluent-kafka's asyncio ``AIOConsumer`` / ``AIOProducer``.
+Every blocking admin call runs in a thread; the consumers and the small producers are
+confluent-kafka's asyncio ``AIOConsumer`` / ``AIOProducer``, the transactional producer
+a ``Producer`` on a thread of its own (``worker.runtime.txn_producer``).
 """
 
 from __future__ import annotations

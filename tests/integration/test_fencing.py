@@ -16,7 +16,7 @@ from worker.engine.model import JobState, Phase, Status
 from worker.kafka import ensure_topics, producer_config
 from worker.records import state_to_record
 from worker.runtime import TransactionalProducer, Worker
-from worker.runtime.clients import aio_producer
+from worker.runtime.clients import threaded_producer
 from worker.testing import OutputReader, eventually
 
 
@@ -40,12 +40,9 @@ class RecordingProducer:
         self.records += 1
         return await self.real.produce(topic, **kwargs)
 
-    async def send_offsets_to_transaction(self, offsets: list[Any], metadata: Any, timeout: float) -> None:
-        self.offsets_sent = True
-        await self.real.send_offsets_to_transaction(offsets, metadata, timeout)
-
-    async def commit_transaction(self, timeout: float) -> None:
-        await self.real.commit_transaction(timeout)
+    async def commit_transaction(self, timeout: float, offsets: Any = None, metadata: Any = None) -> None:
+        self.offsets_sent = bool(offsets)
+        await self.real.commit_transaction(timeout, offsets, metadata)
         self.committed.append((self.records, self.offsets_sent))
 
 
@@ -78,7 +75,7 @@ class TestFencing:
         made: list[RecordingProducer] = []
 
         def factory(config: dict[str, Any]) -> Any:
-            made.append(RecordingProducer(aio_producer(config)))
+            made.append(RecordingProducer(threaded_producer(config)))
             return made[-1]
 
         worker = Worker(settings, connections={"itron": itron_connection(itron_sim.base_url)}, producer_factory=factory)

@@ -15,7 +15,7 @@ from tests.conftest import itron_connection, running
 from worker.codec import Codec
 from worker.config import Settings
 from worker.runtime import ProducerStuck, TransactionalProducer, Worker
-from worker.runtime.clients import aio_producer
+from worker.runtime.clients import threaded_producer
 from worker.runtime.transactions import CallTimeouts
 from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator
@@ -52,11 +52,11 @@ class FailingOnce(WrappedProducer):
         self.records += 1
         return await self.real.produce(topic, **kwargs)
 
-    async def commit_transaction(self, timeout: float) -> None:
+    async def commit_transaction(self, timeout: float, offsets: Any = None, metadata: Any = None) -> None:
         if self.failed == 0 and self.records >= self.after:
             self.failed += 1
             raise KafkaException(KafkaError(KafkaError._FAIL, "injected failure", txn_requires_abort=True))
-        await self.real.commit_transaction(timeout)
+        await self.real.commit_transaction(timeout, offsets, metadata)
 
 
 class FailingOnSubmitted(WrappedProducer):
@@ -82,24 +82,25 @@ class FailingOnSubmitted(WrappedProducer):
             self.submitted += 1
         return await self.real.produce(topic, **kwargs)
 
-    async def commit_transaction(self, timeout: float) -> None:
+    async def commit_transaction(self, timeout: float, offsets: Any = None, metadata: Any = None) -> None:
         if self.failed == 0 and self.submitted:
             self.failed += 1
             raise KafkaException(KafkaError(KafkaError._FAIL, "injected failure", txn_requires_abort=True))
-        await self.real.commit_transaction(timeout)
+        await self.real.commit_transaction(timeout, offsets, metadata)
 
 
 class StuckOnce(WrappedProducer):
-    """The first send_offsets_to_transaction never returns, as librdkafka#5456 does when
-    the group coordinator goes away mid-call (its own timeout is not enforced)."""
+    """The first commit that sends offsets never returns, as librdkafka#5456 makes
+    send_offsets_to_transaction do when the group coordinator goes away mid-call (its
+    own timeout is not enforced)."""
 
     hung = False
 
-    async def send_offsets_to_transaction(self, offsets: list[Any], metadata: Any, timeout: float) -> None:
-        if not self.hung:
+    async def commit_transaction(self, timeout: float, offsets: Any = None, metadata: Any = None) -> None:
+        if offsets and not self.hung:
             self.hung = True
             await asyncio.Event().wait()  # never sent, never answered
-        await self.real.send_offsets_to_transaction(offsets, metadata, timeout)
+        await self.real.commit_transaction(timeout, offsets, metadata)
 
 
 def wrapping(cls: type[WrappedProducer], **kwargs: Any) -> tuple[list[Any], Any]:
@@ -108,7 +109,7 @@ def wrapping(cls: type[WrappedProducer], **kwargs: Any) -> tuple[list[Any], Any]
     made: list[Any] = []
 
     def factory(config: dict[str, Any]) -> Any:
-        made.append(cls(aio_producer(config), **kwargs))
+        made.append(cls(threaded_producer(config), **kwargs))
         return made[-1]
 
     return made, factory
@@ -186,8 +187,8 @@ class TestTransactionAbort:
             conn = itron_connection(sim.base_url)
             made, factory = wrapping(StuckOnce)
             stuck = Worker(settings, connections={"itron": conn}, producer_factory=factory)
-            # The stand-in hangs the first send_offsets_to_transaction: give up on it soon.
-            stuck.writer.timeouts = CallTimeouts(send_offsets_s=0.0, stuck_margin_s=0.5)
+            # The stand-in hangs the first commit with offsets: give up on it soon.
+            stuck.writer.timeouts = CallTimeouts(commit_s=2.0, stuck_margin_s=0.5)
             async with Publisher(settings) as pub, OutputReader(settings) as reader:
                 task = asyncio.create_task(stuck.run(asyncio.Event()))
                 for r in ids:

@@ -38,6 +38,7 @@ from worker.runtime.outbox import Outbox
 from worker.runtime.partitions import Partitions
 from worker.runtime.refused import RefusedRecords
 from worker.runtime.stepper import Stepper
+from worker.runtime.txn_producer import Delivery
 from worker.store import StoreSet
 from worker.vendors.base import JobSpec
 
@@ -236,28 +237,20 @@ class Transaction:
     aborted: bool = False
 
 
-@dataclass(frozen=True)
-class Delivered:
-    """A delivered record, as the producer's delivery future gives it."""
-
-    at: int
-
-    def offset(self) -> int:
-        return self.at
-
-
 class FakeProducer:
-    """A transactional producer that records each transaction. Faults: ``refuse`` makes
-    the delivery of matching records fail, ``send_offsets_error`` / ``commit_error`` fail
-    those calls once, ``hang_send_offsets`` makes the next one never return."""
+    """A transactional producer that records each transaction. As librdkafka's, a record
+    the broker refuses fails its delivery and the commit. Faults: ``refuse`` makes the
+    broker refuse matching records, ``offsets_error`` / ``commit_error`` fail sending the
+    offsets / committing once, ``hang_commit`` makes the next commit never return."""
 
     def __init__(self) -> None:
         self.transactions: list[Transaction] = []
         self.refuse: Callable[[str], bool] = lambda topic: False
-        self.send_offsets_error: KafkaException | None = None
+        self.offsets_error: KafkaException | None = None
         self.commit_error: KafkaException | None = None
-        self.hang_send_offsets = False
+        self.hang_commit = False
         self.ends: dict[tuple[str, int | None], int] = {}  # next offset by (topic, partition)
+        self._pending: list[tuple[str, int | None, Delivery]] = []
 
     @property
     def current(self) -> Transaction:
@@ -268,31 +261,35 @@ class FakeProducer:
 
     async def begin_transaction(self) -> None:
         self.transactions.append(Transaction())
+        self._pending = []
 
-    async def produce(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+    async def produce(self, topic: str, **kwargs: Any) -> Delivery:
         self.current.records.append((topic, kwargs.get("key"), kwargs.get("partition")))
-        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.refuse(topic):
-            delivery.set_exception(KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large")))
-        else:
-            at = self.ends.get((topic, kwargs.get("partition")), 0)
-            self.ends[(topic, kwargs.get("partition"))] = at + 1
-            delivery.set_result(Delivered(at))
+        delivery = Delivery()
+        self._pending.append((topic, kwargs.get("partition"), delivery))
         return delivery
 
-    async def flush(self, timeout: float) -> int:
-        return 0
-
-    async def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: Any, timeout: float) -> None:
-        if self.hang_send_offsets:
+    async def commit_transaction(
+        self, timeout: float, offsets: list[TopicPartition] | None = None, metadata: Any = None
+    ) -> None:
+        if self.hang_commit:
             await asyncio.Event().wait()
-        if self.send_offsets_error is not None:
-            error, self.send_offsets_error = self.send_offsets_error, None
-            raise error
-        self.current.offsets = [(tp.partition, tp.offset) for tp in offsets]
-        self.current.metadata = metadata
-
-    async def commit_transaction(self, timeout: float) -> None:
+        if offsets:
+            if self.offsets_error is not None:
+                error, self.offsets_error = self.offsets_error, None
+                raise error
+            self.current.offsets = [(tp.partition, tp.offset) for tp in offsets]
+            self.current.metadata = metadata
+        refused = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large")
+        for topic, partition, delivery in self._pending:
+            if self.refuse(topic):
+                delivery.refuse(refused)
+            else:
+                at = self.ends.get((topic, partition), 0)
+                self.ends[(topic, partition)] = at + 1
+                delivery.offset, delivery.done = at, True
+        if any(delivery.error for _, _, delivery in self._pending):
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "a record failed", txn_requires_abort=True))
         if self.commit_error is not None:
             error, self.commit_error = self.commit_error, None
             raise error

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError
 
 from tests.conftest import itron_connection, make_settings
 from tests.unit.runtime_fakes import Collaborators, FakeMessage, accepted, metrics
@@ -56,10 +56,10 @@ class TestTheWriterSaysWhichRecordsWereRefused:
         assert [(o.topic, o.key) for o in settled.refused] == [("jobs", b"r1")]
 
     def test_only_errors_about_the_record_itself_count_as_refused(self) -> None:
-        too_large = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-        timed_out = KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT))  # the broker, not the record
+        too_large = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+        timed_out = KafkaError(KafkaError._MSG_TIMED_OUT)  # the broker, not the record
         assert refused_record(too_large) and not refused_record(timed_out)
-        assert not refused_record(RuntimeError("boom"))
+        assert refused_record(KafkaError(KafkaError.INVALID_RECORD))
 
 
 class TestRefusedJobs:

@@ -113,7 +113,7 @@ class TestOutcomes:
         rig.request_read(1, 3, "moved")
         batch = await rig.writer.cut()
         assert batch is not None
-        rig.producer.send_offsets_error = KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "generation"))
+        rig.producer.offsets_error = KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "generation"))
         error = await rig.writer.write(batch)
         rig.partitions.drop({1})  # revoked meanwhile
         settled = await rig.writer.settle(batch, error)
@@ -128,8 +128,8 @@ class TestOutcomes:
 
     async def test_a_transactional_call_that_outlives_its_timeout_marks_the_producer_stuck(self) -> None:
         rig = await Rig().open()
-        rig.writer.timeouts = CallTimeouts(send_offsets_s=0.0, stuck_margin_s=0.05)
-        rig.producer.hang_send_offsets = True
+        rig.writer.timeouts = CallTimeouts(commit_s=0.0, stuck_margin_s=0.05)
+        rig.producer.hang_commit = True
         rig.request_read(0, 7, "r1")
         batch = await rig.writer.cut()
         assert batch is not None

@@ -28,6 +28,7 @@ from worker.limits import (
     clip,
     utf8_len,
 )
+from worker.observability import call_context
 from worker.redaction import redact_text
 from worker.runtime.connections import Connection
 from worker.vendors import Cancellable, JobSpec, VendorAdapter
@@ -73,12 +74,14 @@ async def run_call(call: Call) -> Event:
             submit_attempt=state.submit_attempt,
             labels=state.labels,
         )
-        # Each call runs in its own task, whose context copy ends with it: bind once, no reset.
-        structlog.contextvars.bind_contextvars(
-            request_id=state.request_id,
-            vendor=state.vendor,
-            connection=call.connection.name,
-            vendor_job_id=state.vendor_job_id,
+        # Each call runs in its own task, whose context copy ends with it: set once, no reset.
+        call_context.set(
+            {
+                "request_id": state.request_id,
+                "vendor": state.vendor,
+                "connection": call.connection.name,
+                "vendor_job_id": state.vendor_job_id,
+            }
         )
         event = await _ask(call.connection.adapter, call.kind, spec, state)
     except asyncio.CancelledError:

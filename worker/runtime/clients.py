@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import TopicPartition
-from confluent_kafka.aio import AIOConsumer, AIOProducer
+from confluent_kafka.aio import AIOConsumer
+
+from worker.runtime.txn_producer import Delivery, ThreadedProducer
 
 
 class GroupConsumer(Protocol):
@@ -34,16 +36,17 @@ class GroupConsumer(Protocol):
 
 
 class TransactionalProducer(Protocol):
-    """The transactional producer calls the runtime makes (confluent-kafka's ``AIOProducer``)."""
+    """The transactional producer calls the runtime makes (``ThreadedProducer``)."""
 
     async def init_transactions(self, timeout: float) -> None: ...
     async def begin_transaction(self) -> None: ...
-    async def produce(self, topic: str, **kwargs: Any) -> Any: ...
-    async def flush(self, timeout: float) -> Any: ...
-    async def send_offsets_to_transaction(
-        self, offsets: list[TopicPartition], metadata: Any, timeout: float
-    ) -> None: ...
-    async def commit_transaction(self, timeout: float) -> None: ...
+    async def produce(self, topic: str, **kwargs: Any) -> Delivery: ...
+    async def commit_transaction(
+        self, timeout: float, offsets: list[TopicPartition] | None = None, metadata: Any = None
+    ) -> None:
+        """Send ``offsets`` (with the consumer group ``metadata``) into the transaction
+        when given, then commit it; each librdkafka call within ``timeout``."""
+
     async def abort_transaction(self, timeout: float) -> None: ...
     async def close(self) -> None: ...
 
@@ -56,9 +59,8 @@ def aio_consumer(config: dict[str, Any]) -> GroupConsumer:
     return AIOConsumer(config, max_workers=4)
 
 
-def aio_producer(config: dict[str, Any]) -> TransactionalProducer:
-    # One batch per loop turn's worth of records; no linger inside the Python buffer.
-    return AIOProducer(config, batch_size=10_000, buffer_timeout=0)
+def threaded_producer(config: dict[str, Any]) -> TransactionalProducer:
+    return ThreadedProducer(config)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,9 @@ _REFUSED_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MS
 MAX_REMEMBERED = 10_000
 
 
-def refused_record(error: BaseException) -> bool:
+def refused_record(error: KafkaError) -> bool:
     """Whether a delivery error refuses the record itself (retrying cannot help)."""
-    return isinstance(error, KafkaException) and bool(error.args) and error.args[0].code() in _REFUSED_CODES
+    return error.code() in _REFUSED_CODES
 
 
 class RecordsRefused(KafkaException):

@@ -29,6 +29,7 @@ from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import Partitions
 from worker.runtime.refused import RecordsRefused, refused_record
+from worker.runtime.txn_producer import Delivery
 from worker.store import StoreError, StoreSet
 from worker.store.peek import peek_body
 
@@ -41,9 +42,7 @@ class CallTimeouts:
     past its timeout a call may run before the producer is declared stuck."""
 
     init_s: float = 30
-    flush_s: float = 60
-    send_offsets_s: float = 30
-    commit_s: float = 60
+    commit_s: float = 30  # each of: sending the input offsets, committing (with the records' delivery)
     abort_s: float = 30
     stuck_margin_s: float = 15
 
@@ -78,6 +77,14 @@ class Settled:
     replay: list[CallAnswered] = field(default_factory=list)  # resync: answers to apply again
     refused: list[Outgoing] = field(default_factory=list)  # resync: records the broker refused
     batch: Batch | None = None  # committed: what it wrote (for the partition stores)
+
+
+# A record whose delivery was never reported, though its transaction committed.
+_UNDELIVERED = KafkaError(KafkaError._MSG_TIMED_OUT, "no delivery report for a record of a committed transaction")
+
+
+def _refused(delivery: Delivery) -> bool:
+    return delivery.error is not None and refused_record(delivery.error)
 
 
 _GENERATION_CODES = frozenset(
@@ -218,9 +225,10 @@ class TransactionWriter:
 
         1. begin: nothing visible yet; a crash here loses nothing (inputs are re-read).
         2. produce every record (export.jobs to the request's own partition).
-        3. send the consumer's positions with the group metadata: the coordinator
-           refuses them if this worker no longer owns its partitions (zombie fencing).
-        4. commit: all of it becomes visible to read_committed readers at once.
+        3. in one call: send the consumer's positions with the group metadata (the
+           coordinator refuses them if this worker no longer owns its partitions: zombie
+           fencing), then commit: every record delivered, all of it visible to
+           read_committed readers at once.
         Then (``settle``) the vendor calls waiting for their intent to be durable start.
         """
         assert self.producer is not None
@@ -228,34 +236,33 @@ class TransactionWriter:
         started = time.monotonic()
         try:
             await producer.begin_transaction()
-            futures = []
+            deliveries = []
             for out in batch.outgoing:
                 if out.target_partition is None:
-                    futures.append(await producer.produce(out.topic, value=out.value, key=out.key))
+                    deliveries.append(await producer.produce(out.topic, value=out.value, key=out.key))
                 else:
-                    futures.append(
+                    deliveries.append(
                         await producer.produce(out.topic, value=out.value, key=out.key, partition=out.target_partition)
                     )
-            # A record the producer refused (e.g. too large) must not be silently left
-            # out of a committed transaction: check every delivery first.
-            await producer.flush(self.timeouts.flush_s)
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [(out, r) for out, r in zip(batch.outgoing, results, strict=True) if isinstance(r, BaseException)]
-            if failed:
-                refused = [out for out, error in failed if refused_record(error)]
-                first = failed[0][1]
-                error = first.args[0] if isinstance(first, KafkaException) and first.args else None
-                if not isinstance(error, KafkaError):
-                    error = KafkaError(KafkaError._FAIL, f"record not delivered: {first}")
-                raise RecordsRefused(error, refused) if refused else KafkaException(error)
-            batch.jobs_offsets = self._jobs_offsets(batch.outgoing, results)
-            timeouts = self.timeouts
-            if batch.offsets:
+            # A record refused before it was sent (e.g. larger than the producer takes)
+            # is not part of the transaction, so committing would leave it out silently.
+            self._raise_refused(batch.outgoing, deliveries)
+            # One trip: the input positions (refused by the group coordinator if this
+            # worker no longer owns the partitions), the records' delivery, the commit.
+            # librdkafka fails the commit if any record's delivery failed.
+            calls = 2 if batch.offsets else 1
+            try:
                 await self._bounded(
-                    producer.send_offsets_to_transaction(batch.offsets, batch.metadata, timeouts.send_offsets_s),
-                    timeouts.send_offsets_s,
+                    producer.commit_transaction(self.timeouts.commit_s, batch.offsets or None, batch.metadata),
+                    calls * self.timeouts.commit_s,
                 )
-            await self._bounded(producer.commit_transaction(timeouts.commit_s), timeouts.commit_s)
+            except KafkaException as exc:
+                refused = [out for out, d in zip(batch.outgoing, deliveries, strict=True) if _refused(d)]
+                if refused:
+                    raise RecordsRefused(exc.args[0], refused) from None
+                raise
+            self._raise_refused(batch.outgoing, deliveries, every=True)
+            batch.jobs_offsets = self._jobs_offsets(batch.outgoing, deliveries)
         except KafkaException as exc:
             return exc
         self._metrics.transactions.labels("committed").inc()
@@ -263,11 +270,25 @@ class TransactionWriter:
         self._metrics.commit_records.observe(len(batch.outgoing))
         return None
 
-    def _jobs_offsets(self, outgoing: list[Outgoing], delivered: list[Any]) -> dict[int, int]:
+    @staticmethod
+    def _raise_refused(outgoing: list[Outgoing], deliveries: list[Delivery], *, every: bool = False) -> None:
+        """Raise if a record's delivery failed (``every``: or has not been reported),
+        naming the records refused for themselves (``RecordsRefused``)."""
+        failed = [
+            (out, d.error or _UNDELIVERED)
+            for out, d in zip(outgoing, deliveries, strict=True)
+            if d.error is not None or (every and not d.done)
+        ]
+        if failed:
+            refused = [out for out, error in failed if refused_record(error)]
+            error = failed[0][1]
+            raise RecordsRefused(error, refused) if refused else KafkaException(error)
+
+    def _jobs_offsets(self, outgoing: list[Outgoing], delivered: list[Delivery]) -> dict[int, int]:
         ends: dict[int, int] = {}
-        for out, message in zip(outgoing, delivered, strict=True):
+        for out, delivery in zip(outgoing, delivered, strict=True):
             if out.topic == self._jobs_topic and out.target_partition is not None:
-                ends[out.target_partition] = max(ends.get(out.target_partition, 0), message.offset() + 1)
+                ends[out.target_partition] = max(ends.get(out.target_partition, 0), delivery.offset + 1)
         return ends
 
     async def _bounded(self, call: Any, timeout_s: float) -> None:

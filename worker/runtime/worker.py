@@ -48,7 +48,7 @@ from worker.runtime.clients import (
     ProducerFactory,
     TransactionalProducer,
     aio_consumer,
-    aio_producer,
+    threaded_producer,
 )
 from worker.runtime.connections import Connection, build_connections, load_connection_configs
 from worker.runtime.dispatcher import CallDispatcher
@@ -116,7 +116,7 @@ class Worker:
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
         consumer_factory: ConsumerFactory = aio_consumer,
-        producer_factory: ProducerFactory = aio_producer,
+        producer_factory: ProducerFactory = threaded_producer,
         read_states: StateReader | None = None,
     ) -> None:
         self.settings = settings
