@@ -205,6 +205,33 @@ class TestCalls:
         await asyncio.wait_for(rig.mailbox.get(), 5)
         assert [rid for _, rid in adapter.calls] == ["a", "b"]
 
+    async def test_waiting_calls_are_retried_in_order_and_a_full_lane_is_asked_once(self) -> None:
+        adapter = FakeAdapter()
+        adapter.gate = asyncio.Event()
+        rig = Rig(max_concurrency=2, adapter=adapter)
+        calls = [
+            call_for(rig.job(f"r{i}", Phase.SUBMITTING), rig.conn, CallKind.SUBMIT, incarnation=rig.incarnation)
+            for i in range(6)
+        ]
+        rig.dispatcher.dispatch_all(calls)
+        await eventually(lambda: len(adapter.calls) == 2, timeout=5, what="two calls started")
+        asked = 0
+        acquire = rig.lane.limiter.try_acquire
+
+        def counted(now: float) -> bool:
+            nonlocal asked
+            asked += 1
+            return acquire(now)
+
+        rig.lane.limiter.try_acquire = counted  # type: ignore[method-assign]
+        rig.dispatcher.retry_waiting_calls()  # both slots still held
+        assert asked == 1 and len(adapter.calls) == 2
+        adapter.gate.set()
+        for _ in range(6):
+            await asyncio.wait_for(rig.mailbox.get(), 5)
+            rig.dispatcher.retry_waiting_calls()
+        assert [rid for _, rid in adapter.calls] == [f"r{i}" for i in range(6)]
+
     async def test_forgetting_a_partition_cancels_its_calls_and_drops_its_queued_work(self) -> None:
         adapter = FakeAdapter()
         adapter.gate = asyncio.Event()

@@ -312,7 +312,14 @@ class CallDispatcher:
         if not self._waiting_calls:
             return
         waiting, self._waiting_calls = self._waiting_calls, []
-        self.dispatch_all(waiting)
+        full: set[str] = set()  # lanes found without a free slot: their other calls wait on, in order
+        for call in waiting:
+            if call.connection.name in full and not call.has_slot:
+                self._waiting_calls.append(call)
+                continue
+            self.dispatch(call)
+            if self._waiting_calls and self._waiting_calls[-1] is call:
+                full.add(call.connection.name)
 
     def _started(self, call: Call) -> None:
         if call.intent:
