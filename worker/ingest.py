@@ -135,9 +135,11 @@ class Ingest:
             return reject("invalid_request", "tenant is empty")
         if conn is None:
             return reject("unknown_connection", f"no connection named {connection!r} is configured")
-        job_type, job = record["job"] if isinstance(record.get("job"), tuple) else ("", {})
+        tagged = isinstance(record.get("job"), tuple)
+        job_type, job = record["job"] if tagged else ("", {})
         short = job_type.rsplit(".", 1)[-1]
         cancel = short == CANCEL
+        job_fields = jsonable(job)
         if not cancel:
             expected = JOB_VENDORS.get(short)
             if expected != conn.vendor:
@@ -145,7 +147,7 @@ class Ingest:
                     "invalid_request", f"connection {connection!r} is {conn.vendor}, but the job is a {short}"
                 )
             try:
-                validator(conn.vendor)(jsonable(job), now_ms, conn)
+                validator(conn.vendor)(job_fields, now_ms, conn)
             except InvalidRequest as exc:
                 return reject(exc.reason_code, exc.message)
             except ConfigError as exc:
@@ -157,7 +159,11 @@ class Ingest:
             tenant=sys.intern(tenant),
             connection=sys.intern(connection),
             vendor=sys.intern(conn.vendor),
-            job_json=json.dumps(jsonable(record["job"]), separators=(",", ":"), sort_keys=True),
+            job_json=json.dumps(
+                {"type": short, **job_fields} if tagged else jsonable(record["job"]),
+                separators=(",", ":"),
+                sort_keys=True,
+            ),
             requested_at_ms=epoch_ms(record.get("requested_at") or now_ms),
             partition=partition,
             offset=offset,
