@@ -117,6 +117,7 @@ def run(
     from worker.config import unknown_env_vars
     from worker.observability import configure_logging
     from worker.runtime import Worker
+    from worker.tracing import Tracing
 
     limit_arenas()  # before librdkafka and RocksDB start their threads
     settings = settings_from_env(connections_file=connections, kafka_bootstrap=bootstrap, http_port=http_port)
@@ -130,10 +131,14 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        worker = Worker(settings)
+        tracing = Tracing.from_env(instance_id=settings.instance_id)
+        if tracing.enabled:
+            log.info("tracing on", exporter=os.environ.get("OTEL_TRACES_EXPORTER"))
+        worker = Worker(settings, tracing=tracing)
         try:
             await worker.run(stop)
         finally:
+            tracing.shutdown()  # sends the spans still buffered
             if worker.producer_stuck:
                 # A thread is blocked inside librdkafka for good: a normal exit would wait
                 # for it forever. The next owner resumes from what Kafka holds.

@@ -177,6 +177,13 @@ def fingerprint_hex(fingerprint: bytes) -> str:
     return fingerprint[::-1].hex()
 
 
+def _history_order(path: Path) -> tuple[str, int]:
+    """``JobState.10.avsc`` after ``JobState.9.avsc``."""
+    name, _, rest = path.name.partition(".")
+    version = rest.split(".", 1)[0]
+    return name, int(version) if version.isdigit() else -1
+
+
 class SchemaSet:
     """Our schemas by short name, plus every writer schema we can resolve from: the
     earlier versions kept in ``schemas/history/<Name>.<version>.avsc``, so a new worker
@@ -194,10 +201,13 @@ class SchemaSet:
             info = _info(name, raw)
             self.by_name[name] = info
             self._accept(info, raw, f"{name}.avsc")
-        for old in sorted((folder / "history").glob("*.avsc")):
+        # name -> its newest earlier version: what is written while the fleet may still
+        # run workers that do not know the current one (see ``Codec.encode``).
+        self.previous: dict[str, SchemaInfo] = {}
+        for old in sorted((folder / "history").glob("*.avsc"), key=_history_order):
             name = old.name.split(".", 1)[0]
             if name in self.by_name:
-                self.add_writer(name, json.loads(old.read_text()), label=f"history/{old.name}")
+                self.previous[name] = self.add_writer(name, json.loads(old.read_text()), label=f"history/{old.name}")
 
     def add_writer(self, name: str, raw: Mapping[str, Any], *, label: str = "another version") -> SchemaInfo:
         """Accept data written with another version of one of our schemas."""
@@ -250,8 +260,13 @@ class Codec:
         self._registry_writers: dict[int, SchemaInfo] = {}
 
     # -- encoding -------------------------------------------------------------------
-    def encode(self, name: str, record: Mapping[str, Any], *, topic: str | None = None) -> bytes:
-        info = self.schemas.by_name[name]
+    def encode(
+        self, name: str, record: Mapping[str, Any], *, topic: str | None = None, writer: SchemaInfo | None = None
+    ) -> bytes:
+        """``record`` as ``name``, written with our current schema, or with ``writer`` (an
+        earlier version: fields it lacks are left out) under single-object encoding. With
+        a registry the current schema is always written: readers fetch it by id."""
+        info = self.schemas.by_name[name] if writer is None or self.registry is not None else writer
         buf = io.BytesIO()
         if self.registry is not None and topic is not None:
             schema_id = self.registry.schema_id_for(f"{topic}-value")

@@ -48,6 +48,7 @@ def rejected_event(request: RequestInfo, error: ErrorInfo) -> RequestRejected:
         offset=request.offset,
         error=ErrorInfo(error.code, clip(error.message, MAX_ERROR_MESSAGE_BYTES), error.retryable),
         correlation_id=None if request.correlation_id is None else kept(request.correlation_id),
+        trace=request.trace,
     )
 
 

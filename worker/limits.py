@@ -46,6 +46,13 @@ VENDOR_FIELDS_BOUND = (
 # Texts of a rejected request kept in its REJECTED state and status (tenant, connection,
 # correlation id): clipped, so the rejection of any request fits in a record (the dead
 # letter carries the request as it came).
+# W3C trace context read from a request's headers (tracing on): a traceparent is 55
+# characters or it is ignored; a longer tracestate is dropped (512 is what the
+# specification asks every vendor to propagate).
+TRACEPARENT_CHARS = 55
+MAX_TRACESTATE_BYTES = 512
+TRACE_CONTEXT_BOUND = TRACEPARENT_CHARS + MAX_TRACESTATE_BYTES + 16 + 16  # + the last span id, prefixes
+
 MAX_REJECTED_TEXT_BYTES = 1_024
 
 # Dead letters carry the refused record's key, value and headers: bounded too, so the

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from worker.redaction import MASK, SECRET_KEYS, redact
+from worker.tracing import current_ids
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -57,6 +58,15 @@ def merge_call_context(_logger: Any, _method: str, event_dict: dict[str, Any]) -
     return event_dict
 
 
+def add_trace_ids(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """trace_id / span_id of the span current where the line was written (tracing on)."""
+    ids = current_ids()
+    if ids is not None:
+        event_dict.setdefault("trace_id", ids[0])
+        event_dict.setdefault("span_id", ids[1])
+    return event_dict
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """JSON lines for machines; a readable console when attached to a TTY. Standard
     library records (librdkafka's, aiohttp's) are rendered the same way."""
@@ -66,6 +76,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         merge_call_context,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_processor,

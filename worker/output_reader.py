@@ -96,5 +96,7 @@ class OutputReader:
                 record = self.codec.decode(self._names[topic], msg.value())
                 record["_partition"] = msg.partition()
                 record["_offset"] = msg.offset()
+                if headers := msg.headers():
+                    record["_headers"] = dict(headers)
                 {t.status: self.output.status, t.files: self.output.files, t.dlq: self.output.dlq}[topic].append(record)
             timeout = 0.0

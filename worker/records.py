@@ -18,8 +18,10 @@ from worker.engine.model import (
     PublishStatus,
     RequestInfo,
     Status,
+    TraceContext,
 )
 from worker.errors import DecodeError
+from worker.limits import TRACE_CONTEXT_BOUND
 
 
 def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
@@ -48,7 +50,7 @@ def state_size_bound(request: RequestInfo) -> int:
         *request.labels.keys(),
         *request.labels.values(),
     ]
-    return _STATE_FIXED_BOUND + sum(len(t.encode()) + _TEXT_PREFIX_BOUND for t in texts)
+    return _STATE_FIXED_BOUND + TRACE_CONTEXT_BOUND + sum(len(t.encode()) + _TEXT_PREFIX_BOUND for t in texts)
 
 
 def state_to_record(state: JobState) -> dict[str, Any]:
@@ -89,6 +91,14 @@ def state_to_record(state: JobState) -> dict[str, Any]:
         "created_at_ms": state.created_at_ms,
         "updated_at_ms": state.updated_at_ms,
         "finished_at_ms": state.finished_at_ms,
+        "trace": None
+        if state.trace is None
+        else {
+            "traceparent": state.trace.traceparent,
+            "tracestate": state.trace.tracestate,
+            "last_span_id": state.trace.last_span_id,
+            "last_call_at_ms": state.trace.last_call_at_ms,
+        },
     }
 
 
@@ -96,6 +106,7 @@ def state_from_record(rec: dict[str, Any]) -> JobState:
     file = rec.get("file")
     error = rec.get("error")
     vendor_status = rec.get("vendor_status")
+    trace = rec.get("trace")
     return JobState.from_fields(
         {
             "request_id": rec["request_id"],
@@ -134,6 +145,11 @@ def state_from_record(rec: dict[str, Any]) -> JobState:
             ),
             "error": None if error is None else ErrorInfo(error["code"], error["message"], error["retryable"]),
             "finished_at_ms": rec.get("finished_at_ms"),
+            "trace": None
+            if trace is None
+            else TraceContext(
+                trace["traceparent"], trace["tracestate"], trace["last_span_id"], trace["last_call_at_ms"]
+            ),
             "submit_unknown_at_ms": 0,
             "body_in_store": False,
         }

@@ -24,6 +24,9 @@ from typing import Any
 import pytest
 import structlog
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import SecretStr
 
 from tests.conftest import itron_connection, running
@@ -33,6 +36,7 @@ from worker.runtime import Worker
 from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator
 from worker.testing import Output, OutputReader, Publisher, itron_request, terminal
+from worker.tracing import Tracing
 from worker.vendors.base import JobSpec
 from worker.vendors.itron import correlation_id
 
@@ -145,6 +149,7 @@ class Run:
     password: str
     ids: dict[str, str]
     tokens_requested: int
+    spans: InMemorySpanExporter
 
     def secret_values(self) -> dict[str, list[str]]:
         return {
@@ -168,7 +173,10 @@ async def leaky_run(settings: Settings, json_logs: Lines, monkeypatch: pytest.Mo
     ids = {kind: f"{kind}-{secrets.token_hex(4)}" for kind in ("links", "echo", "crash")}
     sim.scripts = {cid(ids["links"]): "link-without-status", cid(ids["echo"]): "echo"}
     conn = itron_connection(sim.base_url, client_secret=SecretRef(value=SecretStr(client_secret)))
-    worker = Worker(settings, connections={"itron": conn})
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    worker = Worker(settings, connections={"itron": conn}, tracing=Tracing(provider))
     try:
         async with running(worker), Publisher(settings) as pub, OutputReader(settings) as reader:
             adapter: Any = worker.connections["itron"].adapter
@@ -192,7 +200,7 @@ async def leaky_run(settings: Settings, json_logs: Lines, monkeypatch: pytest.Mo
             output = await reader.wait_for(lambda o: terminal(o, ids.values()), what="all terminal")
             assert crashed, "the adapter bug was not reached"
             tokens_requested = sum(1 for q in sim.requests if q["path"] == "/connect/token")
-            yield Run(sim, worker, output, client_secret, password, ids, tokens_requested)
+            yield Run(sim, worker, output, client_secret, password, ids, tokens_requested, spans)
     finally:
         await sim.stop()
 
@@ -259,6 +267,26 @@ class TestNoSecretLeaves:
 
         statuses = [r for r in records if r.get("event") == "status" and r.get("request_id") == run.ids["echo"]]
         assert statuses[-1]["status"] == "FAILED" and statuses[-1]["vendor_job_id"] == job_ids[run.ids["echo"]]
+
+        # Tracing is on in this run: a call's lines name its span, in its job's trace.
+        spans = {f"{s.context.span_id:016x}": s for s in run.spans.get_finished_spans()}
+        for line in (malformed[0], rejected[0], crashed[0]):
+            span = spans[line["span_id"]]
+            assert f"{span.context.trace_id:032x}" == line["trace_id"]
+            assert span.attributes is not None and span.attributes["export.request_id"] == line["request_id"]
+
+    async def test_spans_hold_no_secret(self, leaky_run: Run) -> None:
+        """Span names, attributes, events, links and statuses: no token, secret,
+        signature or password, though the calls that carried them were traced."""
+        run = leaky_run
+        finished = run.spans.get_finished_spans()
+        texts = [span.to_json() for span in finished]
+        assert_no_secrets("span", texts, run.secret_values())
+        names = {span.name for span in finished}
+        assert {"export.ingest", "itron submit", "itron poll", "POST /connect/token"} <= names
+        assert "GET /dpss/api/v1/subscriptions/{id}/batch-request/{id}" in names
+        failed = [s for s in finished if s.name == "itron poll" and not s.status.is_ok]
+        assert {s.attributes["error.type"] for s in failed if s.attributes} >= {"malformed_answer", "vendor_rejected"}
 
 
 class TestStandardLibraryRecords:

@@ -204,7 +204,7 @@ class TestUnknownEnvVars:
         class NoWorker:
             producer_stuck = False
 
-            def __init__(self, settings: Settings) -> None:
+            def __init__(self, settings: Settings, **_: object) -> None:
                 started.append(settings)
 
             async def run(self, stop: object) -> None:

@@ -193,6 +193,7 @@ def _new_state(request: RequestInfo, ctx: Context, *, sequence: int) -> JobState
         # no state left names itself, which is no lineage.
         replay_of=None if request.operator_replay else request.replay_of,
         next_action_at_ms=ctx.now_ms,
+        trace=request.trace,
     )
 
 
@@ -301,6 +302,7 @@ def _on_rejected(state: JobState | None, event: RequestRejected, ctx: Context) -
         partition=event.partition,
         offset=event.offset,
         correlation_id=event.correlation_id,
+        trace=event.trace,
     )
     base = _new_state(request, ctx, sequence=0 if state is None else state.sequence)
     out = _Out(replace(base, status=Status.REJECTED), ctx)

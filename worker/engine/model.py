@@ -56,6 +56,22 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceContext:
+    """Where a job's spans belong (OpenTelemetry, when tracing is on): the W3C context
+    every span of the job is a child of (the producer's, else the worker's first span),
+    and the last vendor call's span, which the next call (on any worker) links to."""
+
+    traceparent: str
+    tracestate: str | None = None
+    last_span_id: str | None = None  # 16 hex digits
+    last_call_at_ms: int | None = None  # when the last call's answer was applied
+
+    @property
+    def trace_id(self) -> str:
+        return self.traceparent[3:35]
+
+
+@dataclass(frozen=True, slots=True)
 class FileInfo:
     url: str
     format: str
@@ -95,6 +111,7 @@ class JobState:
     file: FileInfo | None = None
     error: ErrorInfo | None = None
     finished_at_ms: int | None = None
+    trace: TraceContext | None = None
     # In memory only (not in the JobState schema): when the latest submit's outcome became
     # unknown. A restore sets it to the restore time, which is never earlier.
     submit_unknown_at_ms: int = 0
@@ -162,6 +179,7 @@ class RequestInfo:
     labels: dict[str, str] = field(default_factory=dict)
     replay_of: str | None = None
     cancel: bool = False
+    trace: TraceContext | None = None
 
     @property
     def operator_replay(self) -> bool:
@@ -187,6 +205,7 @@ class RequestRejected:
     offset: int
     error: ErrorInfo
     correlation_id: str | None = None
+    trace: TraceContext | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,7 @@ class Lineage:
                 "replay_of": state.replay_of,
                 "job": _job(state.job_json),
                 "read_from": f"{state.origin_partition}:{state.origin_offset}",
+                "trace_id": state.trace.trace_id if state.trace is not None else None,
             }
             vendor_job = {
                 "vendor_job_id": state.vendor_job_id,

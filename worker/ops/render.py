@@ -195,6 +195,7 @@ def lineage_view(lineage: Lineage) -> None:
             ("labels", json.dumps(request["labels"]) if request["labels"] else None),
             ("replay of", request["replay_of"]),
             ("read from", f"partition:offset {request['read_from']}"),
+            ("trace id", request.get("trace_id")),
             ("job", json.dumps(request["job"], sort_keys=True)),
         ):
             if value:

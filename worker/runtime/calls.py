@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
+from opentelemetry.trace import Span
 
 from worker.engine.model import CallFailed, CallKind, ErrorInfo, Event, JobState, PollAnswered
 from worker.engine.policy import usable_retry_after
@@ -31,6 +34,7 @@ from worker.limits import (
 from worker.observability import call_context
 from worker.redaction import redact_text
 from worker.runtime.connections import Connection
+from worker.tracing import Tracing, fail, span_id_of
 from worker.vendors import Cancellable, JobSpec, VendorAdapter
 
 log = structlog.get_logger("export_worker")
@@ -52,6 +56,7 @@ class Call:
     has_slot: bool  # holds one of the connection's call slots
     intent: bool = False  # counted among the connection's unstarted submit intents
     before: JobState | None = None  # the job before the step that asked for the call
+    span_id: str | None = None  # tracing on: the call's span, once it ran
 
     @property
     def withdrawable(self) -> bool:
@@ -61,8 +66,54 @@ class Call:
         return self.kind is CallKind.SUBMIT and self.before is not None
 
 
-async def run_call(call: Call) -> Event:
-    """Make the call; its answer, or its failure, as the event to step the job with."""
+async def run_call(call: Call, tracing: Tracing | None = None) -> Event:
+    """Make the call; its answer, or its failure, as the event to step the job with.
+    With tracing on, inside the call's span (its id is left in ``call.span_id``)."""
+    state = call.state
+    if tracing is None or not tracing.enabled or state.trace is None:
+        return await _run(call)
+    with tracing.call(f"{state.vendor} {call.kind.value}", state.trace, _call_attributes(call)) as span:
+        if state.trace.last_call_at_ms is not None:
+            # The wait since the job's previous call (on this worker or its last owner).
+            waited_s = max(0, int(time.time() * 1000) - state.trace.last_call_at_ms) / 1000
+            span.add_event("waited", {"export.wait_s": waited_s, "export.poll_attempt": state.poll_attempt})
+        event = await _run(call)
+        _describe(span, event)
+        call.span_id = span_id_of(span)
+    return event
+
+
+def _call_attributes(call: Call) -> dict[str, Any]:
+    state = call.state
+    attempt = state.submit_attempt if call.kind is CallKind.SUBMIT else state.poll_attempt
+    attributes: dict[str, Any] = {
+        "export.request_id": state.request_id,
+        "export.vendor": state.vendor,
+        "export.connection": call.connection.name,
+        "export.operation": call.kind.value,
+        "export.attempt": attempt,
+    }
+    if state.vendor_job_id is not None:
+        attributes["export.vendor_job_id"] = state.vendor_job_id
+    return attributes
+
+
+def _describe(span: Span, event: Event) -> None:
+    status = getattr(event, "status", None)
+    if status is not None:
+        span.set_attribute("export.status", status.value)
+    vendor_status = getattr(event, "vendor_status", None)
+    if vendor_status is not None:
+        span.set_attribute("export.vendor_status", vendor_status)
+    if isinstance(event, CallFailed):
+        span.set_attribute("error.type", event.error.code)
+        span.set_attribute("export.outcome_unknown", event.outcome_unknown)
+        if event.retry_after_s is not None:
+            span.set_attribute("export.retry_after_s", event.retry_after_s)
+        fail(span, event.error.message)  # already redacted and clipped (``_error``)
+
+
+async def _run(call: Call) -> Event:
     state = call.state
     try:
         spec = JobSpec.from_json(

@@ -11,6 +11,7 @@ from worker.config import ConnectionConfig, ConnectionsFile, Settings, policy_fo
 from worker.engine.policy import Policy
 from worker.errors import ConfigError, RateLimited
 from worker.observability import Metrics
+from worker.tracing import Tracing
 from worker.vendors import Cancellable, HttpLimits, VendorAdapter, build_adapter, operations_of
 
 # The operation label of a call an adapter did not declare (keeps the label set bounded).
@@ -39,6 +40,7 @@ def build_connections(
     defaults: Policy | None = None,
     result_store: Any = None,
     limits: HttpLimits | None = None,
+    tracing: Tracing | None = None,
 ) -> dict[str, Connection]:
     """The adapters and policies of ``configs``. ``limits`` bound every vendor answer
     (``HttpLimits.from_settings``; the defaults when omitted)."""
@@ -62,7 +64,9 @@ def build_connections(
             if outcome == RateLimited.code:
                 metrics.rate_limited.labels(vendor, connection).inc()
 
-        adapter = build_adapter(name, conf, session, observe=observe, limits=limits, result_store=result_store)
+        adapter = build_adapter(
+            name, conf, session, observe=observe, limits=limits, tracing=tracing, result_store=result_store
+        )
         policy = policy_for(
             conf,
             can_reconcile=bool(getattr(adapter, "can_reconcile", False)),

@@ -31,6 +31,7 @@ from worker.runtime.exclusive_gate import ExclusiveGate
 from worker.runtime.mailbox import CallAnswered, Mailbox
 from worker.runtime.partitions import OwnedPartition, Partitions
 from worker.scheduler import Limiter, TimerHeap
+from worker.tracing import Tracing
 
 log = structlog.get_logger("export_worker")
 
@@ -93,6 +94,7 @@ class CallDispatcher:
         self._waiting_calls: list[Call] = []  # ready to start, waiting for a slot
         self._in_flight: dict[int, set[asyncio.Task[None]]] = {}
         self.stopping = False  # shutting down: no new timers fire
+        self.tracing = Tracing()  # the worker sets its own (off unless configured)
 
     def open(self, connections: dict[str, Connection]) -> None:
         for name, conn in connections.items():
@@ -339,7 +341,7 @@ class CallDispatcher:
     async def _run(self, call: Call, lane: Lane) -> None:
         started = self._clock.monotonic()
         try:
-            event = await run_call(call)
+            event = await run_call(call, self.tracing)
         except asyncio.CancelledError:
             lane.limiter.release()
             raise
@@ -350,7 +352,7 @@ class CallDispatcher:
             self._metrics.connection_blocks.labels(call.connection.name, "local").inc()
             self._tell_fleet(call.connection.name, wait_s, event)
         lane.limiter.release()
-        self._mailbox.put_nowait(CallAnswered(call.partition, call.incarnation, call.request_id, event))
+        self._mailbox.put_nowait(CallAnswered(call.partition, call.incarnation, call.request_id, event, call.span_id))
 
     def _adapt(self, connection: str, lane: Lane, started: float, event: Event) -> None:
         """AIMD on the connection's concurrent calls: halved by a 429, grown back by answers."""

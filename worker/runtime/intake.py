@@ -3,6 +3,7 @@ with a reason. Bad input never stops a partition."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -10,7 +11,7 @@ from confluent_kafka import KafkaException
 
 from worker.codec import Codec
 from worker.config import Settings
-from worker.engine.model import ErrorInfo, RequestInfo, RequestReceived
+from worker.engine.model import ErrorInfo, RequestInfo, RequestReceived, TraceContext
 from worker.errors import RegistryUnavailable, WorkerFenced
 from worker.exclusive import exclusive_kind_of, home_partition
 from worker.ingest import Ingest, Rejection, rejected_event
@@ -29,6 +30,7 @@ from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import OwnedPartition, Partitions
 from worker.runtime.refused import RefusedRecords
 from worker.runtime.stepper import Stepper
+from worker.tracing import Tracing, fail
 
 log = structlog.get_logger("export_worker")
 
@@ -63,8 +65,10 @@ class Intake:
         metrics: Metrics,
         worker_id: str,
         refused: RefusedRecords | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._partitions = partitions
         self._stepper = stepper
         self._outbox = outbox
@@ -113,12 +117,35 @@ class Intake:
         return rewind
 
     async def _take_one(self, part: OwnedPartition, msg: Any) -> None:
+        if not self._tracing.enabled:
+            await self._read_one(part, msg)
+            return
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": msg.topic(),
+            "messaging.destination.partition.id": str(part.number),
+            "messaging.kafka.offset": msg.offset(),
+        }
+        with self._tracing.ingest(msg.headers(), attributes) as (span, job):
+            outcome = await self._read_one(part, msg, job)
+            if isinstance(outcome, Rejection):
+                fail(span, outcome.reason_code)
+            else:
+                span.set_attribute("export.request_id", outcome.request_id)
+                span.set_attribute("export.connection", outcome.connection)
+
+    async def _read_one(self, part: OwnedPartition, msg: Any, trace: TraceContext | None = None) -> Any:
         assert self._ingest is not None
         self._outbox.offsets_advanced()
         now = self._clock.now_ms()
         outcome = await self._ingest.read(
             msg.key(), msg.value(), partition=part.number, offset=msg.offset(), now_ms=now
         )
+        if trace is not None:
+            if isinstance(outcome, RequestInfo):
+                outcome = replace(outcome, trace=trace)
+            elif outcome.event is not None:
+                outcome = replace(outcome, event=replace(outcome.event, trace=trace))
         if isinstance(outcome, RequestInfo):
             refused = self._refused.job(outcome.request_id)
             if refused is not None:
@@ -133,6 +160,7 @@ class Intake:
             self._metrics.child(self._metrics.requests, "read").inc()
             self._stepper.apply(part, outcome.request_id, RequestReceived(outcome))
         part.next_offset = msg.offset() + 1
+        return outcome
 
     def _home_of(self, request: RequestInfo) -> int | None:
         """The home partition of a request of an exclusive kind (``worker.exclusive``)."""

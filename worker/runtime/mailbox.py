@@ -20,6 +20,7 @@ class CallAnswered:
     incarnation: int
     request_id: str
     event: Event
+    span_id: str | None = None  # tracing on: the call's span (the job's next call links to it)
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from worker.engine.model import JobState
+from worker.engine.model import JobState, TraceContext
 from worker.runtime.calls import Call
 from worker.runtime.mailbox import CallAnswered
 
@@ -23,6 +23,8 @@ class Outgoing:
     target_partition: int | None  # explicit for export.jobs (co-partitioned), else keyed
     origin_offset: int | None = None  # a dead letter: the input offset it stands for
     state: JobState | None = None  # an export.jobs record: the state it holds (None: a tombstone)
+    trace: TraceContext | None = None  # tracing on: the job's context (a status or file event)
+    what: str = ""  # tracing on: what the event says (its status, or "FileReady")
 
 
 @dataclass(slots=True)

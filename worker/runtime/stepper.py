@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from dataclasses import replace
 
 import structlog
 
@@ -81,6 +82,7 @@ class Stepper:
         slot: Connection | None = None,
         *,
         persist_changes: bool = False,
+        span_id: str | None = None,
     ) -> None:
         """Step the job with ``event``. ``slot``: the connection whose call slot the job
         was admitted with (given back if the step asks for no call). ``persist_changes``:
@@ -105,6 +107,10 @@ class Stepper:
             transition = Transition(kept, True, transition.effects)
         if persist_changes and not transition.persist and transition.state != state:
             transition = Transition(transition.state, True, transition.effects)
+        if span_id is not None and transition.state is not None and transition.state.trace is not None:
+            # The job's next call, on this worker or the next owner, links to this one.
+            trace = replace(transition.state.trace, last_span_id=span_id, last_call_at_ms=self._clock.now_ms())
+            transition = Transition(transition.state.evolve(trace=trace), transition.persist, transition.effects)
         new = transition.state
         # Every record is built (and encoded) before anything changes: a failure here
         # leaves the job exactly as it was.
@@ -224,10 +230,11 @@ class Stepper:
             assert new is not None
             if isinstance(effect, PublishStatus):
                 value = self._codec.encode("JobStatusChanged", status_record(new, effect), topic=topics.status)
-                records.append(Outgoing(part.number, topics.status, key, value, None))
+                status = effect.status.value
+                records.append(Outgoing(part.number, topics.status, key, value, None, trace=new.trace, what=status))
             elif isinstance(effect, Announce):
                 value = self._codec.encode("FileReady", file_record(new, effect), topic=topics.files)
-                records.append(Outgoing(part.number, topics.files, key, value, None))
+                records.append(Outgoing(part.number, topics.files, key, value, None, trace=new.trace, what="FileReady"))
             elif isinstance(effect, CallVendor) and conn is not None:
                 call = Call(
                     part.number, part.incarnation, request_id, effect.kind, conn, new, slot is not None, before=state
@@ -257,7 +264,7 @@ class Stepper:
     def answer(self, part: OwnedPartition, report: CallAnswered) -> None:
         """Step a job with a vendor's answer, and keep the answer until what it produced
         is durable (see ``Outbox``)."""
-        self.apply(part, report.request_id, report.event)
+        self.apply(part, report.request_id, report.event, span_id=report.span_id)
         self._outbox.note_answer(report)
 
     def withdraw(self, part: OwnedPartition, call: Call) -> None:

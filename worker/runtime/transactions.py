@@ -17,8 +17,9 @@ from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from opentelemetry.trace import Span
 
-from worker.codec import Codec
+from worker.codec import Codec, SchemaInfo
 from worker.engine.model import JobState
 from worker.errors import DecodeError, ProducerStuck
 from worker.observability import Metrics
@@ -32,6 +33,7 @@ from worker.runtime.refused import RecordsRefused, refused_record
 from worker.runtime.txn_producer import Delivery
 from worker.store import StoreError, StoreSet
 from worker.store.peek import peek_body
+from worker.tracing import TRACEPARENT, Tracing, fail
 
 log = structlog.get_logger("export_worker")
 
@@ -83,6 +85,26 @@ class Settled:
 _UNDELIVERED = KafkaError(KafkaError._MSG_TIMED_OUT, "no delivery report for a record of a committed transaction")
 
 
+def _publish_attributes(out: Outgoing) -> dict[str, Any]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": out.topic,
+        "messaging.kafka.message.key": out.key.decode("utf-8", "replace"),
+        "export.published": out.what,
+    }
+
+
+def _end_publish_spans(spans: list[Span], error: BaseException | None, records: int) -> None:
+    """A publish span lasts until its transaction ends: committed, or not (then the
+    event was never visible; it is published again after the resync)."""
+    for span in spans:
+        span.set_attribute("messaging.batch.message_count", records)
+        if error is not None:
+            fail(span, f"transaction not committed: {type(error).__name__}")
+        span.end()
+
+
 def _refused(delivery: Delivery) -> bool:
     return delivery.error is not None and refused_record(delivery.error)
 
@@ -110,6 +132,9 @@ class TransactionWriter:
     jobs_topic: the state topic.
     metrics: transaction counters and timings.
     stores: the partition stores, where the full body of a trimmed job is read back.
+    tracing: publish spans and ``traceparent`` headers for status and file events (on).
+    state_writer: the JobState schema version to write (an earlier one while the fleet
+        may run workers that cannot read the current one); the current one if None.
     """
 
     def __init__(
@@ -121,8 +146,12 @@ class TransactionWriter:
         jobs_topic: str,
         metrics: Metrics,
         stores: StoreSet | None = None,
+        tracing: Tracing | None = None,
+        state_writer: SchemaInfo | None = None,
     ) -> None:
         self._outbox = outbox
+        self._tracing = tracing or Tracing()
+        self._state_writer = state_writer
         self._stores = stores
         self._partitions = partitions
         self._codec = codec
@@ -171,7 +200,7 @@ class TransactionWriter:
     def _encode_state(self, number: int, state: JobState) -> bytes:
         if state.body_in_store:
             state = state.evolve(job_json=self._stored_body(number, state), body_in_store=False)
-        return self._codec.encode("JobState", state_to_record(state), topic=self._jobs_topic)
+        return self._codec.encode("JobState", state_to_record(state), topic=self._jobs_topic, writer=self._state_writer)
 
     def _stored_body(self, number: int, state: JobState) -> str:
         """The full job body of a job memory keeps trimmed: every record carries it."""
@@ -234,16 +263,20 @@ class TransactionWriter:
         assert self.producer is not None
         producer = self.producer
         started = time.monotonic()
+        spans: list[Span] = []  # tracing on: one publish span per status or file event
+        ended: BaseException | None = None
         try:
             await producer.begin_transaction()
             deliveries = []
             for out in batch.outgoing:
-                if out.target_partition is None:
-                    deliveries.append(await producer.produce(out.topic, value=out.value, key=out.key))
-                else:
-                    deliveries.append(
-                        await producer.produce(out.topic, value=out.value, key=out.key, partition=out.target_partition)
-                    )
+                extra: dict[str, Any] = {}
+                if out.target_partition is not None:
+                    extra["partition"] = out.target_partition
+                if out.trace is not None and self._tracing.enabled:
+                    span, traceparent = self._tracing.publish(out.topic, out.trace, _publish_attributes(out))
+                    spans.append(span)
+                    extra["headers"] = [(TRACEPARENT, traceparent)]
+                deliveries.append(await producer.produce(out.topic, value=out.value, key=out.key, **extra))
             # A record refused before it was sent (e.g. larger than the producer takes)
             # is not part of the transaction, so committing would leave it out silently.
             self._raise_refused(batch.outgoing, deliveries)
@@ -264,7 +297,13 @@ class TransactionWriter:
             self._raise_refused(batch.outgoing, deliveries, every=True)
             batch.jobs_offsets = self._jobs_offsets(batch.outgoing, deliveries)
         except KafkaException as exc:
+            ended = exc
             return exc
+        except BaseException as exc:
+            ended = exc
+            raise
+        finally:
+            _end_publish_spans(spans, ended, len(batch.outgoing))
         self._metrics.transactions.labels("committed").inc()
         self._metrics.commit_seconds.observe(time.monotonic() - started)
         self._metrics.commit_records.observe(len(batch.outgoing))

@@ -67,6 +67,7 @@ from worker.runtime.trimmer import MemoryTrimmer
 from worker.runtime.watchdog import LoopWatchdog
 from worker.store import StoreError, StoreMemory, StoreOptions, StoreSet
 from worker.store.cleanup import DEPARTED_MIN_AGE_MS, CleanupPolicy
+from worker.tracing import Tracing
 from worker.vendors import HttpLimits
 from worker.version import __version__
 
@@ -118,8 +119,10 @@ class Worker:
         consumer_factory: ConsumerFactory = aio_consumer,
         producer_factory: ProducerFactory = threaded_producer,
         read_states: StateReader | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing or Tracing()
         self.topics = settings.topics
         self.codec = codec or Codec()
         self.clock = clock or Clock()
@@ -163,6 +166,7 @@ class Worker:
             max_wait_s=settings.max_retry_after_s,
             budget_mode=settings.budget_mode,
         )
+        self.dispatcher.tracing = self.tracing
         self._request_partitions = 0  # export.requests' partition count, known at start
         self.stepper = Stepper(
             connections=self.connections,
@@ -186,6 +190,7 @@ class Worker:
             metrics=self.metrics,
             worker_id=self.transactional_id,
             refused=self.refused,
+            tracing=self.tracing,
         )
         self.gate = IntakeGate.from_settings(settings, self.metrics)
         self.restorer = Restorer(
@@ -204,6 +209,10 @@ class Worker:
             jobs_topic=self.topics.jobs,
             metrics=self.metrics,
             stores=self.stores,
+            tracing=self.tracing,
+            # Trace contexts are kept in the current JobState version only; without
+            # them, states are written as workers of the previous release read them.
+            state_writer=None if self.tracing.enabled else self.codec.schemas.previous.get("JobState"),
         )
         self.store_writer = StoreWriter(
             partitions=self.partitions, stepper=self.stepper, jobs_topic=self.topics.jobs, metrics=self.metrics
@@ -260,6 +269,7 @@ class Worker:
                 self.metrics,
                 result_store=result_store,
                 limits=HttpLimits.from_settings(settings),
+                tracing=self.tracing,
             )
         )
         self.dispatcher.open(self.connections)

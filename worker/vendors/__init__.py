@@ -10,6 +10,7 @@ import aiohttp
 
 from worker.config import ConnectionConfig
 from worker.errors import ConfigError
+from worker.tracing import Tracing
 from worker.vendor_registry import REGISTRY
 from worker.vendors.base import Cancellable, JobSpec, VendorAdapter
 from worker.vendors.http import HttpLimits, Observer, VendorHttp
@@ -59,13 +60,20 @@ def build_adapter(
     *,
     observe: Observer | None = None,
     limits: HttpLimits | None = None,
+    tracing: Tracing | None = None,
     **extras: Any,
 ) -> VendorAdapter:
     """Create the adapter for connection ``name``; ``extras`` go to adapters that take them
     (e.g. ``result_store`` for vendors whose result the worker collects). ``limits``
     bound its vendor's answers (the defaults when omitted)."""
     http = VendorHttp(
-        session, connection=name, base_url=conn.base_url, timeout_s=conn.timeout_s, observe=observe, limits=limits
+        session,
+        connection=name,
+        base_url=conn.base_url,
+        timeout_s=conn.timeout_s,
+        observe=observe,
+        limits=limits,
+        tracing=tracing,
     )
     cls = adapter_class(conn.vendor)
     accepted = getattr(cls, "extras", ())

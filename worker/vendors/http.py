@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
+from opentelemetry import trace
 from pydantic import SecretStr
 
 from worker.errors import (
@@ -40,6 +41,7 @@ from worker.limits import (
     MAX_RETRY_AFTER_CEILING_S,
 )
 from worker.redaction import excerpt
+from worker.tracing import Tracing, fail, path_template
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -265,6 +267,7 @@ class VendorHttp:
         timeout_s: total time allowed per call (connecting, sending, reading the answer).
         observe: called with (connection, operation, seconds, outcome) after each call.
         limits: answer size and Retry-After bounds (defaults when omitted).
+        tracing: a span per HTTP request made within a traced vendor call (when on).
     """
 
     def __init__(
@@ -277,9 +280,11 @@ class VendorHttp:
         timeout_s: float = 30.0,
         observe: Observer | None = None,
         limits: HttpLimits | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.session = session
         self.connection = connection
+        self._tracing = tracing or Tracing()
         self.base_url = base_url.rstrip("/")
         self.auth: Auth = auth or NoAuth()
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -362,6 +367,35 @@ class VendorHttp:
         headers: Mapping[str, str] | None,
         authenticated: bool,
         name: str = "call",
+    ) -> Answer:
+        if not self._tracing.enabled or not trace.get_current_span().is_recording():
+            return await self._request(method, path, json_body, data, params, headers, authenticated, name)
+        # Named by its path template: a span never holds a job's URL, a query or a signature.
+        with self._tracing.http(method.upper(), path_template(path)) as span:
+            try:
+                answer = await self._request(method, path, json_body, data, params, headers, authenticated, name)
+            except VendorError as exc:
+                span.set_attribute("error.type", exc.code)
+                fail(span, exc.code)
+                raise
+            span.set_attribute("http.response.status_code", answer.status)
+            retry_after = self.retry_after(answer)
+            if retry_after is not None:
+                span.set_attribute("export.retry_after_s", retry_after)
+            if answer.status >= 400:
+                fail(span, f"HTTP {answer.status}")
+            return answer
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        json_body: Any,
+        data: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        authenticated: bool,
+        name: str,
     ) -> Answer:
         all_headers: dict[str, str] = {"Accept": "application/json"}
         if authenticated:

@@ -1,0 +1,218 @@
+"""OpenTelemetry traces: one trace per export, from the producer's request to its
+file-ready event, across the workers that own it on the way.
+
+Off unless the standard ``OTEL_TRACES_EXPORTER`` names an exporter (``otlp``, or
+``console`` to print spans); ``OTEL_SDK_DISABLED=true`` turns it off again. Everything
+else is the SDK's own ``OTEL_*`` configuration: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``..._TRACES_ENDPOINT``), ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_SERVICE_NAME``,
+``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``. When it is off no
+span, context or header is made anywhere: every call site checks ``Tracing.enabled``.
+
+The trace of one export:
+  export.ingest (consumer)          the request read, decoded and validated
+  <vendor> <operation> (internal)   each vendor call (submit, poll, ...), a child of the
+    <METHOD> <path template>        request's context, linked to the job's previous call
+                                    (also when that was another worker's); its HTTP calls
+  publish <topic> (producer)        each status change and file announcement, ended when
+                                    the transaction that carries it commits
+Status and file events carry the ``traceparent`` of their publish span in their headers,
+so downstream consumers continue the trace. A job's context lives in its state (JobState
+``trace``), so a worker that takes a job over continues the same trace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace.status import Status, StatusCode
+
+from worker.engine.model import TraceContext
+from worker.limits import MAX_TRACESTATE_BYTES, TRACEPARENT_CHARS
+from worker.version import __version__
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+# Version 00 of W3C Trace Context; all-zero ids are invalid.
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+Headers = Sequence[tuple[str, bytes | None]] | None
+
+
+def context_from_headers(headers: Headers) -> tuple[str, str | None] | None:
+    """(traceparent, tracestate) of a record whose headers carry a valid W3C trace
+    context; None otherwise (absent, malformed, or another version). Header values come
+    from the outside world: a traceparent is exactly 55 characters, a tracestate over
+    ``MAX_TRACESTATE_BYTES`` is dropped, and only the first of each header counts."""
+    parent: str | None = None
+    state: str | None = None
+    for name, value in headers or ():
+        lowered = name.lower()
+        if lowered == TRACEPARENT and parent is None and value is not None:
+            parent = value.decode("ascii", "replace") if len(value) == TRACEPARENT_CHARS else ""
+        elif lowered == TRACESTATE and state is None and value is not None:
+            state = value.decode("ascii", "replace") if len(value) <= MAX_TRACESTATE_BYTES else ""
+    if not parent or not _TRACEPARENT.fullmatch(parent):
+        return None
+    return parent, state or None
+
+
+def traceparent_of(span_context: SpanContext) -> str:
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
+
+
+def _span_context(traceparent: str, tracestate: str | None) -> SpanContext:
+    _, trace_id, span_id, flags = traceparent.split("-")
+    state = TraceState.from_header([tracestate]) if tracestate else None
+    return SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)), state)
+
+
+def parent_context(trace_context: TraceContext) -> otel_context.Context:
+    """The OpenTelemetry context whose spans are children of the job's."""
+    span = NonRecordingSpan(_span_context(trace_context.traceparent, trace_context.tracestate))
+    return trace.set_span_in_context(span)
+
+
+def _previous_call(trace_context: TraceContext) -> list[Link]:
+    if not trace_context.last_span_id:
+        return []
+    ids = trace_context.traceparent.split("-")
+    flags = TraceFlags(int(ids[3], 16))
+    linked = SpanContext(int(ids[1], 16), int(trace_context.last_span_id, 16), True, flags)
+    return [Link(linked, {"export.link": "previous call"})]
+
+
+def span_id_of(span: Span) -> str:
+    return f"{span.get_span_context().span_id:016x}"
+
+
+class Tracing:
+    """The worker's tracer; ``enabled`` is False (and nothing is traced) without a provider."""
+
+    def __init__(self, provider: TracerProvider | None = None) -> None:
+        self.provider = provider
+        self.enabled = provider is not None
+        self._tracer = provider.get_tracer("export-worker", __version__) if provider is not None else None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, *, instance_id: str = "") -> Tracing:
+        exporter = _exporter(environ)
+        if exporter is None:
+            return cls()
+        attributes: dict[str, Any] = {"service.version": __version__}
+        if instance_id:
+            attributes["service.instance.id"] = instance_id
+        if "OTEL_SERVICE_NAME" not in environ:
+            attributes["service.name"] = "export-worker"
+        provider = TracerProvider(resource=Resource.create(attributes))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        return cls(provider)
+
+    def shutdown(self) -> None:
+        if self.provider is not None:
+            self.provider.shutdown()
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        assert self._tracer is not None, "tracing is off"
+        return self._tracer
+
+    @contextmanager
+    def ingest(self, headers: Headers, attributes: Mapping[str, Any]) -> Iterator[tuple[Span, TraceContext]]:
+        """The span of reading one request, current while it runs, and the context its
+        job keeps: the producer's when the request carried one, else this span's (the
+        root of a new trace)."""
+        given = context_from_headers(headers)
+        parent = parent_context(TraceContext(*given)) if given else otel_context.Context()
+        with self.tracer.start_as_current_span(
+            "export.ingest", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            if given is not None:
+                job = TraceContext(given[0], given[1], span_id_of(span))
+            else:
+                job = TraceContext(traceparent_of(span.get_span_context()), None, span_id_of(span))
+            yield span, job
+
+    @contextmanager
+    def call(self, name: str, job: TraceContext, attributes: Mapping[str, Any]) -> Iterator[Span]:
+        """A vendor call's span, current while it runs: a child of the job's context,
+        linked to the job's previous call."""
+        with self.tracer.start_as_current_span(
+            name,
+            context=parent_context(job),
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=_previous_call(job),
+            record_exception=False,  # exception texts may carry what a vendor echoed
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    @contextmanager
+    def http(self, method: str, template: str) -> Iterator[Span]:
+        """One HTTP request of a vendor call (a child of the current span)."""
+        with self.tracer.start_as_current_span(
+            f"{method} {template}",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": method, "url.template": template},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    def publish(self, topic: str, job: TraceContext, attributes: Mapping[str, Any]) -> tuple[Span, bytes]:
+        """A started span for a record about to be written (ended by the caller when its
+        transaction ends), and the traceparent header value for that record."""
+        span = self.tracer.start_span(
+            f"publish {topic}", context=parent_context(job), kind=SpanKind.PRODUCER, attributes=attributes
+        )
+        return span, traceparent_of(span.get_span_context()).encode()
+
+
+def fail(span: Span, description: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, description))
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) of the span current in this context, if one is recording."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+def _exporter(environ: Mapping[str, str]) -> SpanExporter | None:
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "none").split(",")]
+    if "otlp" in names:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if "console" in names:
+        return ConsoleSpanExporter()
+    return None
+
+
+# Path segments that name one thing (an id, a date, a token) rather than a resource:
+# a span names its call by the template, never by a path that identifies a job or carries
+# a signature. Queries are always left out.
+_ID_SEGMENT = re.compile(r"(?=.*\d)[^/]{6,}|\d+|[^/]*[%=~][^/]*")
+
+
+def path_template(path: str) -> str:
+    """``/dpss/api/v1/subscriptions/7f7f2d8e-.../batch-request/42?sig=...`` ->
+    ``/dpss/api/v1/subscriptions/{id}/batch-request/{id}``: no query, no ids."""
+    bare = path.split("?", 1)[0].split("#", 1)[0]
+    if "://" in bare:
+        bare = "/" + bare.split("://", 1)[1].partition("/")[2]
+    return "/".join("{id}" if _ID_SEGMENT.fullmatch(segment) else segment for segment in bare.split("/"))
