@@ -60,6 +60,14 @@ async def run(quick: bool) -> list[str]:
             ">= 0.70",
         )
         lines.append(line("throughput_vs_raw_pipeline", t.ratio, ">=0.70", t.ratio >= 0.7))
+        table.add_row(
+            "throughput with tracing on (every export traced, spans sent over OTLP/HTTP)",
+            f"{t.traced_rps:.0f} req/s ({t.traced_cpu_ms:.2f} ms CPU/req)",
+            f"{t.worker_rps:.0f} req/s tracing off (the row above)",
+            f"{t.tracing_ratio:.2f}",
+            ">= 0.80",
+        )
+        lines.append(line("tracing_on_vs_off", t.tracing_ratio, ">=0.80", t.tracing_ratio >= 0.8))
 
         step("open-job capacity and memory")
         c = await capacity.measure(bootstrap, 10_000 if quick else 50_000, 20.0 if quick else capacity.INTERVAL_S)

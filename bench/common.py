@@ -133,7 +133,9 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
         await asyncio.wrap_future(future)
 
 
-def start_worker(settings: Settings, connections: dict[str, ConnectionConfig], name: str) -> Process:
+def start_worker(
+    settings: Settings, connections: dict[str, ConnectionConfig], name: str, extra_env: dict[str, str] | None = None
+) -> Process:
     WORKDIR.mkdir(exist_ok=True)
     conn_file = WORKDIR / f"connections-{name}.json"
     conn_file.write_text(connections_json(connections))
@@ -143,6 +145,7 @@ def start_worker(settings: Settings, connections: dict[str, ConnectionConfig], n
     )
     env["EXPORT_WORKER_COMMIT_INTERVAL_MS"] = str(settings.commit_interval_ms)
     env["EXPORT_WORKER_CONSUME_BATCH"] = str(settings.consume_batch)
+    env.update(extra_env or {})
     profile = WORKDIR / f"worker-{name}.prof" if os.environ.get("BENCH_PROFILE") else None
     return Process(spawn_worker(env, WORKDIR / f"worker-{name}.log", profile=profile), port)
 

@@ -24,7 +24,7 @@ from bench.common import (
 )
 from worker.config import PolicyConfig
 from worker.kafka import admin_client, ensure_topics
-from worker.testing import OutputReader, Publisher, itron_request
+from worker.testing import OtlpReceiver, OutputReader, Publisher, itron_request
 
 POLICY = PolicyConfig(first_poll_s=0.0, poll_initial_s=0.05, poll_max_s=0.5, jitter=0.0)
 CONCURRENCY = 128
@@ -38,57 +38,93 @@ class Throughput:
     records_per_request: float
     worker_cpu_ms: float  # CPU per request
     raw_cpu_ms: float
+    traced_rps: float  # the same worker with tracing on, spans sent over OTLP/HTTP
+    traced_cpu_ms: float
 
     @property
     def ratio(self) -> float:
         return self.worker_rps / self.raw_rps
 
+    @property
+    def tracing_ratio(self) -> float:
+        return self.traced_rps / self.worker_rps
+
+
+@dataclass
+class WorkerRun:
+    rps: float
+    cpu_ms: float
+    written: float  # records per request
+
+
+async def run_worker(bootstrap: str, n: int, sim_url: str, name: str, env: dict[str, str] | None = None) -> WorkerRun:
+    """One worker process working off ``n`` requests published before it starts."""
+    settings = bench_settings(bootstrap, name)
+    await ensure_topics(settings, admin_client(settings))
+    async with Publisher(settings) as pub:
+        for i in range(n):
+            await pub.send(itron_request(f"t-{i}"))
+        await pub.flush()
+    conn = itron_conn(sim_url, POLICY, rate_per_s=10_000.0, max_concurrency=CONCURRENCY)
+    worker = start_worker(settings, {"itron": conn}, name, env)
+    try:
+        async with OutputReader(settings, include_jobs=False) as reader:
+            await wait_ready(worker)
+            started = time.monotonic()
+            cpu0 = cpu_seconds(worker.pid)
+            await reader.wait_for(lambda o: len(o.files) >= n, timeout=600, what="all files")
+            worker_s = time.monotonic() - started
+            worker_cpu = cpu_seconds(worker.pid) - cpu0
+            if os.environ.get("BENCH_DEBUG"):
+                print(sorted(thread_cpu(worker.pid).items(), key=lambda kv: -kv[1])[:12])
+            out = await reader.read()
+            if os.environ.get("BENCH_DEBUG"):
+                assert worker.port is not None
+                _, text = await scrape(worker.port)
+                print(
+                    "\n".join(
+                        row
+                        for row in text.splitlines()
+                        if ("commit" in row or "vendor_calls_total" in row or "requests_total" in row)
+                        and "bucket" not in row
+                    )
+                )
+    finally:
+        worker.stop()
+    written = (len(out.status) + len(out.files)) * 2 / n  # each event comes with a state record
+    return WorkerRun(n / worker_s, worker_cpu / n * 1000, written)
+
 
 async def measure(bootstrap: str, n: int = 5000) -> Throughput:
-    settings = bench_settings(bootstrap, "tput")
-    await ensure_topics(settings, admin_client(settings))
     async with simulator("itron", stage_seconds=0.0) as sim_url:
+        plain = await run_worker(bootstrap, n, sim_url, "tput")
+        async with OtlpReceiver(decode=False) as collector:
+            tracing = {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url,
+                "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
+            }
+            traced = await run_worker(bootstrap, n, sim_url, "tput-traced", tracing)
+            if collector.requests == 0:
+                raise RuntimeError("the traced worker sent no spans")
+        settings = bench_settings(bootstrap, "tput-raw")
+        await ensure_topics(settings, admin_client(settings))
         async with Publisher(settings) as pub:
             for i in range(n):
                 await pub.send(itron_request(f"t-{i}"))
             await pub.flush()
-        conn = itron_conn(sim_url, POLICY, rate_per_s=10_000.0, max_concurrency=CONCURRENCY)
-        worker = start_worker(settings, {"itron": conn}, "tput")
-        try:
-            async with OutputReader(settings, include_jobs=False) as reader:
-                await wait_ready(worker)
-                started = time.monotonic()
-                cpu0 = cpu_seconds(worker.pid)
-                await reader.wait_for(lambda o: len(o.files) >= n, timeout=600, what="all files")
-                worker_s = time.monotonic() - started
-                worker_cpu = cpu_seconds(worker.pid) - cpu0
-                if os.environ.get("BENCH_DEBUG"):
-                    print(sorted(thread_cpu(worker.pid).items(), key=lambda kv: -kv[1])[:12])
-                out = await reader.read()
-                if os.environ.get("BENCH_DEBUG"):
-                    assert worker.port is not None
-                    _, text = await scrape(worker.port)
-                    print(
-                        "\n".join(
-                            row
-                            for row in text.splitlines()
-                            if ("commit" in row or "vendor_calls_total" in row or "requests_total" in row)
-                            and "bucket" not in row
-                        )
-                    )
-        finally:
-            worker.stop()
-        written = (len(out.status) + len(out.files)) * 2 / n  # each event comes with a state record
         out_topic = f"{settings.topics.requests}.raw-out"
         await create_topic(bootstrap, out_topic, settings.topics.partitions)
         raw = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "bench.raw_pipeline", bootstrap, settings.topics.requests,
-             out_topic, str(n), sim_url, str(CONCURRENCY), str(round(written))],
+             out_topic, str(n), sim_url, str(CONCURRENCY), str(round(plain.written))],
             capture_output=True, text=True, check=True, timeout=600,
         )  # fmt: skip
         raw_s, raw_cpu = (float(x) for x in raw.stdout.strip().splitlines()[-1].split())
-    return Throughput(n, n / worker_s, n / raw_s, written, worker_cpu / n * 1000, raw_cpu / n * 1000)
+    return Throughput(
+        n, plain.rps, n / raw_s, plain.written, plain.cpu_ms, raw_cpu / n * 1000, traced.rps, traced.cpu_ms
+    )
 
 
 if __name__ == "__main__":
@@ -97,4 +133,4 @@ if __name__ == "__main__":
     WORKDIR.mkdir(exist_ok=True)
     with broker() as bootstrap:
         result = asyncio.run(measure(bootstrap, int(sys.argv[1]) if len(sys.argv) > 1 else 5000))
-    print(result, f"ratio={result.ratio:.2f}")
+    print(result, f"ratio={result.ratio:.2f} tracing_ratio={result.tracing_ratio:.2f}")

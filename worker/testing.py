@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+from aiohttp import web
+
 from worker import output_reader
 from worker.codec import SchemaSet
 from worker.config import ConnectionConfig, Settings
@@ -482,3 +484,48 @@ def _string_leaves(value: Any, symbols: set[str]) -> list[tuple[Any, Any]]:
         else:
             found.extend(_string_leaves(item, symbols))
     return found
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP trace receiver on 127.0.0.1 (tests, and the benchmark of
+    tracing's cost): decodes what it is sent, or only counts it (``decode=False``)."""
+
+    def __init__(self, *, decode: bool = True) -> None:
+        self.decode = decode
+        self.requests = 0
+        self.spans: list[dict[str, Any]] = []
+        self.resources: list[dict[str, Any]] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def receive(self, request: web.Request) -> web.Response:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.requests += 1
+        payload = await request.read()
+        if not self.decode:
+            return web.Response(status=200, content_type="application/x-protobuf", body=b"")
+        body = ExportTraceServiceRequest()
+        body.ParseFromString(payload)
+        for resource_spans in body.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            self.resources.append(attributes)
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    self.spans.append({"name": span.name, "trace_id": span.trace_id.hex()})
+        return web.Response(status=200, content_type="application/x-protobuf", body=b"")
+
+    async def __aenter__(self) -> OtlpReceiver:
+        app = web.Application()
+        app.router.add_post("/v1/traces", self.receive)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/v1/traces"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()

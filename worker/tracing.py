@@ -10,11 +10,12 @@ span, context or header is made anywhere: every call site checks ``Tracing.enabl
 
 The trace of one export:
   export.ingest (consumer)          the request read, decoded and validated
-  <vendor> <operation> (internal)   each vendor call (submit, poll, ...), a child of the
-    <METHOD> <path template>        request's context, linked to the job's previous call
-                                    (also when that was another worker's); its HTTP calls
-  publish <topic> (producer)        each status change and file announcement, ended when
-                                    the transaction that carries it commits
+  <vendor> <operation> (client)     each vendor call (submit, poll, ...), a child of the
+                                    request's context, linked to the job's previous call
+                                    (also when that was another worker's); its HTTP
+                                    requests (method, path template, status) are events
+  export.publish (producer)         the job's status changes and file announcement written
+                                    in one transaction, ended when it commits
 Status and file events carry the ``traceparent`` of their publish span in their headers,
 so downstream consumers continue the trace. A job's context lives in its state (JobState
 ``trace``), so a worker that takes a job over continues the same trace.
@@ -149,7 +150,7 @@ class Tracing:
         with self.tracer.start_as_current_span(
             name,
             context=parent_context(job),
-            kind=SpanKind.INTERNAL,
+            kind=SpanKind.CLIENT,
             attributes=attributes,
             links=_previous_call(job),
             record_exception=False,  # exception texts may carry what a vendor echoed
@@ -157,23 +158,11 @@ class Tracing:
         ) as span:
             yield span
 
-    @contextmanager
-    def http(self, method: str, template: str) -> Iterator[Span]:
-        """One HTTP request of a vendor call (a child of the current span)."""
-        with self.tracer.start_as_current_span(
-            f"{method} {template}",
-            kind=SpanKind.CLIENT,
-            attributes={"http.request.method": method, "url.template": template},
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            yield span
-
-    def publish(self, topic: str, job: TraceContext, attributes: Mapping[str, Any]) -> tuple[Span, bytes]:
-        """A started span for a record about to be written (ended by the caller when its
-        transaction ends), and the traceparent header value for that record."""
+    def publish(self, job: TraceContext, attributes: Mapping[str, Any]) -> tuple[Span, bytes]:
+        """A started span for a job's records about to be written (ended by the caller
+        when their transaction ends), and the traceparent header value for them."""
         span = self.tracer.start_span(
-            f"publish {topic}", context=parent_context(job), kind=SpanKind.PRODUCER, attributes=attributes
+            "export.publish", context=parent_context(job), kind=SpanKind.PRODUCER, attributes=attributes
         )
         return span, traceparent_of(span.get_span_context()).encode()
 

@@ -73,13 +73,14 @@ async def run_call(call: Call, tracing: Tracing | None = None) -> Event:
     if tracing is None or not tracing.enabled or state.trace is None:
         return await _run(call)
     with tracing.call(f"{state.vendor} {call.kind.value}", state.trace, _call_attributes(call)) as span:
-        if state.trace.last_call_at_ms is not None:
+        if state.trace.last_call_at_ms is not None and span.is_recording():
             # The wait since the job's previous call (on this worker or its last owner).
             waited_s = max(0, int(time.time() * 1000) - state.trace.last_call_at_ms) / 1000
             span.add_event("waited", {"export.wait_s": waited_s, "export.poll_attempt": state.poll_attempt})
         event = await _run(call)
-        _describe(span, event)
-        call.span_id = span_id_of(span)
+        if span.is_recording():  # a sampled-out trace keeps no link to follow
+            _describe(span, event)
+            call.span_id = span_id_of(span)
     return event
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -89,16 +90,17 @@ def _publish_attributes(out: Outgoing) -> dict[str, Any]:
     return {
         "messaging.system": "kafka",
         "messaging.operation.type": "send",
-        "messaging.destination.name": out.topic,
         "messaging.kafka.message.key": out.key.decode("utf-8", "replace"),
-        "export.published": out.what,
     }
 
 
-def _end_publish_spans(spans: list[Span], error: BaseException | None, records: int) -> None:
+def _end_publish_spans(
+    spans: Iterable[tuple[Span, bytes, list[str]]], error: BaseException | None, records: int
+) -> None:
     """A publish span lasts until its transaction ends: committed, or not (then the
-    event was never visible; it is published again after the resync)."""
-    for span in spans:
+    events were never visible; they are published again after the resync)."""
+    for span, _, what in spans:
+        span.set_attribute("export.published", what)  # e.g. ["SUCCEEDED", "FileReady"]
         span.set_attribute("messaging.batch.message_count", records)
         if error is not None:
             fail(span, f"transaction not committed: {type(error).__name__}")
@@ -263,7 +265,8 @@ class TransactionWriter:
         assert self.producer is not None
         producer = self.producer
         started = time.monotonic()
-        spans: list[Span] = []  # tracing on: one publish span per status or file event
+        # Tracing on: one publish span per job and transaction, for its status and file events.
+        published: dict[bytes, tuple[Span, bytes, list[str]]] = {}
         ended: BaseException | None = None
         try:
             await producer.begin_transaction()
@@ -273,8 +276,11 @@ class TransactionWriter:
                 if out.target_partition is not None:
                     extra["partition"] = out.target_partition
                 if out.trace is not None and self._tracing.enabled:
-                    span, traceparent = self._tracing.publish(out.topic, out.trace, _publish_attributes(out))
-                    spans.append(span)
+                    if out.key not in published:
+                        span, traceparent = self._tracing.publish(out.trace, _publish_attributes(out))
+                        published[out.key] = (span, traceparent, [])
+                    _, traceparent, what = published[out.key]
+                    what.append(out.what)
                     extra["headers"] = [(TRACEPARENT, traceparent)]
                 deliveries.append(await producer.produce(out.topic, value=out.value, key=out.key, **extra))
             # A record refused before it was sent (e.g. larger than the producer takes)
@@ -303,7 +309,7 @@ class TransactionWriter:
             ended = exc
             raise
         finally:
-            _end_publish_spans(spans, ended, len(batch.outgoing))
+            _end_publish_spans(published.values(), ended, len(batch.outgoing))
         self._metrics.transactions.labels("committed").inc()
         self._metrics.commit_seconds.observe(time.monotonic() - started)
         self._metrics.commit_records.observe(len(batch.outgoing))

@@ -41,7 +41,7 @@ from worker.limits import (
     MAX_RETRY_AFTER_CEILING_S,
 )
 from worker.redaction import excerpt
-from worker.tracing import Tracing, fail, path_template
+from worker.tracing import Tracing, path_template
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -267,7 +267,7 @@ class VendorHttp:
         timeout_s: total time allowed per call (connecting, sending, reading the answer).
         observe: called with (connection, operation, seconds, outcome) after each call.
         limits: answer size and Retry-After bounds (defaults when omitted).
-        tracing: a span per HTTP request made within a traced vendor call (when on).
+        tracing: each HTTP request of a traced vendor call is an event of its span (when on).
     """
 
     def __init__(
@@ -368,23 +368,24 @@ class VendorHttp:
         authenticated: bool,
         name: str = "call",
     ) -> Answer:
-        if not self._tracing.enabled or not trace.get_current_span().is_recording():
+        span = trace.get_current_span() if self._tracing.enabled else None
+        if span is None or not span.is_recording():
             return await self._request(method, path, json_body, data, params, headers, authenticated, name)
-        # Named by its path template: a span never holds a job's URL, a query or a signature.
-        with self._tracing.http(method.upper(), path_template(path)) as span:
-            try:
-                answer = await self._request(method, path, json_body, data, params, headers, authenticated, name)
-            except VendorError as exc:
-                span.set_attribute("error.type", exc.code)
-                fail(span, exc.code)
-                raise
-            span.set_attribute("http.response.status_code", answer.status)
-            retry_after = self.retry_after(answer)
-            if retry_after is not None:
-                span.set_attribute("export.retry_after_s", retry_after)
-            if answer.status >= 400:
-                fail(span, f"HTTP {answer.status}")
-            return answer
+        # An event on the vendor call's span, named by its path template: a span never
+        # holds a job's URL, a query or a signature.
+        request = {"http.request.method": method.upper(), "url.template": path_template(path)}
+        try:
+            answer = await self._request(method, path, json_body, data, params, headers, authenticated, name)
+        except VendorError as exc:
+            span.add_event("http.request", {**request, "error.type": exc.code})
+            raise
+        outcome: dict[str, Any] = {**request, "http.response.status_code": answer.status}
+        retry_after = self.retry_after(answer)
+        if retry_after is not None:
+            outcome["export.retry_after_s"] = retry_after
+        span.add_event("http.request", outcome)
+        span.set_attributes(outcome)  # the call's last request
+        return answer
 
     async def _request(
         self,
