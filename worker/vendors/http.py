@@ -329,11 +329,13 @@ class VendorHttp:
         outcome = "ok"
         name = f"{operation} {step}" if step else operation
         try:
-            answer = await self._send(method, path, json_body, data, params, headers, authenticated, name)
+            sending = self._send(method, path, json_body, data, params, headers, authenticated, name)
+            answer = await self._traced(method, path, sending)
             if answer.status == 401 and authenticated:
                 # Refused: the vendor did not act on it. Nor on a call never resent.
                 await self._credentials(name, refresh=True)
-                answer = await self._send(method, path, json_body, data, params, headers, authenticated, name)
+                sending = self._send(method, path, json_body, data, params, headers, authenticated, name)
+                answer = await self._traced(method, path, sending)
                 if answer.status == 401:
                     raise AuthFailed(f"{name}: credentials refused after a token refresh", status=401)
             self._raise_for(answer, method, name, ok, describe)
@@ -357,25 +359,15 @@ class VendorHttp:
             why = "refused (401), and new credentials could not be had" if refresh else "not sent, no credentials"
             raise not_sent(exc, f"{name}: {why}") from None
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        json_body: Any,
-        data: Mapping[str, str] | None,
-        params: Mapping[str, str] | None,
-        headers: Mapping[str, str] | None,
-        authenticated: bool,
-        name: str = "call",
-    ) -> Answer:
+    async def _traced(self, method: str, path: str, sending: Awaitable[Answer]) -> Answer:
+        """``sending``, recorded as an event of the current vendor call's span (tracing
+        on), named by its path template: a span never holds a URL, a query or a signature."""
         span = trace.get_current_span() if self._tracing.enabled else None
         if span is None or not span.is_recording():
-            return await self._request(method, path, json_body, data, params, headers, authenticated, name)
-        # An event on the vendor call's span, named by its path template: a span never
-        # holds a job's URL, a query or a signature.
+            return await sending
         request = {"http.request.method": method.upper(), "url.template": path_template(path)}
         try:
-            answer = await self._request(method, path, json_body, data, params, headers, authenticated, name)
+            answer = await sending
         except VendorError as exc:
             span.add_event("http.request", {**request, "error.type": exc.code})
             raise
@@ -387,7 +379,7 @@ class VendorHttp:
         span.set_attributes(outcome)  # the call's last request
         return answer
 
-    async def _request(
+    async def _send(
         self,
         method: str,
         path: str,
@@ -396,7 +388,7 @@ class VendorHttp:
         params: Mapping[str, str] | None,
         headers: Mapping[str, str] | None,
         authenticated: bool,
-        name: str,
+        name: str = "call",
     ) -> Answer:
         all_headers: dict[str, str] = {"Accept": "application/json"}
         if authenticated:
