@@ -138,7 +138,6 @@ def run(
         try:
             await worker.run(stop)
         finally:
-            tracing.shutdown()  # sends the spans still buffered
             if worker.producer_stuck:
                 # A thread is blocked inside librdkafka for good: a normal exit would wait
                 # for it forever. The next owner resumes from what Kafka holds.
@@ -146,6 +145,7 @@ def run(
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(1)
+            tracing.shutdown()  # sends the spans still buffered (a few seconds at most)
 
     run_async(main())
 

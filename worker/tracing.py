@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -44,9 +45,16 @@ from worker.version import __version__
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 # Version 00 of W3C Trace Context; all-zero ids are invalid.
-_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACEPARENT_BYTES = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+# key = value, as W3C Trace Context level 1 has them (simple or tenant@system keys).
+_TRACESTATE_MEMBER = re.compile(
+    r"[a-z0-9][a-z0-9_\-*/]{0,255}(@[a-z][a-z0-9_\-*/]{0,13})?=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
 
 Headers = Sequence[tuple[str, bytes | None]] | None
+# How long a stopping worker waits for its last spans to be sent.
+FLUSH_ON_EXIT_S = 5.0
 
 
 def context_from_headers(headers: Headers) -> tuple[str, str | None] | None:
@@ -54,17 +62,37 @@ def context_from_headers(headers: Headers) -> tuple[str, str | None] | None:
     context; None otherwise (absent, malformed, or another version). Header values come
     from the outside world: a traceparent is exactly 55 characters, a tracestate over
     ``MAX_TRACESTATE_BYTES`` is dropped, and only the first of each header counts."""
-    parent: str | None = None
-    state: str | None = None
+    parent: bytes | None = None
+    state: bytes | None = None
     for name, value in headers or ():
         lowered = name.lower()
         if lowered == TRACEPARENT and parent is None and value is not None:
-            parent = value.decode("ascii", "replace") if len(value) == TRACEPARENT_CHARS else ""
+            parent = value
         elif lowered == TRACESTATE and state is None and value is not None:
-            state = value.decode("ascii", "replace") if len(value) <= MAX_TRACESTATE_BYTES else ""
-    if not parent or not _TRACEPARENT.fullmatch(parent):
+            state = value
+    if parent is None or len(parent) != TRACEPARENT_CHARS or not _TRACEPARENT_BYTES.fullmatch(parent):
         return None
-    return parent, state or None
+    return parent.decode("ascii"), _tracestate(state)
+
+
+def trace_headers(headers: Headers) -> list[tuple[str, bytes]] | None:
+    """A record's valid W3C trace context as headers to pass on (None without one)."""
+    found = context_from_headers(headers)
+    if found is None:
+        return None
+    parent, state = found
+    return [(TRACEPARENT, parent.encode())] + ([(TRACESTATE, state.encode())] if state else [])
+
+
+def _tracestate(value: bytes | None) -> str | None:
+    """A tracestate kept only if it is one (W3C list members, printable ASCII, within its
+    bound), re-serialised: it is parsed once here, never again per span."""
+    if not value or len(value) > MAX_TRACESTATE_BYTES or not _PRINTABLE.fullmatch(value):
+        return None
+    members = [m.strip() for m in value.decode("ascii").split(",") if m.strip()]
+    if not members or len(members) > 32 or not all(_TRACESTATE_MEMBER.fullmatch(m) for m in members):
+        return None
+    return ",".join(members)
 
 
 def traceparent_of(span_context: SpanContext) -> str:
@@ -119,8 +147,14 @@ class Tracing:
         return cls(provider)
 
     def shutdown(self) -> None:
-        if self.provider is not None:
-            self.provider.shutdown()
+        """Send the spans still buffered, waiting at most ``FLUSH_ON_EXIT_S``: a collector
+        that is down must not hold a stopping worker past its grace period (the SDK's
+        own shutdown may wait 30 s and more; it goes on in a daemon thread)."""
+        if self.provider is None:
+            return
+        closing = threading.Thread(target=self.provider.shutdown, name="traces-flush", daemon=True)
+        closing.start()
+        closing.join(FLUSH_ON_EXIT_S)
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -135,7 +169,12 @@ class Tracing:
         given = context_from_headers(headers)
         parent = parent_context(TraceContext(*given)) if given else otel_context.Context()
         with self.tracer.start_as_current_span(
-            "export.ingest", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            "export.ingest",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,  # an exception's text is not redacted
+            set_status_on_exception=False,
         ) as span:
             if given is not None:
                 job = TraceContext(given[0], given[1], span_id_of(span))

@@ -159,8 +159,10 @@ def build(request: pytest.FixtureRequest) -> Build:
 
 
 def yaml_files() -> Iterator[Path]:
-    yield from sorted(DEPLOY.rglob("*.yaml"))
-    yield from sorted(DEPLOY.rglob("*.yml"))
+    """The Kubernetes manifests: every YAML file under deploy/ but the compose demo's
+    own configs (deploy/compose/, e.g. the OpenTelemetry Collector's)."""
+    for pattern in ("*.yaml", "*.yml"):
+        yield from sorted(p for p in DEPLOY.rglob(pattern) if (DEPLOY / "compose") not in p.parents)
 
 
 # ---- files ----------------------------------------------------------------------------------

@@ -238,8 +238,9 @@ class Transaction:
 
 
 class FakeProducer:
-    """A transactional producer that records each transaction. As librdkafka's, a record
-    the broker refuses fails its delivery and the commit. Faults: ``refuse`` makes the
+    """A transactional producer that records each transaction. As librdkafka's (whose
+    commit serves every delivery report first), a record the broker refuses fails its
+    delivery, then sending the offsets and the commit. Faults: ``refuse`` makes the
     broker refuse matching records, ``offsets_error`` / ``commit_error`` fail sending the
     offsets / committing once, ``hang_commit`` makes the next commit never return."""
 
@@ -269,27 +270,36 @@ class FakeProducer:
         self._pending.append((topic, kwargs.get("partition"), delivery))
         return delivery
 
-    async def commit_transaction(
-        self, timeout: float, offsets: list[TopicPartition] | None = None, metadata: Any = None
-    ) -> None:
-        if self.hang_commit:
-            await asyncio.Event().wait()
-        if offsets:
-            if self.offsets_error is not None:
-                error, self.offsets_error = self.offsets_error, None
-                raise error
-            self.current.offsets = [(tp.partition, tp.offset) for tp in offsets]
-            self.current.metadata = metadata
+    async def flush(self, timeout: float) -> int:
+        self._deliver()
+        return 0
+
+    def _deliver(self) -> None:
         refused = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large")
         for topic, partition, delivery in self._pending:
+            if delivery.done:
+                continue
             if self.refuse(topic):
                 delivery.refuse(refused)
             else:
                 at = self.ends.get((topic, partition), 0)
                 self.ends[(topic, partition)] = at + 1
                 delivery.offset, delivery.done = at, True
+
+    async def commit_transaction(
+        self, timeout: float, offsets: list[TopicPartition] | None = None, metadata: Any = None
+    ) -> None:
+        if self.hang_commit:
+            await asyncio.Event().wait()
+        self._deliver()
         if any(delivery.error for _, _, delivery in self._pending):
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "a record failed", txn_requires_abort=True))
+        if offsets:
+            if self.offsets_error is not None:
+                error, self.offsets_error = self.offsets_error, None
+                raise error
+            self.current.offsets = [(tp.partition, tp.offset) for tp in offsets]
+            self.current.metadata = metadata
         if self.commit_error is not None:
             error, self.commit_error = self.commit_error, None
             raise error

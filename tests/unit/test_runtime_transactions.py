@@ -13,7 +13,7 @@ from worker.engine.model import CallKind
 from worker.errors import ProducerStuck
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import Partitions
-from worker.runtime.transactions import CallTimeouts, Outcome, TransactionWriter
+from worker.runtime.transactions import CallTimeouts, Outcome, TransactionWriter, fenced
 
 NOW_MS = 1_700_000_000_000
 
@@ -106,6 +106,11 @@ class TestOutcomes:
         settled = await rig.writer.settle(batch, await rig.writer.write(batch))
         assert settled.outcome is Outcome.FENCED and len(settled.give_up) == 1
         assert rig.counter("aborted") == 1
+
+    def test_a_producer_that_says_fatal_at_produce_is_fenced(self) -> None:
+        """produce() answers _FATAL (not flagged fatal) once the producer is fenced."""
+        assert fenced(KafkaError(KafkaError._FATAL, "fenced earlier"))
+        assert fenced(KafkaError(KafkaError._FENCED)) and not fenced(KafkaError(KafkaError._MSG_TIMED_OUT))
 
     async def test_a_rebalance_mid_batch_rewrites_only_what_is_still_owned(self) -> None:
         rig = await Rig().open()

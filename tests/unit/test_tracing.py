@@ -15,7 +15,7 @@ from worker.codec import Codec, schemas_dir
 from worker.engine.model import TraceContext
 from worker.limits import MAX_TRACESTATE_BYTES
 from worker.records import decode_state_now, state_to_record
-from worker.tracing import context_from_headers, path_template
+from worker.tracing import context_from_headers, path_template, trace_headers
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -48,6 +48,28 @@ class TestHeaders:
         headers.append(("tracestate", b"k=" + b"v" * MAX_TRACESTATE_BYTES))
         assert context_from_headers(headers) == (PARENT, None)
         assert context_from_headers(None) is None and context_from_headers([("traceparent", None)]) is None
+
+    @pytest.mark.parametrize(
+        ("value", "kept"),
+        [
+            (b"vendor=acme", "vendor=acme"),
+            (b"a=1, tenant@sys=x y ,b=2", "a=1,tenant@sys=x y,b=2"),
+            (b"k=x=y", None),  # "=" is not a value character
+            (b"Upper=1", None),  # keys are lower case
+            (b"novalue", None),
+            (b"k=caf\xc3\xa9", None),  # not ASCII
+            (b"k=\xff", None),
+            (b",".join(b"k%d=v" % i for i in range(33)), None),  # at most 32 members
+        ],
+    )
+    def test_a_tracestate_is_kept_only_if_it_is_one(self, value: bytes, kept: str | None) -> None:
+        assert context_from_headers([("traceparent", PARENT.encode()), ("tracestate", value)]) == (PARENT, kept)
+
+    def test_a_forwarded_request_keeps_only_a_valid_trace_context(self) -> None:
+        headers = [("x-other", b"1"), ("traceparent", PARENT.encode()), ("tracestate", b"k=v")]
+        assert trace_headers(headers) == [("traceparent", PARENT.encode()), ("tracestate", b"k=v")]
+        assert trace_headers([("traceparent", PARENT.encode())]) == [("traceparent", PARENT.encode())]
+        assert trace_headers([("traceparent", b"junk"), ("tracestate", b"k=v")]) is None
 
     @given(st.lists(st.tuples(st.text(max_size=20), st.one_of(st.none(), st.binary(max_size=200))), max_size=20))
     def test_hostile_headers_never_raise_and_give_a_valid_context_or_none(

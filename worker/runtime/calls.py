@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -72,16 +73,38 @@ async def run_call(call: Call, tracing: Tracing | None = None) -> Event:
     state = call.state
     if tracing is None or not tracing.enabled or state.trace is None:
         return await _run(call)
-    with tracing.call(f"{state.vendor} {call.kind.value}", state.trace, _call_attributes(call)) as span:
-        if state.trace.last_call_at_ms is not None and span.is_recording():
-            # The wait since the job's previous call (on this worker or its last owner).
-            waited_s = max(0, int(time.time() * 1000) - state.trace.last_call_at_ms) / 1000
-            span.add_event("waited", {"export.wait_s": waited_s, "export.poll_attempt": state.poll_attempt})
+    # Tracing never costs a call: if it fails, the call runs (or ends) untraced.
+    try:
+        scope = tracing.call(f"{state.vendor} {call.kind.value}", state.trace, _call_attributes(call))
+        span = scope.__enter__()
+    except Exception:
+        log.exception("tracing a vendor call failed; the call runs untraced", request_id=state.request_id)
+        return await _run(call)
+    try:
+        _traced(_note_wait, span, state)
         event = await _run(call)
         if span.is_recording():  # a sampled-out trace keeps no link to follow
-            _describe(span, event)
+            _traced(_describe, span, event)
             call.span_id = span_id_of(span)
-    return event
+        return event
+    finally:
+        _traced(scope.__exit__, None, None, None)
+
+
+def _traced(record: Callable[..., object], *args: Any) -> None:
+    """One tracing step of a call; a failure is logged, never the call's."""
+    try:
+        record(*args)
+    except Exception:
+        log.exception("tracing a vendor call failed")
+
+
+def _note_wait(span: Span, state: JobState) -> None:
+    """The wait since the job's previous call (on this worker or its last owner)."""
+    assert state.trace is not None
+    if state.trace.last_call_at_ms is not None and span.is_recording():
+        waited_s = max(0, int(time.time() * 1000) - state.trace.last_call_at_ms) / 1000
+        span.add_event("waited", {"export.wait_s": waited_s, "export.poll_attempt": state.poll_attempt})
 
 
 def _call_attributes(call: Call) -> dict[str, Any]:

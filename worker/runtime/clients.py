@@ -41,11 +41,15 @@ class TransactionalProducer(Protocol):
     async def init_transactions(self, timeout: float) -> None: ...
     async def begin_transaction(self) -> None: ...
     async def produce(self, topic: str, **kwargs: Any) -> Delivery: ...
+    async def flush(self, timeout: float) -> int:
+        """Wait for every record's delivery report."""
+
     async def commit_transaction(
         self, timeout: float, offsets: list[TopicPartition] | None = None, metadata: Any = None
     ) -> None:
-        """Send ``offsets`` (with the consumer group ``metadata``) into the transaction
-        when given, then commit it; each librdkafka call within ``timeout``."""
+        """Wait for every delivery report, send ``offsets`` (with the consumer group
+        ``metadata``) into the transaction when given, then commit it; each librdkafka
+        call within ``timeout``."""
 
     async def abort_transaction(self, timeout: float) -> None: ...
     async def close(self) -> None: ...

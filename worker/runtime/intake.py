@@ -30,7 +30,7 @@ from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import OwnedPartition, Partitions
 from worker.runtime.refused import RefusedRecords
 from worker.runtime.stepper import Stepper
-from worker.tracing import Tracing, fail
+from worker.tracing import Tracing, fail, trace_headers
 
 log = structlog.get_logger("export_worker")
 
@@ -177,7 +177,8 @@ class Intake:
         self._metrics.child(self._metrics.requests, "forwarded").inc()
         log.info("request forwarded to the home of its kind", request_id=request.request_id, partition=home)
         topic = self._settings.topics.requests
-        self._outbox.add([Outgoing(part.number, topic, msg.key(), msg.value(), home)])
+        headers = trace_headers(msg.headers())  # the request stays in its producer's trace
+        self._outbox.add([Outgoing(part.number, topic, msg.key(), msg.value(), home, headers=headers)])
 
     def _dead_letter(self, part: OwnedPartition, msg: Any, rejection: Rejection, now_ms: int | None = None) -> None:
         self._metrics.dead_letters.labels(rejection.reason_code).inc()

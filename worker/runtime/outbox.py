@@ -25,6 +25,7 @@ class Outgoing:
     state: JobState | None = None  # an export.jobs record: the state it holds (None: a tombstone)
     trace: TraceContext | None = None  # tracing on: the job's context (a status or file event)
     what: str = ""  # tracing on: what the event says (its status, or "FileReady")
+    headers: list[tuple[str, bytes]] | None = None  # a forwarded request's trace context
 
 
 @dataclass(slots=True)

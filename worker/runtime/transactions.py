@@ -45,7 +45,7 @@ class CallTimeouts:
     past its timeout a call may run before the producer is declared stuck."""
 
     init_s: float = 30
-    commit_s: float = 30  # each of: sending the input offsets, committing (with the records' delivery)
+    commit_s: float = 20  # each of: the records' delivery, sending the input offsets, committing
     abort_s: float = 30
     stuck_margin_s: float = 15
 
@@ -123,7 +123,8 @@ def generation_moved(error: KafkaException) -> bool:
 
 
 def fenced(error: KafkaError) -> bool:
-    return error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
+    # _FATAL: what produce() says once the producer is fenced (not flagged fatal there).
+    return error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError._FATAL)
 
 
 class TransactionWriter:
@@ -275,6 +276,8 @@ class TransactionWriter:
                 extra: dict[str, Any] = {}
                 if out.target_partition is not None:
                     extra["partition"] = out.target_partition
+                if out.headers:
+                    extra["headers"] = out.headers
                 if out.trace is not None and self._tracing.enabled:
                     if out.key not in published:
                         span, traceparent = self._tracing.publish(out.trace, _publish_attributes(out))
@@ -285,11 +288,14 @@ class TransactionWriter:
                 deliveries.append(await producer.produce(out.topic, value=out.value, key=out.key, **extra))
             # A record refused before it was sent (e.g. larger than the producer takes)
             # is not part of the transaction, so committing would leave it out silently.
-            self._raise_refused(batch.outgoing, deliveries)
+            if any(d.error is not None for d in deliveries):
+                # Which records were refused: the reports of those already sent too.
+                await self._bounded(producer.flush(self.timeouts.commit_s), self.timeouts.commit_s)
+                self._raise_refused(batch.outgoing, deliveries)
             # One trip: the input positions (refused by the group coordinator if this
             # worker no longer owns the partitions), the records' delivery, the commit.
             # librdkafka fails the commit if any record's delivery failed.
-            calls = 2 if batch.offsets else 1
+            calls = 3 if batch.offsets else 2  # deliveries, offsets, commit
             try:
                 await self._bounded(
                     producer.commit_transaction(self.timeouts.commit_s, batch.offsets or None, batch.metadata),

@@ -6,9 +6,8 @@ call to a thread pool and back, and each return waits for the event loop's next 
 Under load a transaction of a few thousand records made about 25 such trips and took
 0.2-0.4 s, and the vendor calls waiting for their intents waited as long (issue 15).
 Here a record is handed to librdkafka on the loop's thread (``produce`` only enqueues it),
-and the calls that block (init, send offsets and commit, abort) run one after another on
-a dedicated thread: one trip per transaction, whose commit also waits for the delivery
-reports. It also takes record headers, which
+and the calls that block (init, the deliveries, sending the offsets and committing,
+abort) run one after another on a dedicated thread: one trip per transaction. It also takes record headers, which
 the batch mode refuses.
 """
 
@@ -82,9 +81,17 @@ class ThreadedProducer:
         await self._blocking(self._commit, timeout, offsets, metadata)
 
     def _commit(self, timeout: float, offsets: list[TopicPartition] | None, metadata: Any) -> None:
+        # Every delivery report first: once a record is refused, librdkafka fails sending
+        # the offsets and the commit at once, before serving any report, and the caller
+        # could not tell which record it was.
+        self._producer.flush(timeout)
         if offsets:
             self._producer.send_offsets_to_transaction(offsets, metadata, timeout)
         self._producer.commit_transaction(timeout)
+
+    async def flush(self, timeout: float) -> int:
+        """Wait for every delivery report (records still queued after ``timeout``)."""
+        return await self._blocking(self._producer.flush, timeout)
 
     async def abort_transaction(self, timeout: float) -> None:
         await self._blocking(self._producer.abort_transaction, timeout)
