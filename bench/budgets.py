@@ -26,7 +26,7 @@ from worker.testing import OutputReader, Publisher, itron_request, terminal
 
 RATE = 150.0  # the account's quota, calls/s: the connection's configured rate_per_s
 WORKERS = 3
-JOBS, QUICK_JOBS = 1_200, 600
+JOBS, QUICK_JOBS = 1_000, 600
 STAGE_S = 0.3  # each of the simulator's three stages: a job runs ~1 s
 POLICY = PolicyConfig(
     first_poll_s=0.5, poll_initial_s=0.5, poll_multiplier=1.0, poll_max_s=0.5, retry_initial_s=0.5, retry_max_s=2.0

@@ -23,7 +23,7 @@ from worker.simulators.elasticpath import demo_connection
 from worker.testing import OutputReader, Publisher, elasticpath_request, terminal
 
 WORKERS = 3
-RUNS, QUICK_RUNS = 40, 20  # half billing runs, half payment runs
+RUNS, QUICK_RUNS = 30, 20  # half billing runs, half payment runs
 STAGE_S = 0.7  # the simulator's three stages: a run takes 2.1 s
 POLICY = PolicyConfig(
     first_poll_s=0.1, poll_initial_s=0.1, poll_multiplier=1.0, poll_max_s=0.1, retry_initial_s=0.2, busy_retry_s=1.0
