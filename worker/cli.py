@@ -139,9 +139,11 @@ def run(
             await worker.run(stop)
         finally:
             if worker.producer_stuck:
-                # A thread is blocked inside librdkafka for good: a normal exit would wait
-                # for it forever. The next owner resumes from what Kafka holds.
-                print_error("a Kafka transactional call outlived its timeout; exiting at once for a new process")
+                # A thread may be blocked inside librdkafka for good: a normal exit would
+                # wait for it forever. The next owner resumes from what Kafka holds.
+                print_error(
+                    "the Kafka transactional producer is unusable (see the log); exiting at once for a new process"
+                )
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(1)

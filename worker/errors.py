@@ -15,7 +15,7 @@
     ├── ResultStoreError            writing a collected artifact failed (retriable)
     ├── StoreError                  the on-disk state store failed (tree in worker.store.errors)
     └── WorkerFenced                another worker owns this work now: stop
-        └── ProducerStuck           a transactional call outlived its timeout: replace the process
+        └── ProducerStuck           the transactional producer is unusable: replace the process
 
 Each class says whether retrying can help (``retriable``); a vendor error also says
 whether the vendor may have acted on the request anyway (``outcome_unknown``): a submit
@@ -149,5 +149,6 @@ class WorkerFenced(ExportWorkerError):
 class ProducerStuck(WorkerFenced):
     """A transactional call outlived its own timeout: librdkafka's
     send_offsets_to_transaction can wait forever for a group coordinator that went away
-    (confluentinc/librdkafka#5456). The producer cannot be used again and its thread
-    cannot be joined: the process must be replaced (the next owner resumes from Kafka)."""
+    (confluentinc/librdkafka#5456); or a failed transaction could not be aborted. The
+    producer cannot be used again and its thread may not be joinable: the process must be
+    replaced (the next owner resumes from Kafka)."""

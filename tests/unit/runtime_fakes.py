@@ -242,13 +242,15 @@ class FakeProducer:
     commit serves every delivery report first), a record the broker refuses fails its
     delivery, then sending the offsets and the commit. Faults: ``refuse`` makes the
     broker refuse matching records, ``offsets_error`` / ``commit_error`` fail sending the
-    offsets / committing once, ``hang_commit`` makes the next commit never return."""
+    offsets / committing once, ``abort_error`` fails every abort, ``hang_commit`` makes the
+    next commit never return."""
 
     def __init__(self) -> None:
         self.transactions: list[Transaction] = []
         self.refuse: Callable[[str], bool] = lambda topic: False
         self.offsets_error: KafkaException | None = None
         self.commit_error: KafkaException | None = None
+        self.abort_error: KafkaException | None = None
         self.hang_commit = False
         self.ends: dict[tuple[str, int | None], int] = {}  # next offset by (topic, partition)
         self._pending: list[tuple[str, int | None, Delivery]] = []
@@ -306,6 +308,8 @@ class FakeProducer:
         self.current.committed = True
 
     async def abort_transaction(self, timeout: float) -> None:
+        if self.abort_error is not None:
+            raise self.abort_error
         self.current.aborted = True
 
     async def close(self) -> None:

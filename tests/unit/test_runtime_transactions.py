@@ -4,6 +4,8 @@ Apache Kafka in tests/integration/test_transaction_abort.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
@@ -14,6 +16,7 @@ from worker.errors import ProducerStuck
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import Partitions
 from worker.runtime.transactions import CallTimeouts, Outcome, TransactionWriter, fenced
+from worker.runtime.txn_producer import RETRY_PAUSE_S, retrying
 
 NOW_MS = 1_700_000_000_000
 
@@ -142,6 +145,31 @@ class TestOutcomes:
             await rig.writer.write(batch)
         assert rig.writer.stuck and not rig.writer.usable
 
+    async def test_a_failed_transaction_that_cannot_be_aborted_stops_the_worker(self) -> None:
+        """A commit that timed out for good leaves librdkafka's commit pending, and the
+        abort is refused as conflicting with it: resyncing would fail the same way for
+        ever, so the producer is declared unusable (the process is replaced)."""
+        rig = await Rig().open()
+        rig.producer.commit_error = KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+        rig.producer.abort_error = KafkaException(KafkaError(KafkaError._CONFLICT, "commit_transaction in progress"))
+        rig.request_read(0, 7, "r1")
+        batch = await rig.writer.cut()
+        assert batch is not None
+        settled = await rig.writer.settle(batch, await rig.writer.write(batch))
+        assert settled.outcome is Outcome.FENCED and settled.error is not None
+        assert "could not be aborted" in settled.error and [c.request_id for c in settled.give_up] == ["r1"]
+        assert rig.writer.stuck and not rig.writer.usable
+
+    async def test_a_failed_transaction_that_aborts_is_resynced_and_the_producer_kept(self) -> None:
+        rig = await Rig().open()
+        rig.producer.commit_error = KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+        rig.request_read(0, 7, "r1")
+        batch = await rig.writer.cut()
+        assert batch is not None
+        settled = await rig.writer.settle(batch, await rig.writer.write(batch))
+        assert settled.outcome is Outcome.RESYNC and rig.producer.current.aborted
+        assert rig.writer.usable
+
     async def test_a_background_batch_is_settled_when_finished(self) -> None:
         rig = await Rig().open()
         rig.request_read(0, 7, "r1")
@@ -152,3 +180,48 @@ class TestOutcomes:
         settled = await rig.writer.finish()
         assert settled is not None and settled.outcome is Outcome.COMMITTED
         assert not rig.writer.writing and await rig.writer.finish() is None
+
+
+class TestRetrying:
+    """The threaded producer's retry of a transactional call librdkafka says may be
+    retried (``retrying``), on a fake clock."""
+
+    def rig(self, failures: list[KafkaError]) -> tuple[list[float], list[float], Callable[[float], None]]:
+        now = [0.0]
+        timeouts: list[float] = []
+        pauses: list[float] = []
+
+        def call(timeout_s: float) -> None:
+            timeouts.append(timeout_s)
+            now[0] += 1.0  # each try takes a second
+            if failures:
+                raise KafkaException(failures.pop(0))
+
+        def pause(seconds: float) -> None:
+            pauses.append(seconds)
+            now[0] += seconds
+
+        def run(deadline: float) -> None:
+            retrying(call, deadline, clock=lambda: now[0], pause=pause)
+
+        return timeouts, pauses, run
+
+    def test_a_retriable_failure_is_tried_again_with_what_is_left_of_the_timeout(self) -> None:
+        timed_out = KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True)
+        timeouts, pauses, run = self.rig([timed_out, timed_out])
+        run(10.0)
+        assert timeouts == pytest.approx([10.0, 8.9, 7.8])
+        assert pauses == [RETRY_PAUSE_S, RETRY_PAUSE_S]
+
+    def test_a_failure_that_may_not_be_retried_is_raised_at_once(self) -> None:
+        timeouts, _, run = self.rig([KafkaError(KafkaError._FENCED, "fenced"), KafkaError(KafkaError._TIMED_OUT)])
+        with pytest.raises(KafkaException) as raised:
+            run(10.0)
+        assert raised.value.args[0].code() == KafkaError._FENCED and len(timeouts) == 1
+
+    def test_retries_end_at_the_deadline(self) -> None:
+        timed_out = KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True)
+        timeouts, _, run = self.rig([timed_out] * 10)
+        with pytest.raises(KafkaException):
+            run(2.5)
+        assert len(timeouts) == 3  # at 0, 1.1 and 2.2 s; the third ends past the deadline

@@ -9,7 +9,6 @@ calls that may now start or must be given up, and the worker acts on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ class Batch:
 
 class Outcome(Enum):
     COMMITTED = "committed"  # durable: start the calls that waited for it
-    FENCED = "fenced"  # another worker owns this work now: stop
+    FENCED = "fenced"  # another worker owns this work now, or the producer is unusable: stop
     RESYNC = "resync"  # aborted: in-memory state ran ahead of Kafka; rebuild it
 
 
@@ -361,11 +360,11 @@ class TransactionWriter:
             # records are still right for the partitions still owned; write them again.
             log.info("transaction refused after a rebalance; writing it again", error=error.args[0].str())
             self._metrics.transactions.labels("retried").inc()
-            await self._abort()
-            batch, give_up = self._still_owned(batch)
-            if batch.offsets:
-                batch.metadata = await self._group_metadata()
-            error = await self.write(batch)
+            if await self._abort():
+                batch, give_up = self._still_owned(batch)
+                if batch.offsets:
+                    batch.metadata = await self._group_metadata()
+                error = await self.write(batch)
         if error is None:
             return Settled(Outcome.COMMITTED, batch.calls, give_up, batch=batch)
         give_up.extend(batch.calls)
@@ -375,14 +374,26 @@ class TransactionWriter:
             log.error("transactional producer fenced: another worker owns this work now", error=kafka_error.str())
             return Settled(Outcome.FENCED, [], give_up, kafka_error.str())
         log.warning("transaction failed; aborting and restoring owned partitions", error=kafka_error.str())
-        await self._abort()
+        if not await self._abort():
+            why = f"the failed transaction could not be aborted: {kafka_error.str()}"
+            return Settled(Outcome.FENCED, [], give_up, why)
         refused = error.records if isinstance(error, RecordsRefused) else []
         return Settled(Outcome.RESYNC, [], give_up, kafka_error.str(), replay=batch.answers, refused=refused)
 
-    async def _abort(self) -> None:
+    async def _abort(self) -> bool:
+        """Abort the open transaction; if that fails, the producer's transaction state is
+        unknown and nothing more can be written with it: it is declared stuck (the
+        process exits, its partitions move on, a new producer starts clean)."""
         assert self.producer is not None
-        with contextlib.suppress(KafkaException):
-            await self.producer.abort_transaction(self.timeouts.abort_s)
+        try:
+            await self._bounded(self.producer.abort_transaction(self.timeouts.abort_s), self.timeouts.abort_s)
+        except ProducerStuck:
+            return False
+        except KafkaException as exc:
+            log.error("transaction could not be aborted: the producer is unusable", error=exc.args[0].str())
+            self.stuck = True
+            return False
+        return True
 
     def _still_owned(self, batch: Batch) -> tuple[Batch, list[Call]]:
         """The part of ``batch`` whose partitions are still owned in the same incarnation,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,28 @@ T = TypeVar("T")
 
 # How long a produce waits for room when librdkafka's local queue is full, per try.
 QUEUE_FULL_WAIT_S = 0.1
+# Between two tries of a transactional call that failed but may be retried.
+RETRY_PAUSE_S = 0.1
+
+
+def retrying(
+    call: Callable[[float], None],
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[float], None] = time.sleep,
+) -> None:
+    """Run a transactional call, ``call(timeout_s)``, again while librdkafka says it may
+    be retried (e.g. it timed out: the request may still complete), until ``deadline``.
+    Giving up on it instead would leave the call pending inside librdkafka, and every
+    other transactional call, the abort included, refused as conflicting with it."""
+    while True:
+        try:
+            return call(max(deadline - clock(), 0.001))
+        except KafkaException as exc:
+            left = deadline - clock()
+            if not exc.args[0].retriable() or left <= 0:
+                raise
+            pause(min(RETRY_PAUSE_S, left))  # on the producer's own thread
 
 
 class Delivery:
@@ -84,17 +107,20 @@ class ThreadedProducer:
         # Every delivery report first: once a record is refused, librdkafka fails sending
         # the offsets and the commit at once, before serving any report, and the caller
         # could not tell which record it was.
-        self._producer.flush(timeout)
+        producer = self._producer
+        producer.flush(timeout)
+        start = time.monotonic()
         if offsets:
-            self._producer.send_offsets_to_transaction(offsets, metadata, timeout)
-        self._producer.commit_transaction(timeout)
+            retrying(lambda left: producer.send_offsets_to_transaction(offsets, metadata, left), start + timeout)
+            start += timeout
+        retrying(producer.commit_transaction, start + timeout)
 
     async def flush(self, timeout: float) -> int:
         """Wait for every delivery report (records still queued after ``timeout``)."""
         return await self._blocking(self._producer.flush, timeout)
 
     async def abort_transaction(self, timeout: float) -> None:
-        await self._blocking(self._producer.abort_transaction, timeout)
+        await self._blocking(retrying, self._producer.abort_transaction, time.monotonic() + timeout)
 
     async def close(self) -> None:
         await self._blocking(self._producer.flush, 0)
