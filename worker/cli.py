@@ -577,6 +577,55 @@ def budgets(output: Output = OutputFormat.table, bootstrap: Bootstrap = None) ->
         render.budgets_tables(report)
 
 
+@app.command()
+def console(
+    host: Annotated[str, typer.Option(help="address to listen on (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65_535, help="port to listen on; 0 picks a free one")] = 8090,
+    connections: Connections = None,
+    worker_metrics: Annotated[
+        list[str] | None,
+        typer.Option("--worker-metrics", help="a worker's /metrics URL for the fleet page (repeat for each worker)"),
+    ] = None,
+    index_dir: Annotated[
+        Path | None, typer.Option(help="where the console keeps its index of the topics (default: a temporary dir)")
+    ] = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Web console for operators: fleet, jobs and their lineage, dead letters, pauses.
+
+    Reads the topics only. Read-only unless EXPORT_WORKER_CONSOLE_TOKEN is set: then
+    operators sign in with their name and that token to pause, resume and replay, and
+    every action is logged with who did what.
+
+    Example: export-worker console -c connections.toml --worker-metrics http://w1:8080/metrics
+    """
+    from worker.console.app import ConsoleOptions, serve
+    from worker.observability import configure_logging
+
+    settings = settings_from_env(kafka_bootstrap=bootstrap, connections_file=connections)
+    configure_logging(settings.log_level, settings.log_format)
+    options = ConsoleOptions(
+        host=host,
+        port=port,
+        token=settings.console_token,
+        connections_file=settings.connections_file,
+        worker_metrics=tuple(worker_metrics or ()),
+        index_dir=index_dir,
+    )
+    mode = "sign in to act" if options.token else "read-only: set EXPORT_WORKER_CONSOLE_TOKEN to act"
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with serve(settings, options) as (_console, url):
+            err.print(f"console at {url} ({mode})", soft_wrap=True)
+            await stop.wait()
+
+    run_async(main())
+
+
 def main() -> None:
     try:
         app()

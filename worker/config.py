@@ -291,6 +291,9 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     schema_registry_basic_auth: SecretStr | None = Field(None, description="user:password for the registry")
     connections_file: Path | None = None
+    console_token: SecretStr | None = Field(
+        None, description="lets signed-in operators act in `export-worker console`; unset: read-only"
+    )
     result_store_url: str = "file://./export-results"
     http_host: str = "0.0.0.0"
     http_port: int = Field(

@@ -100,13 +100,15 @@ async def read_control(settings: Settings, *, timeout: float = 10.0) -> dict[str
                     if msg.error().code() == KafkaError._PARTITION_EOF:
                         return state
                     continue
-                _apply(state, msg.key(), msg.value())
+                apply_control(state, msg.key(), msg.value())
         return state
     finally:
         await consumer.close()
 
 
-def _apply(state: dict[str, dict[str, Any]], key: bytes | None, value: bytes | None) -> None:
+def apply_control(state: dict[str, dict[str, Any]], key: bytes | None, value: bytes | None) -> None:
+    """Fold one control record into ``state``: the latest JSON object per key wins, a
+    tombstone removes its key, anything else is ignored."""
     if key is None:
         return
     name = key.decode("utf-8", "replace")
@@ -180,7 +182,7 @@ class ControlFollower:
                 changed = False
                 for msg in batch:
                     if msg.error() is None:
-                        _apply(state, msg.key(), msg.value())
+                        apply_control(state, msg.key(), msg.value())
                         changed = True
                 if changed:
                     self.on_change(ControlState.of(state))

@@ -10,6 +10,7 @@ progress, Ctrl-C).
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from worker.config import ConnectionConfig, Settings
 from worker.errors import DecodeError
 from worker.ops.checkpoint import Checkpoint
 from worker.ops.errors import TopicMissing, UsageError
-from worker.ops.kafkaio import Cluster, connect, read_all
+from worker.ops.kafkaio import Cluster, Span, connect, read_all
 from worker.ops.partitioner import partition_for
 from worker.ops.predict import Predictor
 from worker.ops.replay import (
@@ -36,6 +37,9 @@ from worker.ops.run import Hooks, NoHooks, Outcome, OutcomeKind, RunReport
 from worker.ops.timeparse import format_ms, parse_time
 from worker.ops.wire import codec_for
 from worker.redaction import redact_text
+
+# Dead letters one replay may select by position (the console's checkboxes).
+MAX_SELECTED = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +140,18 @@ class DeadLetterPlanner:
         filters: DlqFilters,
         requests_topic: str,
         predictor: Predictor | None,
+        positions: frozenset[tuple[int, int]] | None = None,
     ) -> None:
         self.codec = codec
         self.cluster = cluster
         self.filters = filters
         self.requests_topic = requests_topic
         self.predictor = predictor
+        self.positions = positions  # only these dead letters (partition, offset)
 
     async def plan(self, msg: Message) -> Planned:
+        if self.positions is not None and (msg.partition(), msg.offset()) not in self.positions:
+            return Planned(matched=False)
         try:
             letter = await self.codec.decode_async("DeadLetter", msg.value())
         except DecodeError as exc:
@@ -189,14 +197,22 @@ async def replay_dead_letters(
     checkpoint: Path | None = None,
     connections: dict[str, ConnectionConfig] | None = None,
     hooks: Hooks | None = None,
+    positions: Collection[tuple[int, int]] | None = None,
 ) -> RunReport:
     """``export-worker dlq replay``: write dead letters' original records back to their
-    topic, or with ``dry_run`` say whether each would now be accepted."""
+    topic, or with ``dry_run`` say whether each would now be accepted. ``positions``:
+    only these dead letters, as (partition, offset) in the dead-letter topic (at most
+    ``MAX_SELECTED``; the console's selection)."""
     hooks = hooks or NoHooks()
     now_ms = int(time.time() * 1000)
     filters = DlqFilters.parse(reason, since, now_ms=now_ms)
+    selected = None if positions is None else frozenset(positions)
+    if selected is not None and not 0 < len(selected) <= MAX_SELECTED:
+        raise UsageError(f"select between 1 and {MAX_SELECTED} dead letters")
     topic = settings.topics.dlq
     args = {"topic": topic, "reason": sorted(filters.reasons) if filters.reasons else None, "since": since}
+    if selected is not None:
+        args["positions"] = [f"{p}:{o}" for p, o in sorted(selected)]
     saved, _tag = await open_checkpoint(checkpoint, "dlq replay", args, tag=None)
     report = RunReport("dlq replay", topic, dry_run, checkpoint=checkpoint, resumed=saved is not None)
     if saved is not None and saved.complete:
@@ -205,6 +221,8 @@ async def replay_dead_letters(
     cluster = await connect(settings)
     if saved is not None:
         spans = saved.spans
+    elif selected is not None:
+        spans = _selected_spans(selected)
     else:
         spans = await _dlq_spans(cluster, topic, since, now_ms)
         if checkpoint is not None and not dry_run:
@@ -216,6 +234,15 @@ async def replay_dead_letters(
         predictor = await load_predictor(settings, cluster, codec, connections, hooks, now_ms)
         report.unchecked = connections is None
     planner = DeadLetterPlanner(
-        codec, cluster, filters=filters, requests_topic=settings.topics.requests, predictor=predictor
-    )
+        codec, cluster, filters=filters, requests_topic=settings.topics.requests, predictor=predictor,
+        positions=selected,
+    )  # fmt: skip
     return await run_range(settings, report=report, spans=spans, planner=planner, checkpoint=saved, hooks=hooks)
+
+
+def _selected_spans(selected: frozenset[tuple[int, int]]) -> list[Span]:
+    """One span per partition, from the first selected offset to past the last."""
+    by_partition: dict[int, list[int]] = {}
+    for partition, offset in selected:
+        by_partition.setdefault(partition, []).append(offset)
+    return [Span(p, min(offsets), max(offsets) + 1) for p, offsets in sorted(by_partition.items())]

@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from worker.codec import optional_epoch_ms
+from worker.codec import Codec, optional_epoch_ms
 from worker.config import Settings
 from worker.engine.model import JobState
 from worker.errors import DecodeError
@@ -215,29 +215,50 @@ async def _lineage(settings: Settings, request_id: str, on_batch: Progress) -> L
     t = settings.topics
     lineage = Lineage(request_id)
     states = await _records_for_key(settings, cluster, t.jobs, key, lineage.scanned_all, on_batch)
-    if states:
-        last = states[-1]
-        lineage.state_partition = last.partition()
-        value = last.value()
+    statuses = await _records_for_key(settings, cluster, t.status, key, lineage.scanned_all, on_batch)
+    files = await _records_for_key(settings, cluster, t.files, key, lineage.scanned_all, on_batch)
+    last = states[-1] if states else None
+    return await lineage_of(
+        codec,
+        lineage,
+        state=(last.partition(), last.value()) if last is not None else None,
+        statuses=[m.value() for m in statuses],
+        files=[m.value() for m in files],
+    )
+
+
+async def lineage_of(
+    codec: Codec,
+    lineage: Lineage,
+    *,
+    state: tuple[int | None, bytes | None] | None,
+    statuses: list[bytes | None],
+    files: list[bytes | None],
+) -> Lineage:
+    """Fill ``lineage`` from a request's records: its latest export.jobs record as
+    (partition, value; None for a tombstone), its status and file events' values.
+    Values that cannot be decoded are left out."""
+    if state is not None:
+        lineage.state_partition, value = state
         if value is None:
             lineage.state_deleted = True
         else:
             with contextlib.suppress(DecodeError):  # an unreadable state shows as none
                 lineage.state = await decode_state(codec, value)
-    for msg in await _records_for_key(settings, cluster, t.status, key, lineage.scanned_all, on_batch):
+    for value in statuses:
         try:
-            lineage.statuses.append(await codec.decode_async("JobStatusChanged", msg.value()))
+            event = await codec.decode_async("JobStatusChanged", value)
         except DecodeError:
             continue
-    for msg in await _records_for_key(settings, cluster, t.files, key, lineage.scanned_all, on_batch):
+        event["occurred_at"] = optional_epoch_ms(event.get("occurred_at"))
+        lineage.statuses.append(event)
+    for value in files:
         try:
-            record = await codec.decode_async("FileReady", msg.value())
+            record = await codec.decode_async("FileReady", value)
         except DecodeError:
             continue
         record["expires_at"] = optional_epoch_ms(record.get("expires_at"))
         record["produced_at"] = optional_epoch_ms(record.get("produced_at"))
         lineage.files.append(record)
-    for event in lineage.statuses:
-        event["occurred_at"] = optional_epoch_ms(event.get("occurred_at"))
     lineage.statuses.sort(key=lambda e: e["sequence"])
     return lineage

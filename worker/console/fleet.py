@@ -1,0 +1,139 @@
+"""The fleet page's figures that do not come from the index: the workers' consumer lag
+(their group's committed offsets against the ends of the requests topic) and what each
+worker's ``/metrics`` says. Refreshed in the background every ``REFRESH_S``, so a page
+shows the last snapshot and never waits for a broker or a worker.
+
+Worker endpoints are operator-given URLs, and their answers are treated as untrusted:
+each scrape has a timeout and a size cap, and one bad worker shows as that worker's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.config import Settings
+from worker.ops.kafkaio import Cluster
+
+log = structlog.get_logger("export_worker.console")
+
+REFRESH_S = 5.0
+# One worker's /metrics answer: read at most this many bytes, wait at most this long.
+MAX_METRICS_BYTES = 2 * 1024 * 1024
+SCRAPE_TIMEOUT_S = 2.0
+# Worker endpoints the console scrapes at most.
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker as its /metrics shows it (``error`` set when it could not be read)."""
+
+    url: str
+    error: str | None = None
+    assigned_partitions: int = 0
+    consumer_lag: int = 0
+    intake_paused: bool = False
+    rate_limited: dict[str, int] = field(default_factory=dict)  # connection -> 429s since start
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    lag: dict[int, int] | None = None  # requests partition -> records not yet read by the group
+    lag_error: str | None = None
+    workers: tuple[WorkerView, ...] = ()
+    at: float = 0.0  # epoch seconds
+
+    @property
+    def total_lag(self) -> int | None:
+        return None if self.lag is None else sum(self.lag.values())
+
+
+def parse_metrics(url: str, text: str) -> WorkerView:
+    """The figures the console shows, from a worker's Prometheus text."""
+    assigned = lag = 0
+    paused = False
+    limited: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "export_worker_assigned_partitions":
+                assigned += int(sample.value)
+            elif sample.name == "export_worker_consumer_lag":
+                lag += int(sample.value)
+            elif sample.name == "export_worker_intake_paused":
+                paused = paused or sample.value > 0
+            elif sample.name == "export_worker_vendor_rate_limited_total":
+                limited[sample.labels.get("connection", "?")] += int(sample.value)
+    return WorkerView(url, None, assigned, lag, paused, dict(limited))
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> WorkerView:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)) as response:
+            if response.status != 200:
+                return WorkerView(url, f"HTTP {response.status}")
+            body = await response.content.read(MAX_METRICS_BYTES + 1)
+        if len(body) > MAX_METRICS_BYTES:
+            return WorkerView(url, f"answer larger than {MAX_METRICS_BYTES} bytes")
+        return parse_metrics(url, body.decode("utf-8", "replace"))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return WorkerView(url, f"unreachable: {type(exc).__name__}")
+    except ValueError as exc:  # not Prometheus text
+        return WorkerView(url, f"not Prometheus metrics: {str(exc)[:200]}")
+
+
+class FleetWatcher:
+    """Keeps ``snapshot`` fresh until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, cluster: Cluster, worker_metrics: list[str]) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.worker_metrics = worker_metrics[:MAX_WORKERS]
+        self.snapshot = FleetSnapshot()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                await self.refresh(session)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), REFRESH_S)
+
+    async def refresh(self, session: aiohttp.ClientSession) -> FleetSnapshot:
+        lag_task = asyncio.create_task(self._lag())
+        workers = await asyncio.gather(*(scrape(session, url) for url in self.worker_metrics))
+        lag, lag_error = await lag_task
+        self.snapshot = FleetSnapshot(lag, lag_error, tuple(workers), time.time())
+        return self.snapshot
+
+    async def _lag(self) -> tuple[dict[int, int] | None, str | None]:
+        topic = self.settings.topics.requests
+        try:
+            count = await self.cluster.partitions(topic)
+            partitions = [TopicPartition(topic, p) for p in range(count)]
+            request = [ConsumerGroupTopicPartitions(self.settings.group_id, partitions)]
+            futures = self.cluster.admin.list_consumer_group_offsets(request, request_timeout=5)
+            committed: dict[int, int] = {}
+            for future in futures.values():
+                result: Any = await asyncio.wrap_future(future)
+                for tp in result.topic_partitions:
+                    committed[tp.partition] = tp.offset
+            starts = await self.cluster.beginnings(topic, range(count))
+            ends = await self.cluster.ends(topic, range(count))
+        except KafkaException as exc:
+            return None, exc.args[0].str() if exc.args else "Kafka error"
+        except Exception as exc:  # the page shows why; the next refresh tries again
+            return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+        lag = {}
+        for p in range(count):
+            at = committed.get(p, -1)
+            lag[p] = max(0, ends[p] - (at if at >= 0 else starts[p]))
+        return lag, None
