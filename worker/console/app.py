@@ -119,7 +119,7 @@ class Console:
                 web.get("/", self.home),
                 web.get("/fleet", self.fleet_page),
                 web.get("/jobs", self.jobs_page),
-                web.get("/jobs/{request_id}", self.job_page),
+                web.get("/jobs/{request_id:.+}", self.job_page),
                 web.get("/dead-letters", self.dead_letters_page),
                 web.post("/dead-letters/check", self.dead_letters_check),
                 web.post("/dead-letters/replay", self.dead_letters_replay),
@@ -128,6 +128,7 @@ class Console:
                 web.get("/login", self.login_page),
                 web.post("/login", self.login),
                 web.post("/logout", self.logout),
+                web.get("/progress", self.progress_note),
                 web.get("/healthz", self.healthz),
                 web.static("/static", HERE / "static"),
             ]
@@ -175,6 +176,10 @@ class Console:
 
     async def home(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/fleet")
+
+    async def progress_note(self, request: web.Request) -> web.StreamResponse:
+        """How far the index has read (the pages' banner, refreshed until it is gone)."""
+        return self.fragment("progress.html")
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"ok": True, "index": self.follower.progress.as_json()})
@@ -409,8 +414,9 @@ def _describe(positions: list[tuple[int, int]]) -> str:
 
 def _audit(session: Session, action: str, target: str, reason: str | None, result: Any) -> None:
     # A fresh logger per action (they are rare): its processors are the ones configured now.
-    structlog.get_logger("export_worker.console.audit").info("console action", who=session.who, action=action, target=target,
-             reason=redact_text(reason) if reason else None, result=result)  # fmt: skip
+    audit = structlog.get_logger("export_worker.console.audit")
+    audit.info("console action", who=session.who, action=action, target=target,
+               reason=redact_text(reason) if reason else None, result=result)  # fmt: skip
 
 
 def _pauses_and_blocks(control: dict[str, dict[str, Any]], now_ms: int) -> tuple[list[dict[str, Any]], list[Any]]:

@@ -73,7 +73,7 @@ class ConsoleAuth:
             raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         except ValueError:
             return None
-        if not hmac.compare_digest(signature, self._sign(raw)):
+        if not hmac.compare_digest(signature.encode(), self._sign(raw).encode()):  # bytes: any text is safe
             return None
         try:
             data = json.loads(raw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,37 +59,53 @@ class FleetSnapshot:
         return None if self.lag is None else sum(self.lag.values())
 
 
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"a figure is {value}")
+    return value
+
+
+def _count(value: float) -> int:
+    return int(_finite(value))
+
+
 def parse_metrics(url: str, text: str) -> WorkerView:
-    """The figures the console shows, from a worker's Prometheus text."""
+    """The figures the console shows, from a worker's Prometheus text; ValueError when
+    it is not Prometheus text or a figure is not finite."""
     assigned = lag = 0
     paused = False
     limited: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "export_worker_assigned_partitions":
-                assigned += int(sample.value)
+                assigned += _count(sample.value)
             elif sample.name == "export_worker_consumer_lag":
-                lag += int(sample.value)
+                lag += _count(sample.value)
             elif sample.name == "export_worker_intake_paused":
-                paused = paused or sample.value > 0
+                paused = paused or _finite(sample.value) > 0
             elif sample.name == "export_worker_vendor_rate_limited_total":
-                limited[sample.labels.get("connection", "?")] += int(sample.value)
+                limited[sample.labels.get("connection", "?")] += _count(sample.value)
     return WorkerView(url, None, assigned, lag, paused, dict(limited))
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> WorkerView:
+    """One worker's figures; whatever goes wrong is that worker's error, never an exception."""
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)) as response:
             if response.status != 200:
                 return WorkerView(url, f"HTTP {response.status}")
-            body = await response.content.read(MAX_METRICS_BYTES + 1)
-        if len(body) > MAX_METRICS_BYTES:
-            return WorkerView(url, f"answer larger than {MAX_METRICS_BYTES} bytes")
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_METRICS_BYTES:
+                    return WorkerView(url, f"answer larger than {MAX_METRICS_BYTES} bytes")
         return parse_metrics(url, body.decode("utf-8", "replace"))
     except (aiohttp.ClientError, TimeoutError) as exc:
         return WorkerView(url, f"unreachable: {type(exc).__name__}")
-    except ValueError as exc:  # not Prometheus text
+    except ValueError as exc:  # not Prometheus text, or a figure that is not a number
         return WorkerView(url, f"not Prometheus metrics: {str(exc)[:200]}")
+    except Exception as exc:  # a hostile answer must not stop the fleet page
+        return WorkerView(url, f"unreadable answer: {type(exc).__name__}")
 
 
 class FleetWatcher:
@@ -103,7 +120,10 @@ class FleetWatcher:
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
-                await self.refresh(session)
+                try:
+                    await self.refresh(session)
+                except Exception:  # the page keeps the last snapshot; the next round tries again
+                    log.exception("console fleet refresh failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), REFRESH_S)
 

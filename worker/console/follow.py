@@ -64,6 +64,7 @@ class Progress:
     at_end: set[tuple[str, int]] = field(default_factory=set)
     records: int = 0
     undecodable: int = 0
+    failed_batches: int = 0
     missing_topics: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     caught_up_after_s: float | None = None
@@ -79,6 +80,7 @@ class Progress:
             "partitions": self.partitions,
             "records": self.records,
             "undecodable": self.undecodable,
+            "failed_batches": self.failed_batches,
             "missing_topics": list(self.missing_topics),
             "caught_up_after_s": self.caught_up_after_s,
         }
@@ -141,8 +143,13 @@ class IndexFollower:
             await consumer.assign(assignment)
             while not stop.is_set():
                 batch = await consumer.consume(BATCH, 0.5)
-                if batch:
+                if not batch:
+                    continue
+                try:
                     await self._fold(batch)
+                except Exception:  # e.g. the disk is full: that batch is missing, the pages go on
+                    self.progress.failed_batches += 1
+                    log.exception("console index could not fold a batch", records=len(batch))
         finally:
             await consumer.close()
 

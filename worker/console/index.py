@@ -101,8 +101,12 @@ class JobQuery:
         clauses: list[str] = []
         params: list[Any] = []
         if self.request_id:
-            clauses.append("request_id >= ? AND request_id < ?")
-            params += [self.request_id, self.request_id + "\U0010ffff"]
+            clauses.append("request_id >= ?")
+            params.append(self.request_id)
+            end = _prefix_end(self.request_id)
+            if end is not None:
+                clauses.append("request_id < ?")
+                params.append(end)
         for column in ("tenant", "connection", "vendor", "status"):
             value = getattr(self, column)
             if value:
@@ -118,6 +122,14 @@ class JobQuery:
             clauses.append("(updated_at_ms < ? OR (updated_at_ms = ? AND request_id < ?))")
             params += [self.before[0], self.before[0], self.before[1]]
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string above every string starting with ``prefix`` (None: no bound)."""
+    stripped = prefix.rstrip("\U0010ffff")
+    if not stripped:
+        return None
+    return stripped[:-1] + chr(ord(stripped[-1]) + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +173,7 @@ class ConsoleIndex:
         (request id, sequence, value), files (request id, position, value), dead
         letters (partition, offset, reason code, listing row), control records."""
         db = self._db
+        control_now = dict(self._control)  # kept only if the transaction commits
         db.execute("BEGIN")
         try:
             for update in jobs:
@@ -180,18 +193,19 @@ class ConsoleIndex:
                 ((p, o, reason, json.dumps(row)) for p, o, reason, row in dead_letters),
             )
             for key, value in control:
-                apply_control(self._control, key, value)
+                apply_control(control_now, key, value)
                 name = key.decode("utf-8", "replace") if key is not None else None
                 if name is None:
                     continue
-                if name in self._control:
-                    db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (name, json.dumps(self._control[name])))
+                if name in control_now:
+                    db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (name, json.dumps(control_now[name])))
                 else:
                     db.execute("DELETE FROM control WHERE key = ?", (name,))
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self._control = control_now
 
     # ---- queries -----------------------------------------------------------------------
 
