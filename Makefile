@@ -6,7 +6,7 @@ BASE   := $(VENV)/.base-installed
 DEV    := $(VENV)/.dev-installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev demo test lint format chaos bench broker-jars clean
+.PHONY: install install-dev browser demo test lint format chaos bench broker-jars clean
 
 $(BASE): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ broker-jars: $(BASE)          ## fetch the Apache Kafka jars into the cache
 demo: $(BASE)                 ## broker + simulators + worker + sample requests, live
 	$(VENV)/bin/export-worker demo
 
-test: $(DEV)                  ## the whole suite (real Kafka, real HTTP simulators)
+browser:                      ## Debian's chromium + chromium-driver for the console's browser tests
+	bash .ci/install-browser
+
+test: $(DEV) browser          ## the whole suite (real Kafka, real HTTP simulators, a real browser)
 	$(PY) -m worker.embedded
 	$(PY) -m pytest $(PYTEST_ARGS)
 
