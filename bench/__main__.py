@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import budgets, capacity, exclusive, latency, politeness, restore, store, throughput
+from bench import console as console_bench
 from bench.common import WORKDIR, broker
 
 console = Console()
@@ -171,6 +172,11 @@ async def run(quick: bool) -> list[str]:
                 "latency_p99_per_poll_interval", lat.p99_s / lat.interval_s, "<=1.50", lat.p99_s <= 1.5 * lat.interval_s
             )
         )
+        step("console")
+        cb = await console_bench.measure(bootstrap, 20_000 if quick else 100_000)
+        for row in console_bench.rows(cb):
+            table.add_row(*row)
+        lines.extend(console_bench.lines(cb))
         step("done")
     console.print(table)
     console.print(f"machine: {machine()}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
@@ -37,20 +38,31 @@ class Restore:
         return self.states / self.bare_s
 
 
-async def write_states(settings: Settings, n: int) -> None:
+JOB = '{"type":"ItronBatchRequest","filetype":"Csv","tokens":{"ServicePoint":"9000053409"},"is_ohs_request":false}'
+
+
+def running_state(i: int, now: int, partitions: int) -> JobState:
+    """Job ``i``: an Itron job polled every 30 s, its next poll spread over 30 s."""
+    rid = f"restore-{i:06d}"
+    return JobState(
+        request_id=rid, tenant="acme", connection="itron", vendor="itron", job_json=JOB,
+        requested_at_ms=now, origin_partition=i % partitions, origin_offset=i,
+        phase=Phase.ACTIVE, status=Status.RUNNING, sequence=4, created_at_ms=now, updated_at_ms=now,
+        vendor_status="Running", vendor_job_id=f"{i:08d}-0000-4000-8000-000000000000",
+        submit_attempt=1, next_action_at_ms=now + 30_000 + i % 30_000,
+    )  # fmt: skip
+
+
+async def write_states(
+    settings: Settings, n: int, state_of: Callable[[int, int, int], JobState] = running_state
+) -> None:
+    """``n`` states on export.jobs, job ``i`` on partition ``i % partitions``."""
     codec = Codec()
     producer = AIOProducer({**producer_config(settings), "linger.ms": 20}, batch_size=5000, buffer_timeout=0.1)
     now = int(time.time() * 1000)
-    job = '{"type":"ItronBatchRequest","filetype":"Csv","tokens":{"ServicePoint":"9000053409"},"is_ohs_request":false}'
     for i in range(n):
-        rid = f"restore-{i:06d}"
-        state = JobState(
-            request_id=rid, tenant="acme", connection="itron", vendor="itron", job_json=job,
-            requested_at_ms=now, origin_partition=i % settings.topics.partitions, origin_offset=i,
-            phase=Phase.ACTIVE, status=Status.RUNNING, sequence=4, created_at_ms=now, updated_at_ms=now,
-            vendor_status="Running", vendor_job_id=f"{i:08d}-0000-4000-8000-000000000000",
-            submit_attempt=1, next_action_at_ms=now + 30_000 + i % 30_000,
-        )  # fmt: skip
+        state = state_of(i, now, settings.topics.partitions)
+        rid = state.request_id
         value = codec.encode("JobState", state_to_record(state))
         await producer.produce(
             settings.topics.jobs, value=value, key=rid.encode(), partition=i % settings.topics.partitions

@@ -267,6 +267,12 @@ def produce(
 def demo(
     requests_per_vendor: Annotated[int, typer.Option(help="sample requests per vendor")] = 3,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 120.0,
+    console_port: Annotated[
+        int, typer.Option(min=-1, max=65_535, help="the web console's port (a free one if taken; -1: no console)")
+    ] = 8090,
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="keep everything running after the requests finish (Ctrl-C stops)")
+    ] = False,
 ) -> None:
     """Start Kafka (embedded unless KAFKA_BOOTSTRAP is set), the vendor simulators and a worker,
     publish sample requests and show them reaching file-ready in a live table.
@@ -275,7 +281,14 @@ def demo(
     """
     from worker.demo import run_demo
 
-    ok = run_async(run_demo(requests_per_vendor=requests_per_vendor, timeout=timeout))
+    ok = run_async(
+        run_demo(
+            requests_per_vendor=requests_per_vendor,
+            timeout=timeout,
+            console_port=console_port,
+            keep_running=keep_running,
+        )
+    )
     raise typer.Exit(0 if ok else 1)
 
 

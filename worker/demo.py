@@ -86,7 +86,31 @@ def demo_settings(bootstrap: str, topics: TopicSettings, workdir: Path) -> Setti
     )
 
 
-async def run_demo(*, requests_per_vendor: int = 3, timeout: float = 120.0) -> bool:
+async def start_console(stack: AsyncExitStack, settings: Settings, port: int) -> None:
+    """The operators' console on ``port`` (a free one when taken), until the demo ends."""
+    from pydantic import SecretStr
+
+    from worker.console.app import ConsoleOptions, serve
+
+    token = os.environ.get("EXPORT_WORKER_CONSOLE_TOKEN") or None
+    for candidate in (port, 0):
+        options = ConsoleOptions(port=candidate, token=SecretStr(token) if token else None)
+        try:
+            _console, url = await stack.enter_async_context(serve(settings, options))
+        except OSError:  # the port is taken: any free one
+            continue
+        how = (
+            "sign in with EXPORT_WORKER_CONSOLE_TOKEN to act"
+            if token
+            else "read-only: set EXPORT_WORKER_CONSOLE_TOKEN to act"
+        )
+        console.print(f"Console at [bold]{url}[/bold] ({how})")
+        return
+
+
+async def run_demo(
+    *, requests_per_vendor: int = 3, timeout: float = 120.0, console_port: int = 8090, keep_running: bool = False
+) -> bool:
     configure_logging("error", "console")
     started = time.monotonic()
     workdir = Path(".demo")
@@ -126,6 +150,8 @@ async def run_demo(*, requests_per_vendor: int = 3, timeout: float = 120.0) -> b
             await asyncio.wait_for(task, 60)
 
         stack.push_async_callback(shutdown)
+        if console_port >= 0:
+            await start_console(stack, settings, console_port)
 
         expected: dict[str, str] = {}
         run_id = uuid.uuid4().hex[:4]
@@ -177,4 +203,17 @@ async def run_demo(*, requests_per_vendor: int = 3, timeout: float = 120.0) -> b
             )
         else:
             console.print(f"[red]Not every request finished within {timeout:.0f} s[/red]")
+        if keep_running:
+            console.print("Broker, simulators, worker and console keep running: Ctrl-C to stop.")
+            await _until_interrupted()
         return ok
+
+
+async def _until_interrupted() -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
