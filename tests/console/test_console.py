@@ -107,7 +107,14 @@ async def test_pause_and_resume_need_a_signed_in_operator_and_a_fresh_form(
 
         with info_logs() as logs:
             status, html = await browser.post(
-                "/pauses", {"target": "itron", "kind": "connection", "reason": "vendor maintenance", "csrf": csrf}
+                "/pauses",
+                {
+                    "target": "itron",
+                    "kind": "connection",
+                    "action": "pause",
+                    "reason": "vendor maintenance",
+                    "csrf": csrf,
+                },
             )
         assert status == 200 and "connection:itron paused" in html
         assert re.search(r"connection itron</th><td>vendor maintenance</td><td>alice \(console\)", html)
@@ -127,7 +134,9 @@ async def test_pause_and_resume_need_a_signed_in_operator_and_a_fresh_form(
         assert status == 200 and "connection:itron resumed" in html and "Nothing is paused" in html
         assert (await read_control(settings))["connection:itron"]["paused"] is False
 
-        status, html = await browser.post("/pauses", {"target": "nope", "kind": "vendor", "reason": "x", "csrf": csrf})
+        status, html = await browser.post(
+            "/pauses", {"target": "nope", "kind": "vendor", "action": "pause", "reason": "x", "csrf": csrf}
+        )
         assert status == 400 and "unknown vendor" in html
 
 
@@ -161,13 +170,33 @@ async def test_a_dead_letter_is_replayed_after_its_connection_is_fixed(
         status, html = await browser.post("/dead-letters/check", [("position", positions[0]), ("csrf", csrf)])
         assert status == 200 and "accepted now (was unknown_connection): resubmit" in html
         assert re.findall(r'type="hidden" name="position" value="(\d+:\d+)"', html) == positions
+        plan = re.search(r'name="plan" value="([0-9a-f]+)"', html)
+        assert plan is not None
+        confirm = [("position", positions[0]), ("csrf", csrf), ("plan", plan[1])]
+
+        # The confirm replays exactly what the dry run showed: not without it, not more.
+        p, o = map(int, positions[0].split(":"))
+        other = f"{p}:{o + 1}"
+        for forged in ([("position", positions[0]), ("csrf", csrf)],
+                       [*confirm, ("position", other)],
+                       [("position", positions[0]), ("csrf", csrf), ("plan", "0" * 64)]):  # fmt: skip
+            status, html = await browser.post("/dead-letters/replay", forged)
+            assert status == 400 and "not the one its dry run showed" in html
+        status, html = await browser.post("/dead-letters/check", [("position", f"{p}:{o + 10_000}"), ("csrf", csrf)])
+        assert status == 400 and f"not in {settings.topics.dlq} (any more): {p}:{o + 10_000}" in html
 
         posts = submits(itron_sim)
         async with worker_running(settings, itron_sim, "itron", "itron-eu"), OutputReader(settings) as reader:
-            status, html = await browser.post("/dead-letters/replay", [("position", positions[0]), ("csrf", csrf)])
+            with info_logs() as logs:
+                status, html = await browser.post("/dead-letters/replay", confirm)
             assert status == 200 and "Replayed 1 of 1" in html
             out = await reader.wait_for(lambda o: o.statuses(r)[-1:] == ["SUCCEEDED"], what="replayed request done")
+            status, html = await browser.post("/dead-letters/replay", confirm)  # the form sent again
+            assert status == 400 and "this replay already ran (replayed 1 of 1)" in html
         assert out.statuses(r)[0] == "REJECTED" and submits(itron_sim) == posts + 1
+        assert [(e["who"], e["action"], e["target"], e["result"]) for e in logs if e["event"] == "console action"] == [
+            ("bob", "dead-letter replay", positions[0], "replayed 1 of 1")
+        ]
         await indexed(console, r, "SUCCEEDED")
         status, html = await browser.post("/dead-letters/check", [("position", "nonsense"), ("csrf", csrf)])
         assert status == 400 and "is not PARTITION:OFFSET" in html
@@ -198,3 +227,46 @@ async def test_fleet_page_counts_open_jobs_dead_letters_and_reads_worker_metrics
             assert "requests not yet read" in html and "No open jobs." in html
             status, fragment = await browser.get("/fleet?fragment=1")
             assert status == 200 and "<html" not in fragment and "not_avro" in fragment
+
+
+async def test_the_token_typed_as_a_name_is_never_kept_shown_or_logged(settings: Settings) -> None:
+    async with console_running(settings) as (_console, url), client(url) as browser:
+        with info_logs() as logs:
+            status, html = await browser.sign_in(name=f"me {TOKEN}", token=TOKEN)
+        assert status == 403 and "holds the console token" in html and TOKEN not in html
+        assert TOKEN not in json.dumps(logs, default=str)
+        assert not browser.session.cookie_jar.filter_cookies(url)  # not signed in
+
+
+async def test_forms_that_act_are_checked_on_the_server(settings: Settings) -> None:
+    async with console_running(settings) as (console, url), client(url) as browser:
+        await caught_up(console)
+        await browser.sign_in("dave")
+        csrf = await browser.csrf()
+        status, html = await browser.post("/pauses", {"target": "itron", "action": "pause", "csrf": csrf})
+        assert status == 400 and "say why you pause it" in html
+        status, html = await browser.post(
+            "/pauses", {"target": "itron", "action": "explode", "reason": "x", "csrf": csrf}
+        )
+        assert status == 400 and "names no action" in html
+        status, html = await browser.post(
+            "/pauses", {"target": "itron", "action": "pause", "reason": "two\nlines\x1b[31m", "csrf": csrf}
+        )
+        assert status == 200
+        assert (await read_control(settings))["connection:itron"]["reason"] == "twolines[31m"
+        status, html = await browser.post("/dead-letters/check", [("csrf", csrf)])
+        assert status == 400 and "select between 1 and 500 dead letters" in html
+        status, html = await browser.get("/jobs?before=%C2%B2%C2%B2:x")  # superscript digits are not digits
+        assert status == 400 and "not a page cursor" in html
+        status, html = await browser.get("/jobs?since=-" + "9" * 400 + "d")
+        assert status == 400 and "is not a time" in html
+
+
+async def test_a_loopback_console_answers_only_to_localhost(settings: Settings) -> None:
+    async with console_running(settings) as (_console, url), client(url) as browser:
+        async with browser.session.get(url + "/fleet", headers={"Host": "attacker.example"}) as response:
+            assert response.status == 421 and response.headers["X-Content-Type-Options"] == "nosniff"
+        async with browser.session.get(url + "/healthz", headers={"Host": "localhost:1234"}) as response:
+            assert response.status == 200 and (await response.json())["ok"] is True
+        async with browser.session.get(url + "/login") as response:
+            assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]

@@ -9,9 +9,11 @@ the same operator code as the CLI (``worker.ops``).
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -50,6 +52,12 @@ ECHO_WAIT_S = 5.0
 MAX_FIELD = 200
 # Form bodies larger than this are refused.
 MAX_BODY = 64 * 1024
+# How long one dry run or replay may take before the page gives up on it.
+REPLAY_TIMEOUT_S = 120.0
+# Replays remembered as done, so that a resubmitted form does not replay again.
+DONE_PLANS = 1_000
+# Host headers a console listening on loopback answers (DNS rebinding gets nothing).
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,6 +92,8 @@ class Console:
         self.index: IndexThread
         self.follower: IndexFollower
         self.fleet: FleetWatcher
+        self._done_plans: OrderedDict[str, str] = OrderedDict()  # plan -> what it did
+        self._replaying = asyncio.Lock()  # one dry run or replay at a time
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -137,7 +147,17 @@ class Console:
 
     @web.middleware
     async def _headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
+        try:
+            if self.options.host in LOOPBACK_HOSTS and _hostname(request.host) not in LOOPBACK_HOSTS:
+                raise web.HTTPMisdirectedRequest(text="this console answers only to localhost")
+            response = await handler(request)
+        except web.HTTPException as exc:  # redirects and errors get the same headers
+            self._secure(request, exc)
+            raise
+        self._secure(request, response)
+        return response
+
+    def _secure(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.setdefault(
             "Content-Security-Policy",
             "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -146,7 +166,6 @@ class Console:
         response.headers.setdefault("Referrer-Policy", "same-origin")
         if request.path != "/healthz" and not request.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
     # ---- rendering ---------------------------------------------------------------------------
 
@@ -182,7 +201,9 @@ class Console:
         return self.fragment("progress.html")
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"ok": True, "index": self.follower.progress.as_json()})
+        progress = self.follower.progress
+        ok = progress.error is None
+        return web.json_response({"ok": ok, "index": progress.as_json()}, status=200 if ok else 503)
 
     async def _fleet_context(self) -> dict[str, Any]:
         def read(index: Any) -> tuple[Any, ...]:
@@ -277,6 +298,10 @@ class Console:
         if not self.auth.enabled:
             return self.render(request, "login.html", status=403, name=name,
                                error="This console is read-only: EXPORT_WORKER_CONSOLE_TOKEN is not set.")  # fmt: skip
+        if self.auth.contains_token(name):  # pasted into the wrong field: never kept, shown or logged
+            log.warning("console sign-in refused: the token was typed as the name", remote=request.remote)
+            return self.render(request, "login.html", status=403, name="",
+                               error="That name holds the console token: type your own name.")  # fmt: skip
         if not name or not self.auth.check_token(token):
             log.warning("console sign-in refused", who=name or None, remote=request.remote)
             return self.render(request, "login.html", status=403, name=name, error="Name and token do not match.")
@@ -314,11 +339,15 @@ class Console:
     async def pause_action(self, request: web.Request) -> web.StreamResponse:
         session = await self._actor(request)
         form = await request.post()
-        target = _field(str(form.get("target", "")))
+        target = _field(form.get("target"))
         vendor = form.get("kind") == "vendor"
-        paused = form.get("action") != "resume"
-        reason = _field(str(form.get("reason", ""))) or None
-        action = "pause" if paused else "resume"
+        action = _field(form.get("action"))
+        reason = _field(form.get("reason")) or None
+        if action not in ("pause", "resume"):
+            return await self._pauses(request, status=400, error="the form names no action: reload the page")
+        if action == "pause" and reason is None:
+            return await self._pauses(request, status=400, error="say why you pause it (the reason is shown to all)")
+        paused = action == "pause"
         try:
             key = await set_paused(self.settings, target, vendor=vendor, paused=paused, reason=reason,
                                    by=f"{session.who} (console)")  # fmt: skip
@@ -345,38 +374,73 @@ class Console:
         return None if path is None else ConnectionsFile.load(path).connections  # read fresh: the operator's fix
 
     async def dead_letters_check(self, request: web.Request) -> web.StreamResponse:
+        """The dry run: what the workers would do with each selected dead letter, and a
+        confirm form bound to exactly these (``plan``)."""
         session = await self._actor(request)
         form = await request.post()
+        positions: list[tuple[int, int]] = []
         try:
             positions = _positions(form.getall("position", []))
-            report = await replay_dead_letters(
-                self.settings, dry_run=True, positions=positions, connections=self._connections()
-            )
-        except ExportWorkerError as exc:
-            return self.render(request, "replay.html", status=400, report=None, positions=[], error=str(exc))
+            async with self._replaying, asyncio.timeout(REPLAY_TIMEOUT_S):
+                report = await replay_dead_letters(
+                    self.settings, dry_run=True, positions=positions, connections=self._connections()
+                )
+        except (ExportWorkerError, TimeoutError) as exc:
+            why = str(exc) or f"no answer within {REPLAY_TIMEOUT_S:.0f} s"
+            _audit(session, "dead-letter dry run", _describe(positions), None, f"refused: {why}")
+            return self.render(request, "replay.html", status=400, report=None, positions=[], error=why)
         _audit(session, "dead-letter dry run", _describe(positions), None, dict(report.outcomes))
         return self.render(request, "replay.html", report=report, positions=[f"{p}:{o}" for p, o in positions],
+                           plan=self.auth.plan(session, positions),
                            predictions=[(where, o.text) for where, o in report.predictions])  # fmt: skip
 
     async def dead_letters_replay(self, request: web.Request) -> web.StreamResponse:
+        """The confirm: replays exactly what the dry run showed, once."""
         session = await self._actor(request)
         form = await request.post()
+        positions: list[tuple[int, int]] = []
+        plan = str(form.get("plan", ""))
         try:
             positions = _positions(form.getall("position", []))
-            report = await replay_dead_letters(self.settings, positions=positions)
-        except ExportWorkerError as exc:
-            _audit(session, "dead-letter replay", "", None, f"refused: {exc}")
-            return self.render(request, "replay.html", status=400, report=None, positions=[], error=str(exc))
+            if not self.auth.check_plan(session, positions, plan):
+                raise OperatorError("this replay is not the one its dry run showed: select the dead letters again")
+            if plan in self._done_plans:
+                raise OperatorError(f"this replay already ran ({self._done_plans[plan]}); nothing was written again")
+            async with self._replaying, asyncio.timeout(REPLAY_TIMEOUT_S):
+                if plan in self._done_plans:  # the same form, submitted twice at once
+                    raise OperatorError(f"this replay already ran ({self._done_plans[plan]})")
+                report = await replay_dead_letters(self.settings, positions=positions)
+                self._remember(plan, f"replayed {report.replayed} of {report.matched}")
+        except (ExportWorkerError, TimeoutError) as exc:
+            why = str(exc) or f"no answer within {REPLAY_TIMEOUT_S:.0f} s: some may have been written, see Jobs"
+            _audit(session, "dead-letter replay", _describe(positions), None, f"refused: {why}")
+            return self.render(request, "replay.html", status=400, report=None, positions=[], error=why)
         _audit(session, "dead-letter replay", _describe(positions), None,
                f"replayed {report.replayed} of {report.matched}")  # fmt: skip
         return self.render(request, "replay.html", report=report, positions=[], predictions=[])
+
+    def _remember(self, plan: str, outcome: str) -> None:
+        self._done_plans[plan] = outcome
+        while len(self._done_plans) > DONE_PLANS:
+            self._done_plans.popitem(last=False)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
 
 
 def _field(value: Any) -> str:
-    return "" if value is None else str(value).strip()[:MAX_FIELD]
+    """A form value as kept: printable characters only (no forged log lines), bounded."""
+    if value is None:
+        return ""
+    return "".join(ch for ch in str(value)[: MAX_FIELD * 4] if ch.isprintable()).strip()[:MAX_FIELD]
+
+
+def _hostname(host: str | None) -> str:
+    if not host:
+        return ""
+    if host.startswith("["):  # [::1]:8090
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _job_query(form: dict[str, str]) -> JobQuery:
@@ -384,7 +448,7 @@ def _job_query(form: dict[str, str]) -> JobQuery:
     before = None
     if form["before"]:
         at, sep, rid = form["before"].partition(":")
-        if not sep or not at.isdigit():
+        if not sep or not re.fullmatch(r"[0-9]{1,15}", at):
             raise OperatorError(f"not a page cursor: {form['before']!r}")
         before = (int(at), rid)
     return JobQuery(

@@ -82,6 +82,19 @@ class ConsoleAuth:
             return None
         return session if session.expires_at > self._now() and session.who else None
 
+    def contains_token(self, text: str) -> bool:
+        """True when ``text`` holds the token (pasted into the wrong field): such a text
+        is never kept, shown or logged."""
+        return self._token is not None and self._token in text
+
+    def plan(self, session: Session, positions: list[tuple[int, int]]) -> str:
+        """Binds a replay's confirmation to the dead letters its dry run showed."""
+        selected = ",".join(f"{p}:{o}" for p, o in sorted(positions))
+        return self._sign(b"plan:" + session.raw + b"|" + selected.encode())
+
+    def check_plan(self, session: Session, positions: list[tuple[int, int]], offered: str) -> bool:
+        return hmac.compare_digest(offered.encode(), self.plan(session, positions).encode())
+
     def csrf(self, session: Session) -> str:
         return self._sign(b"csrf:" + session.raw)
 

@@ -21,6 +21,7 @@ import aiohttp
 import structlog
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 from worker.config import Settings
 from worker.ops.kafkaio import Cluster
@@ -33,6 +34,8 @@ MAX_METRICS_BYTES = 2 * 1024 * 1024
 SCRAPE_TIMEOUT_S = 2.0
 # Worker endpoints the console scrapes at most.
 MAX_WORKERS = 64
+# Connections one worker's rate-limit figures may name (the rest are summed as "others").
+MAX_CONNECTIONS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,28 +87,45 @@ def parse_metrics(url: str, text: str) -> WorkerView:
             elif sample.name == "export_worker_intake_paused":
                 paused = paused or _finite(sample.value) > 0
             elif sample.name == "export_worker_vendor_rate_limited_total":
-                limited[sample.labels.get("connection", "?")] += _count(sample.value)
+                connection = sample.labels.get("connection", "?")[:100]
+                if connection not in limited and len(limited) >= MAX_CONNECTIONS:
+                    connection = "others"
+                limited[connection] += _count(sample.value)
     return WorkerView(url, None, assigned, lag, paused, dict(limited))
 
 
-async def scrape(session: aiohttp.ClientSession, url: str) -> WorkerView:
-    """One worker's figures; whatever goes wrong is that worker's error, never an exception."""
+def shown_url(url: str) -> str:
+    """A worker URL as the pages show it: without credentials."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)) as response:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return "(not a URL)"
+    return str(parsed.with_user(None)) if parsed.user or parsed.password else url
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> WorkerView:
+    """One worker's figures; whatever goes wrong is that worker's error, never an
+    exception. Redirects are not followed (a worker has no reason to send one), and
+    nothing of a bad answer is shown, only what was wrong with it."""
+    shown = shown_url(url)
+    try:
+        timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)
+        async with session.get(url, timeout=timeout, allow_redirects=False) as response:
             if response.status != 200:
-                return WorkerView(url, f"HTTP {response.status}")
+                return WorkerView(shown, f"HTTP {response.status}")
             body = bytearray()
             async for chunk in response.content.iter_chunked(64 * 1024):
                 body += chunk
                 if len(body) > MAX_METRICS_BYTES:
-                    return WorkerView(url, f"answer larger than {MAX_METRICS_BYTES} bytes")
-        return parse_metrics(url, body.decode("utf-8", "replace"))
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return WorkerView(url, f"unreachable: {type(exc).__name__}")
-    except ValueError as exc:  # not Prometheus text, or a figure that is not a number
-        return WorkerView(url, f"not Prometheus metrics: {str(exc)[:200]}")
+                    return WorkerView(shown, f"answer larger than {MAX_METRICS_BYTES} bytes")
+        # Parsing up to 2 MiB takes a while: off the loop, so that pages keep answering.
+        return await asyncio.to_thread(parse_metrics, shown, body.decode("utf-8", "replace"))
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        if isinstance(exc, ValueError) and not isinstance(exc, aiohttp.ClientError):
+            return WorkerView(shown, "not Prometheus metrics (or a figure that is not a finite number)")
+        return WorkerView(shown, f"unreachable: {type(exc).__name__}")
     except Exception as exc:  # a hostile answer must not stop the fleet page
-        return WorkerView(url, f"unreadable answer: {type(exc).__name__}")
+        return WorkerView(shown, f"unreadable answer: {type(exc).__name__}")
 
 
 class FleetWatcher:
@@ -155,5 +175,5 @@ class FleetWatcher:
         lag = {}
         for p in range(count):
             at = committed.get(p, -1)
-            lag[p] = max(0, ends[p] - (at if at >= 0 else starts[p]))
+            lag[p] = max(0, ends[p] - max(at, starts[p]))  # none committed, or below the log start
         return lag, None

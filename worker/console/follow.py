@@ -30,6 +30,7 @@ from worker.ops.dlq import letter_row
 from worker.ops.errors import TopicMissing
 from worker.ops.kafkaio import Cluster, client_config
 from worker.records import decode_state
+from worker.redaction import redact_text
 
 log = structlog.get_logger("export_worker.console")
 
@@ -39,6 +40,9 @@ T = TypeVar("T")
 BATCH = 2_000
 # How long to wait before looking again for a topic that does not exist yet.
 TOPIC_RETRY_S = 2.0
+# Pauses before reading again after a failure (doubling up to the maximum).
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 30.0
 
 
 class IndexThread:
@@ -64,7 +68,8 @@ class Progress:
     at_end: set[tuple[str, int]] = field(default_factory=set)
     records: int = 0
     undecodable: int = 0
-    failed_batches: int = 0
+    restarts: int = 0
+    error: str | None = None  # why reading stopped last, until a batch is folded again
     missing_topics: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     caught_up_after_s: float | None = None
@@ -80,7 +85,8 @@ class Progress:
             "partitions": self.partitions,
             "records": self.records,
             "undecodable": self.undecodable,
-            "failed_batches": self.failed_batches,
+            "restarts": self.restarts,
+            "error": self.error,
             "missing_topics": list(self.missing_topics),
             "caught_up_after_s": self.caught_up_after_s,
         }
@@ -129,6 +135,23 @@ class IndexFollower:
                 return []
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Follow the topics until ``stop``; after any failure (the broker gone, the
+        registry down, the disk full) start again from the beginning after a pause:
+        folding is idempotent, so nothing is lost or counted twice."""
+        pause = RESTART_MIN_S
+        while not stop.is_set():
+            try:
+                await self._follow(stop)
+                return
+            except Exception as exc:
+                self.progress.restarts += 1
+                self.progress.error = redact_text(f"{type(exc).__name__}: {str(exc)[:300]}")
+                log.exception("console index stopped reading; starting again", pause_s=pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            pause = min(RESTART_MAX_S, pause * 2)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
         assignment = await self._assignment(stop)
         if not assignment:
             return
@@ -143,13 +166,9 @@ class IndexFollower:
             await consumer.assign(assignment)
             while not stop.is_set():
                 batch = await consumer.consume(BATCH, 0.5)
-                if not batch:
-                    continue
-                try:
+                if batch:
                     await self._fold(batch)
-                except Exception:  # e.g. the disk is full: that batch is missing, the pages go on
-                    self.progress.failed_batches += 1
-                    log.exception("console index could not fold a batch", records=len(batch))
+                    self.progress.error = None
         finally:
             await consumer.close()
 

@@ -29,6 +29,9 @@ CACHE_KIB = 32_768
 PAGE = 50
 # Dead letters one listing shows at most (newest first).
 DEAD_LETTERS_SHOWN = 500
+# A job page shows at most its latest status events and files.
+MAX_EVENTS = 500
+MAX_FILES = 100
 
 _SCHEMA = """
 CREATE TABLE jobs (
@@ -50,10 +53,11 @@ CREATE TABLE files (
     PRIMARY KEY (request_id, position)
 ) WITHOUT ROWID;
 CREATE TABLE dead_letters (
-    partition INTEGER NOT NULL, offset INTEGER NOT NULL, reason_code TEXT NOT NULL,
+    partition INTEGER NOT NULL, offset INTEGER NOT NULL, reason_code TEXT NOT NULL, failed_at TEXT NOT NULL,
     row TEXT NOT NULL, PRIMARY KEY (partition, offset)
 ) WITHOUT ROWID;
-CREATE INDEX dead_letters_reason ON dead_letters (reason_code);
+CREATE INDEX dead_letters_failed ON dead_letters (failed_at);
+CREATE INDEX dead_letters_reason ON dead_letters (reason_code, failed_at);
 CREATE TABLE control (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
@@ -124,6 +128,12 @@ class JobQuery:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+def _position_key(position: str) -> tuple[int, int]:
+    """ "partition:offset" in numeric order (as text, "0:10" would come before "0:9")."""
+    partition, _, offset = position.partition(":")
+    return (int(partition), int(offset)) if partition.isdecimal() and offset.isdecimal() else (-1, -1)
+
+
 def _prefix_end(prefix: str) -> str | None:
     """The smallest string above every string starting with ``prefix`` (None: no bound)."""
     stripped = prefix.rstrip("\U0010ffff")
@@ -189,8 +199,11 @@ class ConsoleIndex:
             db.executemany("INSERT OR REPLACE INTO statuses VALUES (?, ?, ?)", statuses)
             db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", files)
             db.executemany(
-                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?)",
-                ((p, o, reason, json.dumps(row)) for p, o, reason, row in dead_letters),
+                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
+                (
+                    (p, o, reason, str(row.get("failed_at") or ""), json.dumps(row))
+                    for p, o, reason, row in dead_letters
+                ),
             )
             for key, value in control:
                 apply_control(control_now, key, value)
@@ -220,8 +233,17 @@ class ConsoleIndex:
     def job(self, request_id: str) -> JobRecords | None:
         db = self._db
         state = db.execute("SELECT partition, value FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
-        statuses = [v for (v,) in db.execute("SELECT value FROM statuses WHERE request_id = ?", (request_id,))]
-        files = [v for (v,) in db.execute("SELECT value FROM files WHERE request_id = ?", (request_id,))]
+        # The latest of each (a producer that resends a request id over and over adds a
+        # DUPLICATE event each time): a page shows a bounded lineage.
+        statuses = [
+            v
+            for (v,) in db.execute(
+                "SELECT value FROM statuses WHERE request_id = ? ORDER BY sequence DESC LIMIT ?",
+                (request_id, MAX_EVENTS),
+            )
+        ][::-1]
+        rows = db.execute("SELECT position, value FROM files WHERE request_id = ?", (request_id,))
+        files = [v for _p, v in sorted(rows, key=lambda r: _position_key(r[0]))][-MAX_FILES:]
         if state is None and not statuses and not files:
             return None
         return JobRecords((state[0], state[1]) if state is not None else None, statuses, files)
@@ -241,13 +263,14 @@ class ConsoleIndex:
         return dict(rows.fetchall())
 
     def dead_letters(self, reason: str | None = None, limit: int = DEAD_LETTERS_SHOWN) -> list[dict[str, Any]]:
-        """Newest first (by position in the dead-letter topic's partitions)."""
+        """Newest first: by the time they failed (ISO 8601 UTC sorts as text), then by
+        position."""
         sql = "SELECT row FROM dead_letters"
         params: list[Any] = []
         if reason:
             sql += " WHERE reason_code = ?"
             params.append(reason)
-        sql += " ORDER BY offset DESC, partition DESC LIMIT ?"
+        sql += " ORDER BY failed_at DESC, partition DESC, offset DESC LIMIT ?"
         return [json.loads(row) for (row,) in self._db.execute(sql, [*params, limit])]
 
     def control(self) -> dict[str, dict[str, Any]]:

@@ -38,8 +38,10 @@ from worker.ops.timeparse import format_ms, parse_time
 from worker.ops.wire import codec_for
 from worker.redaction import redact_text
 
-# Dead letters one replay may select by position (the console's checkboxes).
+# Dead letters one replay may select by position (the console's checkboxes), and how far
+# apart (offsets of one partition) they may be: the range between them is read.
 MAX_SELECTED = 500
+MAX_SELECTED_SPAN = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +224,7 @@ async def replay_dead_letters(
     if saved is not None:
         spans = saved.spans
     elif selected is not None:
-        spans = _selected_spans(selected)
+        spans = await _selected_spans(cluster, topic, selected)
     else:
         spans = await _dlq_spans(cluster, topic, since, now_ms)
         if checkpoint is not None and not dry_run:
@@ -240,9 +242,29 @@ async def replay_dead_letters(
     return await run_range(settings, report=report, spans=spans, planner=planner, checkpoint=saved, hooks=hooks)
 
 
-def _selected_spans(selected: frozenset[tuple[int, int]]) -> list[Span]:
-    """One span per partition, from the first selected offset to past the last."""
+async def _selected_spans(cluster: Cluster, topic: str, selected: frozenset[tuple[int, int]]) -> list[Span]:
+    """One span per partition, from the first selected offset to past the last; a
+    selected dead letter that is not in the topic (any more), or a selection spread
+    over more than ``MAX_SELECTED_SPAN`` offsets of a partition, is a UsageError."""
     by_partition: dict[int, list[int]] = {}
     for partition, offset in selected:
         by_partition.setdefault(partition, []).append(offset)
-    return [Span(p, min(offsets), max(offsets) + 1) for p, offsets in sorted(by_partition.items())]
+    count = await cluster.partitions(topic)
+    present = [p for p in by_partition if p < count]
+    starts = await cluster.beginnings(topic, present)
+    ends = await cluster.ends(topic, present)
+    gone = sorted(
+        (p, o) for p, offsets in by_partition.items() for o in offsets
+        if p >= count or not starts[p] <= o < ends[p]
+    )  # fmt: skip
+    if gone:
+        shown = ", ".join(f"{p}:{o}" for p, o in gone[:10])
+        raise UsageError(f"not in {topic} (any more): {shown}{' ...' if len(gone) > 10 else ''}; list them again")
+    spans = [Span(p, min(offsets), max(offsets) + 1) for p, offsets in sorted(by_partition.items())]
+    wide = [s for s in spans if s.size > MAX_SELECTED_SPAN]
+    if wide:
+        raise UsageError(
+            f"the selection spans {wide[0].size} offsets of partition {wide[0].partition}; replay dead letters at"
+            f" most {MAX_SELECTED_SPAN} offsets apart at a time (or use --reason/--since)"
+        )
+    return spans

@@ -10,8 +10,13 @@
       .then(function (response) { return response.ok ? response.text() : null; })
       .then(function (html) {
         if (html !== null && html !== element.getAttribute("data-last")) {
+          // Keep what the reader opened (a job's body) open across the update.
+          var open = Array.prototype.map.call(element.querySelectorAll("details"), function (d) { return d.open; });
           element.innerHTML = html;
           element.setAttribute("data-last", html);
+          Array.prototype.forEach.call(element.querySelectorAll("details"), function (d, i) {
+            if (open[i]) { d.open = true; }
+          });
         }
         element.setAttribute("data-refreshed", String(Date.now()));
       })
