@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import itron_connection
 from tests.console.conftest import TOKEN, caught_up, client, console_running, indexed, info_logs
 from tests.ops.conftest import rid, submits, worker_running, write_connections
 from worker.config import Settings
+from worker.console import follow
+from worker.console.follow import IndexThread
 from worker.control import read_control
 from worker.kafka import ensure_topics
 from worker.redaction import redact_text
@@ -270,3 +275,31 @@ async def test_a_loopback_console_answers_only_to_localhost(settings: Settings) 
             assert response.status == 200 and (await response.json())["ok"] is True
         async with browser.session.get(url + "/login") as response:
             assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+async def test_the_index_reads_everything_again_after_a_failure(
+    settings: Settings, itron_sim: ItronSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = rid("done")
+    async with worker_running(settings, itron_sim), Publisher(settings) as pub, OutputReader(settings) as reader:
+        await pub.send(itron_request(done))
+        await pub.flush()
+        await reader.wait_for(lambda o: terminal(o, [done]), what="done")
+    original = IndexThread.call
+    failures = []
+
+    async def fail_once(self: IndexThread, fn: Any) -> Any:
+        if not failures:
+            failures.append(fn)
+            raise OSError("disk full (injected)")
+        return await original(self, fn)
+
+    monkeypatch.setattr(IndexThread, "call", fail_once)
+    monkeypatch.setattr(follow, "RESTART_MIN_S", 0.05)
+    async with console_running(settings) as (console, url), client(url) as browser:
+        await eventually(lambda: console.follower.progress.restarts == 1, what="a restart")
+        await indexed(console, done, "SUCCEEDED")
+        await caught_up(console)
+        assert console.follower.progress.error is None
+        health = await browser.json("/healthz")
+        assert health["ok"] is True and health["index"]["restarts"] == 1
