@@ -112,3 +112,18 @@ def _query(request_id: str) -> Any:
     from worker.console.index import JobQuery
 
     return JobQuery(request_id=request_id)
+
+
+async def dead_letter_for_a_missing_connection(settings: Settings, sim: Any, tmp_path: Path) -> tuple[str, Path]:
+    """A request for connection ``itron-eu``, which the worker does not have: REJECTED and
+    dead-lettered. Returns its id and a connections file still without ``itron-eu``."""
+    from tests.conftest import itron_connection
+    from tests.ops.conftest import rid, worker_running, write_connections
+    from worker.testing import OutputReader, Publisher, itron_request, terminal
+
+    r = rid("late-conn")
+    async with worker_running(settings, sim), Publisher(settings) as pub, OutputReader(settings) as reader:
+        await pub.send(itron_request(r, connection="itron-eu"))
+        await pub.flush()
+        await reader.wait_for(lambda o: terminal(o, [r]) and o.dlq, what="rejected and dead-lettered")
+    return r, write_connections(tmp_path / "connections.json", {"itron": itron_connection(sim.base_url)})

@@ -10,7 +10,7 @@ from selenium.webdriver.common.keys import Keys
 
 from tests.conftest import itron_connection
 from tests.console.browser import Page, chromium
-from tests.console.conftest import TOKEN, caught_up, console_running, indexed
+from tests.console.conftest import TOKEN, caught_up, console_running, dead_letter_for_a_missing_connection, indexed
 from tests.ops.conftest import rid, worker_running, write_connections
 from worker.config import Settings
 from worker.control import read_control
@@ -72,12 +72,7 @@ async def test_an_operator_finds_a_request_and_follows_its_lineage(
 async def test_an_operator_replays_a_dead_letter_after_fixing_its_connection(
     settings: Settings, itron_sim: ItronSimulator, tmp_path: Path
 ) -> None:
-    r = rid("late-conn")
-    async with worker_running(settings, itron_sim), Publisher(settings) as pub, OutputReader(settings) as reader:
-        await pub.send(itron_request(r, connection="itron-eu"))
-        await pub.flush()
-        await reader.wait_for(lambda o: terminal(o, [r]) and o.dlq, what="rejected and dead-lettered")
-    connections = write_connections(tmp_path / "connections.json", {"itron": itron_connection(itron_sim.base_url)})
+    r, connections = await dead_letter_for_a_missing_connection(settings, itron_sim, tmp_path)
 
     async with console_running(settings, connections_file=connections) as (console, url), chromium(url) as page:
         await caught_up(console)

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import itron_connection
-from tests.console.conftest import TOKEN, caught_up, client, console_running, indexed, info_logs
+from tests.console.conftest import (
+    TOKEN,
+    caught_up,
+    client,
+    console_running,
+    dead_letter_for_a_missing_connection,
+    indexed,
+    info_logs,
+)
 from tests.ops.conftest import rid, submits, worker_running, write_connections
 from worker.config import Settings
 from worker.console import follow
@@ -148,12 +156,7 @@ async def test_pause_and_resume_need_a_signed_in_operator_and_a_fresh_form(
 async def test_a_dead_letter_is_replayed_after_its_connection_is_fixed(
     settings: Settings, itron_sim: ItronSimulator, tmp_path: Path
 ) -> None:
-    r = rid("late-conn")
-    async with worker_running(settings, itron_sim), Publisher(settings) as pub, OutputReader(settings) as reader:
-        await pub.send(itron_request(r, connection="itron-eu"))
-        await pub.flush()
-        await reader.wait_for(lambda o: terminal(o, [r]) and o.dlq, what="rejected and dead-lettered")
-    connections = write_connections(tmp_path / "connections.json", {"itron": itron_connection(itron_sim.base_url)})
+    r, connections = await dead_letter_for_a_missing_connection(settings, itron_sim, tmp_path)
 
     async with console_running(settings, connections_file=connections) as (console, url), client(url) as browser:
         await caught_up(console)
