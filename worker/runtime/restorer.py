@@ -287,11 +287,13 @@ class Restorer:
             part.ready = True
             part.next_offset = done.committed.get(number)
             ready.append(TopicPartition(self._partitions.topic, number))
-        if ready and self._may_resume():
-            await self._consumer.resume(ready)
+        # Counted before the await below: from ``part.ready`` on, /readyz says ready, and
+        # whoever reads /metrics then must find this restore in it.
         installed_s = time.monotonic() - installing
         self._metrics.restore_seconds.observe(done.seconds + installed_s)
         self._metrics.restored_jobs.inc(total)
+        if ready and self._may_resume():
+            await self._consumer.resume(ready)
         log.info(
             "partitions restored",
             partitions=sorted(tp.partition for tp in ready),
