@@ -62,6 +62,9 @@ CREATE TABLE control (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
+_UNCHANGED: dict[str, Any] = {}  # a control key's value before its record is folded in
+
+
 @dataclass(frozen=True, slots=True)
 class JobRow:
     """What a search result shows of a job (the full state is decoded on its page)."""
@@ -164,7 +167,6 @@ class ConsoleIndex:
             f"PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -{CACHE_KIB};"
             "PRAGMA temp_store = MEMORY;" + _SCHEMA
         )
-        self._control: dict[str, dict[str, Any]] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -183,7 +185,6 @@ class ConsoleIndex:
         (request id, sequence, value), files (request id, position, value), dead
         letters (partition, offset, reason code, listing row), control records."""
         db = self._db
-        control_now = dict(self._control)  # kept only if the transaction commits
         db.execute("BEGIN")
         try:
             for update in jobs:
@@ -206,19 +207,21 @@ class ConsoleIndex:
                 ),
             )
             for key, value in control:
-                apply_control(control_now, key, value)
-                name = key.decode("utf-8", "replace") if key is not None else None
-                if name is None:
+                if key is None:
                     continue
-                if name in control_now:
-                    db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (name, json.dumps(control_now[name])))
-                else:
+                name = key.decode("utf-8", "replace")
+                # The worker's own rule decides: the record may replace the key's value,
+                # remove it (a tombstone) or leave it as it is (not a JSON object).
+                folded: dict[str, Any] = {name: _UNCHANGED}
+                apply_control(folded, key, value)
+                if name not in folded:
                     db.execute("DELETE FROM control WHERE key = ?", (name,))
+                elif folded[name] is not _UNCHANGED:
+                    db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (name, json.dumps(folded[name])))
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        self._control = control_now
 
     # ---- queries -----------------------------------------------------------------------
 
