@@ -84,6 +84,16 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (call it inside the running loop): how every
+    long-running command learns it should stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 def run_async(coro: Any) -> Any:
     """Run a coroutine; known errors become one clear line and exit code 1 (2 for
     usage errors found while running), Ctrl-C exit code 130."""
@@ -127,10 +137,7 @@ def run(
         log.warning("unknown setting ignored", name=name)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         tracing = Tracing.from_env(instance_id=settings.instance_id)
         if tracing.enabled:
             log.info("tracing on", exporter=os.environ.get("OTEL_TRACES_EXPORTER"))
@@ -200,10 +207,7 @@ def simulate(
             }
             write_connections.write_text(json.dumps({"connections": _reveal(conns)}, indent=2))
             err.print(f"connections written to {write_connections}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await stop.wait()
         for sim in sims.values():
             await sim.stop()
@@ -628,10 +632,7 @@ def console(
     mode = "sign in to act" if options.token else "read-only: set EXPORT_WORKER_CONSOLE_TOKEN to act"
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         async with serve(settings, options) as (_console, url):
             err.print(f"console at {url} ({mode})", soft_wrap=True)
             await stop.wait()

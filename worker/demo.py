@@ -204,16 +204,8 @@ async def run_demo(
         else:
             console.print(f"[red]Not every request finished within {timeout:.0f} s[/red]")
         if keep_running:
+            from worker.cli import stop_on_signals
+
             console.print("Broker, simulators, worker and console keep running: Ctrl-C to stop.")
-            await _until_interrupted()
+            await stop_on_signals().wait()
         return ok
-
-
-async def _until_interrupted() -> None:
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
