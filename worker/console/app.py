@@ -30,14 +30,13 @@ from worker.console.auth import COOKIE, SESSION_S, ConsoleAuth, Session, clean_n
 from worker.console.fleet import FleetWatcher
 from worker.console.follow import IndexFollower, IndexThread
 from worker.console.index import PAGE, JobQuery
-from worker.control import BLOCK
 from worker.engine.model import Status
 from worker.errors import ExportWorkerError
 from worker.ops.dlq import MAX_SELECTED, replay_dead_letters
 from worker.ops.errors import OperatorError
 from worker.ops.kafkaio import connect
 from worker.ops.lineage import Lineage, lineage_of
-from worker.ops.pause import set_paused
+from worker.ops.pause import blocks_in, pauses_in, set_paused
 from worker.ops.timeparse import format_ms, parse_position, parse_time
 from worker.ops.wire import codec_for
 from worker.redaction import redact_text
@@ -213,7 +212,7 @@ class Console:
         statuses = [s.value for s in Status if any(st == s.value for _v, st in open_counts)]
         vendors = sorted({v for v, _s in open_counts})
         now_ms = int(time.time() * 1000)
-        pauses, blocks = _pauses_and_blocks(control, now_ms)
+        pauses, blocks = pauses_in(control), blocks_in(control, now_ms)
         return {
             "open_counts": open_counts,
             "open_total": sum(open_counts.values()),
@@ -280,7 +279,7 @@ class Console:
 
     async def _pauses(self, request: web.Request, *, status: int = 200, **context: Any) -> web.Response:
         control = await self.index.call(lambda index: index.control())
-        pauses, blocks = _pauses_and_blocks(control, int(time.time() * 1000))
+        pauses, blocks = pauses_in(control), blocks_in(control, int(time.time() * 1000))
         return self.render(request, "pauses.html", status=status, pauses=pauses, blocks=blocks, vendors=VENDORS,
                            **context)  # fmt: skip
 
@@ -481,24 +480,6 @@ def _audit(session: Session, action: str, target: str, reason: str | None, resul
     audit = structlog.get_logger("export_worker.console.audit")
     audit.info("console action", who=session.who, action=action, target=target,
                reason=redact_text(reason) if reason else None, result=result)  # fmt: skip
-
-
-def _pauses_and_blocks(control: dict[str, dict[str, Any]], now_ms: int) -> tuple[list[dict[str, Any]], list[Any]]:
-    pauses, blocks = [], []
-    for key, value in sorted(control.items()):
-        if key.startswith(BLOCK):
-            until = value.get("until")
-            if isinstance(until, int) and not isinstance(until, bool) and until > now_ms:
-                blocks.append({"connection": key[len(BLOCK) :], "until": until,
-                               "reason": str(value.get("reason") or ""), "by": str(value.get("by") or "")})  # fmt: skip
-            continue
-        if not value.get("paused"):
-            continue
-        kind, _, name = key.partition(":")
-        at = value.get("at")
-        pauses.append({"key": key, "kind": kind, "name": name, "reason": str(value.get("reason") or ""),
-                       "by": str(value.get("by") or ""), "since": at if isinstance(at, int) else None})  # fmt: skip
-    return pauses, blocks
 
 
 @asynccontextmanager
