@@ -629,12 +629,11 @@ def console(
         worker_metrics=tuple(worker_metrics or ()),
         index_dir=index_dir,
     )
-    mode = "sign in to act" if options.token else "read-only: set EXPORT_WORKER_CONSOLE_TOKEN to act"
 
     async def main() -> None:
         stop = stop_on_signals()
-        async with serve(settings, options) as (_console, url):
-            err.print(f"console at {url} ({mode})", soft_wrap=True)
+        async with serve(settings, options) as (started, url):
+            err.print(f"console at {url} ({started.access_note})", soft_wrap=True)
             await stop.wait()
 
     run_async(main())

@@ -88,23 +88,15 @@ def demo_settings(bootstrap: str, topics: TopicSettings, workdir: Path) -> Setti
 
 async def start_console(stack: AsyncExitStack, settings: Settings, port: int) -> None:
     """The operators' console on ``port`` (a free one when taken), until the demo ends."""
-    from pydantic import SecretStr
-
     from worker.console.app import ConsoleOptions, serve
 
-    token = os.environ.get("EXPORT_WORKER_CONSOLE_TOKEN") or None
     for candidate in (port, 0):
-        options = ConsoleOptions(port=candidate, token=SecretStr(token) if token else None)
+        options = ConsoleOptions(port=candidate, token=settings.console_token)
         try:
-            _console, url = await stack.enter_async_context(serve(settings, options))
+            started, url = await stack.enter_async_context(serve(settings, options))
         except OSError:  # the port is taken: any free one
             continue
-        how = (
-            "sign in with EXPORT_WORKER_CONSOLE_TOKEN to act"
-            if token
-            else "read-only: set EXPORT_WORKER_CONSOLE_TOKEN to act"
-        )
-        console.print(f"Console at [bold]{url}[/bold] ({how})")
+        console.print(f"Console at [bold]{url}[/bold] ({started.access_note})")
         return
 
 

@@ -94,6 +94,13 @@ class Console:
         self._done_plans: OrderedDict[str, str] = OrderedDict()  # plan -> what it did
         self._replaying = asyncio.Lock()  # one dry run or replay at a time
 
+    @property
+    def access_note(self) -> str:
+        """Who may act here, for the line that announces the console's URL."""
+        if self.auth.enabled:
+            return "sign in with EXPORT_WORKER_CONSOLE_TOKEN to act"
+        return "read-only: set EXPORT_WORKER_CONSOLE_TOKEN to act"
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     @asynccontextmanager
