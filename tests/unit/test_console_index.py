@@ -334,16 +334,6 @@ class TestCounts:
     def test_empty_index(self, index: ConsoleIndex) -> None:
         assert index.open_counts() == {} and index.jobs_total() == 0
 
-    def test_vendors_and_statuses(self, index: ConsoleIndex) -> None:
-        index.fold(
-            jobs=[
-                update(row("r-1", vendor="itron", status="RUNNING")),
-                update(row("r-2", vendor="itron", status="RUNNING")),
-                update(row("r-3", vendor="og", status="DONE", phase="DONE")),
-            ]
-        )
-        assert sorted(index.vendors_and_statuses()) == [("itron", "RUNNING"), ("og", "DONE")]
-
 
 # ---- dead letters -------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,3 @@ class ConsoleIndex:
 
     def control(self) -> dict[str, dict[str, Any]]:
         return {key: json.loads(value) for key, value in self._db.execute("SELECT key, value FROM control")}
-
-    def vendors_and_statuses(self) -> Iterator[tuple[str, str]]:
-        yield from self._db.execute("SELECT DISTINCT vendor, status FROM jobs")
