@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
@@ -19,6 +18,7 @@ from typer.core import TyperGroup
 
 from worker.config import ConnectionConfig, Settings, describe_invalid
 from worker.errors import ExportWorkerError
+from worker.signals import stop_on_signals
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -82,16 +82,6 @@ def settings_from_env(**overrides: Any) -> Settings:
 def fail(message: str, code: int = 1) -> typer.Exit:
     print_error(message)
     return typer.Exit(code)
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT (call it inside the running loop): how every
-    long-running command learns it should stop."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 def run_async(coro: Any) -> Any:

@@ -23,6 +23,7 @@ from worker.output_reader import Output, OutputReader
 from worker.publisher import Publisher
 from worker.result_store import FileResultStore
 from worker.runtime import Worker
+from worker.signals import stop_on_signals
 from worker.simulators.base import Timing
 
 console = Console()
@@ -196,8 +197,6 @@ async def run_demo(
         else:
             console.print(f"[red]Not every request finished within {timeout:.0f} s[/red]")
         if keep_running:
-            from worker.cli import stop_on_signals
-
             console.print("Broker, simulators, worker and console keep running: Ctrl-C to stop.")
             await stop_on_signals().wait()
         return ok
