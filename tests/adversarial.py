@@ -425,7 +425,7 @@ async def run_adversarial(
     tracked = normal_ids + hostile_ids
     dup_events, out_of_order, order_problems = sequence_problems(tracked, out)
     problems += order_problems
-    dups = duplicates(tracked, out, r.sims, itron_owners(tracked, "adv"), r.kill_windows(), r.fleet.instance_kills)
+    dups = duplicates(tracked, out, r.sims, itron_owners(tracked, "adv"), r.kill_windows(), r.fleet.lives)
     problems += [p for p in dups.problems if "never flagged" in p]
     say(f"adversarial: the fleet exited with {r.exit_codes} on SIGTERM after {r.stop_seconds:.1f} s")
     if any(code not in (0, -signal.SIGTERM) for code in r.exit_codes):

@@ -18,7 +18,8 @@ client gone: a held answer) or it took longer than the client timeout; ``at_kill
 the earlier submit was in flight (from its arrival at the simulator to 2 s after its
 answer, the worker's commit) when a worker was SIGKILLed or the broker was down (until
 one session timeout after it is back: a member whose session expired meanwhile loses its
-partitions, and the uncommitted answers with them);
+partitions, and the uncommitted answers with them), or when the worker process that made
+the call was SIGKILLed before it could commit the answer;
 ``other`` otherwise: a bug. ``false_failed`` counts FAILED requests whose vendor job did
 not fail (or never existed).
 """
@@ -214,7 +215,7 @@ async def run_chaos(cfg: ChaosConfig, *, bootstrap: str | None = None, say: Any 
             out = await reader.read()
     terminal, problems, by_status = check(ids, out)
     dup_events, out_of_order, order_problems = sequence_problems(ids, out)
-    dups: Duplicates = duplicates(ids, out, sims, itron_ids, r.kill_windows(), r.fleet.instance_kills)
+    dups: Duplicates = duplicates(ids, out, sims, itron_ids, r.kill_windows(), r.fleet.lives)
     problems += order_problems + dups.problems
     if any(code not in (0, -signal.SIGTERM) for code in r.exit_codes):
         problems.append(f"workers exited with {r.exit_codes} on SIGTERM")

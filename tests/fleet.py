@@ -116,6 +116,19 @@ class Duplicates:
     problems: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Life:
+    """One worker process of the fleet (monotonic times)."""
+
+    instance: str  # its instance id; a restart may reuse it
+    started: float
+    killed: float | None = None  # SIGKILLed by the driver
+
+    def describe(self, since: float) -> str:
+        killed = "not killed" if self.killed is None else f"killed at {self.killed - since:+.1f}s"
+        return f"{self.instance} started at {self.started - since:+.1f}s, {killed}"
+
+
 def kill_overlaps(start: float, end: float, kills: list[tuple[float, float]]) -> bool:
     return any(k_start <= end and start <= k_end for k_start, k_end in kills)
 
@@ -127,29 +140,37 @@ def in_flight_window(job: SimJob) -> tuple[float, float]:
     return start, end + COMMIT_GRACE_S
 
 
-def cause_of(job: SimJob, kills: list[tuple[float, float]], instance_kills: Sequence[tuple[float, str]] = ()) -> str:
+def cause_of(job: SimJob, kills: list[tuple[float, float]], lives: Sequence[Life] = ()) -> str:
     """Why ``job`` (not the one the worker kept) was followed by another submit."""
     start, end = in_flight_window(job)
     if job.answer_lost is not None or (end - COMMIT_GRACE_S) - start >= CLIENT_TIMEOUT_S:
         return "answer_lost"
-    if kill_overlaps(start, end, kills) or caller_killed_before_commit(job, instance_kills):
+    if kill_overlaps(start, end, kills) or caller_killed_before_commit(job, lives):
         return "at_kill"
     return "other"
 
 
-def caller_killed_before_commit(job: SimJob, instance_kills: Sequence[tuple[float, str]]) -> bool:
-    """The worker that made the call (its instance id is in the User-Agent) was SIGKILLed
-    after the call arrived and before it could commit the answer. A job that was followed
-    by another submit never had its id committed; a commit normally follows the answer
-    within a turn, but waits out a rebalance's drain and retried transactions: up to
-    ``UNCOMMITTED_S``."""
+def caller_life(job: SimJob, lives: Sequence[Life]) -> Life | None:
+    """The worker process that made the call: the newest one of the instance named in the
+    User-Agent started before the call arrived. Its SIGKILL may come *before* the arrival:
+    the simulators stamp a request when their loop reads it, which can be a little after
+    the sender died (its bytes were already on the socket)."""
     if job.client is None or job.received is None:
+        return None
+    mine = [life for life in lives if f"({life.instance})" in job.client and life.started <= job.received]
+    return max(mine, key=lambda life: life.started, default=None)
+
+
+def caller_killed_before_commit(job: SimJob, lives: Sequence[Life]) -> bool:
+    """The worker process that made the call was SIGKILLed before it could commit the
+    answer. A job that was followed by another submit never had its id committed; a commit
+    normally follows the answer within a turn, but waits out a rebalance's drain and
+    retried transactions: up to ``UNCOMMITTED_S``."""
+    life = caller_life(job, lives)
+    if life is None or life.killed is None or job.received is None:
         return False
     answered = job.answered if job.answered is not None else job.received
-    return any(
-        f"({instance})" in job.client and job.received <= at <= answered + UNCOMMITTED_S
-        for at, instance in instance_kills
-    )
+    return life.killed <= answered + UNCOMMITTED_S
 
 
 def duplicates(
@@ -158,7 +179,7 @@ def duplicates(
     sims: dict[str, Simulator],
     itron_ids: dict[str, str],
     kills: list[tuple[float, float]],
-    instance_kills: Sequence[tuple[float, str]] = (),
+    lives: Sequence[Life] = (),
 ) -> Duplicates:
     """Counts extra vendor jobs by cause, flags without a duplicate, and FAILED statuses
     the vendor does not back (the job the worker tracked did not fail, or none exists)."""
@@ -194,16 +215,19 @@ def duplicates(
             for job in mine:
                 if job is keep:
                     continue
-                cause = cause_of(job, kills, instance_kills)
+                cause = cause_of(job, kills, lives)
                 result.by_cause[cause] += 1
                 if cause == "other":
                     start, end = in_flight_window(job)
                     at = dt.datetime.fromtimestamp(job.created_wall, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
-                    kills_after = [f"{i}@+{t - start:.1f}s" for t, i in instance_kills if t >= start]
+                    life = caller_life(job, lives)
+                    caller = "unknown" if life is None else life.describe(start)
+                    later = [x for x in lives if x.killed is not None and x.killed >= start]
+                    kills_after = [f"{x.instance}@+{(x.killed or start) - start:.1f}s" for x in later]
                     result.problems.append(
                         f"{r}: extra vendor job {job.job_id} created {at} UTC by {job.client} (in flight "
                         f"{end - start:.1f} s with the commit grace), neither answer-lost nor at a kill; "
-                        f"kills after it: {kills_after[:4]}"
+                        f"its caller {caller}; kills after it: {kills_after[:4]}"
                     )
         elif flagged:
             result.flagged_without_duplicate += 1
@@ -238,8 +262,8 @@ class Fleet:
         self.starts = 0
         self._killed: set[int] = set()  # pids this fleet stopped
         self._generation: Counter[int] = Counter()
-        self.instances: dict[int, str] = {}  # the instance id each slot runs under now
-        self.instance_kills: list[tuple[float, str]] = []  # (monotonic, instance id) of every SIGKILL
+        self.lives: list[Life] = []  # every worker process started, in order
+        self._life: dict[int, Life] = {}  # each slot's current process
 
     def start(self, slot: int, *, log_level: str | None = None) -> None:
         # Half the restarts reuse the instance id (a StatefulSet pod), half take a new
@@ -248,19 +272,20 @@ class Fleet:
             self._generation[slot] += 1
         instance = f"w{slot}-{self._generation[slot]}"
         self._generation[slot] = max(self._generation[slot], 1)
-        self.instances[slot] = instance
         env = worker_env(self.settings, connections_file=str(self.conn_file), instance_id=instance)
         log_level = log_level or os.environ.get("CHAOS_WORKER_LOG")  # e.g. INFO, to follow a failed run
         if log_level is not None:
             env["EXPORT_WORKER_LOG_LEVEL"] = log_level
+        self._life[slot] = Life(instance, time.monotonic())
         self.procs[slot] = spawn_worker(env, self.logs / f"worker-{slot}.log")
+        self.lives.append(self._life[slot])
         self.starts += 1
 
     def kill(self, slot: int) -> None:
         proc = self.procs[slot]
         if proc.poll() is None:
             self.kill_times.append(time.monotonic())
-            self.instance_kills.append((self.kill_times[-1], self.instances[slot]))
+            self._life[slot].killed = self.kill_times[-1]
             self._killed.add(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
