@@ -114,6 +114,7 @@ def run(
     import structlog
 
     from worker.allocator import limit_arenas
+    from worker.collector import tune_collector
     from worker.config import unknown_env_vars
     from worker.observability import configure_logging
     from worker.runtime import Worker
@@ -133,6 +134,7 @@ def run(
         if tracing.enabled:
             log.info("tracing on", exporter=os.environ.get("OTEL_TRACES_EXPORTER"))
         worker = Worker(settings, tracing=tracing)
+        tune_collector()
         try:
             await worker.run(stop)
         finally:
