@@ -50,6 +50,10 @@ COMMIT_GRACE_S = 2.0
 # The longest a worker may hold an answer before committing it when partitions are moving
 # (revoke drain 3 s, a transaction refused by the rebalance and written again).
 UNCOMMITTED_S = 15.0
+# No worker process calls a vendor this soon after it was spawned (imports alone take longer).
+STARTUP_S = 1.0
+# The longest the simulators' loop, sharing the GIL with the driver, takes to read a call.
+READ_LAG_S = 2.0
 
 
 # ---- requests and their vendor-side identity ---------------------------------------------
@@ -151,13 +155,22 @@ def cause_of(job: SimJob, kills: list[tuple[float, float]], lives: Sequence[Life
 
 
 def caller_life(job: SimJob, lives: Sequence[Life]) -> Life | None:
-    """The worker process that made the call: the newest one of the instance named in the
-    User-Agent started before the call arrived. Its SIGKILL may come *before* the arrival:
-    the simulators stamp a request when their loop reads it, which can be a little after
-    the sender died (its bytes were already on the socket)."""
+    """The worker process that made the call: the one of the instance named in the
+    User-Agent that was alive when the call arrived. A process is taken to be the caller
+    from ``STARTUP_S`` after its start (none calls a vendor sooner) until ``READ_LAG_S``
+    after its SIGKILL: the simulators stamp a request when their loop reads it, which can
+    be a little after the sender died (its bytes were already on the socket). A restart
+    under the same instance id is another process."""
     if job.client is None or job.received is None:
         return None
-    mine = [life for life in lives if f"({life.instance})" in job.client and life.started <= job.received]
+    received = job.received
+    mine = [
+        life
+        for life in lives
+        if f"({life.instance})" in job.client
+        and life.started + STARTUP_S <= received
+        and (life.killed is None or received <= life.killed + READ_LAG_S)
+    ]
     return max(mine, key=lambda life: life.started, default=None)
 
 
@@ -276,9 +289,10 @@ class Fleet:
         log_level = log_level or os.environ.get("CHAOS_WORKER_LOG")  # e.g. INFO, to follow a failed run
         if log_level is not None:
             env["EXPORT_WORKER_LOG_LEVEL"] = log_level
-        self._life[slot] = Life(instance, time.monotonic())
+        life = Life(instance, time.monotonic())
         self.procs[slot] = spawn_worker(env, self.logs / f"worker-{slot}.log")
-        self.lives.append(self._life[slot])
+        self._life[slot] = life
+        self.lives.append(life)
         self.starts += 1
 
     def kill(self, slot: int) -> None:

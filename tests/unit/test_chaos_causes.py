@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.fleet import UNCOMMITTED_S, Life, cause_of
+from tests.fleet import READ_LAG_S, STARTUP_S, UNCOMMITTED_S, Life, cause_of
 from worker.simulators.base import SimJob
 
 
@@ -35,8 +35,22 @@ def test_a_call_the_simulator_read_just_after_its_caller_was_killed_is_at_kill()
     assert cause_of(job(received=10.0, answered=10.0), [(9.9, 9.9)], [killed("w0-1", 9.9)]) == "at_kill"
 
 
-def test_a_restart_under_the_same_instance_id_is_another_caller() -> None:
-    lives = [killed("w0-1", 5.0), Life("w0-1", started=6.0)]  # the second process was never killed
+def test_a_call_read_long_after_its_callers_kill_is_not_explained_by_it() -> None:
+    late = 9.9 + READ_LAG_S + 1
+    assert cause_of(job(received=late, answered=late), [(9.9, 9.9)], [killed("w0-1", 9.9)]) == "other"
+
+
+def test_a_call_read_after_a_quick_restart_under_the_same_id_belongs_to_the_killed_process() -> None:
+    # Killed at 9.9, started again under the same id at 9.92: the call read at 10.0
+    # cannot be the new process's, which calls no vendor within STARTUP_S.
+    lives = [killed("w0-1", 9.9), Life("w0-1", started=9.92)]
+    assert cause_of(job(received=10.0, answered=10.0), [(9.9, 9.9)], lives) == "at_kill"
+
+
+def test_a_call_of_the_restarted_process_is_not_explained_by_the_earlier_kill() -> None:
+    restarted = 5.5
+    lives = [killed("w0-1", 5.0), Life("w0-1", started=restarted)]  # the second process was never killed
+    assert restarted + STARTUP_S <= 10.0
     assert cause_of(job(), [(5.0, 5.0)], lives) == "other"
 
 
