@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from worker.config import ConnectionConfig, Settings, describe_invalid
 from worker.errors import ExportWorkerError
-from worker.signals import exit_if_shutdown_overruns, stop_on_signals
+from worker.signals import ShutdownDeadline, stop_on_signals
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -128,8 +128,9 @@ def run(
         log.warning("unknown setting ignored", name=name)
 
     async def main() -> None:
-        stop = stop_on_signals()
-        exit_if_shutdown_overruns(stop, settings.shutdown_grace_s)
+        deadline = ShutdownDeadline(settings.shutdown_grace_s)
+        stop = stop_on_signals(deadline.on_signal)
+        deadline.watch(stop)
         tracing = Tracing.from_env(instance_id=settings.instance_id)
         if tracing.enabled:
             log.info("tracing on", exporter=os.environ.get("OTEL_TRACES_EXPORTER"))

@@ -34,6 +34,7 @@ from worker.engine.model import RequestInfo, Status
 from worker.ingest import Ingest
 from worker.produce import load_requests
 from worker.result_store import FileResultStore
+from worker.signals import BACKSTOP_S, SHUTDOWN_OVERRUN_S
 from worker.simulators.base import Timing
 from worker.testing import eventually
 from worker.vendors import JobSpec, build_adapter
@@ -240,7 +241,7 @@ class TestWorkers:
         """Docker waits longer than the worker's own drain before it sends SIGKILL."""
         for name, worker in workers().items():
             grace = settings_from(compose_env(worker)).shutdown_grace_s
-            assert duration_s(worker["stop_grace_period"]) > grace, name
+            assert duration_s(worker["stop_grace_period"]) >= grace + SHUTDOWN_OVERRUN_S + BACKSTOP_S, name
 
     def test_schema_registry_url_reaches_the_registry(self) -> None:
         """EXPORT_WORKER_SCHEMA_REGISTRY_URL points at the registry service's listener."""

@@ -36,6 +36,7 @@ from tests.deploy.support import (
 )
 from worker.config import VENDORS, ConnectionsFile, Settings
 from worker.observability import Metrics
+from worker.signals import BACKSTOP_S, SHUTDOWN_OVERRUN_S
 
 CLUSTER_SCOPED_KINDS = {"Namespace"}
 MIB = 1 << 20
@@ -260,7 +261,8 @@ class TestProbes:
     def test_grace_period_exceeds_shutdown_grace(self, build: Build) -> None:
         """Kubernetes waits longer than the worker's drain (plus a few seconds to close) before SIGKILL."""
         grace = build.pod["terminationGracePeriodSeconds"]
-        assert grace >= build.settings().shutdown_grace_s + 5
+        # Room for the worker's own deadline (its stack dump and exit 3) before SIGKILL.
+        assert grace >= build.settings().shutdown_grace_s + SHUTDOWN_OVERRUN_S + BACKSTOP_S
 
     def test_service_and_scraping_reach_the_side_port(self, build: Build) -> None:
         """The Service targets the side port; scrape annotations and ServiceMonitors ask /metrics there."""

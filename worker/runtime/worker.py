@@ -141,6 +141,7 @@ class Worker:
         self._started = False
         self._joined = False  # the first assignment (possibly empty) has come
         self._stopping = False
+        self._stop_asked_at: float | None = None  # monotonic: the shutdown grace counts from here
 
         # The collaborators, in the order the data flows through them.
         self.connections: dict[str, Connection] = {}  # filled at start (adapters need the HTTP session)
@@ -240,6 +241,7 @@ class Worker:
         stop = stop or asyncio.Event()
         await self._start()
         stopper = asyncio.create_task(stop.wait())
+        stopper.add_done_callback(self._note_stop)
         try:
             await asyncio.create_task(self._loop(stopper))
         except BaseException:
@@ -248,6 +250,11 @@ class Worker:
         finally:
             stopper.cancel()
             await self._shutdown()
+
+    def _note_stop(self, _: asyncio.Task[Any]) -> None:
+        # The turn under way when the stop came (a rebalance's drain, say) counts against
+        # the grace too: the drain at shutdown only gets what is left of it.
+        self._stop_asked_at = time.monotonic()
 
     async def _start(self) -> None:
         settings = self.settings
@@ -311,7 +318,7 @@ class Worker:
         """Stop taking requests, let in-flight calls finish within the grace period,
         commit, leave the group, close."""
         self._stopping = self.dispatcher.stopping = True
-        deadline = time.monotonic() + self.settings.shutdown_grace_s * 0.8
+        deadline = (self._stop_asked_at or time.monotonic()) + self.settings.shutdown_grace_s * 0.8
         try:
             if self.writer.halted:
                 log.error("worker loop failed: leaving without committing; the next owner resumes from Kafka")
