@@ -23,5 +23,4 @@ def test_start_up_objects_are_frozen_and_young_collections_are_rarer() -> None:
     gc.unfreeze()
     tune_collector()
     assert gc.get_threshold() == THRESHOLDS
-    assert THRESHOLDS[0] > 700  # CPython's default
     assert gc.get_freeze_count() > 0  # what start-up made is no longer walked
