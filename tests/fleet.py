@@ -270,7 +270,6 @@ class Fleet:
         self.rng = rng
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.kills = 0
-        self.kill_times: list[float] = []  # monotonic
         self.crashes: list[tuple[int, int]] = []  # (slot, exit code) of workers that died on their own
         self.starts = 0
         self._killed: set[int] = set()  # pids this fleet stopped
@@ -295,11 +294,15 @@ class Fleet:
         self.lives.append(life)
         self.starts += 1
 
+    @property
+    def kill_times(self) -> list[float]:
+        """When each SIGKILL was sent (monotonic)."""
+        return [life.killed for life in self.lives if life.killed is not None]
+
     def kill(self, slot: int) -> None:
         proc = self.procs[slot]
         if proc.poll() is None:
-            self.kill_times.append(time.monotonic())
-            self._life[slot].killed = self.kill_times[-1]
+            self._life[slot].killed = time.monotonic()
             self._killed.add(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
