@@ -26,6 +26,7 @@ import structlog
 from worker.config import Settings
 from worker.observability import Metrics
 from worker.runtime.clients import GroupConsumer
+from worker.runtime.fetch_start import resume_fetching
 from worker.runtime.partitions import Partitions
 
 log = structlog.get_logger("export_worker")
@@ -104,8 +105,7 @@ class IntakeGate:
                 partitions=numbers,
             )
         else:
-            if ready:
-                await consumer.resume(ready)
+            await resume_fetching(consumer, ready)
             self.closed = False
             self._metrics.intake_paused.set(0)
             log.warning("intake resumed", open_jobs=open_jobs, limit=self.max_open, partitions=numbers)

@@ -18,6 +18,7 @@ from worker.observability import Metrics
 from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer
 from worker.runtime.dispatcher import CallDispatcher
+from worker.runtime.fetch_start import resume_fetching
 from worker.runtime.job_table import OpenJobs
 from worker.runtime.mailbox import CallAnswered, Mailbox, RestoreDone
 from worker.runtime.partitions import OwnedPartition, Partitions
@@ -293,7 +294,7 @@ class Restorer:
         self._metrics.restore_seconds.observe(done.seconds + installed_s)
         self._metrics.restored_jobs.inc(total)
         if ready and self._may_resume():
-            await self._consumer.resume(ready)
+            await resume_fetching(self._consumer, ready)
         log.info(
             "partitions restored",
             partitions=sorted(tp.partition for tp in ready),
