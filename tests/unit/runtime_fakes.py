@@ -187,9 +187,8 @@ class FakeConsumer:
         self.seeks: list[tuple[int, int]] = []
         self.assigned: list[int] = []
         self.metadata_asked = 0
-        self.leaders: dict[int, int] = {}  # partition -> leader broker id, as metadata says
         self.list_topics_raises: KafkaException | None = None
-        self.watermarks_asked: list[int] = []  # partitions whose watermarks were asked of the broker
+        self.metadata_requests: list[str] = []  # topics whose metadata was asked for
 
     async def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Any]:
         if self.committed_raises is not None:
@@ -207,16 +206,14 @@ class FakeConsumer:
     async def get_watermark_offsets(
         self, partition: TopicPartition, timeout: float = 1.0, cached: bool = False
     ) -> tuple[int, int]:
-        if not cached:
-            self.watermarks_asked.append(partition.partition)
         low = self.low_watermarks.get(partition.partition, 0)
         return low, low + 100
 
     async def list_topics(self, topic: str, timeout: float) -> Any:
+        self.metadata_requests.append(topic)
         if self.list_topics_raises is not None:
             raise self.list_topics_raises
-        partitions = {p: SimpleNamespace(id=p, leader=leader) for p, leader in self.leaders.items()}
-        return SimpleNamespace(topics={topic: SimpleNamespace(partitions=partitions)})
+        return SimpleNamespace(topics={topic: SimpleNamespace(partitions={})})
 
     async def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition, self.low_watermarks.get(tp.partition, 0)) for tp in partitions]
