@@ -24,6 +24,7 @@ import aiohttp
 
 from bench.common import (
     bench_settings,
+    cpu_seconds,
     histogram,
     itron_conn,
     metric,
@@ -57,10 +58,18 @@ class Capacity:
     kib_per_job: float  # RSS growth per open job from N/2 to N, RocksDB's capped budget left out
     average_kib_per_job: float  # RSS growth from /readyz to N open jobs, over N (fixed part included)
     fixed_mib: float  # the growth to N open jobs that is not N x kib_per_job
+    cpu_s_per_1000_polls: float  # the worker process's CPU (all threads) over the window
     baseline_p99_lateness_s: float
+    baseline_cpu_s_per_1000_polls: float
     baseline_kib_per_job: float  # the bare poller, measured the same way
     baseline_average_kib_per_job: float
     store_mib: float  # what RocksDB's cache and memtables grew by meanwhile (bounded)
+
+    @property
+    def jobs_per_core(self) -> float:
+        """Open jobs one core could poll every interval at this CPU per poll (a
+        projection from the measured window, not a run with that many jobs)."""
+        return INTERVAL_S * 1000 / self.cpu_s_per_1000_polls
 
 
 async def measure(bootstrap: str, n: int = 50_000, window_s: float = INTERVAL_S) -> Capacity:
@@ -116,33 +125,35 @@ async def measure(bootstrap: str, n: int = 50_000, window_s: float = INTERVAL_S)
             await eventually(lambda: _at_least(open_jobs, n), timeout=600, interval=1.0, what=f"{n} open")
             # Steady state: every job is polled once per interval from now on.
             _, before = await scrape(worker.port)
-            started = time.monotonic()
+            started, cpu_before = time.monotonic(), cpu_seconds(worker.pid)
             await asyncio.sleep(window_s)  # the measured window itself, not a synchronisation
             _, after = await scrape(worker.port)
-            window = time.monotonic() - started
+            window, cpu = time.monotonic() - started, cpu_seconds(worker.pid) - cpu_before
             p99, on_time = quantile(histogram(before, LATENESS), histogram(after, LATENESS), 0.99)
             polls_in_window = int(histogram(after, LATENESS)[float("inf")] - histogram(before, LATENESS)[float("inf")])
             open_kib, open_store = await memory()
         finally:
             worker.stop()
-        base_p99, base_kib, base_average = await bare_poller(sim_url, n, window_s)
+        base_p99, base_cpu, base_kib, base_average = await bare_poller(sim_url, n, window_s)
     # RocksDB's cache and memtables grow to their fixed budget whatever the number of
     # jobs: reported apart, not charged to each job.
     per_job = ((open_kib - half_kib) - (open_store - half_store)) / (n - half)
     grown = (open_kib - idle_kib) - (open_store - idle_store)
     return Capacity(
-        n,
-        window,
-        polls_in_window,
-        p99,
-        on_time,
-        per_job,
-        grown / n,
-        (grown - per_job * n) / 1024,
-        base_p99,
-        base_kib,
-        base_average,
-        (open_store - idle_store) / 1024,
+        open_jobs=n,
+        window_s=window,
+        polls=polls_in_window,
+        p99_lateness_s=p99,
+        on_time_fraction=on_time,
+        kib_per_job=per_job,
+        average_kib_per_job=grown / n,
+        fixed_mib=(grown - per_job * n) / 1024,
+        cpu_s_per_1000_polls=cpu * 1000 / max(polls_in_window, 1),
+        baseline_p99_lateness_s=base_p99,
+        baseline_cpu_s_per_1000_polls=base_cpu,
+        baseline_kib_per_job=base_kib,
+        baseline_average_kib_per_job=base_average,
+        store_mib=(open_store - idle_store) / 1024,
     )
 
 
@@ -150,9 +161,10 @@ async def _at_least(read: Callable[[], Awaitable[float]], wanted: float) -> bool
     return await read() >= wanted
 
 
-async def bare_poller(sim_url: str, n: int, window_s: float) -> tuple[float, float, float]:
+async def bare_poller(sim_url: str, n: int, window_s: float) -> tuple[float, float, float, float]:
     """One asyncio task per job, each sleeping 30 s (spread) and polling; returns its p99
-    lateness over the window, its memory per job from N/2 to N and its average (KiB)."""
+    lateness over the window, its CPU seconds per 1,000 polls there, its memory per job
+    from N/2 to N and its average (KiB)."""
     lateness = array("d")
     measuring = False
     async with aiohttp.ClientSession() as session:
@@ -185,14 +197,16 @@ async def bare_poller(sim_url: str, n: int, window_s: float) -> tuple[float, flo
         # first time, so the memory read at its end is that of N jobs that have polled
         # (the lateness samples, 8 bytes each, are a rounding error of it).
         measuring = True
+        cpu_before = time.process_time()
         await asyncio.sleep(window_s)
+        cpu = time.process_time() - cpu_before
         open_kib = rss_kib_self()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     ordered = sorted(lateness)
     p99 = ordered[int(len(ordered) * 0.99)] if ordered else float("nan")
-    return p99, (open_kib - half_kib) / (n - half), (open_kib - idle_kib) / n
+    return p99, cpu * 1000 / max(len(lateness), 1), (open_kib - half_kib) / (n - half), (open_kib - idle_kib) / n
 
 
 def rss_kib_self() -> int:
