@@ -167,7 +167,8 @@ async def bare_poller(sim_url: str, n: int, window_s: float) -> tuple[float, flo
     from N/2 to N and its average (KiB)."""
     lateness = array("d")
     measuring = False
-    async with aiohttp.ClientSession() as session:
+    # No cap on connections of the session's own, as the worker's (``vendor_session``).
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         correlation = {"Itron-CorrelationId": "6d1b8f2e-9b43-4b3e-8a9d-2f2f3f4f5f6f"}
         headers = {**await itron_headers(session, sim_url), **correlation}
         base = f"{sim_url}/dpss/api/v1/subscriptions/{SUBSCRIPTION}/batch-request"

@@ -32,7 +32,9 @@ async def main(bootstrap: str, topic: str, out_topic: str, n: int, sim: str, con
     meta = await consumer.list_topics(topic, timeout=10)
     parts = len(meta.topics[topic].partitions)
     await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
-    async with aiohttp.ClientSession() as session:
+    # The worker's session has no cap on connections of its own (``vendor_session``): nor
+    # has this one, so both make the same CONCURRENCY calls at once.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         headers = await itron_headers(session, sim)
         gate = asyncio.Semaphore(concurrency)
         futures: list[asyncio.Future[object]] = []

@@ -68,7 +68,7 @@ from worker.runtime.watchdog import LoopWatchdog
 from worker.store import StoreError, StoreMemory, StoreOptions, StoreSet
 from worker.store.cleanup import DEPARTED_MIN_AGE_MS, CleanupPolicy
 from worker.tracing import Tracing
-from worker.vendors import HttpLimits
+from worker.vendors import HttpLimits, vendor_session
 from worker.version import __version__
 
 log = structlog.get_logger("export_worker")
@@ -267,7 +267,7 @@ class Worker:
             configs = load_connection_configs(settings)
         # Vendors (and the simulators' chaos accounting) can tell which worker called.
         user_agent = f"export-worker/{__version__} ({settings.instance_id})"
-        self._session = aiohttp.ClientSession(headers={"User-Agent": user_agent})
+        self._session = vendor_session(user_agent)
         result_store = self._result_store or result_store_from_url(settings.result_store_url)
         self.connections.update(
             build_connections(

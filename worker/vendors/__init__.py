@@ -13,7 +13,7 @@ from worker.errors import ConfigError
 from worker.tracing import Tracing
 from worker.vendor_registry import REGISTRY
 from worker.vendors.base import Cancellable, JobSpec, VendorAdapter
-from worker.vendors.http import HttpLimits, Observer, VendorHttp
+from worker.vendors.http import HttpLimits, Observer, VendorHttp, vendor_session
 
 __all__ = [
     "Cancellable",
@@ -24,6 +24,7 @@ __all__ = [
     "build_adapter",
     "operations_of",
     "validator",
+    "vendor_session",
 ]
 
 # vendor name -> (module under worker.vendors holding the adapter and `validate`, adapter class)

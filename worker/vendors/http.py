@@ -59,6 +59,21 @@ MAX_TOKEN_LIFETIME_S = 30 * 86_400.0
 DEFAULT_TOKEN_LIFETIME_S = 3600.0
 
 
+def vendor_session(user_agent: str) -> aiohttp.ClientSession:
+    """The one session every connection's calls go through.
+
+    Cookies are never kept: no vendor API in scope uses them, and a vendor setting a new
+    one with every answer would otherwise grow the jar without bound. The session puts
+    no cap of its own on open connections (aiohttp's default is 100): each vendor
+    connection's ``max_concurrency`` bounds its calls, and a session-wide cap below their
+    sum would queue calls inside aiohttp with their timeouts already running."""
+    return aiohttp.ClientSession(
+        headers={"User-Agent": user_agent},
+        cookie_jar=aiohttp.DummyCookieJar(),
+        connector=aiohttp.TCPConnector(limit=0),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
     """What one vendor answer may cost the worker.
