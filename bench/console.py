@@ -21,7 +21,7 @@ from worker.console.app import ConsoleOptions, serve
 from worker.engine.model import JobState, Phase, Status
 from worker.kafka import ensure_topics, producer_config
 from worker.records import dead_letter_record
-from worker.testing import eventually
+from worker.testing import eventually, local_app
 
 TARGET_MS = 300.0
 LOADS = 30
@@ -103,16 +103,8 @@ async def raw_floor(size: int) -> tuple[float, float]:
 
     app = web.Application()
     app.router.add_get("/", page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as session:
-            p50, p95, _ = await times(session, f"http://127.0.0.1:{port}/")
-    finally:
-        await runner.cleanup()
+    async with local_app(app, access_log=None) as port, aiohttp.ClientSession() as session:
+        p50, p95, _ = await times(session, f"http://127.0.0.1:{port}/")
     return p50, p95
 
 

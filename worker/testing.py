@@ -6,6 +6,7 @@ live in ``worker.publisher`` and ``worker.output_reader`` and are re-exported he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import importlib
 import os
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -495,7 +496,7 @@ class OtlpReceiver:
         self.requests = 0
         self.spans: list[dict[str, Any]] = []
         self.resources: list[dict[str, Any]] = []
-        self._runner: web.AppRunner | None = None
+        self._serving: contextlib.AbstractAsyncContextManager[int] | None = None
         self.url = ""
 
     async def receive(self, request: web.Request) -> web.Response:
@@ -518,14 +519,24 @@ class OtlpReceiver:
     async def __aenter__(self) -> OtlpReceiver:
         app = web.Application()
         app.router.add_post("/v1/traces", self.receive)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._serving = local_app(app)
+        port = await self._serving.__aenter__()
         self.url = f"http://127.0.0.1:{port}/v1/traces"
         return self
 
-    async def __aexit__(self, *_: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._serving is not None
+        await self._serving.__aexit__(*exc)
+
+
+@contextlib.asynccontextmanager
+async def local_app(app: web.Application, **runner_options: Any) -> AsyncIterator[int]:
+    """Serve ``app`` on 127.0.0.1 at a free port (yielded) until the block ends."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()

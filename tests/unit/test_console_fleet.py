@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from worker.console import fleet
 from worker.console.fleet import MAX_METRICS_BYTES, WorkerView, parse_metrics, scrape
+from worker.testing import local_app
 
 URL = "http://worker-1:9100/metrics"
 
@@ -127,8 +128,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Server:
-    def __init__(self, runner: web.AppRunner, port: int, release: asyncio.Event) -> None:
-        self.runner = runner
+    def __init__(self, port: int, release: asyncio.Event) -> None:
         self.port = port
         self.release = release  # never set during a test: handlers that hang wait on it
 
@@ -201,16 +201,11 @@ async def server() -> AsyncIterator[Server]:
         "/infinite": infinite,
     }
     app.add_routes([web.get(path, handler) for path, handler in routes.items()])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield Server(runner, port, release)
-    finally:
-        release.set()  # let hanging handlers finish so the runner shuts down at once
-        await runner.cleanup()
+    async with local_app(app) as port:
+        try:
+            yield Server(port, release)
+        finally:
+            release.set()  # let hanging handlers finish so the runner shuts down at once
 
 
 @pytest.fixture

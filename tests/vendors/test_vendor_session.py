@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from worker.testing import local_app
 from worker.vendors import vendor_session
 
 CONCURRENT = 150  # above aiohttp's default cap of 100 connections per session
@@ -42,16 +43,11 @@ async def server() -> AsyncIterator[tuple[str, asyncio.Event, asyncio.Event]]:
     app = web.Application()
     app.router.add_get("/cookie", cookie)
     app.router.add_get("/held", held)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", release, all_in
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with local_app(app) as port:
+        try:
+            yield f"http://127.0.0.1:{port}", release, all_in
+        finally:
+            release.set()
 
 
 async def _get_many(session: aiohttp.ClientSession, url: str, n: int) -> None:
