@@ -344,6 +344,13 @@ async def list_offsets(
         await asyncio.sleep(0.05)
 
 
+async def log_starts(admin: AdminClient, topic: str, partitions: list[int], *, timeout: float = 30.0) -> dict[int, int]:
+    """Each partition's first offset (its low watermark), in one request."""
+    return await list_offsets(
+        admin, topic, partitions, IsolationLevel.READ_UNCOMMITTED, timeout=timeout, spec=OffsetSpec.earliest()
+    )
+
+
 async def wait_stable(admin: AdminClient, topic: str, partitions: list[int], *, timeout: float) -> bool:
     """Wait until no transaction is open on these partitions (last stable offset has
     reached the high watermark seen at the start), so a restore cannot miss the previous
@@ -359,6 +366,25 @@ async def wait_stable(admin: AdminClient, topic: str, partitions: list[int], *, 
         await asyncio.sleep(0.1)
 
 
+async def _describe_log(admin: AdminClient, topic: str, timeout: float) -> tuple[Any, Any, Any]:
+    """The cluster, the topic's description and its configs, asked for at once."""
+
+    def wait(future: Any) -> Awaitable[Any]:
+        return asyncio.wait_for(asyncio.wrap_future(future), timeout)
+
+    try:
+        (described,) = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout).values()
+        (configured,) = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
+        cluster, description, configs = await asyncio.gather(
+            wait(admin.describe_cluster(request_timeout=timeout)), wait(described), wait(configured)
+        )
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"describe {topic}: {exc.args[0].str() if exc.args else exc}") from None
+    except TimeoutError:
+        raise BrokerUnavailable(f"describe {topic}: no answer within {timeout:.0f} s") from None
+    return cluster, description, configs
+
+
 async def log_facts(
     admin: AdminClient, topic: str, partitions: list[int], *, timeout: float = 30.0
 ) -> dict[int, LogFacts]:
@@ -367,23 +393,20 @@ async def log_facts(
     incarnation (topic id), each log's start and high watermark, and
     ``delete.retention.ms`` (how long a tombstone is kept after compaction)."""
 
-    def wait(future: Any) -> Awaitable[Any]:
-        return asyncio.wait_for(asyncio.wrap_future(future), timeout)
-
+    # The offsets and the descriptions are asked for at once: a takeover waits for the
+    # slowest answer, not for their sum.
+    offsets = asyncio.gather(
+        log_starts(admin, topic, partitions, timeout=timeout),
+        list_offsets(admin, topic, partitions, IsolationLevel.READ_UNCOMMITTED, timeout=timeout),
+    )
     try:
-        cluster = await wait(admin.describe_cluster(request_timeout=timeout))
-        (described,) = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout).values()
-        description = await wait(described)
-        (configured,) = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
-        configs = await wait(configured)
-    except KafkaException as exc:
-        raise BrokerUnavailable(f"describe {topic}: {exc.args[0].str() if exc.args else exc}") from None
-    except TimeoutError:
-        raise BrokerUnavailable(f"describe {topic}: no answer within {timeout:.0f} s") from None
+        cluster, description, configs = await _describe_log(admin, topic, timeout)
+    except BaseException:
+        offsets.cancel()
+        raise
+    starts, ends = await offsets
     retention = configs.get("delete.retention.ms")
     delete_retention_ms = int(retention.value) if retention is not None and retention.value else 86_400_000
-    starts = await list_offsets(admin, topic, partitions, IsolationLevel.READ_UNCOMMITTED, spec=OffsetSpec.earliest())
-    ends = await list_offsets(admin, topic, partitions, IsolationLevel.READ_UNCOMMITTED)
     return {
         p: LogFacts(
             cluster_id=str(cluster.cluster_id),
@@ -512,6 +535,10 @@ async def stream_compacted(
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
         "enable.partition.eof": True,
+        # A start the log no longer has (retention or DeleteRecords moved its start
+        # since it was looked up) is an error, retried from a fresh look: librdkafka's
+        # default would jump to the end and skip the whole partition silently.
+        "auto.offset.reset": "error",
         "fetch.wait.max.ms": 50,
         "fetch.max.bytes": 52_428_800,
         "max.partition.fetch.bytes": 10_485_760,

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka.admin import AdminClient
 
 from worker import kafka as kafka_io
@@ -55,14 +54,17 @@ class StoreReader:
         facts = await kafka_io.log_facts(self._admin, topic, numbers)
         loaders: dict[int, StoreLoader] = {}
         starts: dict[int, int] = {}
+        modes: dict[int, str] = {}
         for number in numbers:
             opened = await asyncio.to_thread(self._stores.open, facts[number])
             loaders[number] = StoreLoader(opened.store, self._codec)
-            # A trusted store has an offset (trust rule 4); a wiped one starts from nothing.
+            # A trusted store has an offset (trust rule 4); a wiped one starts from the
+            # log's start, as an absolute offset: a fresh consumer given the logical
+            # OFFSET_BEGINNING looks it up only after a 500 ms timer.
             offset = opened.store.offset if opened.trust.warm else None
-            starts[number] = OFFSET_BEGINNING if offset is None else offset
+            starts[number] = facts[number].log_start if offset is None else offset
+            modes[number] = "cold" if offset is None else "warm"
             self._metrics.store_opens.labels(opened.trust.wipe.value if opened.trust.wipe else "warm").inc()
-        modes = {n: "warm" if starts[n] != OFFSET_BEGINNING else "cold" for n in numbers}
         read = dict.fromkeys(numbers, 0)
 
         async def fold(chunk: kafka_io.Chunk) -> None:
