@@ -123,7 +123,9 @@ class Rig:
         self.consumer = FakeConsumer()
         self.stored: dict[int, list[JobState]] = {}
         settings = make_settings("127.0.0.1:9", TOPICS, tmp_path, max_open_jobs=max_open, intake_low_water=low_water)
-        self.worker = Worker(settings, connections={}, clock=self.time.clock, read_states=self.read)
+        self.worker = Worker(
+            settings, connections={}, clock=self.time.clock, read_states=self.read, log_starts=self.log_starts
+        )
         self.worker.consumer = self.consumer
         self.worker.restorer.open(self.consumer)
         self.partitions = self.worker.partitions
@@ -134,6 +136,9 @@ class Rig:
 
     async def read(self, numbers: list[int]) -> dict[int, OpenJobs]:
         return {n: OpenJobs(self.stored.get(n, [])) for n in numbers}
+
+    async def log_starts(self, numbers: list[int]) -> dict[int, int]:
+        return dict.fromkeys(numbers, 0)
 
     @property
     def metrics(self) -> Metrics:

@@ -12,6 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
 from tests.unit.runtime_fakes import Collaborators, FakeConsumer, accepted, call_for, metrics
 from worker.codec import Codec
 from worker.engine.model import CallKind, JobState, Phase, Status, SubmitAnswered
+from worker.kafka import BrokerUnavailable
 from worker.records import state_to_record
 from worker.runtime.job_table import OpenJobs, Parked
 from worker.runtime.mailbox import CallAnswered, RestoreDone
@@ -28,6 +29,8 @@ class Rig(Collaborators):
         self.reads: list[list[int]] = []
         self.failures = 0  # reads to fail before one works
         self.consumer = FakeConsumer()
+        self.log_starts_asked: list[list[int]] = []
+        self.log_starts_raise: BrokerUnavailable | None = None
         self.restorer = Restorer(
             partitions=self.partitions,
             read_states=self.read,
@@ -35,6 +38,7 @@ class Rig(Collaborators):
             dispatcher=self.dispatcher,
             mailbox=self.mailbox,
             metrics=metrics(),
+            log_starts=self.log_starts,
         )
         self.restorer.open(self.consumer)
 
@@ -44,6 +48,13 @@ class Rig(Collaborators):
             self.failures -= 1
             raise OSError("broker went away")
         return {n: OpenJobs(self.stored.get(n, []), self.parked.get(n, {})) for n in numbers}
+
+    async def log_starts(self, numbers: list[int]) -> dict[int, int]:
+        """Where the consumer starts with nothing committed (its low watermarks)."""
+        self.log_starts_asked.append(numbers)
+        if self.log_starts_raise is not None:
+            raise self.log_starts_raise
+        return {n: self.consumer.low_watermarks.get(n, 0) for n in numbers}
 
     async def restored(self) -> RestoreDone:
         report = await asyncio.wait_for(self.mailbox.get(), 10)
@@ -150,6 +161,20 @@ class TestCommittedOffsets:
         rig.consumer.low_watermarks = {1: 300}
         rig.consumer.committed_errors = {2: KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)}
         assert await rig.restorer.committed_best_effort([0, 1, 2]) == {0: 5, 1: 300}
+
+    async def test_the_partitions_with_nothing_committed_are_looked_up_together(self) -> None:
+        """One lookup for all of them (the worker's admin client: one request), not one
+        per partition; a lookup that fails leaves them out, to be asked for again."""
+        rig = Rig()
+        rig.consumer.committed_offsets = {0: 5}
+        rig.consumer.low_watermarks = {1: 300, 2: 7}
+        assert await rig.restorer.committed_best_effort([0, 1, 2]) == {0: 5, 1: 300, 2: 7}
+        assert rig.log_starts_asked == [[1, 2]]
+        rig.log_starts_raise = BrokerUnavailable("list offsets: no answer within 10 s")
+        assert await rig.restorer.committed_best_effort([0, 1, 2]) == {}
+        rig.consumer.committed_offsets = {0: 5, 1: 6, 2: 8}
+        assert await rig.restorer.committed_best_effort([0, 1, 2]) == {0: 5, 1: 6, 2: 8}
+        assert rig.log_starts_asked == [[1, 2], [1, 2]]  # none to look up once all are committed
 
     async def test_offsets_that_could_not_be_looked_up_are_asked_for_again(self) -> None:
         rig = Rig()

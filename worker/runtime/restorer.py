@@ -14,6 +14,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from worker.engine.model import Phase
+from worker.kafka import BrokerUnavailable
 from worker.observability import Metrics
 from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer
@@ -42,6 +43,11 @@ class Carried:
 # ``state_reader.StoreReader`` in a worker.
 StateReader = Callable[[list[int]], Awaitable[dict[int, OpenJobs]]]
 
+# The first offset of each of these partitions of the input topic (the low watermark:
+# where a consumer starts that has nothing committed, auto.offset.reset=earliest). The
+# worker asks its admin client, one request for all of them.
+LogStarts = Callable[[list[int]], Awaitable[dict[int, int]]]
+
 # A failed restore is tried again after 1 s, 2 s, 4 s ... up to this.
 MAX_RETRY_WAIT_S = 10.0
 # How long one lookup of the group's committed offsets may take (at a takeover, and at a resync).
@@ -61,11 +67,13 @@ class Restorer:
         dispatcher: CallDispatcher,
         mailbox: Mailbox,
         metrics: Metrics,
+        log_starts: LogStarts,
         may_resume: Callable[[], bool] = lambda: True,
     ) -> None:
         """``may_resume``: whether restored partitions may be read at once (not while
         intake is paused for backpressure: the gate resumes them when it reopens)."""
         self._partitions = partitions
+        self._log_starts = log_starts
         self._may_resume = may_resume
         self._read_states = read_states
         self._stepper = stepper
@@ -187,16 +195,11 @@ class Restorer:
             async with self._committed_lookup:
                 found = await self._consumer.committed(self._tps(numbers), timeout=COMMITTED_LOOKUP_TIMEOUT_S)
                 known = {tp.partition: tp.offset for tp in found if tp.offset >= 0 and tp.error is None}
-                for tp in found:
-                    if tp.error is None and tp.offset < 0:  # nothing committed yet
-                        low, _high = await self._consumer.get_watermark_offsets(
-                            TopicPartition(self._partitions.topic, tp.partition),
-                            timeout=COMMITTED_LOOKUP_TIMEOUT_S,
-                            cached=False,
-                        )
-                        if low >= 0:
-                            known[tp.partition] = low
-        except KafkaException as exc:
+                fresh = [tp.partition for tp in found if tp.error is None and tp.offset < 0]
+                if fresh:  # nothing committed yet
+                    lows = await self._log_starts(fresh)
+                    known |= {number: low for number, low in lows.items() if low >= 0}
+        except (KafkaException, BrokerUnavailable) as exc:
             log.warning("committed offsets unknown; resuming without them", partitions=numbers, error=str(exc))
             return {}
         return known

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from typing import Any
@@ -57,7 +58,7 @@ from worker.runtime.mailbox import CallAnswered, ControlChanged, Mailbox, Restor
 from worker.runtime.outbox import Outbox
 from worker.runtime.partitions import Partitions
 from worker.runtime.refused import RefusedRecords
-from worker.runtime.restorer import Carried, Restorer, StateReader
+from worker.runtime.restorer import COMMITTED_LOOKUP_TIMEOUT_S, Carried, LogStarts, Restorer, StateReader
 from worker.runtime.state_reader import StoreReader
 from worker.runtime.stepper import Stepper
 from worker.runtime.store_writer import StoreWriter
@@ -104,6 +105,8 @@ class Worker:
             tests use to wrap them); confluent-kafka's asyncio clients when omitted.
         read_states: how a partition's open job states are read back; when omitted,
             export.jobs is folded into the partition stores under ``settings.state_dir``.
+        log_starts: where the input partitions start (for those with nothing committed);
+            when omitted, the admin client asks the broker.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Worker:
         consumer_factory: ConsumerFactory = aio_consumer,
         producer_factory: ProducerFactory = threaded_producer,
         read_states: StateReader | None = None,
+        log_starts: LogStarts | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
@@ -201,6 +205,10 @@ class Worker:
             dispatcher=self.dispatcher,
             mailbox=self.mailbox,
             metrics=self.metrics,
+            log_starts=log_starts
+            or functools.partial(
+                kafka_io.log_starts, self.admin, self.topics.requests, timeout=COMMITTED_LOOKUP_TIMEOUT_S
+            ),
             may_resume=self.gate.may_resume,
         )
         self.writer = TransactionWriter(
