@@ -127,13 +127,17 @@ async def run(quick: bool) -> list[str]:
         table.add_row(
             f"restore {r.states} job states",
             f"{r.ready_s:.1f} s to ready ({r.states_per_s:.0f} states/s)",
-            f"{r.bare_states_per_s:.0f} states/s bare consumer",
-            f"{r.states_per_s / r.bare_states_per_s:.2f}",
+            f"{r.bare_states_per_s:.0f} states/s bare consumer ({r.bare_known_states_per_s:.0f} from known offsets)",
+            f"{r.states_per_s / r.bare_states_per_s:.2f} ({r.states_per_s / r.bare_known_states_per_s:.2f})",
             "<= 10 s, ratio >= 0.70",
         )
         lines.append(line(f"restore_{r.states}_states_s", r.ready_s, "<=10.0", r.ready_s <= 10.0, "{:.1f}"))
         restore_ratio = r.states_per_s / r.bare_states_per_s
         lines.append(line("restore_vs_bare_consumer", restore_ratio, ">=0.70", restore_ratio >= 0.7))
+        # The bare consumer above pays librdkafka's 500 ms offset-query timer, which the
+        # worker's restore avoids: this one does not, so it shows the per-record cost.
+        known_ratio = r.states_per_s / r.bare_known_states_per_s
+        lines.append(line("restore_vs_bare_consumer_from_known_offsets", known_ratio, "info", True))
 
         step("job state at retention (store)")
         s = await store.measure(
