@@ -451,6 +451,7 @@ async def read_compacted(
     topic: str,
     partitions: list[int],
     *,
+    starts: Mapping[int, int] | None = None,
     ends: Mapping[int, int] | None = None,
     on_progress: Callable[[int], None] | None = None,
     stall_s: float = 30.0,
@@ -460,7 +461,10 @@ async def read_compacted(
     keeping the latest value per key (a tombstone deletes its key): the operator
     commands' reader of export.jobs.
 
-    Other arguments as ``stream_compacted``."""
+    Args:
+        starts: each partition's first offset, if known (looked up: a fresh consumer
+            given OFFSET_BEGINNING waits 500 ms before it asks).
+        Others as ``stream_compacted``."""
     started = time.monotonic()
     values: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
     counts = dict.fromkeys(partitions, 0)
@@ -476,9 +480,8 @@ async def read_compacted(
         if on_progress is not None and chunk.records:
             on_progress(chunk.records)
 
-    await stream_compacted(
-        client, topic, dict.fromkeys(partitions, OFFSET_BEGINNING), fold, ends=ends, stall_s=stall_s, verb=verb
-    )
+    beginnings = {p: OFFSET_BEGINNING if starts is None else starts[p] for p in partitions}
+    await stream_compacted(client, topic, beginnings, fold, ends=ends, stall_s=stall_s, verb=verb)
     seconds = time.monotonic() - started
     return [RestoredPartition(p, values[p], counts[p], seconds) for p in partitions]
 

@@ -3,6 +3,7 @@ the filters ``jobs list`` and ``replay`` apply to jobs."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,8 +84,8 @@ async def load_states(
     transaction timeout): an operator sees what is committed now, at once."""
     topic = settings.topics.jobs
     numbers = list(range(await cluster.partitions(topic)))
-    ends = await cluster.ends(topic, numbers)
+    starts, ends = await asyncio.gather(cluster.beginnings(topic, numbers), cluster.ends(topic, numbers))
     client = {**client_config(settings), "group.id": f"{settings.group_id}.ops"}
-    parts = await read_compacted(client, topic, numbers, ends=ends, on_progress=on_batch)
+    parts = await read_compacted(client, topic, numbers, starts=starts, ends=ends, on_progress=on_batch)
     decoded = await decode_states(codec, {k: v for part in parts for k, v in part.values.items()})
     return StateSnapshot(decoded.states, len(decoded.unreadable))
