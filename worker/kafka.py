@@ -393,18 +393,12 @@ async def log_facts(
     incarnation (topic id), each log's start and high watermark, and
     ``delete.retention.ms`` (how long a tombstone is kept after compaction)."""
 
-    # The offsets and the descriptions are asked for at once: a takeover waits for the
-    # slowest answer, not for their sum.
-    offsets = asyncio.gather(
+    # All asked for at once: a takeover waits for the slowest answer, not for their sum.
+    (cluster, description, configs), starts, ends = await asyncio.gather(
+        _describe_log(admin, topic, timeout),
         log_starts(admin, topic, partitions, timeout=timeout),
         list_offsets(admin, topic, partitions, IsolationLevel.READ_UNCOMMITTED, timeout=timeout),
     )
-    try:
-        cluster, description, configs = await _describe_log(admin, topic, timeout)
-    except BaseException:
-        offsets.cancel()
-        raise
-    starts, ends = await offsets
     retention = configs.get("delete.retention.ms")
     delete_retention_ms = int(retention.value) if retention is not None and retention.value else 86_400_000
     return {
