@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.codec import Codec
+from worker.codec import NAMESPACE, Codec
 from worker.engine.model import (
     NO_LABELS,
     Announce,
@@ -23,11 +23,20 @@ from worker.engine.model import (
 from worker.errors import DecodeError
 from worker.limits import TRACE_CONTEXT_BOUND
 
+# A record in a ["null", record] union is written as fastavro's (full name, fields)
+# pair: a bare dict makes fastavro validate it against the union's branches to pick one,
+# which took a third of a traced JobState's encoding (12.7 against 16.8 us). The bytes
+# are the same; records built here are only ever given to ``Codec.encode``.
+_FILE_INFO = f"{NAMESPACE}.FileInfo"
+_STATE_ERROR = f"{NAMESPACE}.StateError"
+_TRACE_CONTEXT = f"{NAMESPACE}.TraceContext"
+_EXPORT_ERROR = f"{NAMESPACE}.ExportError"
 
-def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
+
+def _error(error: ErrorInfo | None, record_name: str) -> tuple[str, dict[str, Any]] | None:
     if error is None:
         return None
-    return {"code": error.code, "message": error.message, "retryable": error.retryable}
+    return record_name, {"code": error.code, "message": error.message, "retryable": error.retryable}
 
 
 # Avro adds at most this to a JobState's texts: its numbers (at most 10 bytes each),
@@ -80,25 +89,31 @@ def state_to_record(state: JobState) -> dict[str, Any]:
         "failing_since_ms": state.failing_since_ms,
         "file": None
         if file is None
-        else {
-            "url": file.url,
-            "expires_at_ms": file.expires_at_ms,
-            "format": file.format,
-            "size_bytes": file.size_bytes,
-            "sha256": file.sha256,
-        },
-        "error": _error(state.error),
+        else (
+            _FILE_INFO,
+            {
+                "url": file.url,
+                "expires_at_ms": file.expires_at_ms,
+                "format": file.format,
+                "size_bytes": file.size_bytes,
+                "sha256": file.sha256,
+            },
+        ),
+        "error": _error(state.error, _STATE_ERROR),
         "created_at_ms": state.created_at_ms,
         "updated_at_ms": state.updated_at_ms,
         "finished_at_ms": state.finished_at_ms,
         "trace": None
         if state.trace is None
-        else {
-            "traceparent": state.trace.traceparent,
-            "tracestate": state.trace.tracestate,
-            "last_span_id": state.trace.last_span_id,
-            "last_call_at_ms": state.trace.last_call_at_ms,
-        },
+        else (
+            _TRACE_CONTEXT,
+            {
+                "traceparent": state.trace.traceparent,
+                "tracestate": state.trace.tracestate,
+                "last_span_id": state.trace.last_span_id,
+                "last_call_at_ms": state.trace.last_call_at_ms,
+            },
+        ),
     }
 
 
@@ -208,7 +223,7 @@ def status_record(state: JobState, effect: PublishStatus) -> dict[str, Any]:
         "vendor_status": effect.vendor_status,
         "sequence": effect.sequence,
         "occurred_at": effect.occurred_at_ms,
-        "error": _error(effect.error),
+        "error": _error(effect.error, _EXPORT_ERROR),
         "possible_duplicate": state.possible_duplicate,
         "tenant": state.tenant,
         "connection": state.connection,

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.codec import Codec, SchemaInfo, schemas_dir
-from worker.engine.model import ErrorInfo, FileInfo, JobState, Phase, Status
+from worker.engine.model import ErrorInfo, FileInfo, JobState, Phase, Status, TraceContext
 from worker.errors import DecodeError
 from worker.records import state_to_record
 from worker.store import peek
@@ -59,6 +59,15 @@ states = st.builds(
     file=optional(st.builds(FileInfo, url=TEXT, format=TEXT, expires_at_ms=optional(LONG))),
     error=optional(st.builds(ErrorInfo, code=TEXT, message=TEXT, retryable=st.booleans())),
     finished_at_ms=optional(LONG),
+    trace=optional(
+        st.builds(
+            TraceContext,
+            traceparent=TEXT,
+            tracestate=optional(TEXT),
+            last_span_id=optional(TEXT),
+            last_call_at_ms=optional(LONG),
+        )
+    ),
 )
 
 
