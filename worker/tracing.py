@@ -35,7 +35,17 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.status import Status, StatusCode
 
 from worker.engine.model import TraceContext
@@ -124,6 +134,22 @@ def span_id_of(span: Span) -> str:
     return f"{span.get_span_context().span_id:016x}"
 
 
+def _sampled(traceparent: str) -> bool:
+    return int(traceparent[-2:], 16) & 1 == 1
+
+
+def drops_unsampled_parents(sampler: Sampler) -> bool:
+    """Whether ``sampler`` drops every span whose (remote) parent is not sampled, as the
+    parent-based samplers do (the SDK's default and every ``parentbased_*`` that
+    ``OTEL_TRACES_SAMPLER`` names), and ``always_off``. Asked of the sampler itself, with
+    trace ids that a ratio sampler would keep, so a parent-based sampler built to sample
+    such children anyway is not mistaken for one."""
+    if not isinstance(sampler, ParentBased | StaticSampler):
+        return False
+    parent = trace.set_span_in_context(NonRecordingSpan(SpanContext(1, 1, True, TraceFlags(TraceFlags.DEFAULT))))
+    return all(sampler.should_sample(parent, trace_id, "probe").decision is Decision.DROP for trace_id in (1 << 64, 1))
+
+
 class Tracing:
     """The worker's tracer; ``enabled`` is False (and nothing is traced) without a provider."""
 
@@ -131,6 +157,16 @@ class Tracing:
         self.provider = provider
         self.enabled = provider is not None
         self._tracer = provider.get_tracer("export-worker", __version__) if provider is not None else None
+        # A job whose trace is not sampled gets no span at all when the sampler would
+        # drop each one anyway: a span the SDK does not record still costs its context,
+        # ids and sampling decision on every call and transaction.
+        self._parent_decides = provider is not None and drops_unsampled_parents(provider.sampler)
+
+    def records(self, job: TraceContext) -> bool:
+        """Whether spans in the job's trace are recorded (False only when the sampler
+        is known to drop them): a job that is not gets no call or publish spans, and its
+        events carry its own context, unsampled, to pass on."""
+        return not self._parent_decides or _sampled(job.traceparent)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, *, instance_id: str = "") -> Tracing:
@@ -165,8 +201,12 @@ class Tracing:
     def ingest(self, headers: Headers, attributes: Mapping[str, Any]) -> Iterator[tuple[Span, TraceContext]]:
         """The span of reading one request, current while it runs, and the context its
         job keeps: the producer's when the request carried one, else this span's (the
-        root of a new trace)."""
+        root of a new trace). A producer's context the sampler drops gets no span: the
+        span yielded then records nothing."""
         given = context_from_headers(headers)
+        if given is not None and not self.records(TraceContext(*given)):
+            yield INVALID_SPAN, TraceContext(given[0], given[1])  # the producer's, unsampled
+            return
         parent = parent_context(TraceContext(*given)) if given else otel_context.Context()
         with self.tracer.start_as_current_span(
             "export.ingest",

@@ -161,6 +161,35 @@ class TestOneTracePerExport:
         assert all(e["_headers"]["traceparent"].decode().split("-")[1] == trace_id for e in out.events("own-1"))
         assert len(about(list(spans.get_finished_spans()), trace_id)) >= 6
 
+    async def test_a_request_whose_producer_did_not_sample_gets_no_spans(self, settings: Settings) -> None:
+        """Under the default parent-based sampler a producer's unsampled context gets no
+        span anywhere, and its events pass that context on; a sampled one beside it is
+        traced as before."""
+        sim = ItronSimulator(timing=Timing(stages=(0.05, 0.05, 0.05)), seed=8)
+        await sim.start()
+        tracing, spans = in_memory()
+        unsampled = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+        sampled = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        try:
+            worker = Worker(settings, connections={"itron": itron_connection(sim.base_url)}, tracing=tracing)
+            async with running(worker), OutputReader(settings) as reader:
+                await publish_traced(settings, {"unsampled-1": unsampled, "sampled-1": sampled})
+                out = await reader.wait_for(
+                    lambda o: terminal(o, ["unsampled-1", "sampled-1"]), timeout=60, what="terminal"
+                )
+        finally:
+            await sim.stop()
+        finished = list(spans.get_finished_spans())
+        assert about(finished, unsampled.split("-")[1]) == []
+        assert {"export.ingest", "itron submit", "itron poll", "export.publish"} <= {
+            s.name for s in about(finished, sampled.split("-")[1])
+        }
+        events = out.events("unsampled-1") + out.files_for("unsampled-1")
+        assert "SUCCEEDED" in out.statuses("unsampled-1") and out.files_for("unsampled-1")
+        assert all(e["_headers"]["traceparent"].decode() == unsampled for e in events)
+        state = out.jobs["unsampled-1"]
+        assert state is not None and state["trace"]["traceparent"] == unsampled
+
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[OtlpReceiver]:

@@ -9,13 +9,16 @@ import fastavro
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.unit.runtime_fakes import accepted
 from worker.codec import Codec, schemas_dir
 from worker.engine.model import TraceContext
 from worker.limits import MAX_TRACESTATE_BYTES
 from worker.records import decode_state_now, state_to_record
-from worker.tracing import context_from_headers, path_template, trace_headers
+from worker.tracing import Tracing, context_from_headers, drops_unsampled_parents, path_template, trace_headers
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -126,3 +129,44 @@ def _body(value: bytes):  # type: ignore[no-untyped-def]
     import io
 
     return io.BytesIO(value[10:])
+
+
+class TestSampledOutJobs:
+    """Under a parent-based sampler a job whose context is not sampled gets no spans."""
+
+    @pytest.mark.parametrize(
+        ("sampler", "drops"),
+        [
+            (sampling.DEFAULT_ON, True),  # the SDK's default: parentbased_always_on
+            (sampling.ParentBased(sampling.TraceIdRatioBased(0.5)), True),
+            (sampling.DEFAULT_OFF, True),
+            (sampling.ALWAYS_OFF, True),
+            (sampling.ALWAYS_ON, False),
+            (sampling.TraceIdRatioBased(0.5), False),
+            (sampling.ParentBased(sampling.ALWAYS_ON, remote_parent_not_sampled=sampling.ALWAYS_ON), False),
+        ],
+    )
+    def test_only_a_sampler_that_drops_unsampled_parents_is_trusted(
+        self, sampler: sampling.Sampler, drops: bool
+    ) -> None:
+        assert drops_unsampled_parents(sampler) is drops
+
+    def test_a_job_is_recorded_unless_its_context_is_unsampled_and_the_sampler_follows_parents(self) -> None:
+        sampled = TraceContext("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        unsampled = TraceContext("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+        parent_based = Tracing(TracerProvider())
+        assert parent_based.records(sampled) and not parent_based.records(unsampled)
+        always = Tracing(TracerProvider(sampler=sampling.ALWAYS_ON))
+        assert always.records(sampled) and always.records(unsampled)
+
+    def test_an_unsampled_producer_context_makes_no_ingest_span(self) -> None:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+        with Tracing(provider).ingest([("traceparent", traceparent.encode())], {}) as (span, job):
+            assert not span.is_recording()
+        assert job == TraceContext(traceparent, None)
+        with Tracing(provider).ingest([("traceparent", traceparent[:-2].encode() + b"01")], {}) as (span, job):
+            assert span.is_recording()
+        assert [s.name for s in exporter.get_finished_spans()] == ["export.ingest"]

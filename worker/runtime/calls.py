@@ -71,7 +71,7 @@ async def run_call(call: Call, tracing: Tracing | None = None) -> Event:
     """Make the call; its answer, or its failure, as the event to step the job with.
     With tracing on, inside the call's span (its id is left in ``call.span_id``)."""
     state = call.state
-    if tracing is None or not tracing.enabled or state.trace is None:
+    if tracing is None or not tracing.enabled or state.trace is None or not tracing.records(state.trace):
         return await _run(call)
     # Tracing never costs a call: if it fails, the call runs (or ends) untraced.
     try:

@@ -94,13 +94,15 @@ def _publish_attributes(out: Outgoing) -> dict[str, Any]:
 
 
 def _end_publish_spans(
-    spans: Iterable[tuple[Span, bytes, list[str]]], error: BaseException | None, records: int
+    spans: Iterable[tuple[Span | None, bytes, list[str]]], error: BaseException | None, records: int
 ) -> None:
     """A publish span lasts until its transaction ends: committed, or not (then the
     events were never visible; they are published again after the resync)."""
     for span, _, what in spans:
-        span.set_attribute("export.published", what)  # e.g. ["SUCCEEDED", "FileReady"]
-        span.set_attribute("messaging.batch.message_count", records)
+        if span is None:
+            continue
+        # e.g. ["SUCCEEDED", "FileReady"]
+        span.set_attributes({"export.published": what, "messaging.batch.message_count": records})
         if error is not None:
             fail(span, f"transaction not committed: {type(error).__name__}")
         span.end()
@@ -266,7 +268,7 @@ class TransactionWriter:
         producer = self.producer
         started = time.monotonic()
         # Tracing on: one publish span per job and transaction, for its status and file events.
-        published: dict[bytes, tuple[Span, bytes, list[str]]] = {}
+        published: dict[bytes, tuple[Span | None, bytes, list[str]]] = {}
         ended: BaseException | None = None
         try:
             await producer.begin_transaction()
@@ -279,7 +281,10 @@ class TransactionWriter:
                     extra["headers"] = out.headers
                 if out.trace is not None and self._tracing.enabled:
                     if out.key not in published:
-                        span, traceparent = self._tracing.publish(out.trace, _publish_attributes(out))
+                        if self._tracing.records(out.trace):
+                            span, traceparent = self._tracing.publish(out.trace, _publish_attributes(out))
+                        else:  # a trace the sampler drops: its events carry the job's context
+                            span, traceparent = None, out.trace.traceparent.encode()
                         published[out.key] = (span, traceparent, [])
                     _, traceparent, what = published[out.key]
                     what.append(out.what)
