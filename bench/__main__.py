@@ -79,6 +79,14 @@ async def run(quick: bool) -> list[str]:
             ">= 0.80",
         )
         lines.append(line("tracing_on_vs_off", t.tracing_ratio, ">=0.80", t.tracing_ratio >= 0.8))
+        table.add_row(
+            f"throughput with tracing on, {throughput.SAMPLED_FRACTION:.0%} of exports sampled (parentbased ratio)",
+            f"{t.sampled_rps:.0f} req/s ({t.sampled_cpu_ms:.2f} ms CPU/req)",
+            f"{t.worker_rps:.0f} req/s tracing off",
+            f"{t.sampled_tracing_ratio:.2f}",
+            ">= 0.80",
+        )
+        lines.append(line("tracing_sampled_vs_off", t.sampled_tracing_ratio, ">=0.80", t.sampled_tracing_ratio >= 0.8))
 
         step("open-job capacity and memory")
         c = await capacity.measure(bootstrap, 10_000 if quick else 50_000, 20.0 if quick else capacity.INTERVAL_S)

@@ -32,6 +32,9 @@ from worker.testing import OtlpReceiver, OutputReader, Publisher, itron_request
 
 POLICY = PolicyConfig(first_poll_s=0.0, poll_initial_s=0.05, poll_max_s=0.5, jitter=0.0)
 CONCURRENCY = 128
+# The second traced run samples this fraction of the exports (parentbased_traceidratio):
+# how tracing is run at volume.
+SAMPLED_FRACTION = 0.1
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Throughput:
     raw_cpu_ms: float
     traced_rps: float  # the same worker with tracing on, spans sent over OTLP/HTTP
     traced_cpu_ms: float
+    sampled_rps: float  # tracing on, SAMPLED_FRACTION of the exports traced
+    sampled_cpu_ms: float
     first_read_s: float  # the untraced worker's /readyz to its first request read
 
     @property
@@ -53,6 +58,10 @@ class Throughput:
     @property
     def tracing_ratio(self) -> float:
         return self.traced_rps / self.worker_rps
+
+    @property
+    def sampled_tracing_ratio(self) -> float:
+        return self.sampled_rps / self.worker_rps
 
 
 @dataclass
@@ -130,6 +139,14 @@ async def measure(bootstrap: str, n: int = 5000) -> Throughput:
             traced = await run_worker(bootstrap, n, sim_url, "tput-traced", tracing)
             if collector.requests == 0:
                 raise RuntimeError("the traced worker sent no spans")
+            sent = collector.requests
+            ratio_sampler = {
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": str(SAMPLED_FRACTION),
+            }
+            sampled = await run_worker(bootstrap, n, sim_url, "tput-sampled", tracing | ratio_sampler)
+            if collector.requests == sent:
+                raise RuntimeError("the sampled worker sent no spans")
         settings = bench_settings(bootstrap, "tput-raw")
         await ensure_topics(settings, admin_client(settings))
         async with Publisher(settings) as pub:
@@ -154,6 +171,8 @@ async def measure(bootstrap: str, n: int = 5000) -> Throughput:
         raw_cpu / n * 1000,
         traced.rps,
         traced.cpu_ms,
+        sampled.rps,
+        sampled.cpu_ms,
         plain.first_read_s,
     )
 
@@ -164,4 +183,8 @@ if __name__ == "__main__":
     WORKDIR.mkdir(exist_ok=True)
     with broker() as bootstrap:
         result = asyncio.run(measure(bootstrap, int(sys.argv[1]) if len(sys.argv) > 1 else 5000))
-    print(result, f"ratio={result.ratio:.2f} tracing_ratio={result.tracing_ratio:.2f}")
+    print(
+        result,
+        f"ratio={result.ratio:.2f} tracing_ratio={result.tracing_ratio:.2f}",
+        f"sampled_tracing_ratio={result.sampled_tracing_ratio:.2f}",
+    )
