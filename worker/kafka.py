@@ -326,6 +326,8 @@ async def list_offsets(
     """Latest offsets (high watermark, or last stable offset with READ_COMMITTED), or
     those of another ``spec`` (e.g. the log start), retrying the transient errors of
     freshly created or moving partitions."""
+    if not partitions:
+        return {}
     deadline = time.monotonic() + timeout
     while True:
         request = {TopicPartition(topic, p): spec or OffsetSpec.latest() for p in partitions}
@@ -336,8 +338,7 @@ async def list_offsets(
             return result
         except KafkaException as exc:
             error = exc.args[0]
-            transient = error.retriable() or error.code() in _TRANSIENT_CODES
-            if not transient or time.monotonic() > deadline:
+            if not transient_admin_error(error) or time.monotonic() > deadline:
                 raise BrokerUnavailable(f"list offsets of {topic}: {error.str()}") from None
         except TimeoutError:
             raise BrokerUnavailable(f"list offsets of {topic}: no answer within {timeout:.0f} s") from None

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.aio import AIOConsumer
 
 from worker.config import Settings
-from worker.kafka import _TRANSIENT_CODES, BrokerUnavailable
+from worker.kafka import BrokerUnavailable, list_offsets, log_starts
 from worker.ops.errors import TopicMissing
 
 QUIET = logging.getLogger("export_worker.ops.client")
@@ -116,33 +116,13 @@ class Cluster:
             self._partitions[topic] = len(found.partitions)
         return self._partitions[topic]
 
-    async def _list(self, topic: str, specs: dict[int, Any], isolation: IsolationLevel) -> dict[int, int]:
-        if not specs:
-            return {}
-        request = {TopicPartition(topic, p): spec for p, spec in specs.items()}
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                futures = self.admin.list_offsets(request, isolation_level=isolation, request_timeout=15)
-                out = {}
-                for tp, future in futures.items():
-                    out[tp.partition] = (await asyncio.wrap_future(future)).offset
-                return out
-            except KafkaException as exc:
-                error = exc.args[0]
-                # Freshly created or moving partitions answer "not leader" for a moment.
-                transient = error.retriable() or error.code() in _TRANSIENT_CODES
-                if not transient or time.monotonic() > deadline:
-                    raise BrokerUnavailable(f"list offsets of {topic}: {error.str()}") from None
-            await asyncio.sleep(0.1)
-
     async def ends(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
         """Last stable offsets: the end a read_committed reader reaches now."""
-        return await self._list(topic, dict.fromkeys(partitions, OffsetSpec.latest()), IsolationLevel.READ_COMMITTED)
+        return await list_offsets(self.admin, topic, list(partitions), IsolationLevel.READ_COMMITTED)
 
     async def beginnings(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
         """The oldest offsets still in the log."""
-        return await self._list(topic, dict.fromkeys(partitions, OffsetSpec.earliest()), IsolationLevel.READ_COMMITTED)
+        return await log_starts(self.admin, topic, list(partitions))
 
     async def offsets_for_times(self, topic: str, partitions: Iterable[int], ms: int) -> dict[int, int | None]:
         """Per partition, the first offset whose record timestamp is at or after ``ms``;
