@@ -143,7 +143,7 @@ class Collaborators:
         self.conn = conn or connection()
         self.connections = {self.conn.name: self.conn}
         self.partitions = Partitions("requests")
-        self.mailbox: Mailbox = asyncio.Queue()
+        self.mailbox = Mailbox()
         self.metrics = metrics()
         self.dispatcher = CallDispatcher(self.connections, self.partitions, self.mailbox, self.time.clock, self.metrics)
         self.dispatcher.open(self.connections)

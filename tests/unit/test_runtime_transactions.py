@@ -4,6 +4,7 @@ Apache Kafka in tests/integration/test_transaction_abort.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -180,6 +181,16 @@ class TestOutcomes:
         settled = await rig.writer.finish()
         assert settled is not None and settled.outcome is Outcome.COMMITTED
         assert not rig.writer.writing and await rig.writer.finish() is None
+
+    async def test_a_background_batch_that_ends_wakes_whoever_waits_for_it(self) -> None:
+        rig = await Rig().open()
+        rig.request_read(0, 7, "r1")
+        batch = await rig.writer.cut()
+        assert batch is not None
+        ended = asyncio.Event()
+        rig.writer.start(batch, on_done=ended.set)
+        await asyncio.wait_for(ended.wait(), 10)
+        assert rig.writer.written
 
 
 class TestRetrying:

@@ -41,4 +41,43 @@ class ControlChanged:
 
 
 Report = CallAnswered | RestoreDone | ControlChanged
-Mailbox = asyncio.Queue[Report]
+
+
+class Mailbox(asyncio.Queue[Report]):
+    """The reports, and what the loop waits on while background work is under way: each
+    report wakes it at once, as does ``wake()`` (a transaction that finished), so an
+    answer is applied, and its call slot reused, on the loop's next turn rather than
+    after a fixed wait. Used from the loop's thread only, as any asyncio queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Report) -> None:
+        super().put_nowait(item)
+        self.wake()
+
+    def wake(self) -> None:
+        """End a ``wait`` under way (nothing when none is)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until a report is here or ``wake()`` is called, at most ``timeout_s``; at once
+        when a report is already waiting. Takes nothing from the queue."""
+        if not self.empty() or timeout_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

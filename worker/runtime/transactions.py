@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -228,10 +228,14 @@ class TransactionWriter:
 
     # ---- writing ---------------------------------------------------------------------
 
-    def start(self, batch: Batch) -> None:
+    def start(self, batch: Batch, on_done: Callable[[], object] | None = None) -> None:
         """Write ``batch`` in the background while the loop keeps working; the next batch
-        waits for this one (transactions are strictly one after another)."""
-        self._in_flight = (asyncio.create_task(self.write(batch)), batch)
+        waits for this one (transactions are strictly one after another). ``on_done`` is
+        called when the write has ended (to wake the loop)."""
+        task = asyncio.create_task(self.write(batch))
+        if on_done is not None:
+            task.add_done_callback(lambda _: on_done())
+        self._in_flight = (task, batch)
 
     async def finish(self) -> Settled | None:
         """Wait for the background batch, if any, and settle it."""

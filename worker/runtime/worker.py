@@ -74,8 +74,10 @@ from worker.version import __version__
 
 log = structlog.get_logger("export_worker")
 
-# How long consume() may wait for requests: not at all when reports are waiting, briefly
-# while calls, restores or a commit are under way, else until the next timer (capped).
+# While calls, restores or a commit are under way the loop waits for their first report
+# (at most this long) and then reads the requests already fetched without waiting; else
+# consume() waits for requests until the next timer (capped), not at all when reports are
+# waiting.
 BUSY_WAIT_S = 0.02
 IDLE_WAIT_S = 0.25
 # How long pending records wait for an input offset to fence their transaction with.
@@ -149,7 +151,7 @@ class Worker:
 
         # The collaborators, in the order the data flows through them.
         self.connections: dict[str, Connection] = {}  # filled at start (adapters need the HTTP session)
-        self.mailbox: Mailbox = asyncio.Queue()
+        self.mailbox = Mailbox()
         self.partitions = Partitions(self.topics.requests)
         self.stores = StoreSet(
             settings.state_dir,
@@ -383,7 +385,12 @@ class Worker:
         try:
             while not stopper.done():
                 self.watchdog.turn()
-                messages = await self.consumer.consume(self.settings.consume_batch, self._consume_timeout())
+                if self._busy():  # reports are coming: the first one starts the next turn
+                    await self.mailbox.wait(BUSY_WAIT_S)
+                    timeout = 0.0
+                else:
+                    timeout = self._consume_timeout()
+                messages = await self.consumer.consume(self.settings.consume_batch, timeout)
                 await self._turn(messages)
         finally:
             self.watchdog.stop()
@@ -422,11 +429,14 @@ class Worker:
         except OSError as exc:
             log.warning("state dir cleanup failed", error=str(exc))
 
+    def _busy(self) -> bool:
+        """Calls, restores or a commit under way, or records waiting for the next one."""
+        return self.writer.writing or self.dispatcher.busy or self.outbox.pending or self.restorer.busy
+
     def _consume_timeout(self) -> float:
+        """How long consume() may wait for requests when the loop is not busy."""
         if not self.mailbox.empty():
             return 0.0
-        if self.writer.writing or self.dispatcher.busy or self.outbox.pending or self.restorer.busy:
-            return BUSY_WAIT_S
         nxt = self.dispatcher.next_due_ms()
         if nxt is None:
             return IDLE_WAIT_S
@@ -477,7 +487,7 @@ class Worker:
         ):
             batch = await self.writer.cut()
             if batch is not None:
-                self.writer.start(batch)
+                self.writer.start(batch, on_done=self.mailbox.wake)
 
     def _unfenced(self) -> bool:
         """No input offset of any owned partition is known yet, so a transaction now would
