@@ -153,6 +153,8 @@ def _path(record: dict[str, Any], dotted: str) -> tuple[dict[str, Any], str]:
     *parents, leaf = dotted.split(".")
     for name in parents:
         record = record[name]
+        if isinstance(record, tuple):  # a union's record as its (name, fields) pair
+            record = record[1]
     return record, leaf
 
 
