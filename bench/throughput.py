@@ -132,6 +132,7 @@ async def measure(bootstrap: str, n: int = 5000) -> Throughput:
         plain = await run_worker(bootstrap, n, sim_url, "tput")
         async with OtlpReceiver(decode=False) as collector:
             tracing = {
+                "OTEL_TRACES_SAMPLER": "parentbased_always_on",  # every export (whatever the shell says)
                 "OTEL_TRACES_EXPORTER": "otlp",
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url,
                 "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
