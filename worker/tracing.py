@@ -37,7 +37,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler
 from opentelemetry.trace import (
-    INVALID_SPAN,
     Link,
     NonRecordingSpan,
     Span,
@@ -135,7 +134,12 @@ def span_id_of(span: Span) -> str:
 
 
 def _sampled(traceparent: str) -> bool:
-    return int(traceparent[-2:], 16) & 1 == 1
+    """The sampled flag of a traceparent; True for one that does not parse (its spans are
+    then tried, and a failure leaves the call untraced)."""
+    try:
+        return int(traceparent[-2:], 16) & 1 == 1
+    except ValueError:
+        return True
 
 
 def drops_unsampled_parents(sampler: Sampler) -> bool:
@@ -201,11 +205,13 @@ class Tracing:
     def ingest(self, headers: Headers, attributes: Mapping[str, Any]) -> Iterator[tuple[Span, TraceContext]]:
         """The span of reading one request, current while it runs, and the context its
         job keeps: the producer's when the request carried one, else this span's (the
-        root of a new trace). A producer's context the sampler drops gets no span: the
-        span yielded then records nothing."""
+        root of a new trace). A producer's context the sampler drops gets no span: it is
+        made current as it is (see ``within``), and the span yielded records nothing."""
         given = context_from_headers(headers)
         if given is not None and not self.records(TraceContext(*given)):
-            yield INVALID_SPAN, TraceContext(given[0], given[1])  # the producer's, unsampled
+            job = TraceContext(given[0], given[1])  # the producer's, unsampled
+            with self.within(job) as span:
+                yield span, job
             return
         parent = parent_context(TraceContext(*given)) if given else otel_context.Context()
         with self.tracer.start_as_current_span(
@@ -221,6 +227,17 @@ class Tracing:
             else:
                 job = TraceContext(traceparent_of(span.get_span_context()), None, span_id_of(span))
             yield span, job
+
+    @contextmanager
+    def within(self, job: TraceContext) -> Iterator[Span]:
+        """The job's own context current while the block runs, without a span of its own
+        (a trace the sampler drops): log lines written meanwhile carry its trace id."""
+        context = parent_context(job)
+        token = otel_context.attach(context)
+        try:
+            yield trace.get_current_span(context)
+        finally:
+            otel_context.detach(token)
 
     @contextmanager
     def call(self, name: str, job: TraceContext, attributes: Mapping[str, Any]) -> Iterator[Span]:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.unit.runtime_fakes import FakeAdapter, accepted, call_for, connection
-from worker.engine.model import CallFailed, CallKind, PollAnswered, Status
+from worker.engine.model import CallFailed, CallKind, Event, PollAnswered, Status, TraceContext
 from worker.errors import (
     AuthFailed,
     ConfigError,
@@ -18,8 +23,9 @@ from worker.errors import (
     VendorRejected,
     VendorUnavailable,
 )
-from worker.runtime.calls import DEFAULT_RATE_LIMIT_WAIT_S, connection_wait_s, failure_event, run_call
+from worker.runtime.calls import DEFAULT_RATE_LIMIT_WAIT_S, Call, connection_wait_s, failure_event, run_call
 from worker.testing import eventually
+from worker.tracing import Tracing, current_ids
 
 NOW_MS = 1_700_000_000_000
 
@@ -122,3 +128,49 @@ class TestRunCall:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+class IdsSeenAdapter(FakeAdapter):
+    """Notes the trace and span ids current while it is polled (what log lines carry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[tuple[str, str] | None] = []
+
+    async def poll(self, spec: Any, vendor_job_id: str) -> Any:
+        self.ids.append(current_ids())
+        return await super().poll(spec, vendor_job_id)
+
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+
+
+class TestTracedCalls:
+    def run(self, traceparent: str) -> tuple[Call, IdsSeenAdapter, InMemorySpanExporter, Event]:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()  # the default sampler: parent-based
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        adapter = IdsSeenAdapter()
+        state = replace(accepted("r1", NOW_MS), vendor_job_id="job-1", trace=TraceContext(traceparent))
+        call = call_for(state, connection(adapter=adapter), CallKind.POLL)
+        event = asyncio.run(run_call(call, Tracing(provider)))
+        return call, adapter, exporter, event
+
+    def test_a_sampled_job_gets_a_call_span_current_while_the_vendor_is_asked(self) -> None:
+        call, adapter, exporter, event = self.run(f"00-{TRACE_ID}-{PARENT_ID}-01")
+        assert isinstance(event, PollAnswered)
+        [span] = exporter.get_finished_spans()
+        assert span.name == "itron poll" and call.span_id == f"{span.context.span_id:016x}"
+        assert adapter.ids == [(TRACE_ID, call.span_id)]
+
+    def test_a_job_the_sampler_drops_gets_no_span_but_its_context_is_current(self) -> None:
+        call, adapter, exporter, event = self.run(f"00-{TRACE_ID}-{PARENT_ID}-00")
+        assert isinstance(event, PollAnswered)
+        assert exporter.get_finished_spans() == () and call.span_id is None
+        assert adapter.ids == [(TRACE_ID, PARENT_ID)]  # the job's own context, no new span
+
+    def test_a_trace_context_that_does_not_parse_leaves_the_call_untraced(self) -> None:
+        call, adapter, exporter, event = self.run(f"00-{TRACE_ID}-{PARENT_ID}-zz")
+        assert isinstance(event, PollAnswered) and adapter.ids == [None]
+        assert exporter.get_finished_spans() == () and call.span_id is None

@@ -18,7 +18,14 @@ from worker.codec import Codec, schemas_dir
 from worker.engine.model import TraceContext
 from worker.limits import MAX_TRACESTATE_BYTES
 from worker.records import decode_state_now, state_to_record
-from worker.tracing import Tracing, context_from_headers, drops_unsampled_parents, path_template, trace_headers
+from worker.tracing import (
+    Tracing,
+    context_from_headers,
+    current_ids,
+    drops_unsampled_parents,
+    path_template,
+    trace_headers,
+)
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -166,7 +173,9 @@ class TestSampledOutJobs:
         traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
         with Tracing(provider).ingest([("traceparent", traceparent.encode())], {}) as (span, job):
             assert not span.is_recording()
-        assert job == TraceContext(traceparent, None)
+            # the producer's own context is current (log lines), no span of the worker's
+            assert current_ids() == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+        assert job == TraceContext(traceparent, None) and current_ids() is None
         with Tracing(provider).ingest([("traceparent", traceparent[:-2].encode() + b"01")], {}) as (span, job):
             assert span.is_recording()
         assert [s.name for s in exporter.get_finished_spans()] == ["export.ingest"]

@@ -71,11 +71,14 @@ async def run_call(call: Call, tracing: Tracing | None = None) -> Event:
     """Make the call; its answer, or its failure, as the event to step the job with.
     With tracing on, inside the call's span (its id is left in ``call.span_id``)."""
     state = call.state
-    if tracing is None or not tracing.enabled or state.trace is None or not tracing.records(state.trace):
+    if tracing is None or not tracing.enabled or state.trace is None:
         return await _run(call)
     # Tracing never costs a call: if it fails, the call runs (or ends) untraced.
     try:
-        scope = tracing.call(f"{state.vendor} {call.kind.value}", state.trace, _call_attributes(call))
+        if tracing.records(state.trace):
+            scope = tracing.call(f"{state.vendor} {call.kind.value}", state.trace, _call_attributes(call))
+        else:  # the sampler drops the job's trace: no span, its context only (log lines)
+            scope = tracing.within(state.trace)
         span = scope.__enter__()
     except Exception:
         log.exception("tracing a vendor call failed; the call runs untraced", request_id=state.request_id)
