@@ -76,8 +76,8 @@ log = structlog.get_logger("export_worker")
 
 # While calls, restores or a commit are under way the loop waits for their first report
 # (at most this long) and then reads the requests already fetched without waiting; else
-# consume() waits for requests until the next timer (capped), not at all when reports are
-# waiting.
+# consume() waits for requests until the next timer (capped). Not at all when reports or
+# a finished transaction are waiting, or the last consume() came back full.
 BUSY_WAIT_S = 0.02
 IDLE_WAIT_S = 0.25
 # How long pending records wait for an input offset to fence their transaction with.
@@ -265,6 +265,7 @@ class Worker:
         # The turn under way when the stop came (a rebalance's drain, say) counts against
         # the grace too: the drain at shutdown only gets what is left of it.
         self._stop_asked_at = time.monotonic()
+        self.mailbox.wake()  # a loop waiting for reports stops at once
 
     async def _start(self) -> None:
         settings = self.settings
@@ -383,14 +384,12 @@ class Worker:
         assert loop_task is not None
         self.watchdog.watch(loop_task)
         try:
+            backlog = False  # the last consume() came back full: more requests are waiting
             while not stopper.done():
                 self.watchdog.turn()
-                if self._busy():  # reports are coming: the first one starts the next turn
-                    await self.mailbox.wait(BUSY_WAIT_S)
-                    timeout = 0.0
-                else:
-                    timeout = self._consume_timeout()
+                timeout = await self._wait_for_work(backlog)
                 messages = await self.consumer.consume(self.settings.consume_batch, timeout)
+                backlog = len(messages) >= self.settings.consume_batch
                 await self._turn(messages)
         finally:
             self.watchdog.stop()
@@ -429,14 +428,38 @@ class Worker:
         except OSError as exc:
             log.warning("state dir cleanup failed", error=str(exc))
 
+    async def _wait_for_work(self, backlog: bool) -> float:
+        """How long the next consume() may wait for requests: not at all when there is
+        work now (reports, a finished transaction to settle, more requests fetched than
+        the last consume() took); while background work is under way, after waiting for
+        its first report; else until the next timer."""
+        if backlog or self.writer.written or not self.mailbox.empty():
+            return 0.0
+        if self._busy():
+            await self.mailbox.wait(self._until_due_s())
+            return 0.0
+        return self._consume_timeout()
+
+    def _until_due_s(self) -> float:
+        """How long the loop may wait for reports before it has work of its own: the next
+        timer, or committing the records the outbox holds (at once for vendor calls that
+        wait for their intent, else at the commit interval); ``BUSY_WAIT_S`` at most, for
+        what does not report (a call waiting for its connection's rate or a free slot)."""
+        due = BUSY_WAIT_S
+        if self.outbox.pending and not self.writer.writing and not self._unfenced():
+            interval = 0.0 if self.outbox.calls else self.settings.commit_interval_ms / 1000
+            due = min(due, interval - self.outbox.waited())
+        nxt = self.dispatcher.next_due_ms()
+        if nxt is not None:
+            due = min(due, (nxt - self.clock.now_ms()) / 1000)
+        return max(0.0, due)
+
     def _busy(self) -> bool:
         """Calls, restores or a commit under way, or records waiting for the next one."""
         return self.writer.writing or self.dispatcher.busy or self.outbox.pending or self.restorer.busy
 
     def _consume_timeout(self) -> float:
         """How long consume() may wait for requests when the loop is not busy."""
-        if not self.mailbox.empty():
-            return 0.0
         nxt = self.dispatcher.next_due_ms()
         if nxt is None:
             return IDLE_WAIT_S
