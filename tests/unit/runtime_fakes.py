@@ -251,8 +251,10 @@ class FakeProducer:
     commit serves every delivery report first), a record the broker refuses fails its
     delivery, then sending the offsets and the commit. Faults: ``refuse`` makes the
     broker refuse matching records, ``offsets_error`` / ``commit_error`` fail sending the
-    offsets / committing once, ``abort_error`` fails every abort, ``hang_commit`` makes the
-    next commit never return."""
+    offsets / committing once, ``early_commit_error`` fails the next commit before any
+    delivery report is served, ``abort_error`` fails every abort, ``hang_commit`` makes the
+    next commit never return. As the broker does (librdkafka#4849), an abort is refused
+    for good while a record of the transaction has no delivery report yet."""
 
     def __init__(self) -> None:
         self.transactions: list[Transaction] = []
@@ -260,6 +262,7 @@ class FakeProducer:
         self.offsets_error: KafkaException | None = None
         self.commit_error: KafkaException | None = None
         self.abort_error: KafkaException | None = None
+        self.early_commit_error: KafkaException | None = None
         self.hang_commit = False
         self.ends: dict[tuple[str, int | None], int] = {}  # next offset by (topic, partition)
         self._pending: list[tuple[str, int | None, Delivery]] = []
@@ -302,6 +305,9 @@ class FakeProducer:
     ) -> None:
         if self.hang_commit:
             await asyncio.Event().wait()
+        if self.early_commit_error is not None:
+            error, self.early_commit_error = self.early_commit_error, None
+            raise error
         self._deliver()
         if any(delivery.error for _, _, delivery in self._pending):
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "a record failed", txn_requires_abort=True))
@@ -319,6 +325,10 @@ class FakeProducer:
     async def abort_transaction(self, timeout: float) -> None:
         if self.abort_error is not None:
             raise self.abort_error
+        if any(not delivery.done and delivery.error is None for _, _, delivery in self._pending):
+            raise KafkaException(
+                KafkaError(KafkaError.INVALID_TXN_STATE, "partitions not added yet (librdkafka#4849)", fatal=True)
+            )
         self.current.aborted = True
 
     async def close(self) -> None:

@@ -171,6 +171,20 @@ class TestOutcomes:
         assert settled.outcome is Outcome.RESYNC and rig.producer.current.aborted
         assert rig.writer.usable
 
+    async def test_an_abort_waits_for_the_delivery_reports_first(self) -> None:
+        """A commit that failed before any record was reported (librdkafka#4849: an abort
+        sent then is refused for good) is still aborted: the reports come first."""
+        rig = await Rig().open()
+        rig.producer.early_commit_error = KafkaException(
+            KafkaError(KafkaError._FAIL, "injected failure", txn_requires_abort=True)
+        )
+        rig.request_read(0, 7, "r1")
+        batch = await rig.writer.cut()
+        assert batch is not None
+        settled = await rig.writer.settle(batch, await rig.writer.write(batch))
+        assert settled.outcome is Outcome.RESYNC and rig.producer.current.aborted
+        assert rig.writer.usable
+
     async def test_a_background_batch_is_settled_when_finished(self) -> None:
         rig = await Rig().open()
         rig.request_read(0, 7, "r1")

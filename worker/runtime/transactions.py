@@ -9,6 +9,7 @@ calls that may now start or must be given up, and the worker acts on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ from worker.store.peek import peek_body
 from worker.tracing import TRACEPARENT, Tracing, fail
 
 log = structlog.get_logger("export_worker")
+
+
+# How long an abort first waits for the failed transaction's delivery reports.
+ABORT_FLUSH_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +400,12 @@ class TransactionWriter:
         process exits, its partitions move on, a new producer starts clean)."""
         assert self.producer is not None
         try:
+            # librdkafka#4849: an abort that reaches the coordinator before it has added the
+            # transaction's partitions (AddPartitionsToTxn still in flight) is refused for
+            # good (INVALID_TXN_STATE). A delivery report proves they were added, so the
+            # reports come first; whatever they say, the abort follows.
+            with contextlib.suppress(KafkaException):
+                await self._bounded(self.producer.flush(ABORT_FLUSH_S), ABORT_FLUSH_S)
             await self._bounded(self.producer.abort_transaction(self.timeouts.abort_s), self.timeouts.abort_s)
         except ProducerStuck:
             return False
