@@ -57,3 +57,20 @@ class TestMailboxWait:
         await asyncio.sleep(0)
         await mailbox.put(report())
         await asyncio.wait_for(waiting, 5)
+
+    async def test_reports_need_not_wake_but_wake_still_does(self) -> None:
+        """Answers nobody waits for (no call queued for a slot) are taken together at the
+        end of the wait; a finished transaction still ends it at once."""
+        mailbox = Mailbox()
+        mailbox.put_nowait(report())  # already queued: no reason to stop waiting either
+        waiting = asyncio.create_task(mailbox.wait(NEVER_S, reports_wake=False))
+        await asyncio.sleep(0)
+        mailbox.put_nowait(report())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        mailbox.wake()
+        await asyncio.wait_for(waiting, 5)
+        assert mailbox.qsize() == 2
+        # the next wait is woken by reports again
+        waiting = asyncio.create_task(mailbox.wait(NEVER_S))
+        await asyncio.wait_for(waiting, 5)  # a report is already waiting

@@ -130,6 +130,11 @@ class CallDispatcher:
             or any(lane.waiting or lane.waiting_submits for lane in self.lanes.values())
         )
 
+    @property
+    def queued(self) -> bool:
+        """Calls ready to start that wait for a free slot (an answer frees one)."""
+        return bool(self._waiting_calls) or any(lane.waiting or lane.waiting_submits for lane in self.lanes.values())
+
     def next_due_ms(self) -> int | None:
         return self._timers.next_due_ms()
 

@@ -52,10 +52,12 @@ class Mailbox(asyncio.Queue[Report]):
     def __init__(self) -> None:
         super().__init__()
         self._waiter: asyncio.Future[None] | None = None
+        self._reports_wake = True
 
     def put_nowait(self, item: Report) -> None:
         super().put_nowait(item)
-        self.wake()
+        if self._reports_wake:
+            self.wake()
 
     def wake(self) -> None:
         """End a ``wait`` under way (nothing when none is)."""
@@ -63,19 +65,22 @@ class Mailbox(asyncio.Queue[Report]):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self, timeout_s: float) -> None:
-        """Until a report is here or ``wake()`` is called, at most ``timeout_s``; at once
-        when a report is already waiting. Takes nothing from the queue."""
-        if not self.empty() or timeout_s <= 0:
+    async def wait(self, timeout_s: float, *, reports_wake: bool = True) -> None:
+        """Until a report is here (``reports_wake``) or ``wake()`` is called, at most
+        ``timeout_s``; at once when a report is already waiting and would wake it. Takes
+        nothing from the queue."""
+        if (reports_wake and not self.empty()) or timeout_s <= 0:
             return
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
+        self._reports_wake = reports_wake
         timer = loop.call_later(timeout_s, _resolve, waiter)
         try:
             await waiter
         finally:
             timer.cancel()
             self._waiter = None
+            self._reports_wake = True
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

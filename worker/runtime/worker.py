@@ -436,22 +436,21 @@ class Worker:
         if backlog or self.writer.written or not self.mailbox.empty():
             return 0.0
         if self._busy():
-            await self.mailbox.wait(self._until_due_s())
+            # An answer wakes the loop only when calls wait for the slot it frees: else
+            # answers that come one by one (polls spread over time) are taken together.
+            await self.mailbox.wait(self._until_due_s(), reports_wake=self.dispatcher.queued)
             return 0.0
         return self._consume_timeout()
 
     def _until_due_s(self) -> float:
-        """How long the loop may wait for reports before it has work of its own: the next
-        timer, or committing the records the outbox holds (at once for vendor calls that
-        wait for their intent, else at the commit interval); ``BUSY_WAIT_S`` at most, for
-        what does not report (a call waiting for its connection's rate or a free slot)."""
+        """How long the loop may wait for reports before it has work of its own:
+        committing the records the outbox holds (at once for vendor calls that wait for
+        their intent, else at the commit interval); ``BUSY_WAIT_S`` at most, for what does
+        not report (timers, a call waiting for its connection's rate or a free slot)."""
         due = BUSY_WAIT_S
         if self.outbox.pending and not self.writer.writing and not self._unfenced():
             interval = 0.0 if self.outbox.calls else self.settings.commit_interval_ms / 1000
             due = min(due, interval - self.outbox.waited())
-        nxt = self.dispatcher.next_due_ms()
-        if nxt is not None:
-            due = min(due, (nxt - self.clock.now_ms()) / 1000)
         return max(0.0, due)
 
     def _busy(self) -> bool:
