@@ -124,11 +124,7 @@ class CallDispatcher:
     @property
     def busy(self) -> bool:
         """Calls running or waiting to: the loop should come back soon."""
-        return (
-            bool(self._waiting_calls)
-            or any(self._in_flight.values())
-            or any(lane.waiting or lane.waiting_submits for lane in self.lanes.values())
-        )
+        return self.queued or any(self._in_flight.values())
 
     @property
     def queued(self) -> bool:

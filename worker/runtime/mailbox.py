@@ -44,10 +44,11 @@ Report = CallAnswered | RestoreDone | ControlChanged
 
 
 class Mailbox(asyncio.Queue[Report]):
-    """The reports, and what the loop waits on while background work is under way: each
-    report wakes it at once, as does ``wake()`` (a transaction that finished), so an
-    answer is applied, and its call slot reused, on the loop's next turn rather than
-    after a fixed wait. Used from the loop's thread only, as any asyncio queue."""
+    """The reports, and what the loop waits on while background work is under way:
+    ``wake()`` (a transaction that finished, a stop) ends the wait at once, and so does
+    each report when the waiter asks for it (calls wait for the slot an answer frees), so
+    that answer is applied on the loop's next turn rather than after a fixed wait. Used
+    from the loop's thread only, as any asyncio queue."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -74,10 +74,11 @@ from worker.version import __version__
 
 log = structlog.get_logger("export_worker")
 
-# While calls, restores or a commit are under way the loop waits for their first report
-# (at most this long) and then reads the requests already fetched without waiting; else
-# consume() waits for requests until the next timer (capped). Not at all when reports or
-# a finished transaction are waiting, or the last consume() came back full.
+# While calls, restores or a commit are under way the loop waits on its mailbox (at most
+# this long: until a transaction ends, a stop, or an answer while calls wait for a slot)
+# and then reads the requests already fetched without waiting; else consume() waits for
+# requests until the next timer (capped). Not at all when reports or a finished
+# transaction are waiting, or the last consume() came back full.
 BUSY_WAIT_S = 0.02
 IDLE_WAIT_S = 0.25
 # How long pending records wait for an input offset to fence their transaction with.
