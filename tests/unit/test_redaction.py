@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from worker.observability import redact_processor
-from worker.redaction import MASK, excerpt, redact, redact_text
+from worker.redaction import MASK, excerpt, redact, redact_text, substitute_patterns
+
+# Texts built like what the patterns look for (a key, a separator, a value), mixed with
+# arbitrary text, so generated texts often hold a secret, or nearly one.
+_SECRET_LIKE = st.tuples(
+    st.text(max_size=4),
+    st.sampled_from(['"password"', "'token'", '\\"secret\\"', "sig", "X-ApiKey", "Bearer", "bAsIc"]),
+    st.sampled_from(["=", ":", ": ", " "]),
+    st.sampled_from(['"v1"', "'v2'", '\\"v3\\"', "abcdefgh"]),
+    st.text(max_size=4),
+).map("".join)
+_TEXTS = st.lists(st.one_of(_SECRET_LIKE, st.text(max_size=12)), max_size=6).map("".join)
 
 
 class TestHeaders:
@@ -94,6 +107,23 @@ class TestJsonFields:
         once = redact_text('{"token": "t", "x": "Bearer abcdefgh"} sig=abc')
         assert once == '{"token": "***", "x": "Bearer ***"} sig=***'
         assert redact_text(once) == once
+
+
+class TestQuickScan:
+    """Texts that hold none of what any pattern needs are returned without substituting."""
+
+    @settings(max_examples=300)
+    @given(_TEXTS)
+    @example("bAsIc abcdefgh")  # one of each thing the scan looks for, alone
+    @example("Bearer abcdefgh")
+    @example('"password":"v1"')
+    @example("sig=abc")
+    def test_the_scan_never_skips_a_text_a_pattern_would_change(self, text: str) -> None:
+        assert redact_text(text) == substitute_patterns(text)
+
+    @pytest.mark.parametrize("text", ["t-123", "itron", "RUNNING", "vendor call failed", "7f3a-9c"])
+    def test_plain_values_come_back_as_the_same_object(self, text: str) -> None:
+        assert redact_text(text) is text
 
 
 class TestMappings:
