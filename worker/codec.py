@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
+from worker.avro_writer import RecordWriter, compile_writer
 from worker.errors import DecodeError, RegistryUnavailable
 
 SOE_MAGIC = b"\xc3\x01"
@@ -154,6 +155,7 @@ class SchemaInfo:
     canonical: str
     fingerprint: bytes  # 8 bytes, little-endian, as written after C3 01
     record_unions: bool  # has a union of several records (decoded as (name, record) pairs)
+    write: RecordWriter | None  # the schema's compiled writer (``worker.avro_writer``), if it has one
 
 
 def _has_record_union(node: Any) -> bool:
@@ -169,7 +171,7 @@ def _info(name: str, raw: Mapping[str, Any]) -> SchemaInfo:
     parsed = fastavro.parse_schema(dict(raw), _write_hint=True)
     canonical = to_parsing_canonical_form(parsed)
     fp = crc64_avro(canonical.encode()).to_bytes(8, "little")
-    return SchemaInfo(name, raw, parsed, canonical, fp, _has_record_union(dict(raw)))
+    return SchemaInfo(name, raw, parsed, canonical, fp, _has_record_union(dict(raw)), compile_writer(parsed))
 
 
 def fingerprint_hex(fingerprint: bytes) -> str:
@@ -267,13 +269,17 @@ class Codec:
         earlier version: fields it lacks are left out) under single-object encoding. With
         a registry the current schema is always written: readers fetch it by id."""
         info = self.schemas.by_name[name] if writer is None or self.registry is not None else writer
-        buf = io.BytesIO()
         if self.registry is not None and topic is not None:
-            schema_id = self.registry.schema_id_for(f"{topic}-value")
-            buf.write(struct.pack(">bI", REGISTRY_MAGIC, schema_id))
+            header = struct.pack(">bI", REGISTRY_MAGIC, self.registry.schema_id_for(f"{topic}-value"))
         else:
-            buf.write(SOE_MAGIC)
-            buf.write(info.fingerprint)
+            header = SOE_MAGIC + info.fingerprint
+        if info.write is not None:
+            try:
+                return header + info.write(record)
+            except Exception:  # a value the compiled writer leaves to fastavro (see worker.avro_writer)
+                pass
+        buf = io.BytesIO()
+        buf.write(header)
         fastavro.schemaless_writer(buf, info.parsed, record)
         return buf.getvalue()
 
