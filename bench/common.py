@@ -145,6 +145,9 @@ def start_worker(
     )
     env["EXPORT_WORKER_COMMIT_INTERVAL_MS"] = str(settings.commit_interval_ms)
     env["EXPORT_WORKER_CONSUME_BATCH"] = str(settings.consume_batch)
+    # Logging as `export-worker run` does by default (a line per status change): what
+    # a process costs in production includes its logs.
+    env["EXPORT_WORKER_LOG_LEVEL"] = "info"
     env.update(extra_env or {})
     profile = WORKDIR / f"worker-{name}.prof" if os.environ.get("BENCH_PROFILE") else None
     return Process(spawn_worker(env, WORKDIR / f"worker-{name}.log", profile=profile), port)
