@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import json
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +20,7 @@ from worker.engine.model import ErrorInfo, FileInfo, JobState, Phase, Status, Tr
 from worker.errors import DecodeError
 from worker.records import state_to_record
 from worker.store import peek
-from worker.store.peek import Peeked, peek_body, peek_open
+from worker.store.peek import Peeked, open_peeker, peek_body, peek_open
 
 LONG = st.integers(-(2**63), 2**63 - 1)
 INT = st.integers(-(2**31), 2**31 - 1)
@@ -163,6 +165,27 @@ class TestPeek:
         record = state_to_record(state) | {"extra": {"n": 5}}
         value = _encode_with(writer, record)
         assert peek(value, codec) == (Phase.ACTIVE, 77)
+
+    def test_each_codec_reads_a_framing_with_its_own_schema(self) -> None:
+        """Registry id 7 is the current layout in one registry and one with another
+        long before ``next_action_at_ms`` in another (both walked): each codec's values
+        peek right, and a peek bound to a codec (``open_peeker``, the restore's) does not
+        keep it alive."""
+        longer = copy.deepcopy(CURRENT)
+        names = [f["name"] for f in longer["fields"]]
+        longer["fields"].insert(names.index("next_action_at_ms"), {"name": "extra", "type": "long"})
+        current, other = Codec(registry=FixedRegistry(CURRENT)), Codec(registry=FixedRegistry(longer))
+        state = JobState("r", "t", "c", "v", "{}", 1, 0, 5, Phase.ACTIVE, Status.RUNNING, 3, 1, 2, next_action_at_ms=77)
+        plain = current.encode("JobState", state_to_record(state), topic="export.jobs")
+        extended = _encode_with(other.writer("JobState", plain), state_to_record(state) | {"extra": 12345})
+        extended = plain[:5] + extended[10:]  # the same registry framing, the other layout
+        for _ in range(2):
+            assert peek_open(plain, current) == (Phase.ACTIVE, 77, "v", "RUNNING")
+            assert open_peeker(other)(extended) == (Phase.ACTIVE, 77, "v", "RUNNING")
+        gone = weakref.ref(other)
+        del other
+        gc.collect()
+        assert gone() is None
 
     def test_an_empty_value_is_a_decode_error(self) -> None:
         for reader in (peek, peek_open, peek_body):

@@ -11,7 +11,7 @@ at a time, so no partition is ever held in memory.
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
@@ -21,7 +21,7 @@ from worker.engine.model import Phase
 from worker.errors import DecodeError
 from worker.store import keys
 from worker.store.partition import PartitionStore
-from worker.store.peek import PeekedOpen, peek_open
+from worker.store.peek import PeekedOpen, open_peeker
 
 # An open job as the restore found it: (value, phase, next_action_at_ms, vendor, status).
 OpenJob = tuple[bytes, Phase, int, str, str]
@@ -50,7 +50,7 @@ class StoreLoader:
 
     def __init__(self, store: PartitionStore, codec: Codec) -> None:
         self.store = store
-        self._codec = codec
+        self._peek_value = open_peeker(codec)
         # By record key, the open jobs: the store's at the first fold (read in its
         # thread), then as the records change them.
         self._open: dict[bytes, OpenJob] | None = None
@@ -67,12 +67,13 @@ class StoreLoader:
         A value that cannot be read now is dropped from the store and reported."""
         folded = Folded()
         found: dict[bytes, OpenJob] = {}
+        peek = self._peeker(unreadable)
         for key, value in self.store.open_values():
             if value is None:
                 self.store.forget(key)  # an o/ entry without its job: nothing to keep
                 continue
             try:
-                found[key] = self._open_job(value, unreadable)
+                found[key] = self._open_job(value, peek)
             except DecodeError as exc:
                 if exc.reason_code == "unknown_schema" and value not in unreadable:
                     folded.unknown_schema = value
@@ -100,7 +101,7 @@ class StoreLoader:
             if loaded.unknown_schema is not None:
                 return loaded
         folded = Folded(len(latest) if records is None else records)
-        open_jobs, peek, done, intern = self.open_jobs, self._peek, Phase.DONE, sys.intern
+        open_jobs, peek, done, intern = self.open_jobs, self._peeker(unreadable), Phase.DONE, sys.intern
         opened: list[tuple[bytes, OpenJob]] = []
         closed: list[bytes] = []
         job, open_, expiry_key = keys.JOB, keys.OPEN, keys.expiry_key
@@ -113,7 +114,7 @@ class StoreLoader:
                 phase = None  # stays None for a tombstone, and for a value that cannot be read
                 if value is not None:
                     try:
-                        phase, due, vendor, status = peek(value, unreadable)
+                        phase, due, vendor, status = peek(value)
                     except DecodeError as exc:
                         if exc.reason_code == "unknown_schema" and value not in unreadable:
                             raise _Refold(value) from None
@@ -157,12 +158,21 @@ class StoreLoader:
                 others.append((request_id, value))
         return parkable, others
 
-    def _open_job(self, value: bytes, unreadable: Collection[bytes]) -> OpenJob:
-        phase, due, vendor, status = self._peek(value, unreadable)
+    def _open_job(self, value: bytes, peek: Callable[[bytes], PeekedOpen]) -> OpenJob:
+        phase, due, vendor, status = peek(value)
         return (value, phase, due, sys.intern(vendor), sys.intern(status))
 
-    def _peek(self, value: bytes, unreadable: Collection[bytes]) -> PeekedOpen:
-        """``peek_open``; a value already known to be unreadable is refused unread."""
-        if value in unreadable:
-            raise DecodeError("unknown_schema", "its writer schema is not known here")
-        return peek_open(value, self._codec)
+    def _peeker(self, unreadable: Collection[bytes]) -> Callable[[bytes], PeekedOpen]:
+        """``peek_open`` for this store's values; one already known to be unreadable is
+        refused unread. With none known, the bare peek: a set would hash every value of
+        the restore to find nothing."""
+        if not unreadable:
+            return self._peek_value
+        peek_value = self._peek_value
+
+        def peek(value: bytes) -> PeekedOpen:
+            if value in unreadable:
+                raise DecodeError("unknown_schema", "its writer schema is not known here")
+            return peek_value(value)
+
+        return peek

@@ -65,6 +65,8 @@ def _step(node: Any) -> Step:
 
 
 Walk = Callable[[bytes, int], tuple[Any, ...]]
+BoundPeek = Callable[[bytes], tuple[Any, ...]]  # a peek for one codec's values
+_UNSEEN: Any = object()
 
 
 def _compile(writer: SchemaInfo, captures: tuple[str, ...]) -> Walk | None:
@@ -230,38 +232,53 @@ class _Peeker:
     def __init__(self, captures: tuple[str, ...]) -> None:
         self._captures = captures
         self._walks: dict[bytes, Walk | None] = {}  # by writer fingerprint
-        # The walk of each framing (fingerprint or registry id) a codec has met: the
-        # writer is looked up once per framing, not once per value.
-        self._by_framing: weakref.WeakKeyDictionary[Codec, dict[bytes, Walk | None]] = weakref.WeakKeyDictionary()
+        # One peek function per codec (the walk of each framing it has met is looked
+        # up once per framing, not once per value), kept no longer than the codec.
+        self._bound: weakref.WeakKeyDictionary[Codec, BoundPeek] = weakref.WeakKeyDictionary()
         # The last codec's: a restore peeks a million values with one codec, and a
         # WeakKeyDictionary lookup costs as much as a third of a walk.
-        self._last: tuple[weakref.ref[Codec], dict[bytes, Walk | None]] | None = None
+        self._last: tuple[weakref.ref[Codec], BoundPeek] | None = None
 
     def __call__(self, value: bytes, codec: Codec) -> tuple[Any, ...]:
-        if not value:
-            raise DecodeError("not_avro", "empty message value")
-        header = 10 if value[0] != 0 else 5  # single-object vs registry framing
+        return self.bind(codec)(value)
+
+    def bind(self, codec: Codec) -> BoundPeek:
+        """This peek for values of one codec: what a restore's fold calls, a million
+        times, without finding the codec's walks again for each value."""
         last = self._last
         if last is not None and last[0]() is codec:
-            by_framing = last[1]
-        else:
-            by_framing = self._by_framing.get(codec)
-            if by_framing is None:
-                by_framing = self._by_framing[codec] = {}
-            self._last = (weakref.ref(codec), by_framing)
-        framing = value[:header]
-        walk = by_framing.get(framing, _UNSEEN)
-        if walk is _UNSEEN:
-            writer = codec.writer(_STATE, value)
-            if writer.fingerprint not in self._walks:
-                self._walks[writer.fingerprint] = _compile(writer, self._captures) if writer.name == _STATE else None
-            walk = by_framing[framing] = self._walks[writer.fingerprint]
-        if walk is not None:
-            try:
-                return walk(value, header)
-            except (_Surprise, IndexError, UnicodeDecodeError):
-                pass
-        return self._full(value, codec)
+            return last[1]
+        bound = self._bound.get(codec)
+        if bound is None:
+            bound = self._bound[codec] = self._make(weakref.ref(codec))
+        self._last = (weakref.ref(codec), bound)
+        return bound
+
+    def _make(self, codec_ref: weakref.ref[Codec]) -> BoundPeek:
+        # The codec is held weakly: the function is a value of the codec's own weak key.
+        by_framing: dict[bytes, Walk | None] = {}  # the walk of each framing met
+
+        def peek(value: bytes) -> tuple[Any, ...]:
+            if not value:
+                raise DecodeError("not_avro", "empty message value")
+            header = 10 if value[0] != 0 else 5  # single-object vs registry framing
+            walk = by_framing.get(value[:header], _UNSEEN)
+            if walk is _UNSEEN:
+                walk = by_framing[value[:header]] = self._walk(value, _live(codec_ref))
+            if walk is not None:
+                try:
+                    return walk(value, header)
+                except (_Surprise, IndexError, UnicodeDecodeError):
+                    pass
+            return self._full(value, _live(codec_ref))
+
+        return peek
+
+    def _walk(self, value: bytes, codec: Codec) -> Walk | None:
+        writer = codec.writer(_STATE, value)
+        if writer.fingerprint not in self._walks:
+            self._walks[writer.fingerprint] = _compile(writer, self._captures) if writer.name == _STATE else None
+        return self._walks[writer.fingerprint]
 
     def _full(self, value: bytes, codec: Codec) -> tuple[Any, ...]:
         record = codec.decode(_STATE, value)
@@ -272,7 +289,13 @@ class _Peeker:
             raise DecodeError("invalid_state", f"not a valid JobState: {exc!r}") from None
 
 
-_UNSEEN: Any = object()
+def _live(codec_ref: weakref.ref[Codec]) -> Codec:
+    codec = codec_ref()
+    if codec is None:  # only a caller that dropped its codec could hold the function
+        raise RuntimeError("the codec of this peek is gone")
+    return codec
+
+
 _peek_due = _Peeker(())
 _peek_open = _Peeker(_OPEN_FIELDS)
 _peek_body = _Peeker(("job_json",))
@@ -290,6 +313,11 @@ def peek_open(value: bytes, codec: Codec) -> PeekedOpen:
     """``peek`` and the job's vendor and status: what a restore keeps of an open job it
     leaves encoded until it is needed."""
     return _peek_open(value, codec)  # type: ignore[return-value]
+
+
+def open_peeker(codec: Codec) -> Callable[[bytes], PeekedOpen]:
+    """``peek_open`` bound to one codec: ``open_peeker(codec)(value)``."""
+    return _peek_open.bind(codec)  # type: ignore[return-value]
 
 
 def peek_body(value: bytes, codec: Codec) -> str:
