@@ -38,7 +38,7 @@ from worker.kafka import admin_client, ensure_topics
 from worker.testing import OutputReader, Publisher, itron_request, terminal
 
 DURATIONS_S = (10, 60, 300, 1800)
-RETRY_AFTER_S = 2.0
+RETRY_AFTER_S = 1.0
 IN_FLIGHT_MARGIN_S = 0.1  # a request already sent when the 429 was answered may still arrive
 SUBSCRIPTION = "7f7f2d8e-6c38-4b8e-9a53-6a1f1c7b2e10"
 
