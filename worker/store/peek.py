@@ -235,8 +235,9 @@ class _Peeker:
         # One peek function per codec (the walk of each framing it has met is looked
         # up once per framing, not once per value), kept no longer than the codec.
         self._bound: weakref.WeakKeyDictionary[Codec, BoundPeek] = weakref.WeakKeyDictionary()
-        # The last codec's: a restore peeks a million values with one codec, and a
-        # WeakKeyDictionary lookup costs as much as a third of a walk.
+        # The last codec's: callers that peek one value at a time (the sweeper, the
+        # transaction writer's job bodies) use one codec, and a WeakKeyDictionary
+        # lookup costs as much as a third of a walk. A restore binds once instead.
         self._last: tuple[weakref.ref[Codec], BoundPeek] | None = None
 
     def __call__(self, value: bytes, codec: Codec) -> tuple[Any, ...]:
