@@ -142,7 +142,8 @@ class PartitionStore:
     def open_values(self) -> list[tuple[bytes, bytes | None]]:
         """(record key, value) of the open jobs, in key order (bounded by the open jobs);
         None for an ``o/`` entry without a job (only a damaged store has one)."""
-        return [(key, self._read(keys.JOB + key)) for key in self.open_keys()]
+        found = self.open_keys()
+        return list(zip(found, self._read_many([keys.JOB + key for key in found]), strict=True))
 
     def expiring(self, until_ms: int, limit: int, *, after: tuple[int, str] | None = None) -> list[tuple[int, str]]:
         """At most ``limit`` (due ms, request id) of the expiry index due at or before
@@ -203,6 +204,20 @@ class PartitionStore:
         except Exception as exc:
             raise translate(exc, f"cannot read store {self.path}") from exc
         return value
+
+    def _read_many(self, wanted: list[bytes]) -> list[bytes | None]:
+        """The values of ``wanted``, in order (None where absent): one multi-get, which
+        costs a third of a get per key from Python (a warm takeover reads every open job)."""
+        if not wanted:
+            return []
+        try:
+            with self._lock:
+                values: list[bytes | None] = self.db.get(wanted)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise translate(exc, f"cannot read store {self.path}") from exc
+        return values
 
     def _number(self, key: bytes) -> int | None:
         value = self._read(key)
