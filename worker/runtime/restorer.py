@@ -271,6 +271,9 @@ class Restorer:
         installing = time.monotonic()
         ready = []
         total = parked = 0
+        # Every partition's parked jobs go into the timer heap at once: added partition by
+        # partition, a takeover of six partitions heapified the growing heap six times.
+        timers: list[tuple[int, int, str]] = []
         for number, incarnation in done.incarnations.items():
             part = self._partitions.current(number, incarnation)
             if part is None:
@@ -285,12 +288,13 @@ class Restorer:
             # Polling and not due yet: the restore step leaves such a job as it is, so it
             # is decoded (and trimmed) only when first needed.
             parked += part.jobs.park(jobs.parked, functools.partial(self._stepper.unparked, number))
-            self._dispatcher.schedule_many([(due, number, rid) for rid, (_v, due, _vn, _s) in jobs.parked.items()])
+            timers += [(due, number, rid) for rid, (_v, due, _vn, _s) in jobs.parked.items()]
             total += len(jobs.states) + len(jobs.parked)
             self._apply_carried(part)
             part.ready = True
             part.next_offset = done.committed.get(number)
             ready.append(TopicPartition(self._partitions.topic, number))
+        self._dispatcher.schedule_many(timers)
         # Counted before the await below: from ``part.ready`` on, /readyz says ready, and
         # whoever reads /metrics then must find this restore in it.
         installed_s = time.monotonic() - installing
