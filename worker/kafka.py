@@ -424,11 +424,13 @@ async def restore(
     *,
     admin: AdminClient | None = None,
     stall_s: float = 30.0,
+    header: str | None = None,
 ) -> dict[int, int]:
     """Read partitions of a compacted topic from ``starts`` (OFFSET_BEGINNING: from the
     start) to their end, read_committed, handing each batch to ``on_chunk``: a new
     owner's takeover, so it first waits (bounded by the transaction timeout) for the
-    previous owner's open transaction to end. Returns where each partition ended."""
+    previous owner's open transaction to end. Returns where each partition ended.
+    ``header``: as ``stream_compacted``."""
     if not starts:
         return {}
     admin = admin or admin_client(settings)
@@ -438,7 +440,7 @@ async def restore(
     if not await wait_stable(admin, topic, partitions, timeout=settings.transaction_timeout_ms / 1000 + 5):
         CLIENT_LOGGER.warning("restoring %s %s past an open transaction that did not end in time", topic, partitions)
     conf = {**base_config(settings), "group.id": f"{settings.group_id}.restore"}
-    return await stream_compacted(conf, topic, starts, on_chunk, stall_s=stall_s, verb="restoring")
+    return await stream_compacted(conf, topic, starts, on_chunk, stall_s=stall_s, verb="restoring", header=header)
 
 
 async def read_compacted(
@@ -492,6 +494,9 @@ class Chunk:
     latest: dict[bytes, bytes | None]
     records: int
     next_offset: int
+    # Asked for a header (``stream_compacted``): its value for each key of ``latest``
+    # whose last record has it.
+    heads: dict[bytes, bytes] | None = None
 
 
 async def stream_compacted(
@@ -503,6 +508,7 @@ async def stream_compacted(
     ends: Mapping[int, int] | None = None,
     stall_s: float = 30.0,
     verb: str = "reading",
+    header: str | None = None,
 ) -> dict[int, int]:
     """Read partitions of a compacted topic with read_committed, each from its offset in
     ``starts`` (or OFFSET_BEGINNING) to its end, handing each consumed batch over
@@ -518,6 +524,7 @@ async def stream_compacted(
             Without it a partition is read until the consumer reaches its end.
         stall_s: BrokerUnavailable when nothing at all arrives for this long.
         verb: how errors name the read ("restoring export.jobs[3]: ...").
+        header: the name of a record header to hand over with the values (``Chunk.heads``).
     """
     positions = {p: (at if at >= 0 else 0) for p, at in starts.items()}
     pending = set(starts)
@@ -569,6 +576,7 @@ async def stream_compacted(
             elif time.monotonic() - last_progress > stall_s:
                 raise BrokerUnavailable(f"{verb} {topic}{sorted(pending)}: nothing read for {stall_s:.0f} s")
             chunks: dict[int, dict[bytes, bytes | None]] = {}
+            heads: dict[int, dict[bytes, bytes]] = {}
             counts = dict.fromkeys(pending, 0)
             reached: set[int] = set()
             for msg in batch:
@@ -595,10 +603,28 @@ async def stream_compacted(
                     latest = chunks.get(number)
                     if latest is None:
                         latest = chunks[number] = {}
+                        heads[number] = {}
                     latest[key] = msg.value()
                     counts[number] += 1
+                    if header is not None:
+                        # The header of the key's last record (its last one if repeated);
+                        # a last record without it leaves none from an earlier one.
+                        found = None
+                        for name, head in msg.headers() or ():
+                            if name == header:
+                                found = head
+                        if found is not None:
+                            heads[number][key] = found
+                        else:
+                            heads[number].pop(key, None)
             ready = [
-                Chunk(number, chunks.get(number, {}), counts[number], positions[number])
+                Chunk(
+                    number,
+                    chunks.get(number, {}),
+                    counts[number],
+                    positions[number],
+                    heads.get(number, {}) if header is not None else None,
+                )
                 for number in sorted(chunks.keys() | reached)
             ]
             if delivering is not None:

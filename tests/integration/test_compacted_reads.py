@@ -9,7 +9,7 @@ import asyncio
 import uuid
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from confluent_kafka.aio import AIOProducer
 
@@ -67,3 +67,38 @@ class TestWhereAReadStarts:
         topic = await topic_with_a_moved_start(settings)
         with pytest.raises(BrokerUnavailable, match=r"reading .*\[0\]"):
             await read(settings, topic, 1)  # looked up before the records were deleted
+
+
+class TestHeaders:
+    async def test_the_asked_header_of_each_keys_last_record_is_handed_over(self, settings: Settings) -> None:
+        """``header``: the value of that header on each key's last record (the last one
+        of several), and none for a key whose last record lacks it, even if an earlier
+        record had it (restore reads the header instead of the value it goes with)."""
+        topic = f"heads-{uuid.uuid4().hex[:10]}"
+        admin = admin_client(settings)
+        (created,) = admin.create_topics([NewTopic(topic, 1, 1)]).values()
+        await asyncio.wrap_future(created)
+        producer = Producer(settings.librdkafka())
+        for key, headers in [
+            (b"a", [("h", b"a1")]),
+            (b"b", [("h", b"b1")]),
+            (b"b", None),  # b's last record has none
+            (b"c", [("other", b"x"), ("h", b"c1"), ("h", b"c2")]),
+            (b"d", [("other", b"y")]),
+        ]:
+            producer.produce(topic, key=key, value=b"v", partition=0, headers=headers)
+        assert producer.flush(30) == 0
+        heads: dict[bytes, bytes] = {}
+        latest: dict[bytes, bytes | None] = {}
+
+        async def fold(chunk: Chunk) -> None:
+            assert chunk.heads is not None
+            for key in chunk.latest:
+                heads.pop(key, None)  # a later chunk's record of a key replaces the earlier
+            latest.update(chunk.latest)
+            heads.update(chunk.heads)
+
+        conf = {**base_config(settings), "group.id": f"reads-{uuid.uuid4().hex[:6]}"}
+        await stream_compacted(conf, topic, {0: 0}, fold, stall_s=20, header="h")
+        assert sorted(latest) == [b"a", b"b", b"c", b"d"]
+        assert heads == {b"a": b"a1", b"c": b"c2"}

@@ -9,12 +9,17 @@ import json
 import uuid
 from pathlib import Path
 
+from confluent_kafka import OFFSET_BEGINNING
+
 from tests.conftest import itron_connection, make_settings, running
+from worker.codec import Codec
 from worker.config import PolicyConfig, Settings, TopicSettings
 from worker.engine.model import JobState
+from worker.kafka import Chunk, base_config, stream_compacted
 from worker.runtime import Worker
 from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator
+from worker.store.peek import OPEN_HEADER, peek_open, read_open_header
 from worker.testing import OutputReader, Publisher, eventually, itron_request, terminal
 
 REQUESTS = [f"done-{i}" for i in range(6)]
@@ -74,6 +79,28 @@ async def duplicates_answered(settings: Settings, sim: ItronSimulator, worker: W
             rid not in part.jobs or not part.jobs[rid].open for part in worker.partitions.values() for rid in REQUESTS
         )
     assert len(sim.jobs) == len(REQUESTS)
+
+
+async def every_state_record_carries_its_open_peek(settings: Settings) -> None:
+    """What the worker wrote to export.jobs, read as a restore reads it: every state's
+    record has the header a restore reads instead of walking it, and it says what the
+    walk would read."""
+    heads: dict[bytes, bytes] = {}
+    values: dict[bytes, bytes] = {}
+
+    async def fold(chunk: Chunk) -> None:
+        for key, value in chunk.latest.items():
+            heads.pop(key, None)
+            if value is not None:
+                values[key] = value
+        heads.update(chunk.heads or {})
+
+    conf = {**base_config(settings), "group.id": f"heads-{uuid.uuid4().hex[:6]}"}
+    starts = dict.fromkeys(range(settings.topics.partitions), OFFSET_BEGINNING)
+    await stream_compacted(conf, settings.topics.jobs, starts, fold, stall_s=20, header=OPEN_HEADER)
+    assert values and sorted(heads) == sorted(values)
+    codec = Codec()
+    assert all(read_open_header(heads[key]) == peek_open(value, codec) for key, value in values.items())
 
 
 class TestFinishedJobsInTheStore:
@@ -177,6 +204,7 @@ class TestParkedJobs:
                         timeout=60,
                         what="every job accepted",
                     )
+                await every_state_record_carries_its_open_peek(first)
                 other = make_settings(kafka_bootstrap, topics, tmp_path / "b", group_id=first.group_id)
                 taker = Worker(other, connections=conns)
                 async with running(taker):

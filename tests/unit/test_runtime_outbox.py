@@ -6,6 +6,7 @@ from tests.unit.runtime_fakes import FakeClock, accepted, call_for, connection
 from worker.engine.model import CallKind, JobState, PollAnswered, Status
 from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import MAX_PENDING_RECORDS, Outbox, Outgoing
+from worker.store.peek import OPEN_HEADER, open_header, read_open_header
 
 NOW_MS = 1_700_000_000_000
 
@@ -40,7 +41,17 @@ class TestOutbox:
         last = first.evolve(sequence=5)
         outbox.put_state(2, "r1", last)
         (written,) = outbox.take(encode_in, "jobs").records
-        assert written == Outgoing(2, "jobs", b"r1", b"r1:5", 2, state=last) and written.state is last
+        headers = [(OPEN_HEADER, open_header(last))]
+        assert written == Outgoing(2, "jobs", b"r1", b"r1:5", 2, state=last, headers=headers)
+        assert written.state is last
+
+    def test_a_state_record_carries_its_open_peek_in_a_header(self) -> None:
+        outbox = Outbox(FakeClock().clock.monotonic)
+        state = accepted("r1", NOW_MS, partition=0).evolve(next_action_at_ms=NOW_MS + 30_000)
+        outbox.put_state(0, "r1", state)
+        (written,) = outbox.take(encode_in, "jobs").records
+        assert written.headers is not None and [name for name, _ in written.headers] == [OPEN_HEADER]
+        assert read_open_header(written.headers[0][1]) == (state.phase, NOW_MS + 30_000, "itron", "ACCEPTED")
 
     def test_a_forgotten_job_is_written_as_a_tombstone_to_its_own_partition(self) -> None:
         outbox = Outbox(FakeClock().clock.monotonic)

@@ -19,6 +19,7 @@ from worker.runtime.sweeper import Sweeper
 from worker.runtime.transactions import Batch, TransactionWriter
 from worker.store import Entry, LogFacts, StoreMemory, StoreOptions, StoreSet
 from worker.store.loader import StoreLoader
+from worker.store.peek import open_header
 
 DAY_MS = 86_400_000
 MIB = 1 << 20
@@ -166,6 +167,33 @@ class TestStoreLoader:
             b"new": (encode(new), new.phase, 1234, new.vendor, new.status.value),
         }
         assert rig.store.open_ids() == ["new"]
+
+    def test_a_fold_reads_the_headers_where_records_have_them_and_walks_the_rest(self, rig: Rig) -> None:
+        """Headers say what the walk would read: the store and the open jobs come out the
+        same with them as without, and a value whose record has none is walked."""
+        now = rig.now()
+        jobs = [
+            accepted("a", now).evolve(next_action_at_ms=now + 1_000),
+            accepted("b", now).evolve(phase=Phase.ACTIVE, status=Status.RUNNING, next_action_at_ms=now + 30_000),
+            rig.succeeded("c"),
+        ]
+        batch = latest([(i, job.request_id.encode(), encode(job)) for i, job in enumerate(jobs)])
+        heads = {job.request_id.encode(): open_header(job) for job in jobs[:2]}  # "c" has none
+        plain = StoreLoader(rig.store, CODEC)
+        plain.fold(batch, 3)
+        expected = (plain.open_jobs, rig.store.open_ids(), rig.store.expiring(now + DAY_MS * 400, 10))
+        headed_store = rig.stores.open(LogFacts("cluster", "jobs", "topic-id", 1, 0, 1_000_000, DAY_MS)).store
+        headed = StoreLoader(headed_store, CODEC)
+        headed.fold(batch, 3, heads=heads)  # type: ignore[arg-type]
+        assert (headed.open_jobs, headed_store.open_ids(), headed_store.expiring(now + DAY_MS * 400, 10)) == expected
+
+    def test_a_fold_believes_a_header_over_the_value_it_travels_with(self, rig: Rig) -> None:
+        """The header is what the restore reads (it is never checked against the value:
+        that would cost the walk it spares); its due time is the one kept."""
+        job = accepted("a", rig.now())
+        loader = StoreLoader(rig.store, CODEC)
+        loader.fold(latest([(0, b"a", encode(job))]), 1, heads={b"a": open_header(job.evolve(next_action_at_ms=42))})  # type: ignore[dict-item]
+        assert loader.open_jobs[b"a"][2] == 42
 
     def test_open_jobs_split_into_parkable_polls_and_the_rest(self, rig: Rig) -> None:
         """Polling jobs due after the cut may stay encoded; the others are decoded."""

@@ -20,7 +20,7 @@ from worker.engine.model import ErrorInfo, FileInfo, JobState, Phase, Status, Tr
 from worker.errors import DecodeError
 from worker.records import state_to_record
 from worker.store import peek
-from worker.store.peek import Peeked, open_peeker, peek_body, peek_open
+from worker.store.peek import Peeked, open_header, open_peeker, peek_body, peek_open, read_open_header
 
 LONG = st.integers(-(2**63), 2**63 - 1)
 INT = st.integers(-(2**31), 2**31 - 1)
@@ -98,6 +98,18 @@ CODEC = Codec()
 CURRENT = json.loads((schemas_dir() / "JobState.avsc").read_text())
 
 
+def unwalked_layout() -> tuple[Codec, JobState, bytes]:
+    """A codec that knows a writer layout the walk does not follow (an extra record
+    field before phase), a state, and its value in that layout (due at 77)."""
+    older = copy.deepcopy(CURRENT)
+    extra = {"name": "extra", "type": {"type": "record", "name": "Extra", "fields": [{"name": "n", "type": "int"}]}}
+    older["fields"].insert(1, extra)
+    codec = Codec()
+    writer = codec.schemas.add_writer("JobState", older, label="test")
+    state = JobState("r", "t", "c", "v", "{}", 1, 0, 5, Phase.ACTIVE, Status.RUNNING, 3, 1, 2, next_action_at_ms=77)
+    return codec, state, _encode_with(writer, state_to_record(state) | {"extra": {"n": 5}})
+
+
 class TestPeek:
     @settings(max_examples=300, deadline=None)
     @given(states)
@@ -156,14 +168,7 @@ class TestPeek:
     def test_another_writer_schema_falls_back_to_a_full_decode(self) -> None:
         """A writer schema whose layout the walk does not follow (here: an extra record
         field before phase) is read by a full decode and still peeks right."""
-        older = copy.deepcopy(CURRENT)
-        extra = {"name": "extra", "type": {"type": "record", "name": "Extra", "fields": [{"name": "n", "type": "int"}]}}
-        older["fields"].insert(1, extra)
-        codec = Codec()
-        writer = codec.schemas.add_writer("JobState", older, label="test")
-        state = JobState("r", "t", "c", "v", "{}", 1, 0, 5, Phase.ACTIVE, Status.RUNNING, 3, 1, 2, next_action_at_ms=77)
-        record = state_to_record(state) | {"extra": {"n": 5}}
-        value = _encode_with(writer, record)
+        codec, _state, value = unwalked_layout()
         assert peek(value, codec) == (Phase.ACTIVE, 77)
 
     def test_each_codec_reads_a_framing_with_its_own_schema(self) -> None:
@@ -221,3 +226,76 @@ def _encode_with(writer: SchemaInfo, record: Mapping[str, Any]) -> bytes:
     buf.write(b"\xc3\x01" + writer.fingerprint)
     fastavro.schemaless_writer(buf, writer.parsed, record)
     return buf.getvalue()
+
+
+HEADER_FIXED = bytes((1, 2)) + (1_700_000_000_000).to_bytes(8, "big", signed=True)
+
+
+class TestOpenHeader:
+    """The open peek carried in a record header (``OPEN_HEADER``)."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(states)
+    def test_a_state_header_says_what_the_walk_reads(self, state: JobState) -> None:
+        """For any state: its header reads back as the open peek of its value, or there
+        is none because a text is longer than a length byte holds."""
+        head = open_header(state)
+        walked = peek_open(CODEC.encode("JobState", state_to_record(state)), CODEC)
+        if head is None:
+            assert len(state.vendor.encode()) > 255
+        else:
+            assert read_open_header(head) == walked
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_any_bytes_read_as_a_header_or_as_none(self, head: bytes) -> None:
+        """Never an exception: a header is whole and well-formed, or it is not used."""
+        found = read_open_header(head)
+        if found is not None:
+            phase, due, vendor, status = found
+            assert isinstance(phase, Phase) and isinstance(due, int)
+            assert len(head) == 12 + len(vendor.encode()) + len(status.encode())
+
+    @pytest.mark.parametrize(
+        "head",
+        [
+            bytes((2, 2)) + HEADER_FIXED[2:] + b"\x01v\x01s",  # another version
+            HEADER_FIXED[:7],  # cut in its fixed part
+            bytes((1, 4)) + HEADER_FIXED[2:] + b"\x01v\x01s",  # no such phase
+            HEADER_FIXED + b"\x05v\x01s",  # a vendor longer than what follows
+            HEADER_FIXED + b"\x01v\x01s!",  # bytes after the status
+            HEADER_FIXED + b"\x01\xff\x01s",  # a vendor that is not UTF-8
+            HEADER_FIXED + b"\x01v",  # no status
+        ],
+    )
+    def test_a_malformed_header_is_none(self, head: bytes) -> None:
+        assert read_open_header(head) is None
+        assert read_open_header(HEADER_FIXED + b"\x01v\x01s") == (Phase.ACTIVE, 1_700_000_000_000, "v", "s")
+
+    def test_the_restore_peek_believes_a_header_instead_of_walking(self) -> None:
+        """Given a well-formed header the bound open peek returns it (here it disagrees
+        with the value, to tell the two apart); a malformed one, or none, is walked."""
+        state = JobState("r", "t", "c", "v", "{}", 1, 0, 5, Phase.ACTIVE, Status.RUNNING, 3, 1, 2, next_action_at_ms=9)
+        value = CODEC.encode("JobState", state_to_record(state))
+        peek_value = open_peeker(CODEC)
+        head = open_header(state.evolve(next_action_at_ms=42))
+        assert peek_value(value, head) == (Phase.ACTIVE, 42, "v", "RUNNING")
+        assert peek_value(value, b"\x02junk") == peek_value(value) == (Phase.ACTIVE, 9, "v", "RUNNING")
+        assert peek(value, CODEC) == (Phase.ACTIVE, 9)  # the other peeks take no header
+
+    def test_a_header_does_not_spare_fetching_an_unknown_registry_schema(self) -> None:
+        """A value of a registry id the codec has not fetched is refused as unknown even
+        with a header: its job is decoded later, which needs the schema (the restore
+        fetches it and folds again)."""
+        codec = Codec(registry=FixedRegistry(CURRENT))
+        state = JobState("r", "t", "c", "v", "{}", 1, 0, 5, Phase.ACTIVE, Status.RUNNING, 3, 1, 2, next_action_at_ms=9)
+        value = codec.encode("JobState", state_to_record(state), topic="export.jobs")
+        unknown = value[:1] + (8).to_bytes(4, "big") + value[5:]
+        with pytest.raises(DecodeError) as refused:
+            open_peeker(codec)(unknown, open_header(state))
+        assert refused.value.reason_code == "unknown_schema"
+
+    def test_a_layout_the_walk_does_not_follow_is_decoded_whatever_its_header_says(self) -> None:
+        codec, state, value = unwalked_layout()
+        head = open_header(state.evolve(next_action_at_ms=42))
+        assert open_peeker(codec)(value, head) == (Phase.ACTIVE, 77, "v", "RUNNING")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from worker.engine.model import JobState, TraceContext
 from worker.runtime.calls import Call
 from worker.runtime.mailbox import CallAnswered
+from worker.store.peek import state_headers
 
 # Pending records past which the loop commits before taking more work (backpressure:
 # the broker must catch up before memory grows further).
@@ -25,7 +26,7 @@ class Outgoing:
     state: JobState | None = None  # an export.jobs record: the state it holds (None: a tombstone)
     trace: TraceContext | None = None  # tracing on: the job's context (a status or file event)
     what: str = ""  # tracing on: what the event says (its status, or "FileReady")
-    headers: list[tuple[str, bytes]] | None = None  # a forwarded request's trace context
+    headers: list[tuple[str, bytes]] | None = None  # a forwarded request's trace context; a state's open peek
 
 
 @dataclass(slots=True)
@@ -103,8 +104,14 @@ class Outbox:
         records, self.records = self.records, []
         states, self.states = self.states, {}
         for (number, request_id), state in states.items():
-            value = None if state is None else encode_state(number, state)
-            records.append(Outgoing(number, jobs_topic, request_id.encode(), value, number, state=state))
+            if state is None:
+                records.append(Outgoing(number, jobs_topic, request_id.encode(), None, number))
+                continue
+            value = encode_state(number, state)
+            headers = state_headers(state)  # what a restore peeks of it, read without walking it
+            records.append(
+                Outgoing(number, jobs_topic, request_id.encode(), value, number, state=state, headers=headers)
+            )
         calls, self.calls = self.calls, []
         answers, self.answers = self.answers, []
         self.offsets_moved = False

@@ -25,6 +25,7 @@ from worker.records import decode_state
 from worker.runtime.job_table import OpenJobs
 from worker.store import StoreSet
 from worker.store.loader import Folded, StoreLoader
+from worker.store.peek import OPEN_HEADER
 
 log = structlog.get_logger("export_worker")
 
@@ -74,14 +75,16 @@ class StoreReader:
             # Never move a store back (a partition's end can lag its store while a
             # dead owner's transaction is still open).
             at = max(chunk.next_offset, loader.store.offset or 0)
-            folded = await self._load(functools.partial(loader.fold, chunk.latest, at, records=chunk.records))
+            folded = await self._load(
+                functools.partial(loader.fold, chunk.latest, at, records=chunk.records, heads=chunk.heads)
+            )
             read[chunk.partition] += folded.records
 
         opened_at = time.monotonic()
         for loader in loaders.values():  # a warm store's open jobs, before its tail
             await self._load(loader.load_open)
         started = time.monotonic()
-        await kafka_io.restore(self._settings, topic, starts, fold, admin=self._admin)
+        await kafka_io.restore(self._settings, topic, starts, fold, admin=self._admin, header=OPEN_HEADER)
         read_at = time.monotonic()
         for number in numbers:
             self._metrics.restored_records.labels(modes[number]).inc(read[number])

@@ -11,7 +11,7 @@ at a time, so no partition is ever held in memory.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
@@ -21,7 +21,7 @@ from worker.engine.model import Phase
 from worker.errors import DecodeError
 from worker.store import keys
 from worker.store.partition import PartitionStore
-from worker.store.peek import PeekedOpen, open_peeker
+from worker.store.peek import OpenPeek, PeekedOpen, open_peeker
 
 # An open job as the restore found it: (value, phase, next_action_at_ms, vendor, status).
 OpenJob = tuple[bytes, Phase, int, str, str]
@@ -90,12 +90,14 @@ class StoreLoader:
         *,
         records: int | None = None,
         unreadable: Collection[bytes] = (),
+        heads: Mapping[bytes, bytes] | None = None,
     ) -> Folded:
         """Fold the last value of each key in a batch of records (None: a tombstone) and
         move the store's offset to ``next_offset``, in one write. ``records``: how many
         records the batch had (superseded ones included; default one per key).
         ``unreadable``: values already known to be unreadable (a schema the registry
-        does not have)."""
+        does not have). ``heads``: by key, the ``OPEN_HEADER`` of those last values that
+        have one (read instead of walking the value)."""
         if self._open is None:
             loaded = self.load_open(unreadable=unreadable)
             if loaded.unknown_schema is not None:
@@ -108,13 +110,15 @@ class StoreLoader:
 
         # One pass: each value is peeked and written straight into the batch (no row per
         # record). An o/ entry is deleted only where there is one: a delete costs a put.
+        head_of = heads.get if heads else None
+
         def fill(batch: WriteBatch) -> None:
             put, delete = batch.put, batch.delete
             for key, value in latest.items():
                 phase = None  # stays None for a tombstone, and for a value that cannot be read
                 if value is not None:
                     try:
-                        phase, due, vendor, status = peek(value)
+                        phase, due, vendor, status = peek(value) if head_of is None else peek(value, head_of(key))
                     except DecodeError as exc:
                         if exc.reason_code == "unknown_schema" and value not in unreadable:
                             raise _Refold(value) from None
@@ -158,11 +162,11 @@ class StoreLoader:
                 others.append((request_id, value))
         return parkable, others
 
-    def _open_job(self, value: bytes, peek: Callable[[bytes], PeekedOpen]) -> OpenJob:
+    def _open_job(self, value: bytes, peek: OpenPeek) -> OpenJob:
         phase, due, vendor, status = peek(value)
         return (value, phase, due, sys.intern(vendor), sys.intern(status))
 
-    def _peeker(self, unreadable: Collection[bytes]) -> Callable[[bytes], PeekedOpen]:
+    def _peeker(self, unreadable: Collection[bytes]) -> OpenPeek:
         """``peek_open`` for this store's values; one already known to be unreadable is
         refused unread. With none known, the bare peek: a set would hash every value of
         the restore to find nothing."""
@@ -170,9 +174,9 @@ class StoreLoader:
             return self._peek_value
         peek_value = self._peek_value
 
-        def peek(value: bytes) -> PeekedOpen:
+        def peek(value: bytes, head: bytes | None = None, /) -> PeekedOpen:
             if value in unreadable:
                 raise DecodeError("unknown_schema", "its writer schema is not known here")
-            return peek_value(value)
+            return peek_value(value, head)
 
         return peek

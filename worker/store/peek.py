@@ -8,6 +8,11 @@ skip code. Anything the walk does not expect (a writer schema with a record or a
 those fields, an unknown enum symbol, a value cut short) falls back to a full decode,
 which is the authority and raises DecodeError for values that are not a JobState.
 
+Every JobState record the worker writes also carries the open peek's answer in a record
+header (``OPEN_HEADER``, see ``open_header``): a restore reads that instead of walking
+the value, when the value's writer schema is one it knows. Records without it (written
+before it existed, or by another tool) are walked as before.
+
 A value the walk reads may still fail a full decode later (trailing bytes, a corrupt
 field after ``next_action_at_ms``): the store keeps values raw, and whoever decodes one
 in full (loading open jobs, a cold lookup) handles that as an unreadable state.
@@ -15,12 +20,13 @@ in full (loading open jobs, a cold lookup) handles that as an unreadable state.
 
 from __future__ import annotations
 
+import struct
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from worker.codec import Codec, SchemaInfo
-from worker.engine.model import Phase
+from worker.engine.model import JobState, Phase
 from worker.errors import DecodeError
 
 _STATE = "JobState"
@@ -33,6 +39,13 @@ Peeked = tuple[Phase, int]
 # not decode yet (``worker.runtime.job_table``).
 PeekedOpen = tuple[Phase, int, str, str]
 _OPEN_FIELDS = ("vendor", "status")
+
+
+class OpenPeek(Protocol):
+    """``peek_open`` bound to a codec (``open_peeker``); ``head``: the record's
+    ``OPEN_HEADER`` value, if it has one."""
+
+    def __call__(self, value: bytes, head: bytes | None = None, /) -> PeekedOpen: ...
 
 
 class _Surprise(Exception):
@@ -65,7 +78,9 @@ def _step(node: Any) -> Step:
 
 
 Walk = Callable[[bytes, int], tuple[Any, ...]]
-BoundPeek = Callable[[bytes], tuple[Any, ...]]  # a peek for one codec's values
+# A peek for one codec's values: ``peek(value)``, or ``peek(value, header)`` with the
+# record's ``OPEN_HEADER`` value (None: the record has none).
+BoundPeek = Callable[..., tuple[Any, ...]]
 _UNSEEN: Any = object()
 
 
@@ -227,10 +242,13 @@ def _skip(step: Step, buf: bytes, pos: int) -> int:
 
 class _Peeker:
     """Walks values up to ``next_action_at_ms``, reading the fields in ``captures``; one
-    walk compiled per writer schema, found by the value's framing."""
+    walk compiled per writer schema, found by the value's framing. ``headed``: the peek
+    takes the record's ``OPEN_HEADER`` too, and believes a well-formed one instead of
+    walking (only for the open peek's captures, which the header carries)."""
 
-    def __init__(self, captures: tuple[str, ...]) -> None:
+    def __init__(self, captures: tuple[str, ...], *, headed: bool = False) -> None:
         self._captures = captures
+        self._headed = headed
         self._walks: dict[bytes, Walk | None] = {}  # by writer fingerprint
         # One peek function per codec (the walk of each framing it has met is looked
         # up once per framing, not once per value), kept no longer than the codec.
@@ -258,15 +276,22 @@ class _Peeker:
     def _make(self, codec_ref: weakref.ref[Codec]) -> BoundPeek:
         # The codec is held weakly: the function is a value of the codec's own weak key.
         by_framing: dict[bytes, Walk | None] = {}  # the walk of each framing met
+        headed = self._headed
 
-        def peek(value: bytes) -> tuple[Any, ...]:
+        def peek(value: bytes, head: bytes | None = None) -> tuple[Any, ...]:
             if not value:
                 raise DecodeError("not_avro", "empty message value")
             header = 10 if value[0] != 0 else 5  # single-object vs registry framing
             walk = by_framing.get(value[:header], _UNSEEN)
             if walk is _UNSEEN:
+                # Raises for a registry schema not fetched yet, header or not: the value
+                # must be readable when its job is decoded later.
                 walk = by_framing[value[:header]] = self._walk(value, _live(codec_ref))
             if walk is not None:
+                if head is not None and headed:
+                    found = read_open_header(head)
+                    if found is not None:
+                        return found
                 try:
                     return walk(value, header)
                 except (_Surprise, IndexError, UnicodeDecodeError):
@@ -298,7 +323,7 @@ def _live(codec_ref: weakref.ref[Codec]) -> Codec:
 
 
 _peek_due = _Peeker(())
-_peek_open = _Peeker(_OPEN_FIELDS)
+_peek_open = _Peeker(_OPEN_FIELDS, headed=True)
 _peek_body = _Peeker(("job_json",))
 
 
@@ -316,8 +341,9 @@ def peek_open(value: bytes, codec: Codec) -> PeekedOpen:
     return _peek_open(value, codec)  # type: ignore[return-value]
 
 
-def open_peeker(codec: Codec) -> Callable[[bytes], PeekedOpen]:
-    """``peek_open`` bound to one codec: ``open_peeker(codec)(value)``."""
+def open_peeker(codec: Codec) -> OpenPeek:
+    """``peek_open`` bound to one codec: ``open_peeker(codec)(value)``, or
+    ``open_peeker(codec)(value, header)`` with the record's ``OPEN_HEADER`` value."""
     return _peek_open.bind(codec)  # type: ignore[return-value]
 
 
@@ -325,3 +351,57 @@ def peek_body(value: bytes, codec: Codec) -> str:
     """The job body (``job_json``) of one ``export.jobs`` value, without decoding the
     rest: a trimmed job's records carry the full body, read back from the store."""
     return str(_peek_body(value, codec)[2])
+
+
+# ---- the open peek, carried in a record header ------------------------------------------
+# Version 1: version (1 byte), phase (1 byte: its index in _HEADER_PHASES, fixed by the
+# version, not by the Avro enum), next_action_at_ms (8 bytes, signed, big-endian), then
+# vendor and status, each as a length byte and that many bytes of UTF-8.
+OPEN_HEADER = "export-worker.open-peek"
+_HEADER_VERSION = 1
+_HEADER_PHASES = (Phase.PENDING, Phase.SUBMITTING, Phase.ACTIVE, Phase.DONE)
+_HEADER_PHASE_BYTE = {phase: i for i, phase in enumerate(_HEADER_PHASES)}
+_HEADER_FIXED = struct.Struct(">BBq")
+_HEADER_TEXT_MAX = 255
+
+
+def open_header(state: JobState) -> bytes | None:
+    """What the open peek would read of ``state``'s record, as an ``OPEN_HEADER`` value;
+    None when a text does not fit its length byte (the record then goes without one)."""
+    return open_peek_header(state.phase, state.next_action_at_ms, state.vendor, state.status.value)
+
+
+def open_peek_header(phase: Phase, due_ms: int, vendor: str, status: str) -> bytes | None:
+    """``open_header`` from the four fields it carries."""
+    vendor_bytes, status_bytes = vendor.encode(), status.encode()
+    if len(vendor_bytes) > _HEADER_TEXT_MAX or len(status_bytes) > _HEADER_TEXT_MAX:
+        return None
+    try:
+        fixed = _HEADER_FIXED.pack(_HEADER_VERSION, _HEADER_PHASE_BYTE[phase], due_ms)
+    except struct.error:  # not a long: the value cannot be written either
+        return None
+    return b"".join((fixed, bytes((len(vendor_bytes),)), vendor_bytes, bytes((len(status_bytes),)), status_bytes))
+
+
+def state_headers(state: JobState) -> list[tuple[str, bytes]] | None:
+    """The record headers of ``state``'s export.jobs record."""
+    head = open_header(state)
+    return None if head is None else [(OPEN_HEADER, head)]
+
+
+def read_open_header(head: bytes) -> PeekedOpen | None:
+    """The open peek an ``OPEN_HEADER`` value carries; None for anything but a whole,
+    well-formed version 1 header (the value is then walked instead)."""
+    try:
+        version, phase, due = _HEADER_FIXED.unpack_from(head)
+        if version != _HEADER_VERSION:
+            return None
+        at = _HEADER_FIXED.size
+        end = at + 1 + head[at]
+        vendor = head[at + 1 : end].decode()
+        status_end = end + 1 + head[end]
+        if status_end != len(head):
+            return None
+        return (_HEADER_PHASES[phase], due, vendor, head[end + 1 : status_end].decode())
+    except (struct.error, IndexError, UnicodeDecodeError):
+        return None
