@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from confluent_kafka import Producer
 
 from worker.config import ConnectionConfig, PolicyConfig, Settings, TopicSettings
 from worker.embedded import EmbeddedKafka
+from worker.kafka import producer_config
+from worker.store.peek import OPEN_HEADER
 from worker.testing import connections_json, eventually, spawn_worker, worker_env
 
 WORKDIR = Path(".bench")
@@ -294,3 +297,50 @@ def bench_main(
     for row in rows(result):
         print(" | ".join(row))
     print("\n".join(lines(result)))
+
+
+class BenchFailed(RuntimeError):
+    """The bench could not measure (the worker never became ready, records were lost)."""
+
+
+# An export.jobs record as the bench writes it: (key, partition, value, its open-peek
+# header as the worker writes it, ``worker.store.peek.OPEN_HEADER``).
+StateRecord = tuple[bytes, int, bytes, bytes | None]
+
+
+def produce(settings: Settings, records: Iterator[StateRecord]) -> tuple[int, int]:
+    """Write ``records`` to export.jobs with a plain producer (not the worker's); returns
+    (records, value bytes). Blocking: run it in a thread."""
+    failed: list[str] = []
+
+    def on_error(err: Any, _msg: Any) -> None:
+        failed.append(str(err))
+
+    producer = Producer(
+        {
+            **producer_config(settings),
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 200_000,
+            "delivery.report.only.error": True,
+            "on_delivery": on_error,
+        }
+    )
+    topic = settings.topics.jobs
+    count = size = 0
+    for key, partition, value, head in records:
+        headers = None if head is None else [(OPEN_HEADER, head)]
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, partition=partition, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        count += 1
+        size += len(value)
+        if count % 10_000 == 0:
+            producer.poll(0)
+    left = producer.flush(120)
+    if left or failed:
+        raise BenchFailed(f"{left} records undelivered, {len(failed)} failed ({failed[:3]})")
+    return count, size

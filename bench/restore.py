@@ -6,18 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-from confluent_kafka.aio import AIOConsumer, AIOProducer
+from confluent_kafka.aio import AIOConsumer
 
-from bench.common import bench_settings, itron_conn, metric, scrape, simulator, start_worker, wait_ready
+from bench.common import (
+    StateRecord,
+    bench_settings,
+    itron_conn,
+    metric,
+    produce,
+    scrape,
+    simulator,
+    start_worker,
+    wait_ready,
+)
 from worker.codec import Codec
 from worker.config import PolicyConfig, Settings
 from worker.engine.model import JobState, Phase, Status
-from worker.kafka import admin_client, ensure_topics, log_starts, producer_config
+from worker.kafka import admin_client, ensure_topics, log_starts
 from worker.records import state_to_record
+from worker.store.peek import open_header
 
 POLICY = PolicyConfig(first_poll_s=30, poll_initial_s=30, poll_multiplier=1.0, poll_max_s=30)
 
@@ -61,19 +72,18 @@ def running_state(i: int, now: int, partitions: int) -> JobState:
 async def write_states(
     settings: Settings, n: int, state_of: Callable[[int, int, int], JobState] = running_state
 ) -> None:
-    """``n`` states on export.jobs, job ``i`` on partition ``i % partitions``."""
+    """``n`` states on export.jobs as the worker writes them (with their open-peek
+    header), job ``i`` on partition ``i % partitions``."""
     codec = Codec()
-    producer = AIOProducer({**producer_config(settings), "linger.ms": 20}, batch_size=5000, buffer_timeout=0.1)
     now = int(time.time() * 1000)
-    for i in range(n):
-        state = state_of(i, now, settings.topics.partitions)
-        rid = state.request_id
-        value = codec.encode("JobState", state_to_record(state))
-        await producer.produce(
-            settings.topics.jobs, value=value, key=rid.encode(), partition=i % settings.topics.partitions
-        )
-    await producer.flush()
-    await producer.close()
+
+    def records() -> Iterator[StateRecord]:
+        for i in range(n):
+            state = state_of(i, now, settings.topics.partitions)
+            value = codec.encode("JobState", state_to_record(state))
+            yield state.request_id.encode(), i % settings.topics.partitions, value, open_header(state)
+
+    await asyncio.to_thread(produce, settings, records())
 
 
 async def bare_read(settings: Settings, *, from_known_offsets: bool = False) -> float:

@@ -29,14 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-
 from bench.common import (
     WORKDIR,
+    BenchFailed,
     Process,
+    StateRecord,
     bench_settings,
     itron_conn,
     metric,
+    produce,
     rss_kib,
     scrape,
     simulator,
@@ -45,11 +46,12 @@ from bench.common import (
 )
 from bench.restore import bare_read
 from worker.codec import Codec
-from worker.config import PolicyConfig, Settings
+from worker.config import PolicyConfig
 from worker.engine.model import FileInfo, JobState, Phase, Status
-from worker.kafka import admin_client, ensure_topics, producer_config
+from worker.kafka import admin_client, ensure_topics
 from worker.ops.partitioner import partition_for
 from worker.records import state_to_record
+from worker.store.peek import open_peek_header
 
 FINISHED, OPEN = 1_000_000, 50_000
 QUICK_FINISHED, QUICK_OPEN = 100_000, 5_000
@@ -75,10 +77,6 @@ SLOTS = (
     "file.url",
     "file.expires_at_ms",
 )
-
-
-class BenchFailed(RuntimeError):
-    """The bench could not measure (the worker never became ready, records were lost)."""
 
 
 @dataclass
@@ -229,7 +227,7 @@ def _open_state(now: int) -> JobState:
 
 
 class States:
-    """The bench's export.jobs records, as (key, partition, value)."""
+    """The bench's export.jobs records (``StateRecord``)."""
 
     def __init__(self, codec: Codec, partitions: int, now: int) -> None:
         self._partitions = partitions
@@ -241,7 +239,7 @@ class States:
     def open_id(i: int) -> str:
         return f"store-open-{i:07d}"
 
-    def finished(self, i: int, request_id: str | None = None) -> tuple[bytes, int, bytes]:
+    def finished(self, i: int, request_id: str | None = None) -> StateRecord:
         """Finished job ``i``: its link expires, and its timer is due, 1 hour to 7 days from now."""
         rid = request_id or f"store-done-{i:07d}"
         key = rid.encode()
@@ -249,17 +247,20 @@ class States:
         job_id = f"{i:08d}-0000-4000-8000-000000000000"
         due = self._now + 3_600_000 + (i * 7_919_993) % (7 * DAY_MS - 3_600_000)
         url = f"https://dpss.example.test/files/{job_id}/export.csv"
-        return key, p, self._finished.value(rid, p, i, job_id, due, url, due)
+        head = open_peek_header(Phase.DONE, due, "itron", Status.SUCCEEDED.value)
+        return key, p, self._finished.value(rid, p, i, job_id, due, url, due), head
 
-    def opened(self, i: int) -> tuple[bytes, int, bytes]:
+    def opened(self, i: int) -> StateRecord:
         """Open job ``i``, polled next in an hour (spread over 30 s)."""
         rid = self.open_id(i)
         key = rid.encode()
         p = partition_for(key, self._partitions)
         job_id = f"{i:08d}-0000-4000-8000-00000000000a"
-        return key, p, self._open.value(rid, p, i, job_id, self._now + FIRST_POLL_MS + i % 30_000)
+        due = self._now + FIRST_POLL_MS + i % 30_000
+        head = open_peek_header(Phase.ACTIVE, due, "itron", Status.RUNNING.value)
+        return key, p, self._open.value(rid, p, i, job_id, due), head
 
-    def initial(self, finished: int, opened: int) -> Iterator[tuple[bytes, int, bytes]]:
+    def initial(self, finished: int, opened: int) -> Iterator[StateRecord]:
         """``finished`` finished and ``opened`` open jobs, the open ones spread through the log."""
         every = max(1, finished // max(1, opened))
         o = 0
@@ -271,47 +272,10 @@ class States:
         for j in range(o, opened):
             yield self.opened(j)
 
-    def tail(self, n: int, offset: int) -> Iterator[tuple[bytes, int, bytes]]:
+    def tail(self, n: int, offset: int) -> Iterator[StateRecord]:
         """What the owner in between wrote: open jobs 0..n-1 finished."""
         for i in range(n):
             yield self.finished(offset + i, self.open_id(i))
-
-
-def produce(settings: Settings, records: Iterator[tuple[bytes, int, bytes]]) -> tuple[int, int]:
-    """Write ``records`` to export.jobs with a plain producer (not the worker's); returns
-    (records, value bytes). Blocking: run it in a thread."""
-    failed: list[str] = []
-
-    def on_error(err: Any, _msg: Any) -> None:
-        failed.append(str(err))
-
-    producer = Producer(
-        {
-            **producer_config(settings),
-            "linger.ms": 50,
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 200_000,
-            "delivery.report.only.error": True,
-            "on_delivery": on_error,
-        }
-    )
-    topic = settings.topics.jobs
-    count = size = 0
-    for key, partition, value in records:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, partition=partition)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        count += 1
-        size += len(value)
-        if count % 10_000 == 0:
-            producer.poll(0)
-    left = producer.flush(120)
-    if left or failed:
-        raise BenchFailed(f"{left} records undelivered, {len(failed)} failed ({failed[:3]})")
-    return count, size
 
 
 # ---- the worker ---------------------------------------------------------------------------
