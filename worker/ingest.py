@@ -20,6 +20,7 @@ from worker.limits import (
     DEFAULT_MAX_RECORD_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
     MAX_REJECTED_TEXT_BYTES,
+    STATE_HEADERS_BOUND,
     VENDOR_FIELDS_BOUND,
     clip,
 )
@@ -175,7 +176,7 @@ class Ingest:
         )
         # Checked against what will be written, not the input: JSON escaping can make a
         # job several times larger than its Avro bytes (control characters: 6x).
-        needed = state_size_bound(info) + VENDOR_FIELDS_BOUND
+        needed = state_size_bound(info) + VENDOR_FIELDS_BOUND + STATE_HEADERS_BOUND
         if needed > self.max_record_bytes:
             return reject(
                 "state_too_large",

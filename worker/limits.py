@@ -43,6 +43,10 @@ VENDOR_FIELDS_BOUND = (
     + 16 * 8
 )
 
+# The headers of a state record on export.jobs (``worker.store.peek.OPEN_HEADER``: its
+# name, 12 bytes, vendor and status of at most 255 bytes each, else it is left out).
+STATE_HEADERS_BOUND = 600
+
 # Texts of a rejected request kept in its REJECTED state and status (tenant, connection,
 # correlation id): clipped, so the rejection of any request fits in a record (the dead
 # letter carries the request as it came).

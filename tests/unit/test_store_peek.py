@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from worker.codec import Codec, SchemaInfo, schemas_dir
 from worker.engine.model import ErrorInfo, FileInfo, JobState, Phase, Status, TraceContext
 from worker.errors import DecodeError
+from worker.limits import STATE_HEADERS_BOUND
 from worker.records import state_to_record
 from worker.store import peek
-from worker.store.peek import Peeked, open_header, open_peeker, peek_body, peek_open, read_open_header
+from worker.store.peek import OPEN_HEADER, Peeked, open_header, open_peeker, peek_body, peek_open, read_open_header
 
 LONG = st.integers(-(2**63), 2**63 - 1)
 INT = st.integers(-(2**31), 2**31 - 1)
@@ -245,6 +246,13 @@ class TestOpenHeader:
             assert len(state.vendor.encode()) > 255
         else:
             assert read_open_header(head) == walked
+
+    def test_the_largest_header_is_within_its_bound(self) -> None:
+        """Ingest counts ``STATE_HEADERS_BOUND`` into a state record's size."""
+        state = JobState("r", "t", "c", "v" * 255, "{}", 1, 0, 5, Phase.ACTIVE, Status.CANCELLED, 3, 1, 2)
+        head = open_header(state)
+        assert head is not None and open_header(state.evolve(vendor="v" * 256)) is None
+        assert len(OPEN_HEADER) + len(head) + 255 - len(Status.CANCELLED.value) <= STATE_HEADERS_BOUND
 
     @settings(max_examples=500, deadline=None)
     @given(st.binary(max_size=300))
