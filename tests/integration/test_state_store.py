@@ -91,7 +91,9 @@ async def every_state_record_carries_its_open_peek(settings: Settings) -> None:
     async def fold(chunk: Chunk) -> None:
         for key, value in chunk.latest.items():
             heads.pop(key, None)
-            if value is not None:
+            if value is None:
+                values.pop(key, None)
+            else:
                 values[key] = value
         heads.update(chunk.heads or {})
 

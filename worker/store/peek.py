@@ -376,8 +376,11 @@ def open_peek_header(phase: Phase, due_ms: int, vendor: str, status: str) -> byt
     vendor_bytes, status_bytes = vendor.encode(), status.encode()
     if len(vendor_bytes) > _HEADER_TEXT_MAX or len(status_bytes) > _HEADER_TEXT_MAX:
         return None
+    phase_byte = _HEADER_PHASE_BYTE.get(phase)
+    if phase_byte is None:  # a phase version 1 has no byte for: the value is walked
+        return None
     try:
-        fixed = _HEADER_FIXED.pack(_HEADER_VERSION, _HEADER_PHASE_BYTE[phase], due_ms)
+        fixed = _HEADER_FIXED.pack(_HEADER_VERSION, phase_byte, due_ms)
     except struct.error:  # not a long: the value cannot be written either
         return None
     return b"".join((fixed, bytes((len(vendor_bytes),)), vendor_bytes, bytes((len(status_bytes),)), status_bytes))
