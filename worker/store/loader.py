@@ -110,7 +110,7 @@ class StoreLoader:
 
         # One pass: each value is peeked and written straight into the batch (no row per
         # record). An o/ entry is deleted only where there is one: a delete costs a put.
-        head_of = heads.get if heads else None
+        head_of = (heads or {}).get
 
         def fill(batch: WriteBatch) -> None:
             put, delete = batch.put, batch.delete
@@ -118,7 +118,7 @@ class StoreLoader:
                 phase = None  # stays None for a tombstone, and for a value that cannot be read
                 if value is not None:
                     try:
-                        phase, due, vendor, status = peek(value) if head_of is None else peek(value, head_of(key))
+                        phase, due, vendor, status = peek(value, head_of(key))
                     except DecodeError as exc:
                         if exc.reason_code == "unknown_schema" and value not in unreadable:
                             raise _Refold(value) from None
