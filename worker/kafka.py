@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -314,6 +315,23 @@ class RestoredPartition:
     seconds: float
 
 
+# librdkafka (2.16) can free a ListOffsets request while the thread that issued it still
+# uses it: when the topic's leaders are not cached, the issuing thread waits for metadata,
+# and a metadata answer another pending request asked for completes this one on
+# librdkafka's own thread. Seen as a segmentation fault in ``AdminClient.list_offsets``
+# when calls overlapped on one client (``log_facts`` asks for two at once). One call at a
+# time per client, each until its answers are in: the next finds the leaders cached.
+_OFFSETS_LOCKS: weakref.WeakKeyDictionary[AdminClient, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def offsets_lock(admin: AdminClient) -> asyncio.Lock:
+    """The lock ``list_offsets`` holds on ``admin`` from its request to its answers."""
+    lock = _OFFSETS_LOCKS.get(admin)
+    if lock is None:
+        lock = _OFFSETS_LOCKS[admin] = asyncio.Lock()
+    return lock
+
+
 async def list_offsets(
     admin: AdminClient,
     topic: str,
@@ -332,9 +350,10 @@ async def list_offsets(
     while True:
         request = {TopicPartition(topic, p): spec or OffsetSpec.latest() for p in partitions}
         try:
-            result = {}
-            for tp, fut in admin.list_offsets(request, isolation_level=isolation).items():
-                result[tp.partition] = (await asyncio.wait_for(asyncio.wrap_future(fut), timeout)).offset
+            async with offsets_lock(admin):
+                result = {}
+                for tp, fut in admin.list_offsets(request, isolation_level=isolation).items():
+                    result[tp.partition] = (await asyncio.wait_for(asyncio.wrap_future(fut), timeout)).offset
             return result
         except KafkaException as exc:
             error = exc.args[0]
@@ -394,7 +413,7 @@ async def log_facts(
     incarnation (topic id), each log's start and high watermark, and
     ``delete.retention.ms`` (how long a tombstone is kept after compaction)."""
 
-    # All asked for at once: a takeover waits for the slowest answer, not for their sum.
+    # Asked for together (the two offset lookups take turns: ``offsets_lock``).
     (cluster, description, configs), starts, ends = await asyncio.gather(
         _describe_log(admin, topic, timeout),
         log_starts(admin, topic, partitions, timeout=timeout),

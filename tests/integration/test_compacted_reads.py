@@ -9,12 +9,20 @@ import asyncio
 import uuid
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from confluent_kafka.aio import AIOProducer
 
 from worker.config import Settings
-from worker.kafka import BrokerUnavailable, Chunk, admin_client, base_config, log_starts, stream_compacted
+from worker.kafka import (
+    BrokerUnavailable,
+    Chunk,
+    admin_client,
+    base_config,
+    list_offsets,
+    log_starts,
+    stream_compacted,
+)
 
 RECORDS = 10
 DELETED = 4  # records before this offset are deleted (DeleteRecords moves the log start)
@@ -55,6 +63,17 @@ class TestWhereAReadStarts:
         seen, ended = await read(settings, topic, starts[0])
         assert sorted(seen) == sorted(f"k{i}".encode() for i in range(DELETED, RECORDS))
         assert ended == {0: RECORDS}
+
+    async def test_lookups_gathered_on_one_fresh_client_all_answer(self, settings: Settings) -> None:
+        """As ``log_facts`` asks: starts and ends at once, on a client that has not met
+        the topic (they take turns: ``offsets_lock``)."""
+        topic = await topic_with_a_moved_start(settings)
+        admin = admin_client(settings)
+        found = await asyncio.gather(
+            *(log_starts(admin, topic, [0]) for _ in range(4)),
+            *(list_offsets(admin, topic, [0], IsolationLevel.READ_COMMITTED) for _ in range(4)),
+        )
+        assert found == [{0: DELETED}] * 4 + [{0: RECORDS}] * 4
 
     async def test_the_logical_beginning_still_reads_what_the_log_has(self, settings: Settings) -> None:
         topic = await topic_with_a_moved_start(settings)
