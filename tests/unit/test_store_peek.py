@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib
 import io
 import json
 import weakref
@@ -31,6 +32,9 @@ from worker.store.peek import (
     peek_open,
     read_open_header,
 )
+
+# The module (``worker.store.peek`` is also the name of a function the package exports).
+peek_module = importlib.import_module("worker.store.peek")
 
 LONG = st.integers(-(2**63), 2**63 - 1)
 INT = st.integers(-(2**31), 2**31 - 1)
@@ -293,6 +297,26 @@ class TestOpenHeader:
     def test_a_malformed_header_is_none(self, head: bytes) -> None:
         assert read_open_header(head) is None
         assert read_open_header(HEADER_FIXED + b"\x01v\x01s") == (Phase.ACTIVE, 1_700_000_000_000, "v", "s")
+
+    def test_header_texts_are_remembered_within_a_bound(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The texts of headers are kept for the next header with the same pair, but
+        headers come from the topic: past the bound a pair is read and not kept, and
+        reads the same; a malformed pair is never kept."""
+        monkeypatch.setattr(peek_module, "_header_texts", {})
+        monkeypatch.setattr(peek_module, "_HEADER_TEXTS_CACHED", 3)
+        heads = [HEADER_FIXED + bytes((2,)) + f"v{i}".encode() + b"\x01s" for i in range(5)]
+        assert [read_open_header(head) for head in heads] == [
+            (Phase.ACTIVE, 1_700_000_000_000, f"v{i}", "s") for i in range(5)
+        ]
+        assert read_open_header(HEADER_FIXED + b"\x01v\x01s!") is None
+        assert len(peek_module._header_texts) == 3
+        assert read_open_header(heads[4]) == (Phase.ACTIVE, 1_700_000_000_000, "v4", "s")
+        assert read_open_header(bytes((1, 3)) + HEADER_FIXED[2:] + heads[0][10:]) == (
+            Phase.DONE,
+            1_700_000_000_000,
+            "v0",
+            "s",
+        )
 
     def test_the_restore_peek_believes_a_header_instead_of_walking(self) -> None:
         """Given a well-formed header the bound open peek returns it (here it disagrees
