@@ -45,13 +45,21 @@ class Page:
         await self.call(self.driver.get, self.base + path)
 
     async def wait_for(self, condition: Callable[[Any], Any], what: str, timeout: float = WAIT_S) -> Any:
-        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+        from selenium.common.exceptions import (
+            JavascriptException,
+            StaleElementReferenceException,
+            TimeoutException,
+        )
         from selenium.webdriver.support.ui import WebDriverWait
 
         # An element found just before the page it was on went away (a navigation, a live
-        # update) is stale: look again on the next round.
+        # update) is stale, and a script can meet the page being replaced: look again on
+        # the next round.
         wait = WebDriverWait(
-            self.driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+            self.driver,
+            timeout,
+            poll_frequency=0.1,
+            ignored_exceptions=[StaleElementReferenceException, JavascriptException],
         )
         try:
             return await self.call(wait.until, condition)
@@ -60,10 +68,18 @@ class Page:
             raise AssertionError(f"{what}: not seen within {timeout:.0f} s on {self.driver.current_url}") from None
 
     async def text_appears(self, css: str, text: str, timeout: float = WAIT_S) -> None:
-        from selenium.webdriver.common.by import By
-
+        # Found and read in one script: an element found by one call and read by the next
+        # can be gone by then (a form's submit navigating), which chromedriver reports
+        # as an "inspector error", not as a stale element.
         def seen(driver: Any) -> bool:
-            return any(text in e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
+            return bool(
+                driver.execute_script(
+                    "return [...document.querySelectorAll(arguments[0])]"
+                    ".some(e => e.checkVisibility() && e.innerText.includes(arguments[1]))",
+                    css,
+                    text,
+                )
+            )
 
         await self.wait_for(seen, f"{text!r} in {css}", timeout)
 
