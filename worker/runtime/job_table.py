@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NoReturn
 
 from worker.engine.model import JobState, Phase
@@ -32,6 +33,7 @@ _ABSENT: Any = object()
 # value, next_action_at_ms, vendor, status). Vendor and status feed the open-jobs gauge,
 # which must not decode. A plain tuple: a takeover builds one per open job.
 Parked = tuple[bytes, int, str, str]
+parked_due = itemgetter(1)  # a Parked's next_action_at_ms
 
 
 @dataclass(slots=True)

@@ -9,7 +9,6 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
@@ -21,14 +20,12 @@ from worker.runtime.calls import Call
 from worker.runtime.clients import GroupConsumer
 from worker.runtime.dispatcher import CallDispatcher
 from worker.runtime.fetch_start import resume_fetching
-from worker.runtime.job_table import OpenJobs
+from worker.runtime.job_table import OpenJobs, parked_due
 from worker.runtime.mailbox import CallAnswered, Mailbox, RestoreDone
 from worker.runtime.partitions import OwnedPartition, Partitions
 from worker.runtime.stepper import Stepper
 
 log = structlog.get_logger("export_worker")
-# A parked job's next action time (``job_table.Parked``: value, due, vendor, status).
-_parked_due = itemgetter(1)
 
 
 @dataclass(slots=True)
@@ -256,11 +253,9 @@ class Restorer:
         offsets lookup can take seconds) are decoded, so the restore step spreads their
         overdue polls like any other's."""
         now = self._stepper.now_ms()
-        if min(map(_parked_due, jobs.parked.values()), default=now + 1) > now:
+        if min(map(parked_due, jobs.parked.values()), default=now + 1) > now:
             return jobs  # the usual case, found by one pass in C instead of one in Python
         due = [rid for rid, (_v, due_ms, _vn, _s) in jobs.parked.items() if due_ms <= now]
-        if not due:
-            return jobs
         parked = dict(jobs.parked)
         states = list(jobs.states)
         for request_id in due:

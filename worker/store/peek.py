@@ -21,7 +21,6 @@ in full (loading open jobs, a cold lookup) handles that as an unreadable state.
 from __future__ import annotations
 
 import struct
-import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -422,13 +421,13 @@ _header_texts: dict[bytes, tuple[str, str]] = {}
 
 
 def _read_header_texts(tail: bytes) -> tuple[str, str] | None:
-    """(vendor, status) from a header's length-prefixed texts, interned; None when they
-    are not exactly two well-formed texts."""
+    """(vendor, status) from a header's length-prefixed texts; None when they are not
+    exactly two well-formed texts."""
     try:
         end = 1 + tail[0]
         status_end = end + 1 + tail[end]
         if status_end != len(tail):
             return None
-        return sys.intern(tail[1:end].decode()), sys.intern(tail[end + 1 : status_end].decode())
+        return tail[1:end].decode(), tail[end + 1 : status_end].decode()
     except (IndexError, UnicodeDecodeError):
         return None
