@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import (
@@ -69,11 +72,48 @@ def add_trace_ids(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dic
     return event_dict
 
 
+# The second this process last stamped a line, and its text: a line's timestamp is that
+# text and the microseconds (a datetime per line cost 1.6 us of a status line's ~17).
+_stamped_second: tuple[int, str] = (-1, "")
+
+
+def add_timestamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``timestamp``: ISO 8601 in UTC with microseconds, ``2026-12-06T21:14:05.068536Z``."""
+    global _stamped_second
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    stamped = _stamped_second
+    if stamped[0] != second:  # another thread may do the same at once: both write the same text
+        stamped = _stamped_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    event_dict["timestamp"] = f"{stamped[1]}.{micros:06d}Z"
+    return event_dict
+
+
+# What orjson hands to ``default`` rather than writing itself, so it is written as the
+# standard library's renderer wrote it: dataclasses (orjson would write every field, the
+# ``repr=False`` ones too) and dates. It does write enums and UUIDs by their value.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _fallback(value: Any) -> Any:
+    structlog_form = getattr(value, "__structlog__", None)
+    return structlog_form() if callable(structlog_form) else repr(value)
+
+
+def render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """One JSON line, written by orjson (0.4 us a status line, the standard library 4 us).
+    What orjson refuses (an integer beyond 64 bits, a lone surrogate, a key that is not a
+    text, nesting past 254 levels) the standard library writes, as it did every line."""
+    try:
+        return orjson.dumps(event_dict, default=_fallback, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(event_dict, default=_fallback)
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """JSON lines for machines; a readable console when attached to a TTY. Standard
     library records (librdkafka's, aiohttp's) are rendered the same way."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
-    renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    renderer: Any = structlog.dev.ConsoleRenderer() if use_console else render_json
     numeric = logging.getLevelNamesMapping()[level.upper()]
     shared: list[Any] = [
         merge_call_context,
@@ -82,7 +122,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         # would only send every line through redaction's slow path).
         add_trace_ids,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, _redact_exception, renderer],

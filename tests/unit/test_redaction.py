@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sys
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -120,6 +123,32 @@ class TestQuickScan:
     @example("sig=abc")
     def test_the_scan_never_skips_a_text_a_pattern_would_change(self, text: str) -> None:
         assert redact_text(text) == substitute_patterns(text)
+
+    @settings(max_examples=300)
+    @given(
+        st.tuples(
+            st.sampled_from(["Bearer", "bAsIc", "basic"]),
+            st.sampled_from([" ", "\t", "\n", "\u00a0", "\u2003", "\u3000", "\x1c", "\x85"]),
+            st.text(alphabet="abcdefgh0123456789-._~+/", min_size=6, max_size=12),
+        ).map("".join)
+    )
+    def test_a_scheme_before_any_whitespace_is_masked(self, text: str) -> None:
+        """No ``=`` or ``:`` in these: only the whitespace sends them to the patterns."""
+        assert redact_text(text) == substitute_patterns(text) != text
+
+    def test_every_character_the_patterns_read_as_whitespace_takes_the_slow_path(self) -> None:
+        """The quick check lets a text through untouched when it has no ``=``, ``:`` or
+        space and ``isprintable`` holds: no other character may match ``\\s``."""
+        whitespace = re.compile(r"\s")
+        taken_as_plain = [
+            hex(code)
+            for code in range(sys.maxunicode + 1)
+            if not 0xD800 <= code <= 0xDFFF
+            and whitespace.match(chr(code))
+            and chr(code) != " "
+            and chr(code).isprintable()
+        ]
+        assert taken_as_plain == []
 
     @pytest.mark.parametrize("text", ["t-123", "itron", "RUNNING", "vendor call failed", "7f3a-9c"])
     def test_plain_values_come_back_as_the_same_object(self, text: str) -> None:
