@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from functools import lru_cache
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from worker.config import UUID_TEXT, ConnectionConfig
 from worker.engine.model import ErrorInfo, FileInfo, PollAnswered, ReconcileAnswered, Status, SubmitAnswered
@@ -38,12 +39,19 @@ _CORRELATION_NS = uuid.UUID("5b0d9a5e-4d0e-4c53-9a64-6e1f4f0c2a11")
 
 def correlation_id(spec: JobSpec) -> str:
     """One stable UUID per export request, so Itron's logs join ours across retries."""
-    if spec.correlation_id:
+    return _correlation_id(spec.correlation_id, spec.request_id)
+
+
+# Every call of a job sends the same id: remembered for the jobs called most recently
+# (a submit's poll follows it closely) instead of hashed and formatted again (~4 us).
+@lru_cache(maxsize=1024)
+def _correlation_id(given: str | None, request_id: str) -> str:
+    if given:
         try:
-            return str(uuid.UUID(spec.correlation_id))
+            return str(uuid.UUID(given))
         except ValueError:
             pass
-    return str(uuid.uuid5(_CORRELATION_NS, spec.request_id))
+    return str(uuid.uuid5(_CORRELATION_NS, request_id))
 
 
 def _months_back(now: dt.date, months: int) -> dt.date:
@@ -105,16 +113,26 @@ def link_of(data: dict[str, Any]) -> str | None:
 
 def link_expiry_ms(url: str) -> int | None:
     """The blob SAS expiry ``se=`` (ISO 8601, UTC) as epoch milliseconds."""
-    values = parse_qs(urlsplit(url).query).get("se")
-    if not values:
+    value = query_value(urlsplit(url).query, "se")
+    if value is None:
         return None
     try:
-        when = dt.datetime.fromisoformat(values[0].replace("Z", "+00:00"))
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp() * 1000)
+
+
+def query_value(query: str, name: str) -> str | None:
+    """The first non-empty value of ``name`` in a query, as ``parse_qs(query)[name][0]``
+    reads it, without decoding every other field of a signed link (~5 us of a poll)."""
+    for field in query.split("&"):
+        key, equals, value = field.partition("=")
+        if equals and value and unquote_plus(key) == name:
+            return unquote_plus(value)
+    return None
 
 
 class ItronAdapter(VendorAdapter):
