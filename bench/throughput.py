@@ -26,7 +26,7 @@ from bench.common import (
     thread_cpu,
     wait_ready,
 )
-from worker.config import PolicyConfig
+from worker.config import PolicyConfig, Settings
 from worker.kafka import admin_client, ensure_topics
 from worker.testing import OtlpReceiver, OutputReader, Publisher, itron_request
 
@@ -35,13 +35,16 @@ CONCURRENCY = 128
 # The second traced run samples this fraction of the exports (parentbased_traceidratio):
 # how tracing is run at volume.
 SAMPLED_FRACTION = 0.1
+# Kafka records the worker writes per request here (three status events and a FileReady,
+# each with its job's state record), and so the raw pipeline too.
+RECORDS_PER_REQUEST = 8
 
 
 @dataclass
 class Throughput:
     requests: int
     worker_rps: float
-    raw_rps: float
+    raw_rps: float  # the raw pipeline's runs before and after the untraced worker, together
     records_per_request: float
     worker_cpu_ms: float  # CPU per request
     raw_cpu_ms: float
@@ -50,6 +53,8 @@ class Throughput:
     sampled_rps: float  # tracing on, SAMPLED_FRACTION of the exports traced
     sampled_cpu_ms: float
     first_read_s: float  # the untraced worker's /readyz to its first request read
+    raw_before_rps: float  # the raw pipeline's two runs, either side of the untraced worker
+    raw_after_rps: float
 
     @property
     def ratio(self) -> float:
@@ -85,14 +90,19 @@ async def first_read(worker: Process, timeout: float = 60.0) -> None:
     raise TimeoutError(f"no request read within {timeout:.0f} s of /readyz")
 
 
-async def run_worker(bootstrap: str, n: int, sim_url: str, name: str, env: dict[str, str] | None = None) -> WorkerRun:
-    """One worker process working off ``n`` requests published before it starts."""
-    settings = bench_settings(bootstrap, name)
+async def publish_requests(settings: Settings, n: int) -> None:
+    """``n`` Itron requests on the settings' request topic (made if missing)."""
     await ensure_topics(settings, admin_client(settings))
     async with Publisher(settings) as pub:
         for i in range(n):
             await pub.send(itron_request(f"t-{i}"))
         await pub.flush()
+
+
+async def run_worker(bootstrap: str, n: int, sim_url: str, name: str, env: dict[str, str] | None = None) -> WorkerRun:
+    """One worker process working off ``n`` requests published before it starts."""
+    settings = bench_settings(bootstrap, name)
+    await publish_requests(settings, n)
     conn = itron_conn(sim_url, POLICY, rate_per_s=10_000.0, max_concurrency=CONCURRENCY)
     worker = start_worker(settings, {"itron": conn}, name, env)
     try:
@@ -127,9 +137,36 @@ async def run_worker(bootstrap: str, n: int, sim_url: str, name: str, env: dict[
     return WorkerRun(n / worker_s, worker_cpu / n * 1000, written, started - ready)
 
 
+async def run_raw(bootstrap: str, n: int, sim_url: str, name: str, per_request: int) -> tuple[float, float]:
+    """The raw pipeline over ``n`` requests published before it starts: (seconds from its
+    first request read to its last output, CPU seconds)."""
+    settings = bench_settings(bootstrap, name)
+    await publish_requests(settings, n)
+    out_topic = f"{settings.topics.requests}.raw-out"
+    await create_topic(bootstrap, out_topic, settings.topics.partitions)
+    raw = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bench.raw_pipeline", bootstrap, settings.topics.requests,
+         out_topic, str(n), sim_url, str(CONCURRENCY), str(per_request)],
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    seconds, cpu = (float(x) for x in raw.stdout.strip().splitlines()[-1].split())
+    return seconds, cpu
+
+
 async def measure(bootstrap: str, n: int = 5000) -> Throughput:
     async with simulator("itron", stage_seconds=0.0) as sim_url:
+        # The raw pipeline runs right before and right after the untraced worker, and the
+        # baseline is the two together: a VM's speed drifts by 20-30 % over a minute or two,
+        # and one baseline run on either side moved the ratio by as much.
+        before = await run_raw(bootstrap, n, sim_url, "tput-raw-before", RECORDS_PER_REQUEST)
         plain = await run_worker(bootstrap, n, sim_url, "tput")
+        if round(plain.written) != RECORDS_PER_REQUEST:
+            raise RuntimeError(
+                f"the worker wrote {plain.written:.2f} records per request and the raw pipeline "
+                f"{RECORDS_PER_REQUEST}: make them the same (RECORDS_PER_REQUEST)"
+            )
+        after = await run_raw(bootstrap, n, sim_url, "tput-raw-after", RECORDS_PER_REQUEST)
         async with OtlpReceiver(decode=False) as collector:
             tracing = {
                 "OTEL_TRACES_SAMPLER": "parentbased_always_on",  # every export (whatever the shell says)
@@ -148,33 +185,20 @@ async def measure(bootstrap: str, n: int = 5000) -> Throughput:
             sampled = await run_worker(bootstrap, n, sim_url, "tput-sampled", tracing | ratio_sampler)
             if collector.requests == sent:
                 raise RuntimeError("the sampled worker sent no spans")
-        settings = bench_settings(bootstrap, "tput-raw")
-        await ensure_topics(settings, admin_client(settings))
-        async with Publisher(settings) as pub:
-            for i in range(n):
-                await pub.send(itron_request(f"t-{i}"))
-            await pub.flush()
-        out_topic = f"{settings.topics.requests}.raw-out"
-        await create_topic(bootstrap, out_topic, settings.topics.partitions)
-        raw = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "bench.raw_pipeline", bootstrap, settings.topics.requests,
-             out_topic, str(n), sim_url, str(CONCURRENCY), str(round(plain.written))],
-            capture_output=True, text=True, check=True, timeout=600,
-        )  # fmt: skip
-        raw_s, raw_cpu = (float(x) for x in raw.stdout.strip().splitlines()[-1].split())
     return Throughput(
         n,
         plain.rps,
-        n / raw_s,
+        2 * n / (before[0] + after[0]),
         plain.written,
         plain.cpu_ms,
-        raw_cpu / n * 1000,
+        (before[1] + after[1]) / (2 * n) * 1000,
         traced.rps,
         traced.cpu_ms,
         sampled.rps,
         sampled.cpu_ms,
         plain.first_read_s,
+        n / before[0],
+        n / after[0],
     )
 
 
