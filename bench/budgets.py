@@ -22,7 +22,7 @@ from bench.common import bench_main, bench_settings, fleet, itron_conn, simulato
 from worker.budgets import BudgetMode
 from worker.config import PolicyConfig
 from worker.kafka import admin_client, ensure_topics
-from worker.testing import OutputReader, Publisher, itron_request, terminal
+from worker.testing import OutputReader, Publisher, finished, itron_request, terminal
 
 RATE = 150.0  # the account's quota, calls/s: the connection's configured rate_per_s
 WORKERS = 3
@@ -72,9 +72,7 @@ async def run(bootstrap: str, mode: BudgetMode, jobs: int) -> FleetRun:
                     await pub.send(itron_request(request_id))
                 await pub.flush()
                 most = int(jobs * 0.9)
-                await reader.wait_for(
-                    lambda o: sum(terminal(o, [r]) for r in ids) >= most, timeout=1200, what="90 % ended"
-                )
+                await reader.wait_for(lambda o: len(finished(o, ids)) >= most, timeout=1200, what="90 % ended")
                 busy_s = time.monotonic() - started
                 calls90, refused90 = await quota(url)
                 out = await reader.wait_for(lambda o: terminal(o, ids), timeout=1200, what="every job ended")

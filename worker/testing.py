@@ -142,10 +142,26 @@ class OutputReader(output_reader.OutputReader):
         return await eventually(check, timeout=timeout, what=what)
 
 
-def terminal(out: Output, request_ids: Iterable[str], statuses: frozenset[str] | None = None) -> bool:
-    wanted = statuses or frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "REJECTED"})
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "REJECTED"})
+
+
+def finished(out: Output, request_ids: Iterable[str], statuses: frozenset[str] | None = None) -> set[str]:
+    """The jobs of ``request_ids`` whose last status read is one of ``statuses`` (any
+    terminal one by default); a SUCCEEDED job only once its FileReady is read too. The two
+    are committed in one transaction, but a reader consumes the status and file topics
+    each at its own pace, and under load it can read the status first."""
     last = out.last_status()
-    return all(last.get(r) in wanted for r in request_ids)
+    done = {r for r in request_ids if last.get(r) in (statuses or TERMINAL)}
+    succeeded = {r for r in done if last[r] == "SUCCEEDED"}
+    if succeeded:
+        done -= succeeded - {f["request_id"] for f in out.files}
+    return done
+
+
+def terminal(out: Output, request_ids: Iterable[str], statuses: frozenset[str] | None = None) -> bool:
+    """Every job of ``request_ids`` ``finished``."""
+    wanted = set(request_ids)
+    return finished(out, wanted, statuses) == wanted
 
 
 def worker_env(settings: Settings, *, connections_file: str, instance_id: str, http_port: int = -1) -> dict[str, str]:

@@ -160,17 +160,6 @@ class Run:
         }
 
 
-def settled(out: Output, request_ids: Iterable[str]) -> bool:
-    """Every job terminal and every succeeded one's FileReady read too: both are committed
-    at once, but the reader consumes the status and file topics each at its own pace."""
-    wanted = list(request_ids)
-    if not terminal(out, wanted):
-        return False
-    last = out.last_status()
-    files = {f["request_id"] for f in out.files}
-    return all(r in files for r in wanted if last[r] == "SUCCEEDED")
-
-
 def cid(request_id: str) -> str:
     return correlation_id(JobSpec(request_id, "acme", "itron", {}))
 
@@ -208,7 +197,7 @@ async def leaky_run(settings: Settings, json_logs: Lines, monkeypatch: pytest.Mo
             for request_id in ids.values():
                 await pub.send(itron_request(request_id))
             await pub.flush()
-            output = await reader.wait_for(lambda o: settled(o, ids.values()), what="all terminal, with their files")
+            output = await reader.wait_for(lambda o: terminal(o, ids.values()), what="all terminal")
             assert crashed, "the adapter bug was not reached"
             tokens_requested = sum(1 for q in sim.requests if q["path"] == "/connect/token")
             yield Run(sim, worker, output, client_secret, password, ids, tokens_requested, spans)
