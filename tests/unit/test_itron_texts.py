@@ -12,7 +12,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from worker.vendors.base import JobSpec
-from worker.vendors.itron import _CORRELATION_NS, correlation_id, link_expiry_ms, query_value
+from worker.vendors.itron import (
+    _CORRELATION_NS,
+    _remembered_correlation_id,
+    correlation_id,
+    link_expiry_ms,
+    query_value,
+)
 
 _NAMES = st.sampled_from(["se", "s%65", "se+", "sig", "sv", "", "s e", "SE"])
 _VALUES = st.one_of(
@@ -65,3 +71,14 @@ class TestCorrelationId:
     def test_a_given_id_that_is_not_a_uuid_falls_back_to_the_request_ids(self) -> None:
         spec = JobSpec("t-1", "acme", "itron", {}, correlation_id="not-a-uuid")
         assert correlation_id(spec) == str(uuid.uuid5(_CORRELATION_NS, "t-1"))
+
+    def test_only_ids_of_a_uuids_length_are_remembered(self) -> None:
+        """A request's correlation_id is as long as its producer likes: a long one is
+        worked out again on each call rather than kept alive by the cache."""
+        long_uuid = "-" * 10_000 + "7f7f2d8e6c384b8e9a536a1f1c7b2e10"  # uuid.UUID drops hyphens
+        _remembered_correlation_id.cache_clear()
+        spec = JobSpec("t-1", "acme", "itron", {}, correlation_id=long_uuid)
+        assert correlation_id(spec) == "7f7f2d8e-6c38-4b8e-9a53-6a1f1c7b2e10"
+        assert _remembered_correlation_id.cache_info().currsize == 0
+        correlation_id(JobSpec("t-1", "acme", "itron", {}, correlation_id="7f7f2d8e6c384b8e9a536a1f1c7b2e10"))
+        assert _remembered_correlation_id.cache_info().currsize == 1
