@@ -24,6 +24,7 @@ from aiohttp import web
 from worker import output_reader
 from worker.codec import SchemaSet
 from worker.config import ConnectionConfig, Settings
+from worker.engine.model import Status
 from worker.output_reader import Output
 from worker.publisher import Publisher
 from worker.vendor_registry import BY_NAME
@@ -142,7 +143,7 @@ class OutputReader(output_reader.OutputReader):
         return await eventually(check, timeout=timeout, what=what)
 
 
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "REJECTED"})
+TERMINAL = frozenset(status.value for status in Status if status.terminal)
 
 
 def finished(out: Output, request_ids: Iterable[str], statuses: frozenset[str] | None = None) -> set[str]:
