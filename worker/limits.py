@@ -20,6 +20,10 @@ MAX_ANSWER_BYTES_CEILING = 256 * 1024 * 1024
 MIN_ANSWER_BYTES = 64 * 1024
 DEFAULT_MAX_RETRY_AFTER_S = 600.0  # a longer Retry-After is cut to this; the job's failure budget applies
 MAX_RETRY_AFTER_CEILING_S = 86_400.0
+# An answer's status line and headers (``worker.vendors.transport``): past either bound
+# the answer is refused, unread.
+MAX_ANSWER_HEAD_BYTES = 64 * 1024
+MAX_ANSWER_HEADERS = 128
 
 # Texts from vendor answers kept in a job's state (UTF-8 bytes).
 MAX_VENDOR_STATUS_BYTES = 256  # a vendor's own status name: longer ones are clipped

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import pytest
 
 from tests.deploy.support import (
@@ -37,7 +36,7 @@ from worker.result_store import FileResultStore
 from worker.signals import BACKSTOP_S, SHUTDOWN_OVERRUN_S
 from worker.simulators.base import Timing
 from worker.testing import eventually
-from worker.vendors import JobSpec, build_adapter
+from worker.vendors import JobSpec, build_adapter, vendor_session
 
 WORKER_IMAGE = "export-worker"
 SECRET_FIELDS = ("client_secret", "password", "api_key")
@@ -386,8 +385,8 @@ class TestSampleRequests:
         try:
             conn = compose_connections()[name].model_copy(update={"base_url": url})
             with environment(secret_env(), clear=False):
-                async with aiohttp.ClientSession() as session:
-                    adapter = build_adapter(name, conn, session, result_store=FileResultStore(tmp_path))
+                async with vendor_session("export-worker/test") as client:
+                    adapter = build_adapter(name, conn, client, result_store=FileResultStore(tmp_path))
                     spec = JobSpec.from_json(
                         info.request_id, info.tenant, info.connection, info.job_json, labels=info.labels
                     )

@@ -10,11 +10,21 @@ import pytest
 
 from worker.config import ConnectionConfig
 from worker.simulators import module
+from worker.vendors import HttpClient, vendor_session
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """One aiohttp session per test, as the worker shares one per process."""
+async def session() -> AsyncIterator[HttpClient]:
+    """The HTTP client adapters call through, one per test as the worker has one per
+    process (``vendor_session``)."""
+    async with vendor_session("export-worker/test") as client:
+        yield client
+
+
+@pytest.fixture
+async def probe() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp session, for a test's own requests to a simulator (its controls,
+    or what it serves), apart from the client under test."""
     async with aiohttp.ClientSession() as http:
         yield http
 

@@ -33,19 +33,19 @@ class TestAccountQuota:
             FaultPlan(account_rate_per_s=float("inf"))
 
 
-async def test_every_client_shares_the_simulators_quota(session: aiohttp.ClientSession) -> None:
+async def test_every_client_shares_the_simulators_quota(probe: aiohttp.ClientSession) -> None:
     """Two clients of one simulator together get the account's rate, no more."""
     sim = ItronSimulator(faults=FaultPlan(account_rate_per_s=3.0), seed=1)
     await sim.start()
     try:
         statuses = []
         async with aiohttp.ClientSession() as other:
-            for client in (session, other, session, other, session):
+            for client in (probe, other, probe, other, probe):
                 async with client.get(f"{sim.base_url}{API}s/batch-request/j") as r:
                     statuses.append(r.status)
                     retry_after = r.headers.get("Retry-After")
         assert statuses.count(429) == 2 and retry_after == "1"
-        async with session.get(f"{sim.base_url}/_sim/rate-limits") as r:
+        async with probe.get(f"{sim.base_url}/_sim/rate-limits") as r:
             assert (await r.json())["account_quota"] == {"calls": 5, "refused": 2}
     finally:
         await sim.stop()

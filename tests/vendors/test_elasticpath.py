@@ -34,7 +34,7 @@ from worker.runtime import Worker
 from worker.simulators.base import Timing
 from worker.simulators.elasticpath import ElasticPathSimulator, sample_job
 from worker.testing import OutputReader, Publisher, eventually, terminal
-from worker.vendors import build_adapter, validator
+from worker.vendors import HttpClient, build_adapter, validator
 from worker.vendors.base import JobSpec
 from worker.vendors.elasticpath import ElasticPathAdapter, error_words
 
@@ -87,7 +87,7 @@ async def ep_sim() -> AsyncIterator[ElasticPathSimulator]:
 
 
 @pytest.fixture
-def adapter(ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession, tmp_path: Path) -> ElasticPathAdapter:
+def adapter(ep_sim: ElasticPathSimulator, session: HttpClient, tmp_path: Path) -> ElasticPathAdapter:
     built = build_adapter(
         "ep", ep_connection(ep_sim.base_url), session, result_store=FileResultStore(tmp_path / "results")
     )
@@ -110,16 +110,16 @@ def api_requests(sim: ElasticPathSimulator, method: str | None = None, path: str
 
 
 async def list_with_filter(
-    sim: ElasticPathSimulator, session: aiohttp.ClientSession, raw_filter: str
+    sim: ElasticPathSimulator, probe: aiohttp.ClientSession, raw_filter: str
 ) -> aiohttp.ClientResponse:
     """List jobs with ``raw_filter`` sent exactly as given (already URL encoded)."""
-    async with session.post(
+    async with probe.post(
         f"{sim.base_url}/oauth/access_token",
         data={"grant_type": "client_credentials", "client_id": "demo-client", "client_secret": "demo-secret"},
     ) as answer:
         token = (await answer.json())["access_token"]
     url = yarl.URL(f"{sim.base_url}{JOBS}?filter={raw_filter}", encoded=True)
-    async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as answer:
+    async with probe.get(url, headers={"Authorization": f"Bearer {token}"}) as answer:
         await answer.read()
         return answer
 
@@ -285,7 +285,7 @@ class TestAuth:
         assert adapter.token.fetches == 2
 
     async def test_wrong_client_credentials_are_auth_failed_without_the_secret(
-        self, ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession, tmp_path: Path
+        self, ep_sim: ElasticPathSimulator, session: HttpClient, tmp_path: Path
     ) -> None:
         """A refused client secret is AuthFailed, and the secret appears nowhere in the message."""
         conn = ep_connection(ep_sim.base_url, client_secret=SecretRef(value="wrong-secret-123"))
@@ -579,7 +579,7 @@ class TestReconcileCompleteness:
         assert found.known is True and found.vendor_job_id is None
 
     async def test_a_replay_id_with_a_tilde_is_found_by_paging_not_by_filter(
-        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession
+        self, adapter: ElasticPathAdapter, ep_sim: ElasticPathSimulator, probe: aiohttp.ClientSession
     ) -> None:
         """'~' (in every --force replay id) is outside the filter characters: EP refuses it
         in a filter, so the replay's job is found by paging."""
@@ -596,7 +596,7 @@ class TestReconcileCompleteness:
         assert found.known is True and found.vendor_job_id == ours.job_id
         lookups = api_requests(ep_sim, "GET", JOBS)
         assert all("filter" not in r["query"] for r in lookups)
-        refused = await list_with_filter(ep_sim, session, f"eq(external_ref,{spec.request_id})")
+        refused = await list_with_filter(ep_sim, probe, f"eq(external_ref,{spec.request_id})")
         assert refused.status == 400
 
     async def test_a_filter_that_was_not_applied_is_not_trusted_to_say_absent(
@@ -622,28 +622,28 @@ class TestSimulatorFilterRule:
     """The simulator applies the Filtering guide's character rule to the decoded value."""
 
     async def test_an_encoded_plus_is_accepted_and_matches_a_plus(
-        self, ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession
+        self, ep_sim: ElasticPathSimulator, probe: aiohttp.ClientSession
     ) -> None:
         """'+' may be used when URL encoded (%2B)."""
         ours = ep_sim.new_job("a+b", {}, job_type="tax-run", created_wall=time.time())
-        answer = await list_with_filter(ep_sim, session, "eq(external_ref,a%2Bb)")
+        answer = await list_with_filter(ep_sim, probe, "eq(external_ref,a%2Bb)")
         assert answer.status == 200
         assert [j["id"] for j in (await answer.json(content_type=None))["data"]] == [ours.job_id]
 
     async def test_an_unencoded_plus_is_a_space(
-        self, ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession
+        self, ep_sim: ElasticPathSimulator, probe: aiohttp.ClientSession
     ) -> None:
         ep_sim.new_job("a+b", {}, job_type="tax-run", created_wall=time.time())
         spaced = ep_sim.new_job("a b", {}, job_type="tax-run", created_wall=time.time())
-        answer = await list_with_filter(ep_sim, session, "eq(external_ref,a+b)")
+        answer = await list_with_filter(ep_sim, probe, "eq(external_ref,a+b)")
         assert answer.status == 200
         assert [j["id"] for j in (await answer.json(content_type=None))["data"]] == [spaced.job_id]
 
     @pytest.mark.parametrize("value", ["a~b", "a%7Eb", "a/b", "a%2Cb", "a:b", "a%22b%22", "%C3%A9"])
     async def test_other_characters_are_refused(
-        self, ep_sim: ElasticPathSimulator, session: aiohttp.ClientSession, value: str
+        self, ep_sim: ElasticPathSimulator, probe: aiohttp.ClientSession, value: str
     ) -> None:
-        answer = await list_with_filter(ep_sim, session, f"eq(external_ref,{value})")
+        answer = await list_with_filter(ep_sim, probe, f"eq(external_ref,{value})")
         assert answer.status == 400
 
 

@@ -28,7 +28,7 @@ from worker.simulators import available, module, simulator_class
 from worker.simulators.base import Simulator, Timing
 from worker.simulators.faults import GARBAGE_JSON, WRONG_CONTENT_TYPES, WRONG_SHAPES
 from worker.testing import eventually
-from worker.vendors import JobSpec, adapter_class, build_adapter
+from worker.vendors import HttpClient, JobSpec, adapter_class, build_adapter
 
 TIMEOUT_S = 0.5
 # The demo credentials of every simulator: none may appear in an error.
@@ -77,7 +77,7 @@ class Vendor:
         token._refresh_token = None
 
 
-async def running(name: str, session: aiohttp.ClientSession, tmp_path: Path) -> AsyncIterator[Vendor]:
+async def running(name: str, session: HttpClient, tmp_path: Path) -> AsyncIterator[Vendor]:
     sim = simulator_class(name)(timing=Timing(stages=(0.05, 0.05, 0.05)), seed=3)
     await sim.start()
     try:
@@ -90,13 +90,13 @@ async def running(name: str, session: aiohttp.ClientSession, tmp_path: Path) -> 
 
 
 @pytest.fixture(params=available())
-async def vendor(request: Any, session: aiohttp.ClientSession, tmp_path: Path) -> AsyncIterator[Vendor]:
+async def vendor(request: Any, session: HttpClient, tmp_path: Path) -> AsyncIterator[Vendor]:
     async for running_vendor in running(request.param, session, tmp_path):
         yield running_vendor
 
 
 @pytest.fixture(params=[v for v in available() if hasattr(adapter_class(v), "collect")])
-async def downloader(request: Any, session: aiohttp.ClientSession, tmp_path: Path) -> AsyncIterator[Vendor]:
+async def downloader(request: Any, session: HttpClient, tmp_path: Path) -> AsyncIterator[Vendor]:
     """A vendor whose result the worker downloads (collects) itself."""
     async for running_vendor in running(request.param, session, tmp_path):
         yield running_vendor
@@ -247,7 +247,7 @@ class TestSimulatorHostileMode:
     """The hostile faults as the adversarial suite drives them: through ``/_sim/faults``."""
 
     async def test_the_control_endpoint_takes_every_hostile_field(
-        self, vendor: Vendor, session: aiohttp.ClientSession
+        self, vendor: Vendor, probe: aiohttp.ClientSession
     ) -> None:
         fields = {
             "retry_after_raw": "Infinity",
@@ -265,13 +265,13 @@ class TestSimulatorHostileMode:
             "next_wrong_content_type": 0,
             "hostile_on": "poll",
         }
-        async with session.post(f"{vendor.sim.base_url}/_sim/faults", json=fields) as answer:
+        async with probe.post(f"{vendor.sim.base_url}/_sim/faults", json=fields) as answer:
             assert answer.status == 200
             plan = (await answer.json())["faults"]
         assert {k: plan[k] for k in fields} == fields
-        async with session.post(f"{vendor.sim.base_url}/_sim/faults", json={"hostile_on": "everything"}) as answer:
+        async with probe.post(f"{vendor.sim.base_url}/_sim/faults", json={"hostile_on": "everything"}) as answer:
             assert answer.status == 400
-        async with session.post(
+        async with probe.post(
             f"{vendor.sim.base_url}/_sim/faults", json={"retry_after_raw": "1\r\nX-Evil: 1"}
         ) as answer:
             assert answer.status == 400
@@ -287,14 +287,14 @@ class TestSimulatorHostileMode:
             await vendor.adapter.poll(spec, job_id)
         assert vendor.sim.faults.injected == {"garbage_json": 1}
 
-    async def test_a_huge_answer_is_streamed_whole(self, vendor: Vendor, session: aiohttp.ClientSession) -> None:
+    async def test_a_huge_answer_is_streamed_whole(self, vendor: Vendor, probe: aiohttp.ClientSession) -> None:
         """With a Content-Length, or chunked without one: exactly huge_bytes of JSON-ish text."""
         method, path = await token_route(vendor)
         for chunked in (False, True):
             vendor.sim.faults.plan.update(
                 {"hostile_on": "all", "next_huge": 1, "huge_bytes": 3_000_000, "huge_chunked": chunked}
             )
-            async with session.request(method, f"{vendor.sim.base_url}{path}") as answer:
+            async with probe.request(method, f"{vendor.sim.base_url}{path}") as answer:
                 assert answer.status == 200 and answer.content_type == "application/json"
                 assert (answer.content_length is None) is chunked
                 size, first = 0, b""
@@ -304,7 +304,7 @@ class TestSimulatorHostileMode:
             assert size == 3_000_000 and first.startswith(b'{"padding": "')
 
     async def test_fifty_megabytes_are_never_in_memory_at_once(
-        self, vendor: Vendor, session: aiohttp.ClientSession
+        self, vendor: Vendor, probe: aiohttp.ClientSession
     ) -> None:
         """The simulator streams the default huge answer, and the adapter stops reading at
         its limit: neither side holds the 50 MB (peak traced memory far below it)."""
@@ -314,7 +314,7 @@ class TestSimulatorHostileMode:
         try:
             vendor.sim.faults.plan.update({"hostile_on": "all", "next_huge": 1, "huge_chunked": True})
             size = 0
-            async with session.request(method, f"{vendor.sim.base_url}{path}") as answer:
+            async with probe.request(method, f"{vendor.sim.base_url}{path}") as answer:
                 async for chunk in answer.content.iter_chunked(1 << 16):
                     size += len(chunk)
             vendor.sim.faults.plan.update({"hostile_on": "submit", "next_huge": 1})

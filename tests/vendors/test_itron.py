@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.conftest import itron_connection
@@ -19,7 +18,7 @@ from worker.ingest import Ingest, Rejection, jsonable
 from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator, sample_job
 from worker.testing import itron_request
-from worker.vendors import build_adapter
+from worker.vendors import HttpClient, build_adapter
 from worker.vendors.base import JobSpec
 from worker.vendors.itron import ItronAdapter, validate
 
@@ -59,7 +58,7 @@ async def itron() -> AsyncIterator[ItronSimulator]:
 
 
 @pytest.fixture
-def adapter(itron: ItronSimulator, session: aiohttp.ClientSession) -> ItronAdapter:
+def adapter(itron: ItronSimulator, session: HttpClient) -> ItronAdapter:
     built = build_adapter("itron", itron_connection(itron.base_url), session)
     assert isinstance(built, ItronAdapter)
     return built

@@ -35,7 +35,7 @@ from worker.runtime import Worker
 from worker.simulators.base import Timing
 from worker.simulators.opengate import OpenGateSimulator
 from worker.testing import OutputReader, Publisher, eventually, terminal
-from worker.vendors import Cancellable, JobSpec, build_adapter
+from worker.vendors import Cancellable, HttpClient, JobSpec, build_adapter
 from worker.vendors.opengate import OpenGateAdapter, validate
 
 API_KEY = "demo-api-key"
@@ -143,7 +143,7 @@ def store(tmp_path: Path) -> FileResultStore:
 
 def make_adapter(
     sim: OpenGateSimulator,
-    session: aiohttp.ClientSession,
+    session: HttpClient,
     store: FileResultStore | None = None,
     conn: ConnectionConfig | None = None,
     **options: Any,
@@ -159,7 +159,7 @@ def make_adapter(
 
 class TestCollect:
     async def test_finished_job_yields_one_jsonl_artifact_with_every_operation(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A FINISHED job's paged operations land in one JSON Lines file whose size and sha256 are announced."""
         adapter = make_adapter(sim, session, store, operations_page_size=2)
@@ -182,7 +182,7 @@ class TestCollect:
         assert pages == [{"start": "1", "size": "2"}, {"start": "2", "size": "2"}, {"start": "3", "size": "2"}]
 
     async def test_a_result_over_collect_max_operations_fails_the_job_without_reading_on(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """Operations are held in memory to build the artifact: past the bound the job
         fails for good (retrying cannot shrink it) and no more pages are read."""
@@ -198,7 +198,7 @@ class TestCollect:
         assert len(pages) == 2  # 4 operations read: over the bound, page 3 of 5 never asked for
 
     async def test_some_operations_in_error_still_succeed(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A job with a failed entity among successful ones succeeds; the artifact shows the error."""
         adapter = make_adapter(sim, session, store)
@@ -212,7 +212,7 @@ class TestCollect:
         assert results == {"dev-1": "SUCCESSFUL", "fail-2": "ERROR"}
 
     async def test_every_operation_in_error_is_failed(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """FINISHED with every operation in error (summary counters) is FAILED, without an artifact."""
         sim.faults.plan.update({"next_fail": 1})
@@ -228,7 +228,7 @@ class TestCollect:
         assert not calls(sim, "GET", f"{JOBS}/{job_id}/operations")
 
     async def test_tag_job_is_queued_while_initiating(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A tag job reads INITIATING (queued) first, then finishes with an operation per tagged entity."""
         adapter = make_adapter(sim, session, store)
@@ -246,7 +246,7 @@ class TestCollect:
         assert len(artifact(final.file.url).splitlines()) == sim.tag_size
 
     async def test_filter_job_sends_its_resource_type_on_the_url(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A filter target goes in the body as a filter and its resource type as ?resourceType=."""
         adapter = make_adapter(sim, session, store)
@@ -262,7 +262,7 @@ class TestCollect:
         assert (await finish(adapter, job_spec, job_id)).status is Status.SUCCEEDED
 
     async def test_empty_listing_of_a_finished_job_is_read_from_the_history(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """When /operations answers 204 for a FINISHED job, the operations come from the history search."""
         sim.listing_gone = True
@@ -297,7 +297,7 @@ class TestFinishedVerdict:
         assert Counters.of(summary).none_succeeded is failed
 
     async def test_without_counters_the_operations_decide(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A summary without counters: operations all in ERROR make the job FAILED."""
         adapter = make_adapter(sim, session, store)
@@ -310,7 +310,7 @@ class TestFinishedVerdict:
         assert answer.status is Status.FAILED and answer.error is not None and answer.file is None
 
     async def test_finished_without_operations_is_failed(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """FINISHED with no operation at all (the target matched nothing) has no artifact to announce."""
         adapter = make_adapter(sim, session, store)
@@ -323,7 +323,7 @@ class TestFinishedVerdict:
         assert answer.error.code == "no_operations"
 
     async def test_fewer_operations_than_counted_is_malformed(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A partial listing is never announced as the job's result: it is a retriable MalformedAnswer."""
         adapter = make_adapter(sim, session, store)
@@ -344,7 +344,7 @@ class TestFinishedVerdict:
 
 class TestAuth:
     async def test_jwt_mode_logs_in_and_sends_a_bearer_token(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """With username/password the adapter logs in with email+password and sends the JWT, no X-ApiKey."""
         adapter = make_adapter(sim, session, store, conn=jwt_connection(sim.base_url))
@@ -359,14 +359,14 @@ class TestAuth:
         assert sim.token_valid(create["headers"]["Authorization"].split(" ", 1)[1])
 
     async def test_expired_jwt_is_renewed_once_and_the_call_retried(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, probe: aiohttp.ClientSession, store: FileResultStore
     ) -> None:
         """A 401 for an expired JWT logs in again and repeats the call with the new token."""
         adapter = make_adapter(sim, session, store, conn=jwt_connection(sim.base_url))
         job_spec = spec(og_job())
         sim.timing = FROZEN
         job_id = (await adapter.submit(job_spec)).vendor_job_id
-        await session.post(f"{sim.base_url}/_sim/expire-tokens")
+        await probe.post(f"{sim.base_url}/_sim/expire-tokens")
 
         answer = await adapter.poll(job_spec, job_id)
 
@@ -378,7 +378,7 @@ class TestAuth:
         assert refused["headers"]["Authorization"] != retried["headers"]["Authorization"]
 
     async def test_refused_api_key_is_auth_failed_without_the_key(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """An API key answered with 401 cannot be renewed: AuthFailed (retriable), the key not in the message."""
         adapter = make_adapter(sim, session, store)
@@ -392,7 +392,7 @@ class TestAuth:
         assert caught.value.retriable and API_KEY not in str(caught.value)
 
     async def test_wrong_password_is_auth_failed(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A login refused with 401 is AuthFailed, and the password never appears in the error."""
         conn = jwt_connection(sim.base_url, password=SecretRef(value=SecretStr("not-the-password")))
@@ -430,7 +430,7 @@ def build_http(conn: ConnectionConfig) -> Any:
 
 class TestErrors:
     async def test_429_is_rate_limited_with_its_retry_after(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A 429 on submit is RateLimited carrying Retry-After; no job was created and none is assumed."""
         sim.faults.plan.update({"next_429": 1, "retry_after_s": 7})
@@ -444,7 +444,7 @@ class TestErrors:
         assert not sim.jobs
 
     async def test_header_names_are_case_insensitive(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """HTTP/2 gateways send lower-case header names: `retry-after` is still Retry-After."""
         sim.answer_next(429, "{}", **{"retry-after": "9"})
@@ -456,7 +456,7 @@ class TestErrors:
         assert caught.value.retry_after == 9.0
 
     async def test_html_page_is_malformed(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """An HTML error page with status 200 is a MalformedAnswer quoting the page."""
         adapter = make_adapter(sim, session, store)
@@ -482,7 +482,7 @@ class TestErrors:
     async def test_unexpected_poll_answers_are_malformed(
         self,
         sim: OpenGateSimulator,
-        session: aiohttp.ClientSession,
+        session: HttpClient,
         store: FileResultStore,
         answer: bytes,
         expected: str,
@@ -497,7 +497,7 @@ class TestErrors:
         assert expected in caught.value.message
 
     async def test_malformed_excerpt_is_redacted(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A vendor body quoted in an error has its secrets masked."""
         adapter = make_adapter(sim, session, store)
@@ -512,7 +512,7 @@ class TestErrors:
         assert "proxy error" in caught.value.message
 
     async def test_submit_answer_without_a_job_id_is_malformed_with_unknown_outcome(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A 201 without Location or id may still have created a job: the outcome is unknown."""
         adapter = make_adapter(sim, session, store)
@@ -524,7 +524,7 @@ class TestErrors:
         assert caught.value.outcome_unknown is True
 
     async def test_job_id_in_the_body_is_accepted(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """Without a Location header, an id in the answer's body is the job id."""
         adapter = make_adapter(sim, session, store)
@@ -533,7 +533,7 @@ class TestErrors:
         assert (await adapter.submit(spec(og_job()))).vendor_job_id == "0a1b2c"
 
     async def test_server_error_on_submit_leaves_the_outcome_unknown(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A 503 on the create is retriable and may have created a job."""
         sim.faults.plan.update({"next_5xx": 1})
@@ -550,7 +550,7 @@ class TestErrors:
 
 class TestChunking:
     async def test_more_entities_than_the_limit_are_appended_then_activated(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """250 entities: create inactive with 100, PUT 100, PUT 50, then PUT active:true."""
         adapter = make_adapter(sim, session, store)
@@ -577,7 +577,7 @@ class TestChunking:
         assert answer.file is not None and len(artifact(answer.file.url).splitlines()) == 250
 
     async def test_the_entity_limit_is_a_connection_option(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """options.max_entities=10 splits 25 entities into 10 + 10 + 5."""
         adapter = make_adapter(sim, session, store, max_entities=10)
@@ -591,7 +591,7 @@ class TestChunking:
         assert body(sim.requests[-1]) == {"job": {"request": {"active": True}}}
 
     async def test_long_entity_ids_are_chunked_by_bytes(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """90 entities of 4 KB each (over 300 KB together) go in bodies that each stay under the limit."""
         adapter = make_adapter(sim, session, store)
@@ -604,7 +604,7 @@ class TestChunking:
         assert sim.og(job_id).entities == entities and sim.og(job_id).active
 
     async def test_refused_append_removes_the_inactive_job(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A 400 on an append fails the submit for good and deletes the half-built job."""
         sim.fail_puts = {1: 400}
@@ -621,7 +621,7 @@ class TestChunking:
         assert sim.jobs[job_id].cancelled_at is not None
 
     async def test_failed_append_is_completed_by_reconcile(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A 503 on the second append leaves an inactive job; reconcile appends the rest and activates it."""
         sim.fail_puts = {2: 503}
@@ -659,7 +659,7 @@ class TestBodyLimit:
         assert caught.value.reason_code == "oversize"
 
     async def test_submit_refuses_an_oversize_body_without_sending_it(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A body over the limit reaching submit is VendorRejected and nothing is sent."""
         adapter = make_adapter(sim, session, store)
@@ -670,7 +670,7 @@ class TestBodyLimit:
         assert sim.requests == []
 
     async def test_the_simulator_refuses_bodies_over_its_limit(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """With the adapter's limit raised above OpenGate's, the vendor's 400 is VendorRejected."""
         adapter = make_adapter(sim, session, store, max_body_bytes=1_000_000)
@@ -682,7 +682,7 @@ class TestBodyLimit:
         assert not sim.jobs
 
     async def test_the_simulator_refuses_more_than_100_entities(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """With the adapter's entity limit raised, OpenGate's limit of 100 answers 400."""
         adapter = make_adapter(sim, session, store, max_entities=150)
@@ -756,7 +756,7 @@ class TestCallback:
 class TestHostileJobIds:
     @pytest.mark.parametrize("job_id", ["..", "."])
     async def test_a_dot_segment_job_id_is_never_sent(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, job_id: str
+        self, sim: OpenGateSimulator, session: HttpClient, job_id: str
     ) -> None:
         """``..`` resolves even escaped: polling it would ask /operation, not a job."""
         adapter = make_adapter(sim, session)
@@ -765,7 +765,7 @@ class TestHostileJobIds:
         assert not calls(sim, "GET")
 
     async def test_a_job_id_with_slashes_is_polled_at_its_escaped_path(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession
+        self, sim: OpenGateSimulator, session: HttpClient
     ) -> None:
         """It names no job: the simulator answers ``{}``, as real tenants do for an unknown id."""
         adapter = make_adapter(sim, session)
@@ -775,7 +775,7 @@ class TestHostileJobIds:
         assert poll["path"] == f"{JOBS}/../../search/jobs"  # one segment: decoded by the simulator
 
     async def test_a_location_naming_a_dot_segment_is_malformed_and_may_have_acted(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession
+        self, sim: OpenGateSimulator, session: HttpClient
     ) -> None:
         adapter = make_adapter(sim, session)
         sim.answer_next(201, "", Location=f"{JOBS}/%2E%2E")
@@ -789,7 +789,7 @@ class TestHostileJobIds:
 
 class TestReconcile:
     async def test_lost_submit_answer_is_found_by_its_user_notes(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """The job created by a submit whose answer was dropped is found by searching, not created again."""
         sim.faults.plan.update({"next_lost_submit": 1})
@@ -812,7 +812,7 @@ class TestReconcile:
         assert len(calls(sim, "POST", JOBS)) == 1
 
     async def test_absent_job_is_known_absent(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """No job carries our notes (the search answers 204): known, without an id."""
         adapter = make_adapter(sim, session, store)
@@ -823,7 +823,7 @@ class TestReconcile:
         assert (found.known, found.vendor_job_id) == (True, None)
 
     async def test_unread_pages_make_the_answer_unknown(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """When more matching jobs exist than the pages it may read, the adapter says it cannot tell."""
         adapter = make_adapter(sim, session, store, search_page_size=1, search_max_pages=2)
@@ -841,7 +841,7 @@ class TestReconcile:
 
 class TestCancel:
     async def test_cancel_is_cancelling_then_cancelled(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """DELETE answers CANCELLING (still running for us); polls then read CANCELLED."""
         adapter = make_adapter(sim, session, store)
@@ -861,7 +861,7 @@ class TestCancel:
         assert (final.vendor_status, final.status) == ("CANCELLED", Status.CANCELLED)
 
     async def test_cancelling_a_finished_job_is_rejected(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """A FINISHED job cannot be cancelled: OpenGate's 400 is VendorRejected."""
         adapter = make_adapter(sim, session, store)
@@ -878,7 +878,7 @@ class TestCancel:
 
 class TestContract:
     async def test_unset_fields_are_left_out_and_cancel_is_a_bare_delete(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """Optional fields not set are not sent (no nulls); cancel is a DELETE of the job without a body."""
         adapter = make_adapter(sim, session, store)
@@ -910,7 +910,7 @@ class TestContract:
         assert delete["headers"]["X-ApiKey"] == API_KEY
 
     async def test_full_job_request_body(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore
     ) -> None:
         """Every optional field of the seed's job body is sent, in OpenGate's names and units."""
         adapter = make_adapter(sim, session, store)
@@ -977,26 +977,26 @@ class TestContract:
 
 class TestSimulator:
     async def test_a_started_job_cannot_be_changed(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
+        self, sim: OpenGateSimulator, session: HttpClient, probe: aiohttp.ClientSession, store: FileResultStore
     ) -> None:
         """Appending to an active job is a 400 with an errors body; the target stays as it was."""
         adapter = make_adapter(sim, session, store)
         job_id = (await adapter.submit(spec(og_job(["dev-1"])))).vendor_job_id
         change = {"job": {"request": {"target": {"append": {"entities": ["dev-2"]}}}}}
 
-        async with session.put(f"{sim.base_url}{JOBS}/{job_id}", json=change, headers={"X-ApiKey": API_KEY}) as put:
+        async with probe.put(f"{sim.base_url}{JOBS}/{job_id}", json=change, headers={"X-ApiKey": API_KEY}) as put:
             status, answer = put.status, await put.json()
 
         assert status == 400 and answer["errors"][0]["message"].startswith("a job can only be updated")
         assert sim.og(job_id).entities == ["dev-1"]
 
     async def test_search_refuses_fields_it_cannot_filter_on(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession
+        self, sim: OpenGateSimulator, probe: aiohttp.ClientSession
     ) -> None:
         """Like OpenGate, search/jobs refuses a filter on userNotes: the reason the adapter filters by name."""
         query = {"filter": {"and": [{"eq": {"userNotes": "export-worker:x"}}]}}
 
-        async with session.post(
+        async with probe.post(
             f"{sim.base_url}/north/v80/search/jobs", json=query, headers={"X-ApiKey": API_KEY}
         ) as search:
             status, answer = search.status, await search.json()
@@ -1008,10 +1008,10 @@ class TestSimulator:
         }
 
     async def test_calls_without_credentials_are_refused(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession
+        self, sim: OpenGateSimulator, probe: aiohttp.ClientSession
     ) -> None:
         """Neither X-ApiKey nor a valid JWT: 401, and no job is created."""
-        async with session.post(f"{sim.base_url}{JOBS}", json={}, headers={"X-ApiKey": "wrong"}) as create:
+        async with probe.post(f"{sim.base_url}{JOBS}", json={}, headers={"X-ApiKey": "wrong"}) as create:
             assert create.status == 401
         assert not sim.jobs
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.vendors.conftest import token_connection
@@ -21,7 +20,7 @@ from worker.runtime.connections import OTHER_OPERATION, build_connections
 from worker.simulators import available, module, simulator_class
 from worker.simulators.base import Simulator, Timing
 from worker.testing import eventually
-from worker.vendors import Cancellable, JobSpec, adapter_class, build_adapter, operations_of
+from worker.vendors import Cancellable, HttpClient, JobSpec, adapter_class, build_adapter, operations_of
 
 # A label set that grows with the data (pages, chunks, ids) has digits in it.
 NUMBERED = re.compile(r"\d")
@@ -53,7 +52,7 @@ def job_for(vendor: str, entities: int) -> dict[str, Any]:
 
 
 async def lifecycle(
-    vendor: str, sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path, *, entities: int
+    vendor: str, sim: Simulator, session: HttpClient, tmp_path: Path, *, entities: int
 ) -> tuple[set[str], Any]:
     """Every kind of call the adapter makes: token, submit (chunked), polls to the end
     (collecting in pages), a 401 refresh, reconcile (paged), cancel."""
@@ -101,7 +100,7 @@ class TestOperationLabels:
             assert OTHER_OPERATION not in declared, vendor
 
     async def test_the_labels_used_are_declared_and_do_not_grow_with_pages(
-        self, sim: Simulator, session: aiohttp.ClientSession, tmp_path: Path
+        self, sim: Simulator, session: HttpClient, tmp_path: Path
     ) -> None:
         vendor = sim.vendor
         few, adapter = await lifecycle(vendor, sim, session, tmp_path, entities=3)
@@ -111,9 +110,7 @@ class TestOperationLabels:
         assert many == few  # more chunks and pages: the same labels
         assert {"submit", "poll"} <= few
 
-    async def test_opengate_chunks_and_pages_are_one_label_each(
-        self, session: aiohttp.ClientSession, tmp_path: Path
-    ) -> None:
+    async def test_opengate_chunks_and_pages_are_one_label_each(self, session: HttpClient, tmp_path: Path) -> None:
         """The calls that used to carry numbers ("append 2/4", "collect page 3")."""
         if "opengate" not in available():
             pytest.skip("no OpenGate in this build")
@@ -131,9 +128,7 @@ class TestOperationLabels:
 
 
 class TestTheRuntimeKeepsLabelsBounded:
-    async def test_an_undeclared_operation_is_counted_as_other(
-        self, session: aiohttp.ClientSession, tmp_path: Path
-    ) -> None:
+    async def test_an_undeclared_operation_is_counted_as_other(self, session: HttpClient, tmp_path: Path) -> None:
         vendor = available()[0]
         metrics = Metrics()
         conn = module(vendor).demo_connection("http://127.0.0.1:9")

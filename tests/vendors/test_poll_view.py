@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import pytest
 
 from tests.vendors.conftest import token_connection
@@ -28,7 +27,7 @@ from worker.simulators.elasticpath import ElasticPathSimulator
 from worker.simulators.itron import ItronSimulator
 from worker.simulators.opengate import OpenGateSimulator
 from worker.simulators.unicommerce import UnicommerceSimulator
-from worker.vendors import JobSpec, VendorAdapter, build_adapter
+from worker.vendors import HttpClient, JobSpec, VendorAdapter, build_adapter
 from worker.vendors.elasticpath import ElasticPathAdapter
 from worker.vendors.itron import ItronAdapter
 from worker.vendors.opengate import OpenGateAdapter
@@ -133,7 +132,7 @@ class TestItron:
             yield simulator
 
     @pytest.fixture
-    def adapter(self, sim: ItronSimulator, session: aiohttp.ClientSession) -> ItronAdapter:
+    def adapter(self, sim: ItronSimulator, session: HttpClient) -> ItronAdapter:
         built = build_adapter("itron", token_connection("itron", sim.base_url), session)
         assert isinstance(built, ItronAdapter)
         return built
@@ -236,7 +235,7 @@ class TestUnicommerce:
             yield simulator
 
     @pytest.fixture
-    def adapter(self, sim: UnicommerceSimulator, session: aiohttp.ClientSession) -> UnicommerceAdapter:
+    def adapter(self, sim: UnicommerceSimulator, session: HttpClient) -> UnicommerceAdapter:
         built = build_adapter("uc", token_connection("unicommerce", sim.base_url), session)
         assert isinstance(built, UnicommerceAdapter)
         return built
@@ -292,9 +291,7 @@ class TestElasticPath:
             yield simulator
 
     @pytest.fixture
-    def adapter(
-        self, sim: ElasticPathSimulator, session: aiohttp.ClientSession, store: FileResultStore
-    ) -> ElasticPathAdapter:
+    def adapter(self, sim: ElasticPathSimulator, session: HttpClient, store: FileResultStore) -> ElasticPathAdapter:
         built = build_adapter("ep", token_connection("elasticpath", sim.base_url), session, result_store=store)
         assert isinstance(built, ElasticPathAdapter)
         return built
@@ -371,9 +368,7 @@ class TestOpenGate:
             yield simulator
 
     @pytest.fixture
-    def adapter(
-        self, sim: OpenGateSimulator, session: aiohttp.ClientSession, store: FileResultStore
-    ) -> OpenGateAdapter:
+    def adapter(self, sim: OpenGateSimulator, session: HttpClient, store: FileResultStore) -> OpenGateAdapter:
         # Small pages and chunks, so a job of a few hundred devices is submitted in chunks
         # and its operations are collected over several pages.
         conn = token_connection("opengate", sim.base_url, options={"max_entities": 100, "operations_page_size": 40})

@@ -14,7 +14,7 @@ from worker.errors import MalformedAnswer, VendorUnavailable
 from worker.result_store import FileResultStore
 from worker.simulators.elasticpath import ElasticPathSimulator
 from worker.testing import eventually
-from worker.vendors import build_adapter
+from worker.vendors import HttpClient, build_adapter
 from worker.vendors.elasticpath import ElasticPathAdapter
 
 
@@ -26,9 +26,7 @@ async def sim() -> AsyncIterator[ElasticPathSimulator]:
     await simulator.stop()
 
 
-def adapter_for(
-    sim: ElasticPathSimulator, session: aiohttp.ClientSession, timeout_s: float, results: Path
-) -> ElasticPathAdapter:
+def adapter_for(sim: ElasticPathSimulator, session: HttpClient, timeout_s: float, results: Path) -> ElasticPathAdapter:
     conn = ep_connection(sim.base_url, timeout_s=timeout_s)
     adapter = build_adapter("ep", conn, session, result_store=FileResultStore(results))
     assert isinstance(adapter, ElasticPathAdapter)
@@ -37,7 +35,7 @@ def adapter_for(
 
 class TestAnswerMarks:
     async def test_an_answered_submit_is_stamped_and_not_lost(
-        self, sim: ElasticPathSimulator, session: aiohttp.ClientSession, tmp_path: Path
+        self, sim: ElasticPathSimulator, session: HttpClient, tmp_path: Path
     ) -> None:
         """A job whose answer reached the client has its arrival and answer times, no loss mark."""
         await adapter_for(sim, session, 5.0, tmp_path).submit(job_spec("req-ok", "TAX_RUN"))
@@ -45,10 +43,10 @@ class TestAnswerMarks:
         assert job.received is not None and job.answered is not None
         assert job.received <= job.answered
         assert job.answer_lost is None
-        assert job.client is not None and "aiohttp" in job.client  # the caller's User-Agent
+        assert job.client == "export-worker/test"  # the caller's User-Agent
 
     async def test_a_dropped_answer_is_marked(
-        self, sim: ElasticPathSimulator, session: aiohttp.ClientSession, tmp_path: Path
+        self, sim: ElasticPathSimulator, session: HttpClient, tmp_path: Path
     ) -> None:
         """lost_submit creates the job and drops the connection: the job says so."""
         sim.faults.plan.next_lost_submit = 1
@@ -58,7 +56,7 @@ class TestAnswerMarks:
         assert job.answer_lost == "dropped"
 
     async def test_an_answer_held_past_the_client_timeout_is_marked(
-        self, sim: ElasticPathSimulator, session: aiohttp.ClientSession, tmp_path: Path
+        self, sim: ElasticPathSimulator, session: HttpClient, tmp_path: Path
     ) -> None:
         """A held answer the client stopped waiting for marks the job it created client_gone."""
         adapter = adapter_for(sim, session, 0.5, tmp_path)
@@ -82,7 +80,7 @@ class TestAnswerMarks:
         assert warm.answer_lost is None
 
     async def test_an_answer_in_the_wrong_content_type_is_marked_garbled(
-        self, sim: ElasticPathSimulator, session: aiohttp.ClientSession, tmp_path: Path
+        self, sim: ElasticPathSimulator, session: HttpClient, tmp_path: Path
     ) -> None:
         """wrong_content_type runs the call (the job exists) but its answer cannot be read."""
         adapter = adapter_for(sim, session, 5.0, tmp_path)

@@ -31,7 +31,7 @@ from worker.runtime import Worker
 from worker.simulators.base import Timing
 from worker.simulators.unicommerce import UnicommerceSimulator, sample_job
 from worker.testing import OutputReader, Publisher, eventually, terminal
-from worker.vendors import build_adapter, validator
+from worker.vendors import HttpClient, build_adapter, validator
 from worker.vendors.base import JobSpec
 from worker.vendors.unicommerce import UnicommerceAdapter
 
@@ -101,7 +101,7 @@ async def uc_sim() -> AsyncIterator[UnicommerceSimulator]:
 
 
 @pytest.fixture
-def adapter(uc_sim: UnicommerceSimulator, session: aiohttp.ClientSession) -> UnicommerceAdapter:
+def adapter(uc_sim: UnicommerceSimulator, session: HttpClient) -> UnicommerceAdapter:
     built = build_adapter("uc", uc_connection(uc_sim.base_url), session)
     assert isinstance(built, UnicommerceAdapter)
     return built
@@ -172,7 +172,7 @@ class TestValidate:
 
 class TestHappyPath:
     async def test_an_export_ends_with_its_csv_link(
-        self, adapter: UnicommerceAdapter, uc_sim: UnicommerceSimulator, session: aiohttp.ClientSession
+        self, adapter: UnicommerceAdapter, uc_sim: UnicommerceSimulator, probe: aiohttp.ClientSession
     ) -> None:
         """Create gives a job code; the job ends SUCCEEDED with the filePath as a CSV link."""
         spec = job_spec("req-happy")
@@ -185,7 +185,7 @@ class TestHappyPath:
         assert done.file is not None
         assert done.file.url == f"{uc_sim.base_url}/files/{submitted.vendor_job_id}.csv"
         assert (done.file.format, done.file.expires_at_ms) == ("csv", None)
-        async with session.get(done.file.url) as response:
+        async with probe.get(done.file.url) as response:
             assert response.status == 200
             rows = list(csv.reader(io.StringIO(await response.text())))
         assert rows[0] == COLUMNS and len(rows) == 3
@@ -361,7 +361,7 @@ class TestAuth:
             await adapter.poll(spec, submitted.vendor_job_id)
 
     async def test_a_wrong_password_is_auth_failed_without_the_password(
-        self, uc_sim: UnicommerceSimulator, session: aiohttp.ClientSession
+        self, uc_sim: UnicommerceSimulator, session: HttpClient
     ) -> None:
         """A refused login is AuthFailed; the password appears nowhere in the error."""
         bad = build_adapter("uc", uc_connection(uc_sim.base_url, password=SecretRef(value="hunter2-xyz")), session)

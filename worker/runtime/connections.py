@@ -5,14 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from worker.config import ConnectionConfig, ConnectionsFile, Settings, policy_for
 from worker.engine.policy import Policy
 from worker.errors import ConfigError, RateLimited
 from worker.observability import Metrics
 from worker.tracing import Tracing
-from worker.vendors import Cancellable, HttpLimits, VendorAdapter, build_adapter, operations_of
+from worker.vendors import Cancellable, HttpClient, HttpLimits, VendorAdapter, build_adapter, operations_of
 
 # The operation label of a call an adapter did not declare (keeps the label set bounded).
 OTHER_OPERATION = "other"
@@ -34,7 +32,7 @@ class Connection:
 
 def build_connections(
     configs: dict[str, ConnectionConfig],
-    session: aiohttp.ClientSession,
+    client: HttpClient,
     metrics: Metrics,
     *,
     defaults: Policy | None = None,
@@ -65,7 +63,7 @@ def build_connections(
                 metrics.rate_limited.labels(vendor, connection).inc()
 
         adapter = build_adapter(
-            name, conf, session, observe=observe, limits=limits, tracing=tracing, result_store=result_store
+            name, conf, client, observe=observe, limits=limits, tracing=tracing, result_store=result_store
         )
         policy = policy_for(
             conf,

@@ -26,7 +26,6 @@ import random
 import time
 from typing import Any
 
-import aiohttp
 import structlog
 from confluent_kafka import TopicPartition
 
@@ -69,7 +68,7 @@ from worker.runtime.watchdog import LoopWatchdog
 from worker.store import StoreError, StoreMemory, StoreOptions, StoreSet
 from worker.store.cleanup import DEPARTED_MIN_AGE_MS, CleanupPolicy
 from worker.tracing import Tracing
-from worker.vendors import HttpLimits, vendor_session
+from worker.vendors import HttpClient, HttpLimits, vendor_session
 from worker.version import __version__
 
 log = structlog.get_logger("export_worker")
@@ -144,7 +143,7 @@ class Worker:
         self.producer: TransactionalProducer | None = None
         self.side_port: SidePort | None = None
         self._control: ControlFollower | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._session: HttpClient | None = None
         self._started = False
         self._joined = False  # the first assignment (possibly empty) has come
         self._stopping = False

@@ -6,17 +6,17 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from worker.config import ConnectionConfig
 from worker.errors import ConfigError
 from worker.tracing import Tracing
 from worker.vendor_registry import REGISTRY
 from worker.vendors.base import Cancellable, JobSpec, VendorAdapter
 from worker.vendors.http import HttpLimits, Observer, VendorHttp, vendor_session
+from worker.vendors.transport import HttpClient
 
 __all__ = [
     "Cancellable",
+    "HttpClient",
     "HttpLimits",
     "JobSpec",
     "VendorAdapter",
@@ -57,7 +57,7 @@ def validator(vendor: str) -> Validator:
 def build_adapter(
     name: str,
     conn: ConnectionConfig,
-    session: aiohttp.ClientSession,
+    client: HttpClient,
     *,
     observe: Observer | None = None,
     limits: HttpLimits | None = None,
@@ -68,7 +68,7 @@ def build_adapter(
     (e.g. ``result_store`` for vendors whose result the worker collects). ``limits``
     bound its vendor's answers (the defaults when omitted)."""
     http = VendorHttp(
-        session,
+        client,
         connection=name,
         base_url=conn.base_url,
         timeout_s=conn.timeout_s,

@@ -1,7 +1,7 @@
 """The vendor seam: one small Protocol per capability.
 
 Adapters answer with the engine's own event records (SubmitAnswered, PollAnswered, ...)
-and raise ``worker.errors.VendorError`` subclasses; no aiohttp type leaves ``vendors/``.
+and raise ``worker.errors.VendorError`` subclasses; no transport type leaves ``vendors/``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one HTTP mechanism every adapter uses: a shared aiohttp session, auth with
+"""The one HTTP mechanism every adapter uses: a shared HTTP client, auth with
 token refresh (refresh before expiry; on a 401 refresh once and retry), and the
 translation of transport errors and status codes into ``worker.errors``.
 
@@ -20,10 +20,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlencode
 
-import aiohttp
 from opentelemetry import trace
 from pydantic import SecretStr
+from yarl import URL
 
 from worker.errors import (
     AnswerTooLarge,
@@ -42,6 +43,7 @@ from worker.limits import (
 )
 from worker.redaction import excerpt
 from worker.tracing import Tracing, path_template
+from worker.vendors.transport import BodyTooLarge, ConnectFailed, HttpClient, TransportError
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -49,7 +51,6 @@ if TYPE_CHECKING:
 Observer = Callable[[str, str, float, str], None]  # (connection, operation, seconds, outcome)
 Describe = Callable[["Answer"], str]  # a vendor's own words for a refused answer (redacted)
 
-READ_CHUNK_BYTES = 64 * 1024
 # Media types an answer may declare and still be read as JSON (besides any ``...json``):
 # none at all, and text/plain, which some gateways put on JSON. Anything else (an HTML
 # error page, a file) is not the API's answer.
@@ -59,19 +60,14 @@ MAX_TOKEN_LIFETIME_S = 30 * 86_400.0
 DEFAULT_TOKEN_LIFETIME_S = 3600.0
 
 
-def vendor_session(user_agent: str) -> aiohttp.ClientSession:
-    """The one session every connection's calls go through.
+def vendor_session(user_agent: str) -> HttpClient:
+    """The one HTTP client every connection's calls go through (``worker.vendors.transport``).
 
-    Cookies are never kept: no vendor API in scope uses them, and a vendor setting a new
-    one with every answer would otherwise grow the jar without bound. The session puts
-    no cap of its own on open connections (aiohttp's default is 100): each vendor
-    connection's ``max_concurrency`` bounds its calls, and a session-wide cap below their
-    sum would queue calls inside aiohttp with their timeouts already running."""
-    return aiohttp.ClientSession(
-        headers={"User-Agent": user_agent},
-        cookie_jar=aiohttp.DummyCookieJar(),
-        connector=aiohttp.TCPConnector(limit=0),
-    )
+    It keeps no cookies (no vendor API in scope uses them), follows no redirects and puts
+    no cap of its own on open connections: each vendor connection's ``max_concurrency``
+    bounds its calls, and a client-wide cap below their sum would queue calls with their
+    timeouts already running."""
+    return HttpClient(user_agent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +272,7 @@ class VendorHttp:
     """HTTP for one connection: base URL, auth, timeouts, answer limits and error mapping.
 
     Args:
-        session: shared aiohttp session (one per process).
+        client: the shared HTTP client (one per process, ``vendor_session``).
         base_url: the vendor's base URL, without a trailing slash.
         auth: how to authenticate.
         timeout_s: total time allowed per call (connecting, sending, reading the answer).
@@ -287,7 +283,7 @@ class VendorHttp:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: HttpClient,
         *,
         connection: str,
         base_url: str,
@@ -297,12 +293,12 @@ class VendorHttp:
         limits: HttpLimits | None = None,
         tracing: Tracing | None = None,
     ) -> None:
-        self.session = session
+        self.client = client
         self.connection = connection
         self._tracing = tracing or Tracing()
         self.base_url = base_url.rstrip("/")
         self.auth: Auth = auth or NoAuth()
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeout_s = timeout_s
         self.limits = limits or HttpLimits()
         self._observe = observe
 
@@ -408,52 +404,38 @@ class VendorHttp:
         all_headers: dict[str, str] = {"Accept": "application/json"}
         if authenticated:
             all_headers.update(await self._credentials(name))
+        payload: bytes | None = None
+        if json_body is not None:
+            payload = json.dumps(json_body).encode()
+            all_headers["Content-Type"] = "application/json"
+        elif data is not None:
+            payload = urlencode(data).encode()
+            all_headers["Content-Type"] = "application/x-www-form-urlencoded"
         if headers:
             all_headers.update(headers)
+        url = URL(self.url(path))
+        if params:
+            url = url.extend_query(params)
         # A request that never reached the vendor cannot have created anything.
         reached = method.upper() not in ("GET", "HEAD")
         try:
-            async with self.session.request(
+            status, answer_headers, body = await self.client.request(
                 method,
-                self.url(path),
-                json=json_body,
-                data=data,
-                params=params,
+                url,
                 headers=all_headers,
-                timeout=self.timeout,
-                allow_redirects=False,
-            ) as response:
-                body = await self._read(response, name, reached)
-                return Answer(response.status, response.headers, body)  # case-insensitive names
-        except aiohttp.ClientConnectorError as exc:
-            raise VendorUnavailable(
-                f"{name}: cannot connect: {exc.os_error.strerror or exc}", outcome_unknown=False
-            ) from None
+                body=payload,
+                timeout_s=self.timeout_s,
+                max_body_bytes=self.limits.max_answer_bytes,
+            )
+        except ConnectFailed as exc:
+            raise VendorUnavailable(f"{name}: cannot connect: {exc}", outcome_unknown=False) from None
         except TimeoutError:
             raise VendorUnavailable(f"{name}: timed out waiting for the answer", outcome_unknown=reached) from None
-        except aiohttp.ClientError as exc:
-            raise VendorUnavailable(
-                f"{name}: connection failed: {type(exc).__name__}", outcome_unknown=reached
-            ) from None
-
-    async def _read(self, response: aiohttp.ClientResponse, name: str, reached: bool) -> bytes:
-        """The body, read in chunks and refused (the connection closed) once it is over
-        ``max_answer_bytes``: a declared Content-Length is checked first, and a chunked or
-        compressed answer is counted as it arrives."""
-        limit = self.limits.max_answer_bytes
-        declared = response.content_length
-        if declared is not None and declared > limit:
-            response.close()
-            raise self._too_large(response.status, name, reached, f"declares {declared} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
-            size += len(chunk)
-            if size > limit:
-                response.close()
-                raise self._too_large(response.status, name, reached, "stopped reading")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        except BodyTooLarge as exc:
+            raise self._too_large(exc.status, name, reached, exc.how) from None
+        except TransportError as exc:
+            raise VendorUnavailable(f"{name}: connection failed: {exc}", outcome_unknown=reached) from None
+        return Answer(status, answer_headers, body)  # case-insensitive names
 
     def _too_large(self, status: int, name: str, reached: bool, how: str) -> AnswerTooLarge:
         return AnswerTooLarge(

@@ -104,7 +104,7 @@ def user_notes(request_id: str) -> str:
 
 
 def body_size(body: Any) -> int:
-    """Bytes on the wire: aiohttp serialises ``json=`` bodies with plain ``json.dumps``."""
+    """Bytes on the wire: ``VendorHttp`` serialises ``json_body`` with plain ``json.dumps``."""
     return len(json.dumps(body).encode())
 
 

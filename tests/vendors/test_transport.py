@@ -1,0 +1,484 @@
+"""The HTTP client every vendor call goes through (``worker.vendors.transport``), against
+real local servers: aiohttp's for well-behaved answers, raw sockets for answers no proper
+server would send. Keep-alive, what is never kept (cookies, broken or timed-out
+connections), every bound an answer meets, HTTPS, and no cap of the client's own."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+
+from worker.errors import AnswerTooLarge, VendorUnavailable
+from worker.testing import eventually, local_app
+from worker.vendors import HttpClient, VendorHttp, vendor_session
+from worker.vendors.http import HttpLimits
+from worker.vendors.transport import (
+    BodyTooLarge,
+    ConnectFailed,
+    ConnectionBroken,
+    HeadTooLarge,
+    WireLimits,
+)
+
+LIMIT = 64 * 1024  # the body bound of these tests' calls
+CONCURRENT = 150  # above aiohttp's default cap of 100 connections per session
+
+
+async def call(client: HttpClient, url: str, method: str = "GET", **options: Any) -> tuple[int, Any, bytes]:
+    options.setdefault("timeout_s", 5.0)
+    options.setdefault("max_body_bytes", LIMIT)
+    return await client.request(method, url, **options)
+
+
+# ---- a well-behaved server -------------------------------------------------------------
+
+
+class Peers:
+    """The client ports an aiohttp server saw (one per connection) and what it was sent."""
+
+    def __init__(self) -> None:
+        self.ports: set[int] = set()
+        self.requests: list[dict[str, Any]] = []
+        self.waiting = 0
+        self.all_in = asyncio.Event()
+        self.release = asyncio.Event()
+
+
+@pytest.fixture
+async def good() -> AsyncIterator[tuple[str, Peers]]:
+    peers = Peers()
+    counter = itertools.count()
+
+    async def record(request: web.Request) -> None:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            peers.ports.add(peer[1])
+        peers.requests.append(
+            {
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": dict(request.headers),
+                "body": await request.read(),
+            }
+        )
+
+    async def echo(request: web.Request) -> web.Response:
+        await record(request)
+        return web.json_response({"n": len(peers.requests)})
+
+    async def cookie(request: web.Request) -> web.Response:
+        await record(request)
+        response = web.json_response({"cookie": request.headers.get("Cookie")})
+        response.set_cookie(f"session-{next(counter)}", "x" * 100)
+        return response
+
+    async def close(request: web.Request) -> web.Response:
+        await record(request)
+        return web.json_response({}, headers={"Connection": "close"})
+
+    async def held(request: web.Request) -> web.Response:
+        peers.waiting += 1
+        if peers.waiting >= CONCURRENT:
+            peers.all_in.set()
+        await peers.release.wait()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/cookie", cookie)
+    app.router.add_get("/close", close)
+    app.router.add_get("/held", held)
+    async with local_app(app) as port:
+        try:
+            yield f"http://127.0.0.1:{port}", peers
+        finally:
+            peers.release.set()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[HttpClient]:
+    async with vendor_session("export-worker/test") as http:
+        yield http
+
+
+class TestKeepAlive:
+    async def test_calls_in_turn_share_one_connection(self, client: HttpClient, good: tuple[str, Peers]) -> None:
+        url, peers = good
+        for n in range(1, 21):
+            status, headers, body = await call(client, f"{url}/echo")
+            assert status == 200 and json.loads(body) == {"n": n}
+            assert headers["content-type"].startswith("application/json")  # names are case-insensitive
+        assert len(peers.ports) == 1 and client.connections_made == 1 and client.idle_connections() == 1
+
+    async def test_connection_close_is_honoured(self, client: HttpClient, good: tuple[str, Peers]) -> None:
+        url, peers = good
+        for _ in range(3):
+            await call(client, f"{url}/close")
+        assert len(peers.ports) == 3 and client.idle_connections() == 0
+
+    async def test_an_unused_connection_expires(self, good: tuple[str, Peers]) -> None:
+        url, peers = good
+        async with HttpClient("t", limits=WireLimits(idle_timeout_s=0.05)) as client:
+            await call(client, f"{url}/echo")
+            idle_since = time.monotonic()
+            await asyncio.sleep(0.1)  # the time under test: longer than the idle timeout
+            assert time.monotonic() - idle_since > 0.05
+            await call(client, f"{url}/echo")
+        assert len(peers.ports) == 2
+
+    async def test_cookies_a_vendor_sets_are_never_sent_back(self, client: HttpClient, good: tuple[str, Peers]) -> None:
+        url, _ = good
+        # By name, not by address: a cookie jar would keep no cookies of an IP address.
+        answers = [
+            json.loads((await call(client, f"{url.replace('127.0.0.1', 'localhost')}/cookie"))[2]) for _ in range(5)
+        ]
+        assert [a["cookie"] for a in answers] == [None] * 5
+
+    async def test_no_cap_of_its_own_on_concurrent_calls(self, client: HttpClient, good: tuple[str, Peers]) -> None:
+        url, peers = good
+        calls = [asyncio.create_task(call(client, f"{url}/held", timeout_s=30.0)) for _ in range(CONCURRENT)]
+        try:
+            # With aiohttp's default cap, 50 of them would wait for a connection and never arrive.
+            await asyncio.wait_for(peers.all_in.wait(), timeout=20)
+        finally:
+            peers.release.set()
+            answers = await asyncio.gather(*calls)
+        assert {a[0] for a in answers} == {200} and client.idle_connections() == CONCURRENT
+
+    async def test_closing_the_client_closes_its_connections(self, good: tuple[str, Peers]) -> None:
+        url, _ = good
+        client = HttpClient("t")
+        await call(client, f"{url}/echo")
+        assert client.idle_connections() == 1
+        await client.close()
+        assert client.idle_connections() == 0
+        with pytest.raises(RuntimeError):
+            await call(client, f"{url}/echo")
+
+
+class TestWhatIsSent:
+    async def test_bodies_headers_and_query_as_the_adapters_give_them(self, good: tuple[str, Peers]) -> None:
+        url, peers = good
+        async with vendor_session("export-worker/1.0 (w-1)") as client:
+            http = VendorHttp(client, connection="c", base_url=url)
+            await http.call("POST", "/echo", operation="submit", json_body={"a": [1, "é"]}, authenticated=False)
+            await http.call("POST", "/echo", operation="token", data={"k": "v w", "x": "&="}, authenticated=False)
+            await http.call(
+                "GET", "/echo?fixed=1", operation="poll", params={"page[limit]": "5"}, headers={"X-Id": "7"}
+            )
+        sent_json, sent_form, sent_get = peers.requests
+        assert json.loads(sent_json["body"]) == {"a": [1, "é"]}
+        assert sent_json["headers"]["Content-Type"] == "application/json"
+        assert sent_form["body"] == b"k=v+w&x=%26%3D"
+        assert sent_form["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+        assert sent_get["path"] == "/echo?fixed=1&page%5Blimit%5D=5"
+        assert sent_get["body"] == b"" and "Content-Length" not in sent_get["headers"]
+        assert sent_get["headers"]["X-Id"] == "7" and sent_get["headers"]["Accept"] == "application/json"
+        assert {r["headers"]["User-Agent"] for r in peers.requests} == {"export-worker/1.0 (w-1)"}
+        assert {r["headers"]["Host"] for r in peers.requests} == {url.removeprefix("http://")}
+
+    @pytest.mark.parametrize("value", ["tok\r\nX-Evil: 1", "tok\nX-Evil: 1", "tok\x00"])
+    async def test_a_header_value_with_a_line_break_is_never_written(
+        self, client: HttpClient, good: tuple[str, Peers], value: str
+    ) -> None:
+        url, peers = good
+        with pytest.raises(ValueError) as refused:
+            await call(client, f"{url}/echo", headers={"Authorization": value})
+        assert "tok" not in str(refused.value)  # a value may be a credential: never echoed
+        assert peers.requests == [] and client.connections_made == 0
+
+    async def test_not_http_is_refused(self, client: HttpClient) -> None:
+        for url in ("ftp://127.0.0.1/x", "file:///etc/passwd", "http:///nohost"):
+            with pytest.raises(ValueError):
+                await call(client, url)
+
+
+# ---- servers no vendor should be -------------------------------------------------------
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Raw:
+    """A TCP server whose every connection runs ``handler``; counts connections and the
+    ones that ended (the client closed them)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.ended = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.ended += 1
+            writer.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+async def until_closed(reader: asyncio.StreamReader) -> None:
+    """Wait for the client to close the connection (what the server is left to see)."""
+    while await reader.read(65536):
+        pass
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[str, Raw]]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> tuple[str, Raw]:
+        state = Raw(handler)
+        server = await asyncio.start_server(state.serve, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", state
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+RawServer = Callable[[Handler], Awaitable[tuple[str, Raw]]]
+
+
+class TestHostileAnswers:
+    async def test_a_declared_length_over_the_bound_is_refused_unread(self, client: HttpClient, raw: RawServer) -> None:
+        async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n{")
+            await until_closed(reader)  # sends nothing more: only the header can refuse it
+
+        url, server = await raw(huge)
+        with pytest.raises(BodyTooLarge) as refused:
+            await call(client, url, timeout_s=30.0)
+        assert refused.value.status == 200 and "declares 1000000000 bytes" in refused.value.how
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+
+    @pytest.mark.parametrize("framing", ["chunked", "until close"])
+    async def test_an_endless_body_is_cut_at_the_bound(self, client: HttpClient, raw: RawServer, framing: str) -> None:
+        async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            chunked = framing == "chunked"
+            writer.write(b"HTTP/1.1 200 OK\r\n" + (b"Transfer-Encoding: chunked\r\n" if chunked else b"") + b"\r\n")
+            piece = b"x" * 8192
+            while True:
+                writer.write(b"2000\r\n" + piece + b"\r\n" if chunked else piece)
+                await writer.drain()
+
+        url, server = await raw(endless)
+        started = time.monotonic()
+        with pytest.raises(BodyTooLarge) as refused:
+            await call(client, url, timeout_s=30.0)
+        assert refused.value.how == "stopped reading"
+        assert time.monotonic() - started < 10.0  # at the bound, not at the end of the timeout
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+
+    async def test_a_body_that_ends_with_the_connection_is_read_whole(self, client: HttpClient, raw: RawServer) -> None:
+        async def unframed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"status": "done"}')
+            await writer.drain()
+
+        url, server = await raw(unframed)
+        assert (await call(client, url))[::2] == (200, b'{"status": "done"}')
+        assert (await call(client, url))[0] == 200
+        assert server.connections == 2  # such a connection cannot be reused
+
+    @pytest.mark.parametrize("shape", ["many fields", "one huge field", "a header without end"])
+    async def test_headers_past_their_bound_are_refused(self, client: HttpClient, raw: RawServer, shape: str) -> None:
+        async def heads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            if shape == "many fields":
+                writer.write(b"".join(b"X-%d: v\r\n" % i for i in range(200)) + b"Content-Length: 2\r\n\r\n{}")
+            elif shape == "one huge field":
+                writer.write(b"X-Big: " + b"v" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}")
+            else:
+                while True:  # a value that never ends
+                    writer.write(b"X-Endless: " + b"v" * 65536)
+                    await writer.drain()
+            await until_closed(reader)
+
+        url, server = await raw(heads)
+        with pytest.raises(HeadTooLarge):
+            await call(client, url, timeout_s=30.0)
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+
+    @pytest.mark.parametrize(
+        "answer",
+        [
+            b"garbage\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nX: a\nb\r\nContent-Length: 2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\n{}",
+        ],
+    )
+    async def test_an_answer_that_is_not_http_breaks_only_its_call(
+        self, client: HttpClient, raw: RawServer, answer: bytes
+    ) -> None:
+        async def bad(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(answer)
+            await until_closed(reader)
+
+        url, server = await raw(bad)
+        with pytest.raises(ConnectionBroken):
+            await call(client, url)
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+
+        async def good(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(OK)
+            await until_closed(reader)
+
+        url, _ = await raw(good)
+        assert (await call(client, url))[::2] == (200, b"{}")
+
+    async def test_an_interim_answer_is_skipped(self, client: HttpClient, raw: RawServer) -> None:
+        async def interim(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+
+        url, server = await raw(interim)
+        for _ in range(3):
+            assert (await call(client, url))[::2] == (200, b"{}")
+        assert server.connections == 1
+
+    async def test_bytes_nobody_asked_for_drop_the_connection(self, client: HttpClient, raw: RawServer) -> None:
+        async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(OK + OK)  # a second answer to a request never made
+            await until_closed(reader)
+
+        url, server = await raw(chatty)
+        assert (await call(client, url))[::2] == (200, b"{}")
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+        assert client.idle_connections() == 0
+
+    async def test_a_timeout_ends_the_call_and_its_connection(self, client: HttpClient, raw: RawServer) -> None:
+        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            await until_closed(reader)
+
+        url, server = await raw(hang)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await call(client, url, timeout_s=0.3)
+        assert time.monotonic() - started < 2.0
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+
+    async def test_a_kept_connection_the_server_dropped_is_retried_only_when_safe(
+        self, client: HttpClient, raw: RawServer
+    ) -> None:
+        async def one_answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(OK)  # keep-alive, as far as the client knows
+            await read_request(reader)  # ... but the next request is never answered
+
+        url, server = await raw(one_answer_each)
+        await call(client, url)
+        assert (await call(client, url))[::2] == (200, b"{}")  # a GET goes again, on a new connection
+        assert server.connections == 2
+        with pytest.raises(ConnectionBroken):  # a POST the server may have acted on does not
+            await call(client, url, "POST", body=b"{}")
+        assert server.connections == 2
+
+    async def test_nobody_listening(self, client: HttpClient, raw: RawServer) -> None:
+        url, _ = await raw(read_request)  # type: ignore[arg-type]
+        closed = url.rsplit(":", 1)[0] + ":1"
+        with pytest.raises(ConnectFailed):
+            await call(client, closed)
+
+
+class TestVendorHttpErrors:
+    """How ``VendorHttp`` names what the client raised."""
+
+    async def test_each_transport_failure_is_a_vendor_error(self, client: HttpClient, raw: RawServer) -> None:
+        async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n")
+            await until_closed(reader)
+
+        async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"nonsense\r\n\r\n")
+
+        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await until_closed(reader)
+
+        limits = HttpLimits(max_answer_bytes=LIMIT)
+        for handler, expected, words in (
+            (huge, AnswerTooLarge, "declares 99999999 bytes"),
+            (broken, VendorUnavailable, "connection failed: the answer is not HTTP/1.1"),
+            (hang, VendorUnavailable, "timed out waiting for the answer"),
+        ):
+            url, _ = await raw(handler)
+            http = VendorHttp(client, connection="c", base_url=url, timeout_s=0.5, limits=limits)
+            for method, may_have_acted in (("GET", False), ("POST", True)):
+                with pytest.raises(expected) as failed:
+                    await http.call(method, "/x", operation="poll", authenticated=False)
+                assert words in failed.value.message
+                assert failed.value.outcome_unknown is may_have_acted
+        http = VendorHttp(client, connection="c", base_url="http://127.0.0.1:1", limits=limits)
+        with pytest.raises(VendorUnavailable) as refused:
+            await http.call("POST", "/x", operation="submit", authenticated=False)
+        assert "cannot connect" in refused.value.message and refused.value.outcome_unknown is False
+
+
+# ---- HTTPS -------------------------------------------------------------------------------
+
+
+class TestHttps:
+    @pytest.fixture
+    async def tls(self) -> AsyncIterator[tuple[str, trustme.CA]]:
+        ca = trustme.CA()
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(server_context)
+
+        async def hello(request: web.Request) -> web.Response:
+            return web.json_response({"secure": request.secure})
+
+        app = web.Application()
+        app.router.add_get("/hello", hello)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+        await site.start()
+        try:
+            yield f"https://localhost:{site._server.sockets[0].getsockname()[1]}", ca  # type: ignore[union-attr]
+        finally:
+            await runner.cleanup()
+
+    async def test_a_trusted_certificate(self, tls: tuple[str, trustme.CA]) -> None:
+        url, ca = tls
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        async with HttpClient("t", ssl_context=context) as client:
+            for _ in range(2):
+                status, _, body = await call(client, f"{url}/hello")
+                assert (status, json.loads(body)) == (200, {"secure": True})
+            assert client.connections_made == 1
+
+    async def test_an_unknown_certificate_is_refused_before_sending(self, tls: tuple[str, trustme.CA]) -> None:
+        url, _ = tls
+        async with HttpClient("t") as client:  # the system's CAs: the test CA is not among them
+            with pytest.raises(ConnectFailed) as refused:
+                await call(client, f"{url}/hello")
+        assert "certificate" in str(refused.value).lower()
