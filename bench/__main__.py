@@ -15,7 +15,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from bench import budgets, capacity, exclusive, latency, politeness, restore, store, throughput
+from bench import budgets, capacity, exclusive, http_client, latency, politeness, restore, store, throughput
 from bench import console as console_bench
 from bench.common import WORKDIR, broker
 
@@ -88,6 +88,17 @@ async def run(quick: bool) -> list[str]:
             ">= 0.80",
         )
         lines.append(line("tracing_sampled_vs_off", t.sampled_tracing_ratio, ">=0.80", t.sampled_tracing_ratio >= 0.8))
+
+        step("HTTP client")
+        h = await http_client.measure(6_000 if quick else 30_000)
+        table.add_row(
+            f"CPU per vendor call, HTTP client alone ({http_client.CONCURRENCY} polls at a time)",
+            f"{h.client_us:.0f} µs (the worker's client)",
+            f"{h.aiohttp_us:.0f} µs aiohttp's client, rounds alternating",
+            f"{h.ratio:.2f}",
+            "info",
+        )
+        lines.append(line("http_client_cpu_per_call_vs_aiohttp", h.ratio, "info", True))
 
         step("open-job capacity and memory")
         c = await capacity.measure(bootstrap, 10_000 if quick else 50_000, 20.0 if quick else capacity.INTERVAL_S)
