@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from tests.conftest import itron_connection
@@ -51,10 +50,13 @@ async def test_an_operator_finds_a_request_and_follows_its_lineage(
             field = await page.by_label("Request id (or its start)")
             await page.call(field.send_keys, wanted + Keys.ENTER)
             await page.text_appears("table caption", "Jobs, latest update first")
-            links = await page.call(page.driver.find_elements, By.CSS_SELECTOR, "tbody a[href^='/jobs/']")
-            assert [link.text for link in links] == [wanted]
+            # The list page before the search has the same caption: wait for the search's
+            # answer itself, its links found and read in one script (an element found by
+            # one call can be gone by the next, the page having moved on meanwhile).
+            listed = "return [...document.querySelectorAll(\"tbody a[href^='/jobs/']\")].map(e => e.innerText)"
+            await page.wait_for(lambda driver: driver.execute_script(listed) == [wanted], f"only {wanted} listed")
             await page.screenshot("jobs")
-            await page.call(links[0].click)
+            await page.script("document.querySelector(\"tbody a[href^='/jobs/']\").click()")
 
             await page.text_appears("h1", wanted)
             text = await page.text()
