@@ -8,18 +8,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 import ssl
+import struct
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import trustme
 from aiohttp import web
+from yarl import URL
 
 from worker.errors import AnswerTooLarge, VendorUnavailable
 from worker.testing import eventually, local_app
-from worker.vendors import HttpClient, VendorHttp, vendor_session
+from worker.vendors import HttpClient, VendorHttp, transport, vendor_session
 from worker.vendors.http import HttpLimits
 from worker.vendors.transport import (
     BodyTooLarge,
@@ -135,6 +139,28 @@ class TestKeepAlive:
             await call(client, f"{url}/echo")
         assert len(peers.ports) == 2
 
+    async def test_an_unused_connection_is_closed_without_another_call(self, raw: RawServer) -> None:
+        url, server = await raw(answer_each)
+        async with HttpClient("t", limits=WireLimits(idle_timeout_s=0.1)) as client:
+            await call(client, url)
+            await eventually(lambda: server.ended == 1, timeout=5, what="the idle connection closed")
+            assert client.idle_connections() == 0
+
+    async def test_a_call_that_must_not_go_twice_takes_only_a_connection_used_just_now(
+        self, raw: RawServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(transport, "FRESH_FOR_UNSAFE_S", 0.05)
+        url, server = await raw(answer_each)
+        async with HttpClient("t") as client:
+            await call(client, url, "POST", body=b"{}")
+            await call(client, url, "POST", body=b"{}")  # at once: the same connection
+            assert server.connections == 1
+            await asyncio.sleep(0.1)  # the time under test: longer than FRESH_FOR_UNSAFE_S
+            await call(client, url, "POST", body=b"{}")
+            assert server.connections == 2
+            await call(client, url)  # a GET takes the older one still kept
+            assert server.connections == 2
+
     async def test_cookies_a_vendor_sets_are_never_sent_back(self, client: HttpClient, good: tuple[str, Peers]) -> None:
         url, _ = good
         # By name, not by address: a cookie jar would keep no cookies of an IP address.
@@ -184,6 +210,7 @@ class TestWhatIsSent:
         assert sent_get["body"] == b"" and "Content-Length" not in sent_get["headers"]
         assert sent_get["headers"]["X-Id"] == "7" and sent_get["headers"]["Accept"] == "application/json"
         assert {r["headers"]["User-Agent"] for r in peers.requests} == {"export-worker/1.0 (w-1)"}
+        assert {r["headers"]["Accept-Encoding"] for r in peers.requests} == {"identity"}
         assert {r["headers"]["Host"] for r in peers.requests} == {url.removeprefix("http://")}
 
     @pytest.mark.parametrize("value", ["tok\r\nX-Evil: 1", "tok\nX-Evil: 1", "tok\x00"])
@@ -196,6 +223,31 @@ class TestWhatIsSent:
         assert "tok" not in str(refused.value)  # a value may be a credential: never echoed
         assert peers.requests == [] and client.connections_made == 0
 
+    @pytest.mark.parametrize("name", ["Host", "content-length", "Transfer-Encoding", "Connection", "User-Agent"])
+    async def test_a_header_the_client_writes_itself_is_refused(
+        self, client: HttpClient, good: tuple[str, Peers], name: str
+    ) -> None:
+        url, peers = good
+        with pytest.raises(ValueError):
+            await call(client, f"{url}/echo", headers={name: "1"})
+        assert peers.requests == []
+
+    async def test_a_method_goes_in_capitals(self, client: HttpClient, good: tuple[str, Peers]) -> None:
+        url, peers = good
+        await call(client, f"{url}/echo", "post", body=b"{}")
+        assert peers.requests[0]["method"] == "POST" and peers.requests[0]["body"] == b"{}"
+
+    async def test_a_url_said_to_be_encoded_cannot_smuggle_a_line(
+        self, client: HttpClient, good: tuple[str, Peers]
+    ) -> None:
+        url, peers = good
+        smuggled = URL.build(
+            scheme="http", host="127.0.0.1", port=URL(url).port, path="/echo HTTP/1.1\r\nX: y", encoded=True
+        )
+        with pytest.raises(ValueError):
+            await call(client, smuggled)
+        assert peers.requests == []
+
     async def test_not_http_is_refused(self, client: HttpClient) -> None:
         for url in ("ftp://127.0.0.1/x", "file:///etc/passwd", "http:///nohost"):
             with pytest.raises(ValueError):
@@ -206,6 +258,10 @@ class TestWhatIsSent:
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+CHUNKED_OK = (
+    b"HTTP/1.1 200 OK\r\nX-Id: 7\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b'8;ext=1\r\n{"status\r\nA\r\n": "done"}\r\n0\r\n\r\n'
+)
 
 
 class Raw:
@@ -230,6 +286,22 @@ class Raw:
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
+
+
+async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer every request with ``OK``, keeping the connection (requests carry no body
+    these servers read, or a 2-byte one)."""
+    while True:
+        head = await read_request(reader)
+        if b"Content-Length: 2" in head:
+            await reader.readexactly(2)
+        writer.write(OK)
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset rather than an orderly end."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 async def until_closed(reader: asyncio.StreamReader) -> None:
@@ -350,6 +422,105 @@ class TestHostileAnswers:
         url, _ = await raw(good)
         assert (await call(client, url))[::2] == (200, b"{}")
 
+    async def test_a_body_in_tiny_chunks_costs_its_size(self, client: HttpClient, raw: RawServer) -> None:
+        pieces = 100_000
+
+        async def tiny(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"2\r\nxy\r\n" * pieces + b"0\r\n\r\n"
+            )
+            await until_closed(reader)
+
+        url, _ = await raw(tiny)
+        tracemalloc.start()
+        try:
+            status, _, body = await call(client, url, timeout_s=60.0, max_body_bytes=1 << 20)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert (status, body) == (200, b"xy" * pieces)
+        # The wire bytes (0.7 MB, the server's and the client's reads) and the body twice;
+        # a list of the pieces would cost ~40 bytes each and ~80 more to join (12 MB).
+        assert peak < 4 * len(body) + 2_000_000
+
+    @pytest.mark.parametrize("where", ["trailer", "chunk extension"])
+    async def test_endless_framing_after_the_headers_is_refused(
+        self, client: HttpClient, raw: RawServer, where: str
+    ) -> None:
+        async def framing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+            writer.write(b"0\r\nX-Trailer: " if where == "trailer" else b"1;name=")
+            while True:
+                writer.write(b"v" * 65536)
+                await writer.drain()
+
+        url, server = await raw(framing)
+        with pytest.raises(HeadTooLarge):
+            await call(client, url, timeout_s=30.0)
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+
+    async def test_a_trailer_is_not_read_as_a_header(self, client: HttpClient, raw: RawServer) -> None:
+        async def trailer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nRetry-After: 5\r\n\r\n")
+            await until_closed(reader)
+
+        url, _ = await raw(trailer)
+        status, headers, body = await call(client, url)
+        assert (status, body) == (200, b"{}") and "Retry-After" not in headers
+
+    async def test_a_reset_in_a_body_that_ends_with_the_connection_is_no_answer(
+        self, client: HttpClient, raw: RawServer
+    ) -> None:
+        async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"status": "do')
+            await writer.drain()
+            reset(writer)
+
+        url, _ = await raw(cut)
+        with pytest.raises(ConnectionBroken):
+            await call(client, url)
+
+    async def test_switching_protocols_is_no_answer(self, client: HttpClient, raw: RawServer) -> None:
+        async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxx")
+            await until_closed(reader)
+
+        url, server = await raw(upgrade)
+        with pytest.raises(ConnectionBroken) as broken:
+            await call(client, url)
+        assert "switched protocols" in str(broken.value)
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+
+    async def test_a_compressed_answer_is_not_read_as_the_answer(self, client: HttpClient, raw: RawServer) -> None:
+        async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n\x1f\x8b")
+            await until_closed(reader)
+
+        url, _ = await raw(gzipped)
+        with pytest.raises(ConnectionBroken) as refused:
+            await call(client, url)
+        assert "content-encoded" in str(refused.value)
+
+    async def test_an_answer_trickled_a_byte_at_a_time(self, client: HttpClient, raw: RawServer) -> None:
+        async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await read_request(reader)
+                for i in range(len(CHUNKED_OK)):
+                    writer.write(CHUNKED_OK[i : i + 1])
+                    await writer.drain()
+
+        url, server = await raw(trickle)
+        for _ in range(2):
+            status, headers, body = await call(client, url)
+            assert (status, headers["X-Id"], body) == (200, "7", b'{"status": "done"}')
+        assert server.connections == 1
+
     async def test_an_interim_answer_is_skipped(self, client: HttpClient, raw: RawServer) -> None:
         async def interim(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while True:
@@ -372,6 +543,36 @@ class TestHostileAnswers:
         await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
         assert client.idle_connections() == 0
 
+    async def test_bytes_sent_to_an_idle_connection_drop_it(self, client: HttpClient, raw: RawServer) -> None:
+        answered = asyncio.Event()
+
+        async def speaks_out_of_turn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(OK)
+            await answered.wait()
+            writer.write(OK)  # to nobody's request
+            await until_closed(reader)
+
+        url, server = await raw(speaks_out_of_turn)
+        await call(client, url)
+        answered.set()
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+        assert client.idle_connections() == 0
+
+    async def test_a_cancelled_call_closes_its_connection(self, client: HttpClient, raw: RawServer) -> None:
+        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            await until_closed(reader)
+
+        url, server = await raw(hang)
+        pending = asyncio.create_task(call(client, url, timeout_s=30.0))
+        await eventually(lambda: server.connections == 1, timeout=5, what="the request sent")
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+        assert client.idle_connections() == 0
+
     async def test_a_timeout_ends_the_call_and_its_connection(self, client: HttpClient, raw: RawServer) -> None:
         async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
@@ -384,8 +585,9 @@ class TestHostileAnswers:
         assert time.monotonic() - started < 2.0
         await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
 
-    async def test_a_kept_connection_the_server_dropped_is_retried_only_when_safe(
-        self, client: HttpClient, raw: RawServer
+    @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+    async def test_a_kept_connection_the_server_dropped_is_retried_when_safe(
+        self, client: HttpClient, raw: RawServer, method: str
     ) -> None:
         async def one_answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
@@ -394,10 +596,36 @@ class TestHostileAnswers:
 
         url, server = await raw(one_answer_each)
         await call(client, url)
-        assert (await call(client, url))[::2] == (200, b"{}")  # a GET goes again, on a new connection
+        assert (await call(client, url, method))[::2] == (200, b"{}")  # again, on a new connection
         assert server.connections == 2
-        with pytest.raises(ConnectionBroken):  # a POST the server may have acted on does not
+
+    async def test_a_post_on_a_dropped_connection_is_not_sent_again(
+        self, client: HttpClient, raw: RawServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(transport, "FRESH_FOR_UNSAFE_S", 3600.0)  # the kept connection is taken
+
+        async def one_answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(OK)
+            await read_request(reader)
+
+        url, server = await raw(one_answer_each)
+        await call(client, url)
+        with pytest.raises(ConnectionBroken):  # the vendor may have acted on it
             await call(client, url, "POST", body=b"{}")
+        assert server.connections == 1
+
+    async def test_a_retry_is_made_once(self, client: HttpClient, raw: RawServer) -> None:
+        async def first_answers_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            if server.connections == 1:
+                writer.write(OK)
+                await read_request(reader)
+
+        url, server = await raw(first_answers_once)
+        await call(client, url)
+        with pytest.raises(ConnectionBroken):
+            await call(client, url)
         assert server.connections == 2
 
     async def test_nobody_listening(self, client: HttpClient, raw: RawServer) -> None:
@@ -475,6 +703,15 @@ class TestHttps:
                 status, _, body = await call(client, f"{url}/hello")
                 assert (status, json.loads(body)) == (200, {"secure": True})
             assert client.connections_made == 1
+
+    async def test_a_certificate_for_another_name_is_refused(self, tls: tuple[str, trustme.CA]) -> None:
+        url, ca = tls
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        async with HttpClient("t", ssl_context=context) as client:
+            with pytest.raises(ConnectFailed) as refused:
+                await call(client, f"{url.replace('localhost', '127.0.0.1')}/hello")  # the certificate names localhost
+        assert "certificate" in str(refused.value).lower() or "hostname" in str(refused.value).lower()
 
     async def test_an_unknown_certificate_is_refused_before_sending(self, tls: tuple[str, trustme.CA]) -> None:
         url, _ = tls

@@ -2,22 +2,28 @@
 (``httptools``), every size an answer controls bounded.
 
 The worker asks little of HTTP: one request at a time per connection, a body it holds
-whole (up to ``max_body_bytes``), no cookies, no redirects, no proxies, no compression.
-aiohttp's client does all of that and much more, at ~85 µs of CPU per call on the bench
-machine; this does the little at ~25 µs, which is most of what a poll costs the worker
-(README, Performance). The parsing is llhttp's, Node's parser, as uvicorn uses it.
+whole (up to ``max_body_bytes``), no cookies, no redirects, no proxies, no compression
+(it asks for ``identity`` and refuses anything else). aiohttp's client does all of that
+and much more, and the more costs: with it the worker spent 0.94-1.09 ms of CPU per
+export in the throughput bench, with this client 0.72-0.77 (alternating runs; README,
+Performance). The parsing is llhttp's, Node's parser, as uvicorn uses it.
 
 What a vendor controls and its bound:
 - the status line and headers: ``WireLimits.max_head_bytes`` in all, at most
-  ``WireLimits.max_headers`` fields; past either the answer is refused, unread;
+  ``WireLimits.max_headers`` fields; past either the answer is refused, unread; so are
+  chunk framing and trailers (any stretch of that many bytes that adds nothing to the
+  body), which httptools would otherwise gather until they end;
 - the body: ``max_body_bytes`` per call, a declared Content-Length checked before any of
-  the body is read, a chunked or unframed one counted as it arrives;
+  the body is read, a chunked or unframed one counted as it arrives, in one buffer;
 - time: the caller's ``timeout_s`` covers connecting, sending and the whole answer;
-- idle connections: kept ``WireLimits.idle_timeout_s`` at most, and never more than
+- idle connections: closed after ``WireLimits.idle_timeout_s``, and never more than
   were busy at once.
 
-A connection that answered out of turn, broke a limit, timed out or said ``Connection:
-close`` is closed, never reused.
+A connection that answered out of turn, broke a bound, timed out, was reset or said
+``Connection: close`` is closed, never reused. A kept connection the vendor had closed
+meanwhile costs an idempotent call nothing (it goes once more, on a new connection); a
+call that must not be sent twice takes a kept connection only if it was in use within
+the last second.
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ from worker.limits import MAX_ANSWER_HEAD_BYTES, MAX_ANSWER_HEADERS
 # A header name is an RFC 9110 token; a value may hold no line break or NUL.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
+# Headers the client writes itself (framing, the connection's use): a caller's would clash.
+_OWN_HEADERS = frozenset(
+    {"host", "user-agent", "accept-encoding", "content-length", "transfer-encoding", "connection", "te", "upgrade"}
+)
+# A request that must not be sent twice takes a kept connection only if it was in use
+# this recently (a vendor's keep-alive timeout is seconds, commonly 2-5).
+FRESH_FOR_UNSAFE_S = 1.0
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _IDEMPOTENT = frozenset({"GET", "OPTIONS", "PUT", "DELETE"})
@@ -54,13 +68,14 @@ class WireLimits:
         max_head_bytes: the status line and all header lines together (aiohttp's client
             allows 8,190 per line; a vendor's headers are a few hundred bytes).
         max_headers: header fields in one answer.
-        idle_timeout_s: an unused connection is closed after this long (below the
-            common server keep-alive timeouts, so the client closes first).
+        idle_timeout_s: an unused connection is closed after this long (below the 5 s
+            keep-alive of Node, uvicorn and Apache, so the client usually closes first;
+            a GET on a connection a vendor closed anyway is sent again).
     """
 
     max_head_bytes: int = MAX_ANSWER_HEAD_BYTES
     max_headers: int = MAX_ANSWER_HEADERS
-    idle_timeout_s: float = 15.0
+    idle_timeout_s: float = 4.0
 
 
 class TransportError(Exception):
@@ -98,6 +113,10 @@ class _Unsolicited(TransportError):
     pass
 
 
+class _Unasked(ConnectionBroken):
+    """An answer in a form the request did not ask for (a content coding)."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: a request written, its answer parsed as it arrives."""
 
@@ -112,12 +131,18 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._headers_done = False
         self._to_eof = False  # the body ends when the connection does (no length, not chunked)
-        self._body: list[bytes] = []
-        self._body_size = 0
+        # One buffer, not a list of pieces: a vendor sending 1-byte chunks would otherwise
+        # cost ~80 bytes of bookkeeping per byte of body.
+        self._body = bytearray()
         self.received = 0  # bytes of the current answer so far
+        # ``received`` when the answer last made progress (sent, headers ended, body
+        # bytes): what comes after it and is neither is framing (headers, chunk sizes,
+        # trailers), which httptools may hold until it ends, so it is bounded too.
+        self._progress_at = 0
         self.reusable = False
         self.lost = False
         self.idle_since = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     # ---- asyncio.Protocol ---------------------------------------------------------
 
@@ -129,8 +154,8 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._headers_done and self._to_eof:
-            self._resolve(keep_alive=False)
+        if self._headers_done and self._to_eof and exc is None:
+            self._resolve(keep_alive=False)  # a reset is not the end of such a body
         else:
             broken = "the vendor closed the connection before its answer was complete"
             waiter.set_exception(ConnectionBroken(broken, answered=self.received > 0))
@@ -147,12 +172,15 @@ class _Connection(asyncio.Protocol):
             cause = exc.__context__
             self._fail(cause if isinstance(cause, TransportError) else ConnectionBroken("the answer could not be read"))
             return
+        except httptools.HttpParserUpgrade:
+            self._fail(ConnectionBroken("the vendor switched protocols (HTTP 101)"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(ConnectionBroken(f"the answer is not HTTP/1.1 ({str(exc)[:80]})"))
             return
-        # httptools holds a header until its end: bound what it may gather meanwhile.
-        if not self._headers_done and self.received > self._limits.max_head_bytes:
-            self._fail(HeadTooLarge(f"the answer's headers are over {self._limits.max_head_bytes} bytes"))
+        if self.received - self._progress_at > self._limits.max_head_bytes and not waiter.done():
+            what = "trailers or chunk framing" if self._headers_done else "headers"
+            self._fail(HeadTooLarge(f"the answer's {what} are over {self._limits.max_head_bytes} bytes"))
 
     def eof_received(self) -> bool:
         self.lost = True  # not to be taken from the pool while the close is under way
@@ -166,57 +194,69 @@ class _Connection(asyncio.Protocol):
         self._headers = CIMultiDict()
         self._head_bytes = 0
         self._headers_done = False
-        self._body = []
-        self._body_size = 0
+        self._body = bytearray()
 
     def on_status(self, status: bytes) -> None:
         self._count_head(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value) + 4)
+        if self._headers_done:
+            return  # a chunked body's trailer: not among the answer's headers
         if len(self._headers) >= self._limits.max_headers:
             raise HeadTooLarge(f"the answer has over {self._limits.max_headers} header fields")
         self._headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        self._progress_at = self.received
         status = self._parser.get_status_code()
         if status < 200:
             return  # an interim answer (100 Continue): the real one follows
+        if self._headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            # Only identity is asked for: a compressed body would be read as the answer.
+            raise _Unasked("the answer is content-encoded, which the client does not ask for")
         length = self._headers.get("Content-Length")
         chunked = "chunked" in self._headers.get("Transfer-Encoding", "").lower()
-        self._to_eof = length is None and not chunked and status not in (204, 304)
-        if length is not None and not chunked and int(length) > self._max_body:  # llhttp checked it is digits
-            raise BodyTooLarge(status, f"declares {int(length)} bytes")
+        has_body = status not in (204, 304)
+        self._to_eof = length is None and not chunked and has_body
+        if length is not None and has_body and not chunked and int(length) > self._max_body:
+            raise BodyTooLarge(status, f"declares {int(length)} bytes")  # llhttp checked it is digits
 
     def on_body(self, chunk: bytes) -> None:
-        self._body_size += len(chunk)
-        if self._body_size > self._max_body:
+        self._progress_at = self.received
+        if len(self._body) + len(chunk) > self._max_body:
             raise BodyTooLarge(self._parser.get_status_code(), "stopped reading")
-        self._body.append(chunk)
+        self._body += chunk
 
     def on_message_complete(self) -> None:
         if self._parser.get_status_code() < 200:
             self._headers_done = False
+            self._progress_at = self.received  # the final answer's headers get the whole bound
             return
         self._resolve(keep_alive=self._parser.should_keep_alive())
 
     # ---- the client's side -----------------------------------------------------------
 
     def send(self, request: bytes, max_body: int) -> asyncio.Future[tuple[int, CIMultiDict[str], bytes]]:
-        self._waiter = self._loop.create_future()
+        self._waiter = waiter = self._loop.create_future()
         self._max_body = max_body
         self._headers_done = False
         self._to_eof = False
-        self.received = 0
+        self.received = self._progress_at = 0
         self.reusable = False
-        assert self.transport is not None
-        self.transport.write(request)
-        return self._waiter
+        if self.lost or self.transport is None or self.transport.is_closing():
+            waiter.set_exception(ConnectionBroken("the connection was already closed", answered=False))
+        else:
+            self.transport.write(request)
+        return waiter
 
     def close(self) -> None:
         self.lost = True
         self.reusable = False
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -228,9 +268,10 @@ class _Connection(asyncio.Protocol):
     def _resolve(self, *, keep_alive: bool) -> None:
         waiter = self._waiter
         assert waiter is not None
-        self.reusable = keep_alive and not self.lost
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._body = []
+        # Reusable only if the whole request went out too (a vendor may answer early).
+        written = self.transport is not None and not self.transport.get_write_buffer_size()
+        self.reusable = keep_alive and written and not self.lost
+        body, self._body = bytes(self._body), bytearray()
         if not waiter.done():
             waiter.set_result((self._parser.get_status_code(), self._headers, body))
 
@@ -279,7 +320,7 @@ class HttpClient:
         await asyncio.sleep(0)  # let the transports run their close callbacks
 
     def idle_connections(self) -> int:
-        return sum(len(idle) for idle in self._idle.values())
+        return sum(1 for idle in self._idle.values() for conn in idle if not conn.lost)
 
     async def request(
         self,
@@ -295,20 +336,25 @@ class HttpClient:
 
         Raises ``ConnectFailed`` (never sent), ``TimeoutError``, ``ConnectionBroken``,
         ``BodyTooLarge`` or ``HeadTooLarge``; ``ValueError`` for a request that cannot be
-        written (a header with a line break, a URL that is not http(s))."""
+        written (a header with a line break or of the client's own, a URL that is not
+        http(s))."""
         if self.closed:
             raise RuntimeError("the HTTP client is closed")
+        method = method.upper()
         target = url if isinstance(url, URL) else URL(url)
         origin, request = self._request_bytes(method, target, headers or {}, body)
+        idempotent = method in _IDEMPOTENT
         async with asyncio.timeout(timeout_s):
-            conn = self._pooled(origin)
+            # A request that must not be sent twice takes only a connection used just
+            # now: one idle for longer may have been closed by the vendor meanwhile.
+            conn = self._pooled(origin, None if idempotent else FRESH_FOR_UNSAFE_S)
             if conn is not None:
                 try:
                     return await self._exchange(origin, conn, request, max_body_bytes)
                 except ConnectionBroken as exc:
-                    # A kept connection the server had closed meanwhile: a request it
-                    # never answered at all is safe to send again if it is idempotent.
-                    if exc.answered or method not in _IDEMPOTENT:
+                    # A kept connection the vendor had closed: a request it never answered
+                    # at all is sent once more, on a new connection, if that is safe.
+                    if exc.answered or not idempotent or self.closed:
                         raise
             conn = await self._connect(origin)
             return await self._exchange(origin, conn, request, max_body_bytes)
@@ -325,38 +371,57 @@ class HttpClient:
         finally:
             self._busy.discard(conn)
         if conn.reusable and not self.closed:
-            conn.idle_since = asyncio.get_running_loop().time()
-            idle = self._idle.setdefault(origin, deque())
-            idle.append(conn)
-            self._expire(idle, conn.idle_since)
+            self._keep(origin, conn)
         else:
             conn.close()
         return status, CIMultiDictProxy(headers), body
 
-    def _pooled(self, origin: Origin) -> _Connection | None:
-        """The most recently used idle connection to ``origin`` that is still open."""
-        idle = self._idle.get(origin)
-        if not idle:
-            return None
-        self._expire(idle, asyncio.get_running_loop().time())
-        while idle:
-            conn = idle.pop()
-            if not conn.lost:
-                return conn
-        return None
+    def _keep(self, origin: Origin, conn: _Connection) -> None:
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        conn.idle_timer = loop.call_later(self.limits.idle_timeout_s, self._expired, origin, conn)
+        self._idle.setdefault(origin, deque()).append(conn)
 
-    def _expire(self, idle: deque[_Connection], now: float) -> None:
-        """Close the connections unused for longer than the idle timeout (oldest first)."""
-        while idle and (idle[0].lost or now - idle[0].idle_since > self.limits.idle_timeout_s):
-            idle.popleft().close()
+    def _expired(self, origin: Origin, conn: _Connection) -> None:
+        """``conn`` was idle for the whole idle timeout: close it, and drop the closed
+        ones from the front of its origin's pool (the oldest are there)."""
+        conn.idle_timer = None
+        conn.close()
+        idle = self._idle.get(origin)
+        if idle is None:
+            return
+        while idle and idle[0].lost:
+            idle.popleft()
+        if not idle:
+            del self._idle[origin]
+
+    def _pooled(self, origin: Origin, fresh_within_s: float | None) -> _Connection | None:
+        """The most recently used idle connection to ``origin`` that is still open (and
+        was used within ``fresh_within_s``, when given)."""
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle[-1]
+            if conn.lost:
+                idle.pop()
+                continue
+            if fresh_within_s is not None and asyncio.get_running_loop().time() - conn.idle_since > fresh_within_s:
+                return None  # kept for the calls that may be sent again
+            idle.pop()
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
+            return conn
+        if idle is not None:
+            del self._idle[origin]
+        return None
 
     async def _connect(self, origin: Origin) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
         if scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
+            if self._ssl is None:  # loading the system's CAs takes a while: not on the loop
+                self._ssl = await asyncio.to_thread(ssl.create_default_context)
             context = self._ssl
         try:
             _, conn = await loop.create_connection(
@@ -380,15 +445,20 @@ class HttpClient:
         if not _TOKEN.fullmatch(method) or method == "HEAD":
             # HEAD's answer declares a body it does not send: no vendor call uses it.
             raise ValueError(f"{method[:16]!r} is not a method this client sends")
+        target = url.raw_path_qs
+        if _UNSAFE_TARGET.search(target):  # yarl encodes these, unless told a URL is encoded
+            raise ValueError("the URL's path or query holds a space or a control character")
         port = url.port or _DEFAULT_PORTS[scheme]
         lines = [
-            f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
-            f"User-Agent: {self.user_agent}\r\n"
+            f"{method} {target} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
+            f"User-Agent: {self.user_agent}\r\nAccept-Encoding: identity\r\n"
         ]
         for name, value in headers.items():
-            if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
+            if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value) or name.lower() in _OWN_HEADERS:
                 # A value is often a credential a vendor handed out: never echoed.
-                raise ValueError(f"header {name[:64]!r} cannot be sent (a line break or an invalid name)")
+                raise ValueError(
+                    f"header {name[:64]!r} cannot be sent (a line break, an invalid name or the client's own)"
+                )
             lines.append(f"{name}: {value}\r\n")
         if body is not None or method in _WITH_BODY:
             lines.append(f"Content-Length: {len(body or b'')}\r\n")
