@@ -17,6 +17,7 @@ from worker.vendors.itron import (
     _remembered_correlation_id,
     correlation_id,
     link_expiry_ms,
+    name_based_uuid,
     query_value,
 )
 
@@ -62,6 +63,19 @@ class TestCorrelationId:
         assert correlation_id(spec) == str(uuid.uuid5(_CORRELATION_NS, "t-1"))
         assert correlation_id(spec) == correlation_id(JobSpec("t-1", "acme", "itron", {}))
         assert correlation_id(JobSpec("t-2", "acme", "itron", {})) != correlation_id(spec)
+
+    @settings(max_examples=300)
+    @given(st.text(max_size=300))
+    @example("")
+    @example("t-1")
+    def test_the_name_based_uuid_is_uuid5s(self, name: str) -> None:
+        try:
+            expected = str(uuid.uuid5(_CORRELATION_NS, name))
+        except UnicodeEncodeError:  # a lone surrogate: refused alike
+            with pytest.raises(UnicodeEncodeError):
+                name_based_uuid(name)
+            return
+        assert name_based_uuid(name) == expected
 
     def test_a_given_uuid_is_sent_in_its_canonical_form(self) -> None:
         given = "7F7F2D8E6C384B8E9A536A1F1C7B2E10"

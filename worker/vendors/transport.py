@@ -380,7 +380,10 @@ class HttpClient:
 
     def _keep(self, origin: Origin, conn: _Connection) -> None:
         conn.idle_since = asyncio.get_running_loop().time()
-        self._idle.setdefault(origin, deque()).append(conn)
+        idle = self._idle.get(origin)
+        if idle is None:
+            idle = self._idle[origin] = deque()
+        idle.append(conn)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every_s, self._sweep)
 
