@@ -310,6 +310,18 @@ async def until_closed(reader: asyncio.StreamReader) -> None:
         pass
 
 
+def answering(answer: bytes) -> Handler:
+    """A handler that answers the first request with ``answer`` (whatever it is) and
+    keeps the connection until the client closes it."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await until_closed(reader)
+
+    return handler
+
+
 @pytest.fixture
 async def raw() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[str, Raw]]]]:
     servers: list[asyncio.Server] = []
@@ -404,22 +416,12 @@ class TestHostileAnswers:
     async def test_an_answer_that_is_not_http_breaks_only_its_call(
         self, client: HttpClient, raw: RawServer, answer: bytes
     ) -> None:
-        async def bad(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(answer)
-            await until_closed(reader)
-
-        url, server = await raw(bad)
+        url, server = await raw(answering(answer))
         with pytest.raises(ConnectionBroken):
             await call(client, url)
         await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
 
-        async def good(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(OK)
-            await until_closed(reader)
-
-        url, _ = await raw(good)
+        url, _ = await raw(answering(OK))
         assert (await call(client, url))[::2] == (200, b"{}")
 
     async def test_a_body_in_tiny_chunks_costs_its_size(self, client: HttpClient, raw: RawServer) -> None:
@@ -462,12 +464,9 @@ class TestHostileAnswers:
         await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
 
     async def test_a_trailer_is_not_read_as_a_header(self, client: HttpClient, raw: RawServer) -> None:
-        async def trailer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nRetry-After: 5\r\n\r\n")
-            await until_closed(reader)
-
-        url, _ = await raw(trailer)
+        url, _ = await raw(
+            answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nRetry-After: 5\r\n\r\n")
+        )
         status, headers, body = await call(client, url)
         assert (status, body) == (200, b"{}") and "Retry-After" not in headers
 
@@ -485,24 +484,16 @@ class TestHostileAnswers:
             await call(client, url)
 
     async def test_switching_protocols_is_no_answer(self, client: HttpClient, raw: RawServer) -> None:
-        async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxx")
-            await until_closed(reader)
-
-        url, server = await raw(upgrade)
+        url, server = await raw(
+            answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxx")
+        )
         with pytest.raises(ConnectionBroken) as broken:
             await call(client, url)
         assert "switched protocols" in str(broken.value)
         await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
 
     async def test_a_compressed_answer_is_not_read_as_the_answer(self, client: HttpClient, raw: RawServer) -> None:
-        async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n\x1f\x8b")
-            await until_closed(reader)
-
-        url, _ = await raw(gzipped)
+        url, _ = await raw(answering(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n\x1f\x8b"))
         with pytest.raises(ConnectionBroken) as refused:
             await call(client, url)
         assert "content-encoded" in str(refused.value)
@@ -533,12 +524,7 @@ class TestHostileAnswers:
         assert server.connections == 1
 
     async def test_bytes_nobody_asked_for_drop_the_connection(self, client: HttpClient, raw: RawServer) -> None:
-        async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(OK + OK)  # a second answer to a request never made
-            await until_closed(reader)
-
-        url, server = await raw(chatty)
+        url, server = await raw(answering(OK + OK))  # a second answer to a request never made
         assert (await call(client, url))[::2] == (200, b"{}")
         await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
         assert client.idle_connections() == 0
