@@ -15,11 +15,10 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import structlog
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
@@ -158,14 +157,7 @@ class FleetWatcher:
         topic = self.settings.topics.requests
         try:
             count = await self.cluster.partitions(topic)
-            partitions = [TopicPartition(topic, p) for p in range(count)]
-            request = [ConsumerGroupTopicPartitions(self.settings.group_id, partitions)]
-            futures = self.cluster.admin.list_consumer_group_offsets(request, request_timeout=5)
-            committed: dict[int, int] = {}
-            for future in futures.values():
-                result: Any = await asyncio.wrap_future(future)
-                for tp in result.topic_partitions:
-                    committed[tp.partition] = tp.offset
+            committed = await self.cluster.committed(self.settings.group_id, topic, range(count))
             starts = await self.cluster.beginnings(topic, range(count))
             ends = await self.cluster.ends(topic, range(count))
         except KafkaException as exc:
