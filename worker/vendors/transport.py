@@ -4,9 +4,9 @@
 The worker asks little of HTTP: one request at a time per connection, a body it holds
 whole (up to ``max_body_bytes``), no cookies, no redirects, no proxies, no compression
 (it asks for ``identity`` and refuses anything else). aiohttp's client does all of that
-and much more, and the more costs: with it the worker spent 0.94-1.09 ms of CPU per
-export in the throughput bench, with this client 0.72-0.77 (alternating runs; README,
-Performance). The parsing is llhttp's, Node's parser, as uvicorn uses it.
+and much more, and the more costs: in alternating throughput runs the worker spent 7-29 %
+less CPU per export with this client (README, Performance). The parsing is llhttp's,
+Node's parser, as uvicorn uses it.
 
 What a vendor controls and its bound:
 - the status line and headers: ``WireLimits.max_head_bytes`` in all, at most
