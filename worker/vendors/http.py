@@ -75,8 +75,9 @@ class HttpLimits:
     """What one vendor answer may cost the worker.
 
     Args:
-        max_answer_bytes: the largest answer body read (decompressed); a larger one is
-            refused with ``AnswerTooLarge`` without reading the rest.
+        max_answer_bytes: the largest answer body read (the client asks for no
+            compression and refuses it); a larger one is refused with ``AnswerTooLarge``
+            without reading the rest.
         max_retry_after_s: the longest ``Retry-After`` honoured; a longer one is cut to
             this (beyond it, the job's own failure budget decides).
     """

@@ -57,7 +57,6 @@ _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _IDEMPOTENT = frozenset({"GET", "OPTIONS", "PUT", "DELETE"})
 
 Origin = tuple[str, str, int]  # (scheme, host, port)
-Head = tuple[int, CIMultiDictProxy[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,15 +106,7 @@ class BodyTooLarge(TransportError):
 
 
 class HeadTooLarge(TransportError):
-    pass
-
-
-class _Unsolicited(TransportError):
-    pass
-
-
-class _Unasked(ConnectionBroken):
-    """An answer in a form the request did not ask for (a content coding)."""
+    """The answer's status line, headers, chunk framing or trailers are over their bound."""
 
 
 class _Connection(asyncio.Protocol):
@@ -190,7 +181,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self._waiter is None or self._waiter.done():
-            raise _Unsolicited("an answer nobody asked for")
+            raise ConnectionBroken("an answer nobody asked for")
         self._headers = CIMultiDict()
         self._head_bytes = 0
         self._headers_done = False
@@ -215,7 +206,7 @@ class _Connection(asyncio.Protocol):
             return  # an interim answer (100 Continue): the real one follows
         if self._headers.get("Content-Encoding", "identity").strip().lower() != "identity":
             # Only identity is asked for: a compressed body would be read as the answer.
-            raise _Unasked("the answer is content-encoded, which the client does not ask for")
+            raise ConnectionBroken("the answer is content-encoded, which the client does not ask for")
         length = self._headers.get("Content-Length")
         chunked = "chunked" in self._headers.get("Transfer-Encoding", "").lower()
         has_body = status not in (204, 304)
