@@ -134,30 +134,32 @@ class Cluster:
         group's offsets, as just after it started), hands the error to a consumer-group
         handle an admin client does not have: a segmentation fault of the whole process.
         ``make demo``'s console met it about one start in ten."""
-        consumer = Consumer({**client_config(self.settings), "group.id": group, "enable.auto.commit": False})
-        try:
-            request = [TopicPartition(topic, p) for p in partitions]
-            try:
-                found = await asyncio.to_thread(consumer.committed, request, timeout=10)
-            except KafkaException as exc:
-                raise BrokerUnavailable(f"offsets committed by {group}: {exc.args[0].str()}") from None
-            return {tp.partition: tp.offset for tp in found}
-        finally:
-            await asyncio.to_thread(consumer.close)
+        request = [TopicPartition(topic, p) for p in partitions]
+        found = await self._ask_consumer(
+            group, lambda consumer: consumer.committed(request, timeout=10), f"offsets committed by {group}"
+        )
+        return {tp.partition: tp.offset for tp in found}
 
     async def offsets_for_times(self, topic: str, partitions: Iterable[int], ms: int) -> dict[int, int | None]:
         """Per partition, the first offset whose record timestamp is at or after ``ms``;
         None when every record is older."""
-        consumer = Consumer(
-            {**client_config(self.settings), "group.id": f"{self.settings.group_id}.ops", "enable.auto.commit": False}
+        request = [TopicPartition(topic, p, ms) for p in partitions]
+        group = f"{self.settings.group_id}.ops"
+        found = await self._ask_consumer(
+            group, lambda consumer: consumer.offsets_for_times(request, timeout=15), f"offsets for time in {topic}"
         )
+        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
+
+    async def _ask_consumer(
+        self, group: str, ask: Callable[[Consumer], list[TopicPartition]], what: str
+    ) -> list[TopicPartition]:
+        """``ask`` a consumer of ``group`` made for it (it joins nothing), off the loop; a
+        Kafka error is ``BrokerUnavailable`` naming ``what`` was asked."""
+        consumer = Consumer({**client_config(self.settings), "group.id": group, "enable.auto.commit": False})
         try:
-            request = [TopicPartition(topic, p, ms) for p in partitions]
-            try:
-                found = await asyncio.to_thread(consumer.offsets_for_times, request, timeout=15)
-            except KafkaException as exc:
-                raise BrokerUnavailable(f"offsets for time in {topic}: {exc.args[0].str()}") from None
-            return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
+            return await asyncio.to_thread(ask, consumer)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"{what}: {exc.args[0].str()}") from None
         finally:
             await asyncio.to_thread(consumer.close)
 
