@@ -322,6 +322,12 @@ def answering(answer: bytes) -> Handler:
     return handler
 
 
+async def never_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the request and answer nothing until the client closes the connection."""
+    await read_request(reader)
+    await until_closed(reader)
+
+
 @pytest.fixture
 async def raw() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[str, Raw]]]]:
     servers: list[asyncio.Server] = []
@@ -342,12 +348,8 @@ RawServer = Callable[[Handler], Awaitable[tuple[str, Raw]]]
 
 class TestHostileAnswers:
     async def test_a_declared_length_over_the_bound_is_refused_unread(self, client: HttpClient, raw: RawServer) -> None:
-        async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n{")
-            await until_closed(reader)  # sends nothing more: only the header can refuse it
-
-        url, server = await raw(huge)
+        # One byte of the body and nothing more: only the header can refuse it.
+        url, server = await raw(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n{"))
         with pytest.raises(BodyTooLarge) as refused:
             await call(client, url, timeout_s=30.0)
         assert refused.value.status == 200 and "declares 1000000000 bytes" in refused.value.how
@@ -546,11 +548,7 @@ class TestHostileAnswers:
         assert client.idle_connections() == 0
 
     async def test_a_cancelled_call_closes_its_connection(self, client: HttpClient, raw: RawServer) -> None:
-        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            await until_closed(reader)
-
-        url, server = await raw(hang)
+        url, server = await raw(never_answering)
         pending = asyncio.create_task(call(client, url, timeout_s=30.0))
         await eventually(lambda: server.connections == 1, timeout=5, what="the request sent")
         pending.cancel()
@@ -560,11 +558,7 @@ class TestHostileAnswers:
         assert client.idle_connections() == 0
 
     async def test_a_timeout_ends_the_call_and_its_connection(self, client: HttpClient, raw: RawServer) -> None:
-        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            await until_closed(reader)
-
-        url, server = await raw(hang)
+        url, server = await raw(never_answering)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             await call(client, url, timeout_s=0.3)
@@ -625,23 +619,19 @@ class TestVendorHttpErrors:
     """How ``VendorHttp`` names what the client raised."""
 
     async def test_each_transport_failure_is_a_vendor_error(self, client: HttpClient, raw: RawServer) -> None:
-        async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n")
-            await until_closed(reader)
-
         async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             writer.write(b"nonsense\r\n\r\n")
 
-        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await until_closed(reader)
-
         limits = HttpLimits(max_answer_bytes=LIMIT)
         for handler, expected, words in (
-            (huge, AnswerTooLarge, "declares 99999999 bytes"),
+            (
+                answering(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n"),
+                AnswerTooLarge,
+                "declares 99999999 bytes",
+            ),
             (broken, VendorUnavailable, "connection failed: the answer is not HTTP/1.1"),
-            (hang, VendorUnavailable, "timed out waiting for the answer"),
+            (never_answering, VendorUnavailable, "timed out waiting for the answer"),
         ):
             url, _ = await raw(handler)
             http = VendorHttp(client, connection="c", base_url=url, timeout_s=0.5, limits=limits)
