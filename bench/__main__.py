@@ -11,6 +11,7 @@ import asyncio
 import os
 import platform
 import time
+from collections.abc import Iterable
 
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +37,12 @@ def machine() -> str:
     return f"{cpus} x {model}, {mem:.0f} GiB, Python {platform.python_version()}, {platform.system()}"
 
 
+def spread(values: Iterable[float]) -> str:
+    """The lowest and highest of a figure's rounds, as ``0.55-0.66``."""
+    ordered = sorted(values)
+    return f"{ordered[0]:.2f}-{ordered[-1]:.2f}"
+
+
 def line(name: str, value: float, target: str, ok: bool, fmt: str = "{:.2f}") -> str:
     return f"{name} {fmt.format(value)} {target} {'ok' if ok else 'miss'}"
 
@@ -53,17 +60,23 @@ async def run(quick: bool) -> list[str]:
 
         step("throughput")
         t = await throughput.measure(bootstrap, 2000 if quick else 5000)
+        rounds = f"median of {len(t.rounds)} rounds"
         table.add_row(
             "end-to-end throughput",
-            f"{t.worker_rps:.0f} req/s ({t.worker_cpu_ms:.2f} ms CPU/req)",
-            f"{t.raw_rps:.0f} req/s raw pipeline ({t.raw_cpu_ms:.2f} ms CPU/req; "
-            f"{t.raw_before_rps:.0f} req/s before the worker, {t.raw_after_rps:.0f} after)",
-            f"{t.ratio:.2f}",
+            f"{t.worker_rps:.0f} req/s",
+            f"{t.raw_rps:.0f} req/s raw pipeline (each round: the raw runs before and after its worker)",
+            f"{t.ratio:.2f} ({rounds}: {spread(r.ratio for r in t.rounds)})",
             ">= 0.70",
         )
         lines.append(line("throughput_vs_raw_pipeline", t.ratio, ">=0.70", t.ratio >= 0.7))
-        cpu_ratio = t.worker_cpu_ms / t.raw_cpu_ms
-        lines.append(line("cpu_per_request_vs_raw_pipeline", cpu_ratio, "<=1.50", cpu_ratio <= 1.5))
+        table.add_row(
+            "CPU per request (whole process)",
+            f"{t.worker_cpu_ms:.2f} ms",
+            f"{t.raw_cpu_ms:.2f} ms raw pipeline",
+            f"{t.cpu_ratio:.2f} ({rounds}: {spread(r.cpu_ratio for r in t.rounds)})",
+            "<= 1.50",
+        )
+        lines.append(line("cpu_per_request_vs_raw_pipeline", t.cpu_ratio, "<=1.50", t.cpu_ratio <= 1.5))
         table.add_row(
             "/readyz to the first request read (partitions resumed after their restore)",
             f"{t.first_read_s:.2f} s",
@@ -148,12 +161,12 @@ async def run(quick: bool) -> list[str]:
             f"restore {r.states} job states",
             f"{r.ready_s:.1f} s to ready ({r.states_per_s:.0f} states/s)",
             f"{r.bare_states_per_s:.0f} states/s bare consumer ({r.bare_known_states_per_s:.0f} from known offsets)",
-            f"{r.states_per_s / r.bare_states_per_s:.2f} ({r.states_per_s / r.bare_known_states_per_s:.2f})",
+            f"{r.ratio:.2f} (median of {len(r.rounds)} rounds: {spread(x.ratio for x in r.rounds)}; "
+            f"{r.states_per_s / r.bare_known_states_per_s:.2f})",
             "<= 10 s, ratio >= 0.70",
         )
         lines.append(line(f"restore_{r.states}_states_s", r.ready_s, "<=10.0", r.ready_s <= 10.0, "{:.1f}"))
-        restore_ratio = r.states_per_s / r.bare_states_per_s
-        lines.append(line("restore_vs_bare_consumer", restore_ratio, ">=0.70", restore_ratio >= 0.7))
+        lines.append(line("restore_vs_bare_consumer", r.ratio, ">=0.70", r.ratio >= 0.7))
         # The bare consumer above pays librdkafka's 500 ms offset-query timer, which the
         # worker's restore avoids: this one does not, so it shows the per-record cost.
         known_ratio = r.states_per_s / r.bare_known_states_per_s

@@ -1,10 +1,16 @@
 """Restore time: a fresh worker takes over partitions holding 100,000 job states; time
 until it is polling them again, as states/s against a bare consumer reading the same
-partitions to their end."""
+partitions to their end.
+
+The bare consumer and a fresh worker (its own group and an empty state directory: a
+cold takeover each time) take turns, ``ROUNDS`` times: each worker is compared with the
+bare reads right before and after it, and the figures are the median round's."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from confluent_kafka.aio import AIOConsumer
 
 from bench.common import (
+    WORKDIR,
     StateRecord,
     bench_settings,
     itron_conn,
@@ -30,24 +37,48 @@ from worker.kafka import admin_client, ensure_topics, log_starts
 from worker.records import state_to_record
 from worker.store.peek import open_header
 
+ROUNDS = 3
 POLICY = PolicyConfig(first_poll_s=30, poll_initial_s=30, poll_multiplier=1.0, poll_max_s=30)
+
+
+@dataclass
+class Round:
+    ready_s: float  # process start -> /readyz (restored and polling scheduled)
+    restore_s: float  # the worker's own restore metric (read + decode + install)
+    bare_s: float  # a bare consumer reading the same partitions to their end (before and after, averaged)
+
+    @property
+    def ratio(self) -> float:
+        """The worker's states/s against the bare consumer's."""
+        return self.bare_s / self.restore_s
 
 
 @dataclass
 class Restore:
     states: int
-    ready_s: float  # process start -> /readyz (restored and polling scheduled)
-    restore_s: float  # the worker's own restore metric (read + decode + install)
-    bare_s: float  # a bare consumer reading the same partitions to their end
+    rounds: list[Round]
     bare_known_s: float  # the same, from offsets it looked up (no offset-query timer)
 
     @property
+    def median(self) -> Round:
+        """The round of the median ratio."""
+        return sorted(self.rounds, key=lambda r: r.ratio)[len(self.rounds) // 2]
+
+    @property
+    def ratio(self) -> float:
+        return self.median.ratio
+
+    @property
+    def ready_s(self) -> float:
+        return statistics.median(r.ready_s for r in self.rounds)
+
+    @property
     def states_per_s(self) -> float:
-        return self.states / self.restore_s
+        return self.states / self.median.restore_s
 
     @property
     def bare_states_per_s(self) -> float:
-        return self.states / self.bare_s
+        return self.states / self.median.bare_s
 
     @property
     def bare_known_states_per_s(self) -> float:
@@ -115,24 +146,42 @@ async def bare_read(settings: Settings, *, from_known_offsets: bool = False) -> 
     return time.monotonic() - started
 
 
-async def measure(bootstrap: str, n: int = 100_000) -> Restore:
+async def restore_once(settings: Settings, n: int, sim_url: str, name: str) -> tuple[float, float]:
+    """A fresh worker with an empty state directory takes over every partition:
+    (seconds to /readyz, its restore metric)."""
+    state_dir = WORKDIR / f"state-{name}"
+    shutil.rmtree(state_dir, ignore_errors=True)
+    own = settings.model_copy(update={"group_id": f"{settings.group_id}-{name}", "state_dir": state_dir.resolve()})
+    worker = start_worker(own, {"itron": itron_conn(sim_url, POLICY)}, name)
+    try:
+        ready_s = await wait_ready(worker, timeout=300)
+        assert worker.port is not None
+        _, text = await scrape(worker.port)
+        restore_s = metric(text, "export_worker_restore_seconds_sum")
+        restored = metric(text, "export_worker_restored_jobs_total")
+        assert restored == n, f"restored {restored} of {n}"
+    finally:
+        worker.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return ready_s, restore_s
+
+
+async def measure(bootstrap: str, n: int = 100_000, rounds: int = ROUNDS) -> Restore:
     settings = bench_settings(bootstrap, "restore")
     await ensure_topics(settings, admin_client(settings))
     await write_states(settings, n)
     async with simulator("itron", stage_seconds=1e9, record=False) as sim_url:
-        worker = start_worker(settings, {"itron": itron_conn(sim_url, POLICY)}, "restore")
-        try:
-            ready_s = await wait_ready(worker, timeout=300)
-            assert worker.port is not None
-            _, text = await scrape(worker.port)
-            restore_s = metric(text, "export_worker_restore_seconds_sum")
-            restored = metric(text, "export_worker_restored_jobs_total")
-            assert restored == n, f"restored {restored} of {n}"
-        finally:
-            worker.stop()
-    bare_s = await bare_read(settings)
+        bare = [await bare_read(settings)]
+        workers = []
+        for i in range(rounds):
+            workers.append(await restore_once(settings, n, sim_url, f"restore-{i}"))
+            bare.append(await bare_read(settings))
     bare_known_s = await bare_read(settings, from_known_offsets=True)
-    return Restore(n, ready_s, restore_s, bare_s, bare_known_s)
+    measured = [
+        Round(ready_s, restore_s, (before + after) / 2)
+        for (ready_s, restore_s), before, after in zip(workers, bare, bare[1:], strict=False)
+    ]
+    return Restore(n, measured, bare_known_s)
 
 
 if __name__ == "__main__":
@@ -144,6 +193,7 @@ if __name__ == "__main__":
         r = asyncio.run(measure(bootstrap, int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
     print(
         r,
-        f"worker {r.states_per_s:.0f} states/s, bare {r.bare_states_per_s:.0f} states/s,"
+        f"ratio {r.ratio:.2f} (rounds {[round(x.ratio, 2) for x in r.rounds]}),"
+        f" worker {r.states_per_s:.0f} states/s, bare {r.bare_states_per_s:.0f} states/s,"
         f" bare from known offsets {r.bare_known_states_per_s:.0f} states/s",
     )

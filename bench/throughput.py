@@ -1,12 +1,18 @@
 """End-to-end throughput: requests/s from export.requests to FileReady with simulators
 answering instantly, one worker process, against the raw pipeline baseline. Both are
 timed from their first request read to their last output; the worker's time from
-/readyz to that first read is reported apart."""
+/readyz to that first read is reported apart.
+
+The worker and the raw pipeline take turns, ``ROUNDS`` times (raw, worker, raw, worker,
+..., raw): each worker run is compared with the raw runs either side of it, and the
+figures are the median of those rounds, with their range. One round moved by up to a
+third between runs on the bench VM (its speed drifts over a minute or two)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -38,27 +44,62 @@ SAMPLED_FRACTION = 0.1
 # Kafka records the worker writes per request here (three status events and a FileReady,
 # each with its job's state record), and so the raw pipeline too.
 RECORDS_PER_REQUEST = 8
+ROUNDS = 3
+
+
+@dataclass
+class Round:
+    """One untraced worker run and the raw pipeline's runs right before and after it."""
+
+    worker_rps: float
+    worker_cpu_ms: float  # CPU per request
+    raw_rps: float  # the two raw runs together
+    raw_cpu_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.worker_rps / self.raw_rps
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.worker_cpu_ms / self.raw_cpu_ms
 
 
 @dataclass
 class Throughput:
     requests: int
-    worker_rps: float
-    raw_rps: float  # the raw pipeline's runs before and after the untraced worker, together
+    rounds: list[Round]
     records_per_request: float
-    worker_cpu_ms: float  # CPU per request
-    raw_cpu_ms: float
     traced_rps: float  # the same worker with tracing on, spans sent over OTLP/HTTP
     traced_cpu_ms: float
     sampled_rps: float  # tracing on, SAMPLED_FRACTION of the exports traced
     sampled_cpu_ms: float
-    first_read_s: float  # the untraced worker's /readyz to its first request read
-    raw_before_rps: float  # the raw pipeline's two runs, either side of the untraced worker
-    raw_after_rps: float
+    first_read_s: float  # the untraced workers' /readyz to their first request read (the longest)
 
     @property
     def ratio(self) -> float:
-        return self.worker_rps / self.raw_rps
+        """The median round's worker against its raw pipeline."""
+        return statistics.median(r.ratio for r in self.rounds)
+
+    @property
+    def cpu_ratio(self) -> float:
+        return statistics.median(r.cpu_ratio for r in self.rounds)
+
+    @property
+    def worker_rps(self) -> float:
+        return statistics.median(r.worker_rps for r in self.rounds)
+
+    @property
+    def worker_cpu_ms(self) -> float:
+        return statistics.median(r.worker_cpu_ms for r in self.rounds)
+
+    @property
+    def raw_rps(self) -> float:
+        return statistics.median(r.raw_rps for r in self.rounds)
+
+    @property
+    def raw_cpu_ms(self) -> float:
+        return statistics.median(r.raw_cpu_ms for r in self.rounds)
 
     @property
     def tracing_ratio(self) -> float:
@@ -154,19 +195,21 @@ async def run_raw(bootstrap: str, n: int, sim_url: str, name: str, per_request: 
     return seconds, cpu
 
 
-async def measure(bootstrap: str, n: int = 5000) -> Throughput:
+async def measure(bootstrap: str, n: int = 5000, rounds: int = ROUNDS) -> Throughput:
     async with simulator("itron", stage_seconds=0.0) as sim_url:
-        # The raw pipeline runs right before and right after the untraced worker, and the
-        # baseline is the two together: a VM's speed drifts by 20-30 % over a minute or two,
-        # and one baseline run on either side moved the ratio by as much.
-        before = await run_raw(bootstrap, n, sim_url, "tput-raw-before", RECORDS_PER_REQUEST)
-        plain = await run_worker(bootstrap, n, sim_url, "tput")
-        if round(plain.written) != RECORDS_PER_REQUEST:
-            raise RuntimeError(
-                f"the worker wrote {plain.written:.2f} records per request and the raw pipeline "
-                f"{RECORDS_PER_REQUEST}: make them the same (RECORDS_PER_REQUEST)"
-            )
-        after = await run_raw(bootstrap, n, sim_url, "tput-raw-after", RECORDS_PER_REQUEST)
+        # A VM's speed drifts by 20-30 % over a minute or two: each worker run is compared
+        # with the raw runs right before and after it, never with one baseline alone.
+        raws = [await run_raw(bootstrap, n, sim_url, "tput-raw-0", RECORDS_PER_REQUEST)]
+        plains: list[WorkerRun] = []
+        for i in range(rounds):
+            plain = await run_worker(bootstrap, n, sim_url, f"tput-{i}")
+            if round(plain.written) != RECORDS_PER_REQUEST:
+                raise RuntimeError(
+                    f"the worker wrote {plain.written:.2f} records per request and the raw pipeline "
+                    f"{RECORDS_PER_REQUEST}: make them the same (RECORDS_PER_REQUEST)"
+                )
+            plains.append(plain)
+            raws.append(await run_raw(bootstrap, n, sim_url, f"tput-raw-{i + 1}", RECORDS_PER_REQUEST))
         async with OtlpReceiver(decode=False) as collector:
             tracing = {
                 "OTEL_TRACES_SAMPLER": "parentbased_always_on",  # every export (whatever the shell says)
@@ -185,20 +228,24 @@ async def measure(bootstrap: str, n: int = 5000) -> Throughput:
             sampled = await run_worker(bootstrap, n, sim_url, "tput-sampled", tracing | ratio_sampler)
             if collector.requests == sent:
                 raise RuntimeError("the sampled worker sent no spans")
+    measured = [
+        Round(
+            plain.rps,
+            plain.cpu_ms,
+            2 * n / (before[0] + after[0]),
+            (before[1] + after[1]) / (2 * n) * 1000,
+        )
+        for plain, before, after in zip(plains, raws, raws[1:], strict=False)
+    ]
     return Throughput(
         n,
-        plain.rps,
-        2 * n / (before[0] + after[0]),
-        plain.written,
-        plain.cpu_ms,
-        (before[1] + after[1]) / (2 * n) * 1000,
+        measured,
+        statistics.median(p.written for p in plains),
         traced.rps,
         traced.cpu_ms,
         sampled.rps,
         sampled.cpu_ms,
-        plain.first_read_s,
-        n / before[0],
-        n / after[0],
+        max(p.first_read_s for p in plains),
     )
 
 
@@ -210,6 +257,6 @@ if __name__ == "__main__":
         result = asyncio.run(measure(bootstrap, int(sys.argv[1]) if len(sys.argv) > 1 else 5000))
     print(
         result,
-        f"ratio={result.ratio:.2f} tracing_ratio={result.tracing_ratio:.2f}",
+        f"ratio={result.ratio:.2f} cpu_ratio={result.cpu_ratio:.2f} tracing_ratio={result.tracing_ratio:.2f}",
         f"sampled_tracing_ratio={result.sampled_tracing_ratio:.2f}",
     )
