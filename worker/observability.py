@@ -30,19 +30,31 @@ from worker.tracing import current_ids
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+# Values no pattern can hold a secret in: written as they are.
+_PLAIN_SCALARS = (int, float, bool)
+
+
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask secret-looking keys and scrub tokens out of values."""
     for key, value in list(event_dict.items()):
         if secret_key(key):
             event_dict[key] = MASK
+        elif value is None or type(value) in _PLAIN_SCALARS:
+            continue  # most fields of a status line: checked without a call
         elif isinstance(value, str):
-            event_dict[key] = redact_text(value)
+            redacted = redact_text(value)
+            if redacted is not value:
+                event_dict[key] = redacted
         elif isinstance(value, dict | list | tuple):
             event_dict[key] = redact(value)
     return event_dict
 
 
-def _redact_exception(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def exception_text(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: a line's ``exc_info`` as its redacted ``exception`` text
+    (``format_exc_info``, then redaction); a line without one (nearly all) is left as it is."""
+    if "exc_info" in event_dict:
+        event_dict = structlog.processors.format_exc_info(logger, method, event_dict)
     exc = event_dict.get("exception")
     if isinstance(exc, str):
         event_dict["exception"] = redact(exc)
@@ -125,7 +137,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         add_timestamp,
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, _redact_exception, renderer],
+        processors=[*shared, exception_text, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         # One write per line (print() makes two, each a system call when stderr is
         # unbuffered, as PYTHONUNBUFFERED makes it in our image).
@@ -140,8 +152,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             # like ours (and shown at all, rather than as reprs).
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                _redact_exception,
+                exception_text,
                 renderer,
             ],
         )
