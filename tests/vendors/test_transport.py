@@ -34,6 +34,9 @@ from worker.vendors.transport import (
 )
 
 LIMIT = 64 * 1024  # the body bound of these tests' calls
+# A test of the client's own timeout gives up this long after it (TimeoutError too, but
+# long after the time the test asserts).
+GUARD_S = 10.0
 CONCURRENT = 150  # above aiohttp's default cap of 100 connections per session
 
 
@@ -561,9 +564,49 @@ class TestHostileAnswers:
         url, server = await raw(never_answering)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            await call(client, url, timeout_s=0.3)
+            await asyncio.wait_for(call(client, url, timeout_s=0.3), GUARD_S)
         assert time.monotonic() - started < 2.0
         await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+
+    async def test_the_timeout_bounds_the_whole_answer_not_each_read(self, client: HttpClient, raw: RawServer) -> None:
+        """A vendor that keeps sending a byte of its body every 50 ms is still cut off."""
+
+        async def dripping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while True:
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.05)  # the vendor's pace under test, not a wait for the client
+
+        url, server = await raw(dripping)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call(client, url, timeout_s=0.5), GUARD_S)
+        assert 0.5 <= time.monotonic() - started < 3.0
+        await eventually(lambda: server.ended == 1, timeout=5, what="the connection closed")
+        assert client.idle_connections() == 0
+
+    async def test_a_call_on_a_kept_connection_times_out_and_the_next_one_gets_a_new_connection(
+        self, client: HttpClient, raw: RawServer
+    ) -> None:
+        answered: list[int] = []
+
+        async def answers_once_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(OK)
+            answered.append(1)
+            await read_request(reader)  # the second request on this connection is never answered
+            await reader.read()
+
+        url, server = await raw(answers_once_per_connection)
+        assert (await call(client, url))[0] == 200
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call(client, url, timeout_s=0.3), GUARD_S)
+        assert time.monotonic() - started < 2.0
+        assert (await call(client, url))[0] == 200  # not the timed-out connection
+        assert server.connections == 2 and len(answered) == 2
 
     @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
     async def test_a_kept_connection_the_server_dropped_is_retried_when_safe(

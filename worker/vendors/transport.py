@@ -248,6 +248,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def time_out(self) -> None:
+        """The call's deadline passed before its answer was complete."""
+        self.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
+
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self._limits.max_head_bytes:
@@ -337,31 +344,43 @@ class HttpClient:
         target = url if isinstance(url, URL) else URL(url)
         origin, request = self._request_bytes(method, target, headers or {}, body)
         idempotent = method in _IDEMPOTENT
-        async with asyncio.timeout(timeout_s):
-            # A request that must not be sent twice takes only a connection used just
-            # now: one idle for longer may have been closed by the vendor meanwhile.
-            conn = self._pooled(origin, None if idempotent else FRESH_FOR_UNSAFE_S)
-            if conn is not None:
-                try:
-                    return await self._exchange(origin, conn, request, max_body_bytes)
-                except ConnectionBroken as exc:
-                    # A kept connection the vendor had closed: a request it never answered
-                    # at all is sent once more, on a new connection, if that is safe.
-                    if exc.answered or not idempotent or self.closed:
-                        raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        # A request that must not be sent twice takes only a connection used just now:
+        # one idle for longer may have been closed by the vendor meanwhile.
+        conn = self._pooled(origin, None if idempotent else FRESH_FOR_UNSAFE_S)
+        if conn is not None:
+            try:
+                return await self._exchange(loop, origin, conn, request, max_body_bytes, deadline)
+            except ConnectionBroken as exc:
+                # A kept connection the vendor had closed: a request it never answered
+                # at all is sent once more, on a new connection, if that is safe.
+                if exc.answered or not idempotent or self.closed:
+                    raise
+        async with asyncio.timeout_at(deadline):  # a new connection: rare, so the general way
             conn = await self._connect(origin)
-            return await self._exchange(origin, conn, request, max_body_bytes)
+        return await self._exchange(loop, origin, conn, request, max_body_bytes, deadline)
 
     async def _exchange(
-        self, origin: Origin, conn: _Connection, request: bytes, max_body: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: Origin,
+        conn: _Connection,
+        request: bytes,
+        max_body: int,
+        deadline: float,
     ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         self._busy.add(conn)
+        # One timer that fails the answer's waiter: asyncio.timeout() would cost twice as
+        # much on every call (a context manager, the task's cancellation bookkeeping).
+        timer = loop.call_at(deadline, conn.time_out)
         try:
             status, headers, body = await conn.send(request, max_body)
         except BaseException:
             conn.close()  # whatever is left of the answer must not reach the next call
             raise
         finally:
+            timer.cancel()
             self._busy.discard(conn)
         if conn.reusable and not self.closed:
             self._keep(origin, conn)
