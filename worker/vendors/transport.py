@@ -348,7 +348,7 @@ class HttpClient:
         deadline = loop.time() + timeout_s
         # A request that must not be sent twice takes only a connection used just now:
         # one idle for longer may have been closed by the vendor meanwhile.
-        conn = self._pooled(origin, None if idempotent else FRESH_FOR_UNSAFE_S)
+        conn = self._pooled(loop, origin, None if idempotent else FRESH_FOR_UNSAFE_S)
         if conn is not None:
             try:
                 return await self._exchange(loop, origin, conn, request, max_body_bytes, deadline)
@@ -383,19 +383,19 @@ class HttpClient:
             timer.cancel()
             self._busy.discard(conn)
         if conn.reusable and not self.closed:
-            self._keep(origin, conn)
+            self._keep(loop, origin, conn)
         else:
             conn.close()
         return status, CIMultiDictProxy(headers), body
 
-    def _keep(self, origin: Origin, conn: _Connection) -> None:
-        conn.idle_since = asyncio.get_running_loop().time()
+    def _keep(self, loop: asyncio.AbstractEventLoop, origin: Origin, conn: _Connection) -> None:
+        conn.idle_since = loop.time()
         idle = self._idle.get(origin)
         if idle is None:
             idle = self._idle[origin] = deque()
         idle.append(conn)
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every_s, self._sweep)
+            self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
 
     def _sweep(self) -> None:
         """Close the connections idle for longer than the idle timeout (the oldest are at
@@ -411,7 +411,9 @@ class HttpClient:
         if self._idle and not self.closed:
             self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every_s, self._sweep)
 
-    def _pooled(self, origin: Origin, fresh_within_s: float | None) -> _Connection | None:
+    def _pooled(
+        self, loop: asyncio.AbstractEventLoop, origin: Origin, fresh_within_s: float | None
+    ) -> _Connection | None:
         """The most recently used idle connection to ``origin`` that is still open (and
         was used within ``fresh_within_s``, when given)."""
         idle = self._idle.get(origin)
@@ -420,7 +422,7 @@ class HttpClient:
             if conn.lost:
                 idle.pop()
                 continue
-            if fresh_within_s is not None and asyncio.get_running_loop().time() - conn.idle_since > fresh_within_s:
+            if fresh_within_s is not None and loop.time() - conn.idle_since > fresh_within_s:
                 return None  # kept for the calls that may be sent again
             idle.pop()
             return conn
