@@ -121,6 +121,47 @@ def render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
         return json.dumps(event_dict, default=_fallback)
 
 
+# The ``status`` line is written at every status change of every job, thousands a second
+# in a busy worker. When lines are JSON at ``info`` or below, ``configure_logging`` sets a
+# writer that calls the JSON pipeline's processors in a row and writes the line, without
+# structlog's generic path around them (a bound logger, a copy of its context, the loop
+# over processors, a lock of its own; lines are written whole by the stream either way):
+# the same line for ~6.5 µs of CPU instead of ~9.3.
+# Used only while structlog still has the processors it was set up with (a test that
+# captures logs or restores another configuration gets structlog's path).
+StatusWriter = Callable[[dict[str, Any]], None]
+_status_writer: tuple[list[Any], StatusWriter] | None = None
+
+
+def log_status(fields: dict[str, Any]) -> None:
+    """Write the ``status`` line of one status change (``fields`` are taken over)."""
+    direct = _status_writer
+    processors = structlog.get_config()["processors"]
+    # structlog's capture_logs() swaps the processors inside the same list.
+    if direct is not None and processors is direct[0] and processors[-1] is render_json:
+        direct[1](fields)
+    else:  # a logger of the configuration in force (a cached one keeps an earlier one's)
+        structlog.get_logger("export_worker").info("status", **fields)
+
+
+def _json_status_writer(stream: Any) -> StatusWriter:
+    """What structlog's JSON pipeline writes for ``log.info("status", **fields)``, step by
+    step in the same order (``tests/unit/test_log_lines.py`` compares the two)."""
+    write, flush = stream.write, stream.flush
+
+    def write_status(fields: dict[str, Any]) -> None:
+        fields["event"] = "status"
+        merge_call_context(None, "info", fields)
+        redact_processor(None, "info", fields)
+        add_trace_ids(None, "info", fields)
+        fields["level"] = "info"
+        add_timestamp(None, "info", fields)
+        write(render_json(None, "info", fields) + "\n")
+        flush()
+
+    return write_status
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """JSON lines for machines; a readable console when attached to a TTY. Standard
     library records (librdkafka's, aiohttp's) are rendered the same way."""
@@ -136,8 +177,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         structlog.processors.add_log_level,
         add_timestamp,
     ]
+    processors = [*shared, exception_text, renderer]
     structlog.configure(
-        processors=[*shared, exception_text, renderer],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         # One write per line (print() makes two, each a system call when stderr is
         # unbuffered, as PYTHONUNBUFFERED makes it in our image).
@@ -160,6 +202,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    global _status_writer
+    direct = renderer is render_json and numeric <= logging.INFO
+    _status_writer = (processors, _json_status_writer(sys.stderr)) if direct else None
 
 
 class _OpenJobs(Collector):

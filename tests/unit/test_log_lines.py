@@ -1,19 +1,28 @@
 """How a JSON log line is written: orjson for what it writes as the standard library
-would, the standard library for what orjson refuses, and the timestamp's form."""
+would, the standard library for what orjson refuses, the timestamp's form, and the
+``status`` line's direct writer against structlog's pipeline."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import io
 import json
+import logging
 import re
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import pytest
+import structlog
+from opentelemetry.sdk.trace import TracerProvider
+from structlog.testing import capture_logs
 
-from worker.observability import add_timestamp, render_json
+from worker.observability import add_timestamp, call_context, configure_logging, log_status, render_json
 
 
 def rendered(**fields: Any) -> dict[str, Any]:
@@ -98,3 +107,98 @@ class TestTimestamp:
             "2026-12-06T23:00:00.500000Z",
             "2026-12-06T22:59:58.250000Z",  # a clock set back is followed too
         ]
+
+
+@pytest.fixture
+def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """JSON lines at ``info`` into a buffer; the logging set-up is put back after."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    configure_logging("info", "json")
+    try:
+        yield buffer
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def written(buffer: io.StringIO) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    buffer.seek(0)
+    buffer.truncate()
+    return rows
+
+
+def both_ways(buffer: io.StringIO, fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The line ``log_status`` writes and the one structlog writes for the same fields,
+    without their timestamps (key order kept)."""
+    log_status(dict(fields))
+    structlog.get_logger("export_worker").info("status", **fields)
+    direct, through_structlog = written(buffer)
+    for row in (direct, through_structlog):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", row.pop("timestamp"))
+    return direct, through_structlog
+
+
+STATUS = {
+    "request_id": "t-1",
+    "vendor": "itron",
+    "connection": "itron-eu",
+    "vendor_job_id": None,
+    "status": "SUBMITTED",
+    "previous": "ACCEPTED",
+    "sequence": 2,
+    "error": None,
+}
+
+
+class TestStatusLine:
+    """The ``status`` line is written without structlog's generic path when lines are
+    JSON: it must be the line structlog writes, field for field and in the same order."""
+
+    def test_the_same_line_as_structlog_writes(self, stderr: io.StringIO) -> None:
+        direct, through_structlog = both_ways(stderr, STATUS)
+        assert list(direct.items()) == list(through_structlog.items())
+        assert direct == {**STATUS, "event": "status", "level": "info"}
+
+    def test_hostile_texts_are_redacted_the_same_way(self, stderr: io.StringIO) -> None:
+        fields = {
+            **STATUS,
+            "request_id": "r token=abc123secret",
+            "vendor_job_id": "Bearer abcdefghijkl",
+            "status": "FAILED",
+            "error": 'rejected: {"client_secret": "hunter2"} at https://x/f.zip?sig=s1g&se=1',
+        }
+        direct, through_structlog = both_ways(stderr, fields)
+        assert list(direct.items()) == list(through_structlog.items())
+        line = json.dumps(direct)
+        assert "abc123secret" not in line and "abcdefghijkl" not in line
+        assert "hunter2" not in line and "s1g" not in line
+
+    async def test_inside_a_call_and_a_span_the_same_context_is_added(self, stderr: io.StringIO) -> None:
+        async def in_a_call() -> tuple[dict[str, Any], dict[str, Any]]:
+            call_context.set({"request_id": "other", "tenant_hint": "acme"})
+            tracer = TracerProvider().get_tracer("test")
+            with tracer.start_as_current_span("call") as span:
+                direct, through_structlog = both_ways(stderr, STATUS)
+                assert direct["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+            return direct, through_structlog
+
+        direct, through_structlog = await asyncio.create_task(in_a_call())
+        assert list(direct.items()) == list(through_structlog.items())
+        assert direct["request_id"] == "t-1" and direct["tenant_hint"] == "acme"  # the line's own fields win
+
+    def test_nothing_is_written_above_info(self, stderr: io.StringIO) -> None:
+        configure_logging("warning", "json")
+        log_status(dict(STATUS))
+        assert written(stderr) == []
+
+    def test_a_reconfigured_structlog_gets_the_line(self, stderr: io.StringIO) -> None:
+        with capture_logs() as captured:
+            log_status(dict(STATUS))
+        assert captured == [{**STATUS, "event": "status", "log_level": "info"}]
+        assert written(stderr) == []

@@ -29,7 +29,7 @@ from worker.engine.model import (
     Transition,
 )
 from worker.errors import DecodeError
-from worker.observability import Metrics
+from worker.observability import Metrics, log_status
 from worker.records import decode_state_now, file_record, status_record
 from worker.runtime.calls import Call
 from worker.runtime.clients import Clock
@@ -247,16 +247,17 @@ class Stepper:
             assert new is not None
             if isinstance(effect, PublishStatus):
                 self._metrics.child(self._metrics.status_events, new.vendor, effect.status.value).inc()
-                log.info(
-                    "status",
-                    request_id=request_id,
-                    vendor=new.vendor,
-                    connection=new.connection,
-                    vendor_job_id=new.vendor_job_id,
-                    status=effect.status.value,
-                    previous=effect.previous_status.value if effect.previous_status else None,
-                    sequence=effect.sequence,
-                    error=effect.error.message if effect.error else None,
+                log_status(
+                    {
+                        "request_id": request_id,
+                        "vendor": new.vendor,
+                        "connection": new.connection,
+                        "vendor_job_id": new.vendor_job_id,
+                        "status": effect.status.value,
+                        "previous": effect.previous_status.value if effect.previous_status else None,
+                        "sequence": effect.sequence,
+                        "error": effect.error.message if effect.error else None,
+                    }
                 )
             elif isinstance(effect, Announce):
                 self._metrics.child(self._metrics.files, new.vendor).inc()
