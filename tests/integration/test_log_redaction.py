@@ -11,7 +11,6 @@ values themselves.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import secrets
@@ -30,8 +29,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import SecretStr
 
 from tests.conftest import itron_connection, running
+from tests.log_capture import json_lines
 from worker.config import SecretRef, Settings
-from worker.observability import configure_logging
 from worker.runtime import Worker
 from worker.simulators.base import Timing
 from worker.simulators.itron import ItronSimulator
@@ -46,33 +45,19 @@ Lines = Callable[[], list[str]]
 @pytest.fixture
 def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Lines]:
     """The project's logging pipeline, rendering JSON to a captured stderr; returns a
-    function giving every line written so far. The previous configuration comes back
-    afterwards.
+    function giving every line written so far (``tests.log_capture``)."""
+    with json_lines(monkeypatch, "debug") as stderr:
+        # Module-level loggers keep the configuration of their first use
+        # (cache_logger_on_first_use): give each one a fresh proxy for this test.
+        for module in list(sys.modules.values()):
+            proxy = getattr(module, "log", None)
+            if getattr(module, "__name__", "").startswith("worker") and isinstance(proxy, type(structlog.get_logger())):
+                monkeypatch.setattr(module, "log", structlog.get_logger(*(proxy._logger_factory_args or ())))
 
-    stderr is a buffer of the test's own rather than ``capsys``'s, which is closed
-    before fixtures (the running worker among them) are torn down."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    stderr = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", stderr)
-    configure_logging("debug", "json")
-    # Module-level loggers keep the configuration of their first use
-    # (cache_logger_on_first_use): give each one a fresh proxy for this test.
-    for module in list(sys.modules.values()):
-        proxy = getattr(module, "log", None)
-        if getattr(module, "__name__", "").startswith("worker") and isinstance(proxy, type(structlog.get_logger())):
-            monkeypatch.setattr(module, "log", structlog.get_logger(*(proxy._logger_factory_args or ())))
+        def read() -> list[str]:
+            return [line for line in stderr.getvalue().splitlines() if line.strip()]
 
-    def read() -> list[str]:
-        return [line for line in stderr.getvalue().splitlines() if line.strip()]
-
-    try:
         yield read
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def parsed(lines: Iterable[str]) -> list[dict[str, Any]]:

@@ -7,29 +7,19 @@ import asyncio
 import io
 import json
 import logging
-import sys
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from worker.observability import call_context, configure_logging
+from tests.log_capture import json_lines
+from worker.observability import call_context
 
 
 @pytest.fixture
 def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    buffer = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", buffer)
-    configure_logging("info", "json")
-    try:
+    with json_lines(monkeypatch) as buffer:
         yield buffer
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def lines(buffer: io.StringIO) -> dict[str, dict[str, object]]:

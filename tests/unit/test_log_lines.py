@@ -8,9 +8,7 @@ import asyncio
 import datetime as dt
 import io
 import json
-import logging
 import re
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ import structlog
 from opentelemetry.sdk.trace import TracerProvider
 from structlog.testing import capture_logs
 
+from tests.log_capture import json_lines
 from worker.observability import add_timestamp, call_context, configure_logging, log_status, render_json
 
 
@@ -111,19 +110,8 @@ class TestTimestamp:
 
 @pytest.fixture
 def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """JSON lines at ``info`` into a buffer; the logging set-up is put back after."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    buffer = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", buffer)
-    configure_logging("info", "json")
-    try:
+    with json_lines(monkeypatch) as buffer:
         yield buffer
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def written(buffer: io.StringIO) -> list[dict[str, Any]]:
