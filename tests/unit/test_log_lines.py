@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import io
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -182,6 +183,11 @@ class TestStatusLine:
 
     def test_nothing_is_written_above_info(self, stderr: io.StringIO) -> None:
         configure_logging("warning", "json")
+        log_status(dict(STATUS))
+        assert written(stderr) == []
+
+    def test_a_level_set_on_structlog_afterwards_is_followed(self, stderr: io.StringIO) -> None:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
         log_status(dict(STATUS))
         assert written(stderr) == []
 
