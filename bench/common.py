@@ -10,10 +10,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from confluent_kafka import Producer
@@ -39,6 +39,15 @@ def broker() -> Iterator[str]:
         yield kafka.bootstrap
     finally:
         kafka.close()
+
+
+R = TypeVar("R")
+
+
+def median_round(rounds: Sequence[R], key: Callable[[R], float]) -> R:
+    """The round whose ``key`` is the median of the rounds' (the upper one of two
+    middles when the rounds are even)."""
+    return sorted(rounds, key=key)[len(rounds) // 2]
 
 
 def free_port() -> int:

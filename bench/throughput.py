@@ -25,6 +25,7 @@ from bench.common import (
     cpu_seconds,
     create_topic,
     itron_conn,
+    median_round,
     metric,
     scrape,
     simulator,
@@ -44,7 +45,7 @@ SAMPLED_FRACTION = 0.1
 # Kafka records the worker writes per request here (three status events and a FileReady,
 # each with its job's state record), and so the raw pipeline too.
 RECORDS_PER_REQUEST = 8
-ROUNDS = 3
+ROUNDS = 3  # odd: the median is one of the rounds
 
 
 @dataclass
@@ -77,29 +78,38 @@ class Throughput:
     first_read_s: float  # the untraced workers' /readyz to their first request read (the longest)
 
     @property
-    def ratio(self) -> float:
-        """The median round's worker against its raw pipeline."""
-        return statistics.median(r.ratio for r in self.rounds)
+    def by_throughput(self) -> Round:
+        """The round of the median throughput ratio: the throughput row's figures."""
+        return median_round(self.rounds, lambda r: r.ratio)
 
     @property
-    def cpu_ratio(self) -> float:
-        return statistics.median(r.cpu_ratio for r in self.rounds)
+    def by_cpu(self) -> Round:
+        """The round of the median CPU ratio: the CPU row's figures."""
+        return median_round(self.rounds, lambda r: r.cpu_ratio)
+
+    @property
+    def ratio(self) -> float:
+        return self.by_throughput.ratio
 
     @property
     def worker_rps(self) -> float:
-        return statistics.median(r.worker_rps for r in self.rounds)
-
-    @property
-    def worker_cpu_ms(self) -> float:
-        return statistics.median(r.worker_cpu_ms for r in self.rounds)
+        return self.by_throughput.worker_rps
 
     @property
     def raw_rps(self) -> float:
-        return statistics.median(r.raw_rps for r in self.rounds)
+        return self.by_throughput.raw_rps
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.by_cpu.cpu_ratio
+
+    @property
+    def worker_cpu_ms(self) -> float:
+        return self.by_cpu.worker_cpu_ms
 
     @property
     def raw_cpu_ms(self) -> float:
-        return statistics.median(r.raw_cpu_ms for r in self.rounds)
+        return self.by_cpu.raw_cpu_ms
 
     @property
     def tracing_ratio(self) -> float:
