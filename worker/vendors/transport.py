@@ -250,10 +250,7 @@ class _Connection(asyncio.Protocol):
 
     def time_out(self) -> None:
         """The call's deadline passed before its answer was complete."""
-        self.close()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError())
+        self._fail(TimeoutError())
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
@@ -270,7 +267,7 @@ class _Connection(asyncio.Protocol):
         if not waiter.done():
             waiter.set_result((self._parser.get_status_code(), self._headers, body))
 
-    def _fail(self, error: TransportError) -> None:
+    def _fail(self, error: TransportError | TimeoutError) -> None:
         self.close()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
