@@ -59,6 +59,10 @@ def statuses(tr: Transition) -> list[Status]:
     return [e.status for e in tr.effects if isinstance(e, PublishStatus)]
 
 
+def previous(tr: Transition) -> list[Status | None]:
+    return [e.previous_status for e in tr.effects if isinstance(e, PublishStatus)]
+
+
 def calls(tr: Transition) -> list[CallKind]:
     return [e.kind for e in tr.effects if isinstance(e, CallVendor)]
 
@@ -117,6 +121,22 @@ class TestNewRequests:
         assert statuses(tr) == [Status.ACCEPTED]
         assert tr.state.phase is Phase.PENDING and tr.state.sequence == 1
         assert tr.state.next_action_at_ms == NOW
+
+    def test_first_event_of_a_request_follows_nothing(self) -> None:
+        """ACCEPTED, or REJECTED, is the first status an id has: no previous status."""
+        assert previous(step(None, RequestReceived(request()), ctx())) == [None]
+        assert previous(step(None, RequestReceived(request(cancel=True)), ctx())) == [None]
+        rejected = RequestRejected("r1", "acme", "nope", "", 0, 5, ErrorInfo("unknown_connection", "no such", False))
+        assert previous(step(None, rejected, ctx())) == [None]
+
+    def test_every_later_event_follows_the_one_before(self) -> None:
+        """From the first event on, each previous_status is the status published before it."""
+        tr = step(None, RequestReceived(request()), ctx())
+        assert tr.state is not None
+        tr = step(tr.state, TimerFired(), ctx())
+        assert tr.state is not None
+        tr = step(tr.state, SubmitAnswered("job-1", "New", Status.QUEUED), ctx())
+        assert statuses(tr) == [Status.SUBMITTED] and previous(tr) == [Status.ACCEPTED]
 
     def test_timer_on_pending_writes_intent_before_submitting(self) -> None:
         """The submit call comes with a persisted SUBMITTING intent (attempt 1), never without."""
@@ -401,7 +421,7 @@ class TestDuplicatesAndReplays:
         ).state
         assert rejected is not None and rejected.status is Status.REJECTED and rejected.sequence == 1
         tr = step(rejected, RequestReceived(request(offset=6)), ctx())
-        assert statuses(tr) == [Status.ACCEPTED]
+        assert statuses(tr) == [Status.ACCEPTED] and previous(tr) == [Status.REJECTED]
         assert tr.state is not None and tr.state.sequence == 2 and tr.state.phase is Phase.PENDING
 
 

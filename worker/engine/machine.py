@@ -145,6 +145,14 @@ class _Out:
         self.update(**changes)
         self.persist = True
 
+    def follows(self, previous: Status | None) -> None:
+        """A new job's first event follows what the request id had before: nothing, or
+        the REJECTED of an earlier request with the same id (not the status the new
+        state starts with)."""
+        first = self.effects[0]
+        assert isinstance(first, PublishStatus)
+        self.effects[0] = replace(first, previous_status=previous)
+
     def finish(self, status: Status, *, error: ErrorInfo | None = None, vendor_status: str | None = None) -> None:
         now = self.ctx.now_ms
         if vendor_status is not None:
@@ -230,6 +238,7 @@ def _on_request(state: JobState | None, request: RequestInfo, ctx: Context) -> T
         fresh = _new_state(request, ctx, sequence=0 if state is None else state.sequence)
         out = _Out(fresh, ctx)
         out.publish(Status.ACCEPTED)
+        out.follows(None if state is None else state.status)
         return out.done()
     return _on_duplicate(state, request, ctx)
 
@@ -265,6 +274,7 @@ def _on_cancel_request(state: JobState | None, request: RequestInfo, ctx: Contex
         base = _new_state(request, ctx, sequence=0 if state is None else state.sequence)
         out = _Out(replace(base, status=Status.REJECTED), ctx)
         out.finish(Status.REJECTED, error=ErrorInfo("nothing_to_cancel", "no export with this request id", False))
+        out.follows(None if state is None else state.status)
         return out.done()
     out = _Out(state, ctx)
     if not state.open:
@@ -307,6 +317,7 @@ def _on_rejected(state: JobState | None, event: RequestRejected, ctx: Context) -
     base = _new_state(request, ctx, sequence=0 if state is None else state.sequence)
     out = _Out(replace(base, status=Status.REJECTED), ctx)
     out.finish(Status.REJECTED, error=event.error)
+    out.follows(None if state is None else state.status)
     return out.done()
 
 
