@@ -129,14 +129,26 @@ class TestNewRequests:
         rejected = RequestRejected("r1", "acme", "nope", "", 0, 5, ErrorInfo("unknown_connection", "no such", False))
         assert previous(step(None, rejected, ctx())) == [None]
 
-    def test_every_later_event_follows_the_one_before(self) -> None:
-        """From the first event on, each previous_status is the status published before it."""
+    def test_the_second_event_follows_the_first(self) -> None:
+        """The event after ACCEPTED (SUBMITTED, once the submit is answered) names ACCEPTED."""
         tr = step(None, RequestReceived(request()), ctx())
         assert tr.state is not None
         tr = step(tr.state, TimerFired(), ctx())
         assert tr.state is not None
         tr = step(tr.state, SubmitAnswered("job-1", "New", Status.QUEUED), ctx())
         assert statuses(tr) == [Status.SUBMITTED] and previous(tr) == [Status.ACCEPTED]
+
+    def test_a_new_rejection_of_a_rejected_id_follows_its_rejection(self) -> None:
+        """A cancel or a rejected request for an id whose earlier request was rejected
+        starts again from that REJECTED (the sequence goes on too)."""
+        reason = ErrorInfo("unknown_connection", "no such", False)
+        rejected = step(None, RequestRejected("r1", "acme", "nope", "", 0, 5, reason), ctx()).state
+        assert rejected is not None
+        cancel = step(rejected, RequestReceived(request(offset=6, cancel=True)), ctx())
+        assert statuses(cancel) == [Status.REJECTED] and previous(cancel) == [Status.REJECTED]
+        again = step(rejected, RequestRejected("r1", "acme", "nope", "", 0, 7, reason), ctx())
+        assert statuses(again) == [Status.REJECTED] and previous(again) == [Status.REJECTED]
+        assert again.state is not None and again.state.sequence == 2
 
     def test_timer_on_pending_writes_intent_before_submitting(self) -> None:
         """The submit call comes with a persisted SUBMITTING intent (attempt 1), never without."""
