@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import random
+import re
 import time
 from array import array
 from collections.abc import Awaitable, Callable
@@ -47,12 +49,13 @@ from worker.config import PolicyConfig
 from worker.kafka import admin_client, ensure_topics
 from worker.testing import Publisher, eventually, itron_request
 
-INTERVAL_S = 30.0  # the poll interval; the measured window is one interval by default
+INTERVAL_S = 30.0  # the poll interval, and the measured window
 TRIM_S = 5.0
 POLICY = PolicyConfig(first_poll_s=INTERVAL_S, poll_initial_s=INTERVAL_S, poll_multiplier=1.0, poll_max_s=INTERVAL_S)
 SUBSCRIPTION = "7f7f2d8e-6c38-4b8e-9a53-6a1f1c7b2e10"
 LATENESS = "export_worker_timer_lateness_seconds"
 TRIMS = "export_worker_memory_trims_total"
+_STATUS_LABEL = re.compile(r'[{,]status="([^"]*)"')
 
 
 @dataclass
@@ -138,7 +141,7 @@ async def measure(bootstrap: str, n: int = 50_000) -> Capacity:
             _, first_before = await scrape(worker.port)
             first_polls = _open_by_status(first_before).get("SUBMITTED", 0.0)
             first_cpu_before = cpu_seconds(worker.pid)
-            await eventually(lambda: _at_most(unpolled, 0), timeout=120, interval=0.5, what=f"{n} polled")
+            await eventually(lambda: _at_most(unpolled, 0), timeout=120, interval=1.0, what=f"{n} polled")
             first_cpu = cpu_seconds(worker.pid) - first_cpu_before
             # Steady state: every job is polled once per interval from now on, and finds
             # its job as it was.
@@ -160,8 +163,11 @@ async def measure(bootstrap: str, n: int = 50_000) -> Capacity:
     # jobs: reported apart, not charged to each job.
     per_job = ((open_kib - half_kib) - (open_store - half_store)) / (n - half)
     per_poll = cpu / max(polls_in_window, 1)
-    # What the first polls cost beyond as many polls that change nothing.
-    first_poll = (first_cpu - per_poll * max(polls_meanwhile - first_polls, 0)) / max(first_polls, 1)
+    # What a first poll costs in all: the interval's CPU less what its other polls cost
+    # at the steady rate, over the first polls.
+    first_poll = (
+        (first_cpu - per_poll * max(polls_meanwhile - first_polls, 0)) / first_polls if first_polls else math.nan
+    )
     grown = (open_kib - idle_kib) - (open_store - idle_store)
     return Capacity(
         open_jobs=n,
@@ -201,8 +207,9 @@ def _open_by_status(metrics_text: str) -> dict[str, float]:
     for line in metrics_text.splitlines():
         if line.startswith("export_worker_open_jobs{"):
             labels, value = line.rsplit(" ", 1)
-            status = labels.split('status="', 1)[1].split('"', 1)[0]
-            counts[status] = counts.get(status, 0.0) + float(value)
+            status = _STATUS_LABEL.search(labels)
+            if status is not None:
+                counts[status[1]] = counts.get(status[1], 0.0) + float(value)
     return counts
 
 
