@@ -101,6 +101,20 @@ class _Out:
         self.effects: list[Emit] = []
         self.persist = False
         self.forget = False  # end of retention: write a tombstone
+        # A new job's first event follows what its request id had before (``opening``),
+        # not the status the new state starts with.
+        self._opening = False
+        self._came_from: Status | None = None
+
+    @classmethod
+    def opening(cls, came_from: JobState | None, request: RequestInfo, ctx: Context, status: Status) -> _Out:
+        """A new job for ``request``, at ``status``. ``came_from``: what its id had before,
+        nothing or an earlier request's REJECTED, whose sequence it goes on with."""
+        sequence = 0 if came_from is None else came_from.sequence
+        out = cls(_new_state(request, ctx, sequence=sequence, status=status), ctx)
+        out._opening = True
+        out._came_from = None if came_from is None else came_from.status
+        return out
 
     @property
     def state(self) -> JobState:
@@ -127,7 +141,10 @@ class _Out:
     ) -> None:
         """Publish a status event. ``keep_status`` publishes feedback (DUPLICATE, a
         cancel that could not be done) without changing the job's own status."""
-        previous = self.get("status")
+        if self._opening:
+            previous, self._opening = self._came_from, False
+        else:
+            previous = self.get("status")
         sequence = self.get("sequence") + 1
         self.effects.append(
             PublishStatus(
@@ -144,14 +161,6 @@ class _Out:
             changes["status"] = status
         self.update(**changes)
         self.persist = True
-
-    def follows(self, previous: Status | None) -> None:
-        """A new job's first event follows what the request id had before: nothing, or
-        the REJECTED of an earlier request with the same id (not the status the new
-        state starts with)."""
-        first = self.effects[0]
-        assert isinstance(first, PublishStatus)
-        self.effects[0] = replace(first, previous_status=previous)
 
     def finish(self, status: Status, *, error: ErrorInfo | None = None, vendor_status: str | None = None) -> None:
         now = self.ctx.now_ms
@@ -180,7 +189,7 @@ class _Out:
         return Transition(self.state, self.persist, tuple(self.effects))
 
 
-def _new_state(request: RequestInfo, ctx: Context, *, sequence: int) -> JobState:
+def _new_state(request: RequestInfo, ctx: Context, *, sequence: int, status: Status) -> JobState:
     return JobState(
         request_id=request.request_id,
         tenant=request.tenant,
@@ -191,7 +200,7 @@ def _new_state(request: RequestInfo, ctx: Context, *, sequence: int) -> JobState
         origin_partition=request.partition,
         origin_offset=request.offset,
         phase=Phase.PENDING,
-        status=Status.ACCEPTED,
+        status=status,
         sequence=sequence,
         created_at_ms=ctx.now_ms,
         updated_at_ms=ctx.now_ms,
@@ -235,10 +244,8 @@ def _on_request(state: JobState | None, request: RequestInfo, ctx: Context) -> T
         return _on_cancel_request(state, request, ctx)
     if state is None or state.status is Status.REJECTED:
         # A rejected request holds no vendor job: the same id may come back fixed.
-        fresh = _new_state(request, ctx, sequence=0 if state is None else state.sequence)
-        out = _Out(fresh, ctx)
+        out = _Out.opening(state, request, ctx, Status.ACCEPTED)
         out.publish(Status.ACCEPTED)
-        out.follows(None if state is None else state.status)
         return out.done()
     return _on_duplicate(state, request, ctx)
 
@@ -271,10 +278,8 @@ def _on_duplicate(state: JobState, request: RequestInfo, ctx: Context) -> Transi
 
 def _on_cancel_request(state: JobState | None, request: RequestInfo, ctx: Context) -> Transition:
     if state is None or state.status is Status.REJECTED:
-        base = _new_state(request, ctx, sequence=0 if state is None else state.sequence)
-        out = _Out(replace(base, status=Status.REJECTED), ctx)
+        out = _Out.opening(state, request, ctx, Status.REJECTED)
         out.finish(Status.REJECTED, error=ErrorInfo("nothing_to_cancel", "no export with this request id", False))
-        out.follows(None if state is None else state.status)
         return out.done()
     out = _Out(state, ctx)
     if not state.open:
@@ -314,10 +319,8 @@ def _on_rejected(state: JobState | None, event: RequestRejected, ctx: Context) -
         correlation_id=event.correlation_id,
         trace=event.trace,
     )
-    base = _new_state(request, ctx, sequence=0 if state is None else state.sequence)
-    out = _Out(replace(base, status=Status.REJECTED), ctx)
+    out = _Out.opening(state, request, ctx, Status.REJECTED)
     out.finish(Status.REJECTED, error=event.error)
-    out.follows(None if state is None else state.status)
     return out.done()
 
 
