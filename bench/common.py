@@ -42,6 +42,21 @@ def broker() -> Iterator[str]:
 
 
 R = TypeVar("R")
+B = TypeVar("B")
+
+
+async def alternate(
+    rounds: int, baseline: Callable[[int], Awaitable[B]], run: Callable[[int], Awaitable[R]]
+) -> list[tuple[R, B, B]]:
+    """``baseline``, ``run``, ``baseline``, ... ``rounds`` runs, each with the baseline
+    runs right before and after it: a VM's speed drifts by 20-30 % over a minute or two,
+    so a run is never compared with one baseline alone."""
+    baselines = [await baseline(0)]
+    runs = []
+    for i in range(rounds):
+        runs.append(await run(i))
+        baselines.append(await baseline(i + 1))
+    return list(zip(runs, baselines[:-1], baselines[1:], strict=True))
 
 
 def median_round(rounds: Sequence[R], key: Callable[[R], float]) -> R:

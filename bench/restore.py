@@ -20,6 +20,7 @@ from confluent_kafka.aio import AIOConsumer
 from bench.common import (
     WORKDIR,
     StateRecord,
+    alternate,
     bench_settings,
     itron_conn,
     median_round,
@@ -64,14 +65,6 @@ class Restore:
     def median(self) -> Round:
         """The round of the median ratio: the row's figures."""
         return median_round(self.rounds, lambda r: r.ratio)
-
-    @property
-    def ratio(self) -> float:
-        return self.median.ratio
-
-    @property
-    def ready_s(self) -> float:
-        return self.median.ready_s
 
     @property
     def states_per_s(self) -> float:
@@ -174,16 +167,16 @@ async def measure(bootstrap: str, n: int = 100_000, rounds: int = ROUNDS) -> Res
     await ensure_topics(settings, admin_client(settings))
     await write_states(settings, n)
     async with simulator("itron", stage_seconds=1e9, record=False) as sim_url:
-        bare = [await bare_read(settings)]
-        workers = []
-        for i in range(rounds):
-            workers.append(await restore_once(settings, n, sim_url, f"restore-{i}"))
-            bare.append(await bare_read(settings))
+
+        async def bare(_: int) -> float:
+            return await bare_read(settings)
+
+        async def worker(i: int) -> tuple[float, float]:
+            return await restore_once(settings, n, sim_url, f"restore-{i}")
+
+        workers = await alternate(rounds, bare, worker)
     bare_known_s = await bare_read(settings, from_known_offsets=True)
-    measured = [
-        Round(ready_s, restore_s, (before + after) / 2)
-        for (ready_s, restore_s), before, after in zip(workers, bare, bare[1:], strict=False)
-    ]
+    measured = [Round(ready_s, restore_s, (before + after) / 2) for (ready_s, restore_s), before, after in workers]
     return Restore(n, measured, bare_known_s)
 
 
@@ -196,7 +189,7 @@ if __name__ == "__main__":
         r = asyncio.run(measure(bootstrap, int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
     print(
         r,
-        f"ratio {r.ratio:.2f} (rounds {[round(x.ratio, 2) for x in r.rounds]}),"
+        f"ratio {r.median.ratio:.2f} (rounds {[round(x.ratio, 2) for x in r.rounds]}),"
         f" worker {r.states_per_s:.0f} states/s, bare {r.bare_states_per_s:.0f} states/s,"
         f" bare from known offsets {r.bare_known_states_per_s:.0f} states/s",
     )

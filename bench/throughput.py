@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from bench.common import (
     WORKDIR,
     Process,
+    alternate,
     bench_settings,
     cpu_seconds,
     create_topic,
@@ -88,36 +89,12 @@ class Throughput:
         return median_round(self.rounds, lambda r: r.cpu_ratio)
 
     @property
-    def ratio(self) -> float:
-        return self.by_throughput.ratio
-
-    @property
-    def worker_rps(self) -> float:
-        return self.by_throughput.worker_rps
-
-    @property
-    def raw_rps(self) -> float:
-        return self.by_throughput.raw_rps
-
-    @property
-    def cpu_ratio(self) -> float:
-        return self.by_cpu.cpu_ratio
-
-    @property
-    def worker_cpu_ms(self) -> float:
-        return self.by_cpu.worker_cpu_ms
-
-    @property
-    def raw_cpu_ms(self) -> float:
-        return self.by_cpu.raw_cpu_ms
-
-    @property
     def tracing_ratio(self) -> float:
-        return self.traced_rps / self.worker_rps
+        return self.traced_rps / self.by_throughput.worker_rps
 
     @property
     def sampled_tracing_ratio(self) -> float:
-        return self.sampled_rps / self.worker_rps
+        return self.sampled_rps / self.by_throughput.worker_rps
 
 
 @dataclass
@@ -207,19 +184,20 @@ async def run_raw(bootstrap: str, n: int, sim_url: str, name: str, per_request: 
 
 async def measure(bootstrap: str, n: int = 5000, rounds: int = ROUNDS) -> Throughput:
     async with simulator("itron", stage_seconds=0.0) as sim_url:
-        # A VM's speed drifts by 20-30 % over a minute or two: each worker run is compared
-        # with the raw runs right before and after it, never with one baseline alone.
-        raws = [await run_raw(bootstrap, n, sim_url, "tput-raw-0", RECORDS_PER_REQUEST)]
-        plains: list[WorkerRun] = []
-        for i in range(rounds):
-            plain = await run_worker(bootstrap, n, sim_url, f"tput-{i}")
-            if round(plain.written) != RECORDS_PER_REQUEST:
+
+        async def raw(i: int) -> tuple[float, float]:
+            return await run_raw(bootstrap, n, sim_url, f"tput-raw-{i}", RECORDS_PER_REQUEST)
+
+        async def plain(i: int) -> WorkerRun:
+            run = await run_worker(bootstrap, n, sim_url, f"tput-{i}")
+            if round(run.written) != RECORDS_PER_REQUEST:
                 raise RuntimeError(
-                    f"the worker wrote {plain.written:.2f} records per request and the raw pipeline "
+                    f"the worker wrote {run.written:.2f} records per request and the raw pipeline "
                     f"{RECORDS_PER_REQUEST}: make them the same (RECORDS_PER_REQUEST)"
                 )
-            plains.append(plain)
-            raws.append(await run_raw(bootstrap, n, sim_url, f"tput-raw-{i + 1}", RECORDS_PER_REQUEST))
+            return run
+
+        plains = await alternate(rounds, raw, plain)
         async with OtlpReceiver(decode=False) as collector:
             tracing = {
                 "OTEL_TRACES_SAMPLER": "parentbased_always_on",  # every export (whatever the shell says)
@@ -239,23 +217,18 @@ async def measure(bootstrap: str, n: int = 5000, rounds: int = ROUNDS) -> Throug
             if collector.requests == sent:
                 raise RuntimeError("the sampled worker sent no spans")
     measured = [
-        Round(
-            plain.rps,
-            plain.cpu_ms,
-            2 * n / (before[0] + after[0]),
-            (before[1] + after[1]) / (2 * n) * 1000,
-        )
-        for plain, before, after in zip(plains, raws, raws[1:], strict=False)
+        Round(w.rps, w.cpu_ms, 2 * n / (before[0] + after[0]), (before[1] + after[1]) / (2 * n) * 1000)
+        for w, before, after in plains
     ]
     return Throughput(
         n,
         measured,
-        statistics.median(p.written for p in plains),
+        statistics.median(w.written for w, _, _ in plains),
         traced.rps,
         traced.cpu_ms,
         sampled.rps,
         sampled.cpu_ms,
-        max(p.first_read_s for p in plains),
+        max(w.first_read_s for w, _, _ in plains),
     )
 
 
@@ -267,6 +240,7 @@ if __name__ == "__main__":
         result = asyncio.run(measure(bootstrap, int(sys.argv[1]) if len(sys.argv) > 1 else 5000))
     print(
         result,
-        f"ratio={result.ratio:.2f} cpu_ratio={result.cpu_ratio:.2f} tracing_ratio={result.tracing_ratio:.2f}",
+        f"ratio={result.by_throughput.ratio:.2f} cpu_ratio={result.by_cpu.cpu_ratio:.2f}",
+        f"tracing_ratio={result.tracing_ratio:.2f}",
         f"sampled_tracing_ratio={result.sampled_tracing_ratio:.2f}",
     )
