@@ -72,10 +72,8 @@ class Throughput:
     requests: int
     rounds: list[Round]
     records_per_request: float
-    traced_rps: float  # the same worker with tracing on, spans sent over OTLP/HTTP
-    traced_cpu_ms: float
-    sampled_rps: float  # tracing on, SAMPLED_FRACTION of the exports traced
-    sampled_cpu_ms: float
+    traced: TracedRound  # every export traced, spans sent over OTLP/HTTP
+    sampled: TracedRound  # SAMPLED_FRACTION of the exports traced
     first_read_s: float  # the untraced workers' /readyz to their first request read (the longest)
 
     @property
@@ -88,14 +86,6 @@ class Throughput:
         """The round of the median CPU ratio: the CPU row's figures."""
         return median_round(self.rounds, lambda r: r.cpu_ratio)
 
-    @property
-    def tracing_ratio(self) -> float:
-        return self.traced_rps / self.by_throughput.worker_rps
-
-    @property
-    def sampled_tracing_ratio(self) -> float:
-        return self.sampled_rps / self.by_throughput.worker_rps
-
 
 @dataclass
 class WorkerRun:
@@ -103,6 +93,24 @@ class WorkerRun:
     cpu_ms: float
     written: float  # records per request
     first_read_s: float  # /readyz to the first request read
+
+
+@dataclass
+class TracedRound:
+    """A worker run with tracing on and the untraced runs right before and after it."""
+
+    traced: WorkerRun
+    before: WorkerRun
+    after: WorkerRun
+
+    @property
+    def untraced_rps(self) -> float:
+        """The two untraced runs together (the same number of requests each)."""
+        return 2 / (1 / self.before.rps + 1 / self.after.rps)
+
+    @property
+    def ratio(self) -> float:
+        return self.traced.rps / self.untraced_rps
 
 
 async def first_read(worker: Process, timeout: float = 60.0) -> None:
@@ -199,23 +207,31 @@ async def measure(bootstrap: str, n: int = 5000, rounds: int = ROUNDS) -> Throug
 
         plains = await alternate(rounds, raw, plain)
         async with OtlpReceiver(decode=False) as collector:
-            tracing = {
-                "OTEL_TRACES_SAMPLER": "parentbased_always_on",  # every export (whatever the shell says)
+            otlp = {
                 "OTEL_TRACES_EXPORTER": "otlp",
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url,
                 "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
             }
-            traced = await run_worker(bootstrap, n, sim_url, "tput-traced", tracing)
-            if collector.requests == 0:
-                raise RuntimeError("the traced worker sent no spans")
-            sent = collector.requests
-            ratio_sampler = {
-                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                "OTEL_TRACES_SAMPLER_ARG": str(SAMPLED_FRACTION),
-            }
-            sampled = await run_worker(bootstrap, n, sim_url, "tput-sampled", tracing | ratio_sampler)
-            if collector.requests == sent:
-                raise RuntimeError("the sampled worker sent no spans")
+            ratio = str(SAMPLED_FRACTION)
+            samplers = [
+                ("traced", {"OTEL_TRACES_SAMPLER": "parentbased_always_on"}),  # whatever the shell says
+                ("sampled", {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": ratio}),
+            ]
+
+            async def untraced(i: int) -> WorkerRun:
+                return await plain(rounds + i)
+
+            async def traced(i: int) -> WorkerRun:
+                name, sampler = samplers[i]
+                sent = collector.requests
+                run = await run_worker(bootstrap, n, sim_url, f"tput-{name}", otlp | sampler)
+                if collector.requests == sent:
+                    raise RuntimeError(f"the {name} worker sent no spans")
+                return run
+
+            # Each traced run between two untraced ones, as the rounds above: compared with
+            # a run minutes earlier its ratio would be as much the VM's drift as tracing's cost.
+            every, sampled = (TracedRound(*runs) for runs in await alternate(len(samplers), untraced, traced))
     measured = [
         Round(w.rps, w.cpu_ms, 2 * n / (before[0] + after[0]), (before[1] + after[1]) / (2 * n) * 1000)
         for w, before, after in plains
@@ -224,10 +240,8 @@ async def measure(bootstrap: str, n: int = 5000, rounds: int = ROUNDS) -> Throug
         n,
         measured,
         statistics.median(w.written for w, _, _ in plains),
-        traced.rps,
-        traced.cpu_ms,
-        sampled.rps,
-        sampled.cpu_ms,
+        every,
+        sampled,
         max(w.first_read_s for w, _, _ in plains),
     )
 
@@ -241,6 +255,6 @@ if __name__ == "__main__":
     print(
         result,
         f"ratio={result.by_throughput.ratio:.2f} cpu_ratio={result.by_cpu.cpu_ratio:.2f}",
-        f"tracing_ratio={result.tracing_ratio:.2f}",
-        f"sampled_tracing_ratio={result.sampled_tracing_ratio:.2f}",
+        f"tracing_ratio={result.traced.ratio:.2f}",
+        f"sampled_tracing_ratio={result.sampled.ratio:.2f}",
     )
