@@ -77,7 +77,7 @@ class Throughput:
     records_per_request: float
     traced: TracedRound  # every export traced, spans sent over OTLP/HTTP
     sampled: TracedRound  # SAMPLED_FRACTION of the exports traced
-    first_read_s: float  # the untraced workers' /readyz to their first request read (the longest)
+    first_read_s: float  # the rounds' workers' /readyz to their first request read (the longest)
 
     @property
     def by_throughput(self) -> Round:
@@ -169,9 +169,12 @@ class CommittedCount:
         while self.count < n:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.count} of {n} records on {self._topic} within {timeout:.0f} s")
-            for msg in await self._consumer.consume(num_messages=5000, timeout=0.2):
-                if msg.error() is None:
-                    self.count += 1
+            # No more than are missing: consume() returns when it has that many (or at
+            # the timeout), so the last record ends the wait as it arrives.
+            for msg in await self._consumer.consume(num_messages=min(5000, n - self.count), timeout=0.2):
+                if (err := msg.error()) is not None:
+                    raise RuntimeError(f"reading {self._topic}: {err.str()}")
+                self.count += 1
 
 
 async def run_worker(bootstrap: str, n: int, sim_url: str, name: str, env: dict[str, str] | None = None) -> WorkerRun:
@@ -196,7 +199,12 @@ async def run_worker(bootstrap: str, n: int, sim_url: str, name: str, env: dict[
             print(sorted(thread_cpu(worker.pid).items(), key=lambda kv: -kv[1])[:12])
         # What the run wrote, read once it is timed.
         async with OutputReader(settings, include_jobs=False) as reader:
-            out = await reader.wait_for(lambda o: len(o.files) >= n, timeout=120, what="all files")
+            # Each topic is read at its own pace: wait for the status events too.
+            expected = RECORDS_PER_REQUEST // 2 * n  # events; each comes with a state record
+            try:
+                out = await reader.wait_for(lambda o: len(o.status) + len(o.files) >= expected, timeout=60)
+            except TimeoutError:
+                out = await reader.read()  # fewer than the raw pipeline writes: the caller says so
         if os.environ.get("BENCH_DEBUG"):
             assert worker.port is not None
             _, text = await scrape(worker.port)
@@ -237,14 +245,17 @@ async def measure(bootstrap: str, n: int = 5000, rounds: int = ROUNDS) -> Throug
         async def raw(i: int) -> tuple[float, float]:
             return await run_raw(bootstrap, n, sim_url, f"tput-raw-{i}", RECORDS_PER_REQUEST)
 
-        async def plain(i: int) -> WorkerRun:
-            run = await run_worker(bootstrap, n, sim_url, f"tput-{i}")
+        async def untraced(name: str) -> WorkerRun:
+            run = await run_worker(bootstrap, n, sim_url, name)
             if round(run.written) != RECORDS_PER_REQUEST:
                 raise RuntimeError(
                     f"the worker wrote {run.written:.2f} records per request and the raw pipeline "
                     f"{RECORDS_PER_REQUEST}: make them the same (RECORDS_PER_REQUEST)"
                 )
             return run
+
+        async def plain(i: int) -> WorkerRun:
+            return await untraced(f"tput-{i}")
 
         plains = await alternate(rounds, raw, plain)
         async with OtlpReceiver(decode=False) as collector:
@@ -259,8 +270,8 @@ async def measure(bootstrap: str, n: int = 5000, rounds: int = ROUNDS) -> Throug
                 ("sampled", {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": ratio}),
             ]
 
-            async def untraced(i: int) -> WorkerRun:
-                return await plain(rounds + i)
+            async def beside(i: int) -> WorkerRun:
+                return await untraced(f"tput-untraced-{i}")
 
             async def traced(i: int) -> WorkerRun:
                 name, sampler = samplers[i]
@@ -272,7 +283,7 @@ async def measure(bootstrap: str, n: int = 5000, rounds: int = ROUNDS) -> Throug
 
             # Each traced run between two untraced ones, as the rounds above: compared with
             # a run minutes earlier its ratio would be as much the VM's drift as tracing's cost.
-            every, sampled = (TracedRound(*runs) for runs in await alternate(len(samplers), untraced, traced))
+            every, sampled = (TracedRound(*runs) for runs in await alternate(len(samplers), beside, traced))
     measured = [
         Round(w.rps, w.cpu_ms, 2 * n / (before[0] + after[0]), (before[1] + after[1]) / (2 * n) * 1000)
         for w, before, after in plains
