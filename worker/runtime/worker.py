@@ -88,6 +88,11 @@ STORE_FAILURES_WINDOW_S = 600.0
 # How often stores of partitions no longer owned are looked at (removed once unused for
 # state_cleanup_s), and the state dir's size checked.
 STORE_CLEANUP_EVERY_S = 300.0
+# At shutdown, how long the worker waits for the group to take its partitions back
+# (unsubscribe, then consume() serves the revocation) before it closes the consumer anyway.
+LEAVE_GROUP_S = 10.0
+# The consume() calls that wait for that revocation.
+LEAVE_POLL_S = 0.1
 
 
 class Worker:
@@ -346,8 +351,9 @@ class Worker:
         if self._control is not None:
             await self._control.stop()
         if self.consumer is not None:
+            await self._leave_group()
             with contextlib.suppress(Exception):
-                await self.consumer.close()  # triggers on_revoke: commits whatever is left
+                await self.consumer.close()
         if self.producer is not None and not self.writer.stuck:  # closing joins its threads
             with contextlib.suppress(Exception):
                 await self.producer.close()
@@ -360,6 +366,25 @@ class Worker:
             await self._session.close()
         await self.trimmer.close()
         log.info("worker stopped")
+
+    async def _leave_group(self) -> None:
+        """Hand the partitions back before closing: unsubscribe, and let consume() serve
+        the revocation (``_on_revoke`` commits whatever is left). A revocation served
+        inside close() instead can wait forever in librdkafka while the group is being
+        torn down (librdkafka#4041, #4884), and the binding's own answer to it waits there
+        holding the GIL: the whole process froze. With nothing assigned, close() has no
+        revocation to serve. Records consume() returns here are not taken: the next owner
+        reads them from the committed offsets."""
+        assert self.consumer is not None
+        deadline = time.monotonic() + LEAVE_GROUP_S
+        try:
+            await self.consumer.unsubscribe()
+            while self.partitions and time.monotonic() < deadline:
+                await self.consumer.consume(self.settings.consume_batch, LEAVE_POLL_S)
+        except Exception as exc:
+            log.warning("leaving the group before closing failed", error=str(exc))
+        if self.partitions:
+            log.warning("partitions not revoked before closing", partitions=sorted(self.partitions))
 
     def readiness(self) -> tuple[bool, str]:
         if not self._started:
@@ -649,7 +674,14 @@ class Worker:
         self._reshare()
 
     async def _on_revoke(self, consumer: GroupConsumer, partitions: list[TopicPartition]) -> None:
-        numbers = self._ours(partitions)
+        try:
+            await self._hand_over(consumer, self._ours(partitions))
+        finally:
+            await self._unassign(consumer, partitions)
+
+    async def _hand_over(self, consumer: GroupConsumer, numbers: set[int]) -> None:
+        """Revoked partitions: their calls drained (within revoke_drain_s), what they
+        wrote committed with their offsets, their state dropped."""
         if not numbers:
             return
         self.partitions.start_revoking(numbers)
@@ -668,8 +700,18 @@ class Worker:
     async def _on_lost(self, consumer: GroupConsumer, partitions: list[TopicPartition]) -> None:
         numbers = self._ours(partitions)
         log.warning("partitions lost (session expired): dropping uncommitted work", partitions=sorted(numbers))
-        self._forget_uncommitted(numbers)
-        self._drop(numbers)
+        try:
+            self._forget_uncommitted(numbers)
+            self._drop(numbers)
+        finally:
+            await self._unassign(consumer, partitions)
+
+    @staticmethod
+    async def _unassign(consumer: GroupConsumer, partitions: list[TopicPartition]) -> None:
+        """The callback answers the revocation itself. Left unanswered, the binding does
+        it after the callback, first asking librdkafka for the rebalance protocol while it
+        holds the GIL; inside close() that request can wait forever (librdkafka#4041)."""
+        await consumer.incremental_unassign(partitions)
 
     def _drop(self, numbers: set[int]) -> None:
         for number in numbers:
