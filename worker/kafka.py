@@ -316,11 +316,14 @@ class RestoredPartition:
 
 
 # librdkafka (2.16) can free a ListOffsets request while the thread that issued it still
-# uses it: when the topic's leaders are not cached, the issuing thread waits for metadata,
-# and a metadata answer another pending request asked for completes this one on
-# librdkafka's own thread. Seen as a segmentation fault in ``AdminClient.list_offsets``
-# when calls overlapped on one client (``log_facts`` asks for two at once). One call at a
-# time per client, each until its answers are in: the next finds the leaders cached.
+# uses it. ``AdminClient.list_offsets`` first looks the partitions' leaders up on the
+# calling thread; when one is not in the metadata cache, that lookup registers itself for
+# the next cache change and goes on. A metadata answer arriving in that window (another
+# request's on the same client: a DescribeTopics, a second lookup) runs the lookup again
+# on librdkafka's own thread, which completes and frees it under the first: a
+# segmentation fault in ``AdminClient.list_offsets``. So the topic's metadata is asked for
+# first (``_cache_leaders``): with every leader cached, the lookup completes on the calling
+# thread and never waits. And one call at a time per client, each until its answers are in.
 _OFFSETS_LOCKS: weakref.WeakKeyDictionary[AdminClient, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
@@ -351,6 +354,7 @@ async def list_offsets(
         request = {TopicPartition(topic, p): spec or OffsetSpec.latest() for p in partitions}
         try:
             async with offsets_lock(admin):
+                await _cache_leaders(admin, topic, partitions, max(deadline - time.monotonic(), 1.0))
                 result = {}
                 for tp, fut in admin.list_offsets(request, isolation_level=isolation).items():
                     result[tp.partition] = (await asyncio.wait_for(asyncio.wrap_future(fut), timeout)).offset
@@ -362,6 +366,17 @@ async def list_offsets(
         except TimeoutError:
             raise BrokerUnavailable(f"list offsets of {topic}: no answer within {timeout:.0f} s") from None
         await asyncio.sleep(0.05)
+
+
+async def _cache_leaders(admin: AdminClient, topic: str, partitions: list[int], timeout: float) -> None:
+    """Ask for ``topic``'s metadata (librdkafka caches it) and check that each partition
+    has a leader; raise a transient ``KafkaException`` if one has none yet."""
+    metadata = await asyncio.wait_for(asyncio.to_thread(admin.list_topics, topic=topic, timeout=timeout), timeout + 5)
+    described = metadata.topics.get(topic)
+    if described is None or described.error is not None:
+        raise KafkaException(described.error if described is not None else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    if any(p not in described.partitions or described.partitions[p].leader < 0 for p in partitions):
+        raise KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE))
 
 
 async def log_starts(admin: AdminClient, topic: str, partitions: list[int], *, timeout: float = 30.0) -> dict[int, int]:
