@@ -11,8 +11,9 @@ import concurrent.futures
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import IsolationLevel, KafkaError, TopicPartition
+from confluent_kafka import IsolationLevel, TopicPartition
 
+from tests.unit.fake_metadata import Metadata, Partition, Topic
 from worker.kafka import list_offsets, log_starts
 from worker.testing import eventually
 
@@ -20,22 +21,6 @@ from worker.testing import eventually
 @dataclass
 class Answer:
     offset: int
-
-
-@dataclass
-class Partition:
-    leader: int
-
-
-@dataclass
-class Topic:
-    partitions: dict[int, Partition]
-    error: KafkaError | None = None
-
-
-@dataclass
-class Metadata:
-    topics: dict[str, Topic]
 
 
 class AnsweringLater:

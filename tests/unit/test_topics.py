@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigEntry
 
+from tests.unit.fake_metadata import Metadata, Topic
 from worker.config import Settings, TopicSettings
 from worker.errors import ConfigError
 from worker.kafka import BrokerUnavailable, ensure_topics, transient_admin_error
@@ -31,17 +32,6 @@ def done(value: Any = None, error: int | None = None) -> concurrent.futures.Futu
     else:
         future.set_exception(KafkaException(KafkaError(error)))
     return future
-
-
-@dataclass
-class Topic:
-    partitions: dict[int, object]
-    error: KafkaError | None = None
-
-
-@dataclass
-class Metadata:
-    topics: dict[str, Topic]
 
 
 @dataclass
