@@ -184,12 +184,15 @@ async def _retrying(what: str, call: Callable[[], Awaitable[T]], deadline: _Dead
         delay = min(1.0, delay * 2)
 
 
+async def _list_topics(admin: AdminClient, timeout: float, topic: str | None = None) -> Any:
+    """``admin.list_topics`` (all topics, or ``topic``) off the loop, bounded even if
+    librdkafka overruns its own ``timeout``."""
+    return await asyncio.wait_for(asyncio.to_thread(admin.list_topics, topic=topic, timeout=timeout), timeout + 5)
+
+
 async def _metadata(admin: AdminClient, timeout: float) -> Any:
-    loop = asyncio.get_running_loop()
     try:
-        return await asyncio.wait_for(
-            loop.run_in_executor(None, lambda: admin.list_topics(timeout=timeout)), timeout + 5
-        )
+        return await _list_topics(admin, timeout)
     except KafkaException as exc:
         raise BrokerUnavailable(f"cannot reach the Kafka cluster: {exc.args[0].str() if exc.args else exc}") from None
 
@@ -371,8 +374,7 @@ async def list_offsets(
 async def _cache_leaders(admin: AdminClient, topic: str, partitions: list[int], timeout: float) -> None:
     """Ask for ``topic``'s metadata (librdkafka caches it) and check that each partition
     has a leader; raise a transient ``KafkaException`` if one has none yet."""
-    metadata = await asyncio.wait_for(asyncio.to_thread(admin.list_topics, topic=topic, timeout=timeout), timeout + 5)
-    described = metadata.topics.get(topic)
+    described = (await _list_topics(admin, timeout, topic)).topics.get(topic)
     if described is None or described.error is not None:
         raise KafkaException(described.error if described is not None else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
     if any(p not in described.partitions or described.partitions[p].leader < 0 for p in partitions):

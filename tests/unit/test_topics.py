@@ -49,7 +49,7 @@ class Cluster:
     listed: int = 0
     described: int = 0
 
-    def list_topics(self, timeout: float) -> Metadata:
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Metadata:
         self.listed += 1
         if self.listed <= self.visible_after:
             return Metadata({})
