@@ -65,6 +65,10 @@ class RecordingConsumer:
     def unassigned(self) -> list[frozenset[int]]:
         return [c[1] for c in self.calls if c[0] == "incremental_unassign" and c[1]]
 
+    def leaving(self) -> list[tuple[str, frozenset[int], bool]]:
+        """The calls from the stopping worker's unsubscribe on."""
+        return self.calls[[c[0] for c in self.calls].index("unsubscribe") :]
+
 
 class TestLeavingTheGroup:
     async def test_revocations_are_answered_and_served_before_close(self, kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -99,9 +103,8 @@ class TestLeavingTheGroup:
         finally:
             await sim.stop()
         for consumer in consumers:
-            names = [c[0] for c in consumer.calls]
-            assert names[-1] == "close", consumer.calls
-            leaving = consumer.calls[names.index("unsubscribe") :]
+            assert consumer.calls[-1][0] == "close", consumer.calls
+            leaving = consumer.leaving()
             # What it owned at the stop was revoked after the unsubscribe and before the
             # close, and the callback answered each revocation.
             revoked = [c for c in leaving if c[0] == "on_revoke"]
@@ -112,6 +115,4 @@ class TestLeavingTheGroup:
 
 
 def revoked_when_leaving(consumer: RecordingConsumer) -> frozenset[int]:
-    names = [c[0] for c in consumer.calls]
-    leaving = consumer.calls[names.index("unsubscribe") :]
-    return frozenset().union(*(c[1] for c in leaving if c[0] == "on_revoke"))
+    return frozenset().union(*(c[1] for c in consumer.leaving() if c[0] == "on_revoke"))
