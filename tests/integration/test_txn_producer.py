@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from worker.runtime.txn_producer import ThreadedProducer
@@ -22,9 +22,13 @@ async def make_topic(bootstrap: str, **config: str) -> str:
     return name
 
 
-def producer(bootstrap: str, **config: object) -> ThreadedProducer:
+def producer(bootstrap: str, transactional_id: str = "", **config: object) -> ThreadedProducer:
     return ThreadedProducer(
-        {"bootstrap.servers": bootstrap, "transactional.id": f"txn-test-{uuid.uuid4().hex}", **config}
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": transactional_id or f"txn-test-{uuid.uuid4().hex}",
+            **config,
+        }
     )
 
 
@@ -104,6 +108,25 @@ class TestThreadedProducer:
             assert refused.error is not None and refused.error.code() == KafkaError.MSG_SIZE_TOO_LARGE
             assert kept.done
             await txn.abort_transaction(30)
+        finally:
+            await txn.close()
+        assert committed_values(kafka_bootstrap, topic, 0) == []
+
+    async def test_a_fenced_producer_says_so_with_a_fatal_kafka_error(self, kafka_bootstrap: str) -> None:
+        """confluent-kafka raises the fenced error from inside flush() and then serves the
+        delivery reports with it still set: a SystemError, unless the producer unwraps it."""
+        topic = await make_topic(kafka_bootstrap)
+        transactional_id = f"txn-test-{uuid.uuid4().hex}"
+        txn = producer(kafka_bootstrap, transactional_id)
+        try:
+            await txn.init_transactions(30)
+            newer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": transactional_id})
+            newer.init_transactions(30)
+            await txn.begin_transaction()
+            await txn.produce(topic, value=b"from the fenced one", partition=0)
+            with pytest.raises(KafkaException) as failed:
+                await txn.commit_transaction(30)
+            assert failed.value.args[0].fatal() and failed.value.args[0].code() == KafkaError._FENCED
         finally:
             await txn.close()
         assert committed_values(kafka_bootstrap, topic, 0) == []

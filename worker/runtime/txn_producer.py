@@ -79,7 +79,16 @@ class ThreadedProducer:
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="txn-producer")
 
     async def _blocking(self, call: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
+        except SystemError as exc:
+            # confluent-kafka 2.16: once the producer is fenced, the fatal error is raised
+            # from inside flush()/poll() and librdkafka then serves the delivery reports
+            # anyway, with that exception still set: Python turns it into a SystemError
+            # ("returned a result with an exception set") caused by the KafkaException.
+            if isinstance(exc.__cause__, KafkaException):
+                raise exc.__cause__ from None
+            raise
 
     async def init_transactions(self, timeout: float) -> None:
         await self._blocking(self._producer.init_transactions, timeout)
