@@ -14,7 +14,7 @@
     │       └── AnswerTooLarge      an answer body over EXPORT_WORKER_MAX_ANSWER_BYTES (unread)
     ├── ResultStoreError            writing a collected artifact failed (retriable)
     ├── StoreError                  the on-disk state store failed (tree in worker.store.errors)
-    └── WorkerFenced                another worker owns this work now: stop
+    └── WorkerFenced                the transactional producer is fenced, and not replaceable: stop
         └── ProducerStuck           the transactional producer is unusable: replace the process
 
 Each class says whether retrying can help (``retriable``); a vendor error also says
@@ -143,7 +143,8 @@ class ResultStoreError(ExportWorkerError):
 
 
 class WorkerFenced(ExportWorkerError):
-    """Another worker took over this worker's transactional id or partitions: stop."""
+    """The transactional producer was fenced and could not be replaced (fenced again soon
+    after a replacement: another process has this transactional id; or while stopping): stop."""
 
 
 class ProducerStuck(WorkerFenced):

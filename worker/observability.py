@@ -270,6 +270,11 @@ class Metrics:
         self.transactions = Counter(
             "export_worker_transactions", "Kafka transactions by outcome", ["outcome"], registry=r
         )
+        self.producers_replaced = Counter(
+            "export_worker_producers_replaced",
+            "Fenced transactional producers replaced in place (the owned partitions read back)",
+            registry=r,
+        )
         self.commit_seconds = Histogram(
             "export_worker_commit_seconds",
             "Duration of one Kafka transaction (begin to commit)",

@@ -101,7 +101,7 @@ class TestOutcomes:
         assert [c.request_id for c in settled.give_up] == ["r1"]
         assert not rig.producer.current.committed and rig.producer.current.aborted
 
-    async def test_a_fenced_producer_means_stop(self) -> None:
+    async def test_a_fenced_producer_settles_the_batch_as_fenced(self) -> None:
         rig = await Rig().open()
         rig.producer.commit_error = KafkaException(KafkaError(KafkaError._FENCED, "fenced"))
         rig.request_read(0, 7, "r1")

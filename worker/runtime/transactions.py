@@ -41,6 +41,8 @@ log = structlog.get_logger("export_worker")
 
 # How long an abort first waits for the failed transaction's delivery reports.
 ABORT_FLUSH_S = 5.0
+# How long a replaced (fenced) producer may take to close.
+CLOSE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,7 @@ class Batch:
 
 class Outcome(Enum):
     COMMITTED = "committed"  # durable: start the calls that waited for it
-    FENCED = "fenced"  # another worker owns this work now, or the producer is unusable: stop
+    FENCED = "fenced"  # the producer can write no more: replace it (``Worker``) or stop
     RESYNC = "resync"  # aborted: in-memory state ran ahead of Kafka; rebuild it
 
 
@@ -177,6 +179,16 @@ class TransactionWriter:
         self.producer = producer
         self._consumer = consumer
         await producer.init_transactions(self.timeouts.init_s)
+
+    async def replace(self, producer: TransactionalProducer) -> None:
+        """Write with ``producer`` from now on, in place of a fenced one (closed first).
+        Its ``init_transactions`` takes the transactional id over: the coordinator ends
+        whatever transaction the old one left open before it answers."""
+        old, self.producer = self.producer, producer
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), CLOSE_S)
+        await self._bounded(producer.init_transactions(self.timeouts.init_s), self.timeouts.init_s)
 
     @property
     def usable(self) -> bool:
@@ -385,8 +397,8 @@ class TransactionWriter:
         kafka_error: KafkaError = error.args[0]
         self._metrics.transactions.labels("aborted").inc()
         if fenced(kafka_error):
-            log.error("transactional producer fenced: another worker owns this work now", error=kafka_error.str())
-            return Settled(Outcome.FENCED, [], give_up, kafka_error.str())
+            log.error("transactional producer fenced", error=kafka_error.str())
+            return Settled(Outcome.FENCED, [], give_up, kafka_error.str(), replay=batch.answers)
         log.warning("transaction failed; aborting and restoring owned partitions", error=kafka_error.str())
         if not await self._abort():
             why = f"the failed transaction could not be aborted: {kafka_error.str()}"

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 import structlog
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from worker import kafka as kafka_io
 from worker.budgets import Ownership
@@ -93,6 +93,9 @@ STORE_CLEANUP_EVERY_S = 300.0
 LEAVE_GROUP_S = 10.0
 # The consume() calls that wait for that revocation.
 LEAVE_POLL_S = 0.1
+# A fenced transactional producer is replaced in place at most once this often; fenced
+# again sooner, the process stops (see ``_replace_fenced_producer``).
+PRODUCER_FENCES_WINDOW_S = 300.0
 
 
 class Worker:
@@ -146,6 +149,7 @@ class Worker:
         self.admin = kafka_io.admin_client(settings)
         self.consumer: GroupConsumer | None = None
         self.producer: TransactionalProducer | None = None
+        self._producer_replaced_at: float | None = None
         self.side_port: SidePort | None = None
         self._control: ControlFollower | None = None
         self._session: HttpClient | None = None
@@ -565,7 +569,7 @@ class Worker:
             self._start_calls(settled.start)
             if failed and not self._stopping:
                 await self._rebuild(failed)
-        elif settled.outcome is Outcome.FENCED:
+        elif settled.outcome is Outcome.FENCED and not await self._replace_fenced_producer(settled.error):
             raise WorkerFenced(settled.error or "fenced")
         elif self._stopping:
             # No resync while leaving (its restore would outlive the consumer), and nothing
@@ -580,6 +584,37 @@ class Worker:
                 settled.refused, self.topics.dlq, f"the broker refused a record of this request: {settled.error}"
             )
             await self._resync(set(self.partitions), settled.replay)
+
+    async def _replace_fenced_producer(self, why: str | None) -> bool:
+        """Kafka fences the producer when another process takes its transactional id, and
+        also when the coordinator aborts a transaction that outlived transaction.timeout.ms
+        (a broker down longer than that while one was open). The two look the same. The
+        second leaves nothing wrong with this process: a new producer takes the id over,
+        and, as after any failed transaction, the owned partitions are read back from
+        Kafka (the group generation still fences what it commits). Fenced again within
+        PRODUCER_FENCES_WINDOW_S, another process has this instance id: this one stops
+        rather than fence it in turn. Returns whether the producer was replaced."""
+        if self._stopping or not self.writer.usable:
+            return False
+        now = time.monotonic()
+        if self._producer_replaced_at is not None and now - self._producer_replaced_at < PRODUCER_FENCES_WINDOW_S:
+            log.error(
+                "fenced again soon after the producer was replaced: another process has this instance id; stopping",
+                instance_id=self.settings.instance_id,
+            )
+            return False
+        self._producer_replaced_at = now
+        log.warning("replacing the fenced producer; the owned partitions are read back from Kafka", error=why)
+        self.producer = self._producer_factory(
+            kafka_io.producer_config(self.settings, transactional_id=self.transactional_id)
+        )
+        try:
+            await self.writer.replace(self.producer)
+        except (KafkaException, ProducerStuck) as exc:
+            log.error("the new transactional producer could not start", error=str(exc))
+            return False
+        self.metrics.producers_replaced.inc()
+        return True
 
     def _start_calls(self, calls: list[Call]) -> None:
         """Start the calls whose intent is now durable; a submit of a partition being
