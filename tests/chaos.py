@@ -100,6 +100,8 @@ class ChaosResult:
     out_of_order: int
     kills: int
     broker_restarts: int
+    crashes: int  # workers that exited on their own (see the problems)
+    producers_replaced: int  # fenced producers replaced in place (the broker outage)
     seconds: float
     by_status: dict[str, int]
     problems: list[str]
@@ -122,7 +124,8 @@ class ChaosResult:
             f"duplicate_vendor_jobs={self.duplicate_vendor_jobs} flagged={self.flagged} "
             f"duplicates_by_cause={causes} submits_in_flight_at_kills={self.submits_in_flight_at_kills} "
             f"flagged_without_duplicate={self.flagged_without_duplicate} false_failed={self.false_failed} "
-            f"duplicate_events={self.duplicate_events} out_of_order={self.out_of_order} kills={self.kills}"
+            f"duplicate_events={self.duplicate_events} out_of_order={self.out_of_order} kills={self.kills} "
+            f"crashes={self.crashes} producers_replaced={self.producers_replaced}"
         )
 
 
@@ -194,8 +197,11 @@ async def run_chaos(cfg: ChaosConfig, *, bootstrap: str | None = None, say: Any 
                     break
                 now = time.monotonic()
                 if not restarted_broker and done >= len(ids) * 0.4:
-                    say(f"chaos: {done}/{len(ids)} terminal; SIGKILL the broker and restart it")
-                    await r.restart_broker()
+                    # Down past the transaction timeout: the coordinator aborts the open
+                    # transactions and fences their producers (each replaced in place).
+                    down_s = settings.transaction_timeout_ms / 1000 + 2
+                    say(f"chaos: {done}/{len(ids)} terminal; SIGKILL the broker, restart it after {down_s:.0f} s")
+                    await r.restart_broker(down_s)
                     restarted_broker = True
                 kills_left = cfg.max_kills is None or fleet.kills < cfg.max_kills
                 if now >= next_kill and done < len(ids) * 0.98 and kills_left:
@@ -236,6 +242,8 @@ async def run_chaos(cfg: ChaosConfig, *, bootstrap: str | None = None, say: Any 
         out_of_order=out_of_order,
         kills=fleet.kills,
         broker_restarts=len(r.broker_kills),
+        crashes=len(fleet.crashes),
+        producers_replaced=fleet.log_count("replacing the fenced producer"),
         seconds=time.monotonic() - started,
         by_status=by_status,
         problems=problems,

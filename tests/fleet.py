@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -36,6 +37,9 @@ from worker.simulators.faults import FaultPlan
 from worker.testing import connections_json, spawn_worker, worker_env
 from worker.vendors.base import JobSpec
 from worker.vendors.itron import correlation_id
+
+# A worker log line at error level or above (JSON lines, or the console renderer's).
+_ERROR_LEVEL = re.compile(r'"level": ?"(error|critical)"|\[(error|critical) *\]')
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "REJECTED"})
 CHAOS_POLICY = PolicyConfig(
@@ -341,8 +345,12 @@ class Fleet:
         """The last error-level line of a worker's log (why it left)."""
         path = self.logs / f"worker-{slot}.log"
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-        errors = [line for line in lines if '"level": "error"' in line or '"level": "critical"' in line]
+        errors = [line for line in lines if _ERROR_LEVEL.search(line)]
         return errors[-1][:300] if errors else (lines[-1][:300] if lines else "")
+
+    def log_count(self, text: str) -> int:
+        """How many times ``text`` appears in the workers' logs, all slots together."""
+        return sum(path.read_text(errors="replace").count(text) for path in self.logs.glob("worker-*.log"))
 
     def revive_exited(self) -> None:
         self.note_crashes()
@@ -424,10 +432,12 @@ class Rig:
         session_s = self.settings.session_timeout_ms / 1000
         return [(t, t) for t in self.fleet.kill_times] + [(k, back + session_s) for k, back in self.broker_kills]
 
-    async def restart_broker(self) -> None:
+    async def restart_broker(self, down_s: float = 0.0) -> None:
+        """SIGKILL the broker and start it again, ``down_s`` after the kill at the earliest."""
         assert self.broker is not None
         killed = time.monotonic()
         await asyncio.to_thread(self.broker.kill)
+        await asyncio.sleep(max(0.0, killed + down_s - time.monotonic()))  # the outage itself
         await asyncio.to_thread(self.broker.start)
         self.broker_kills.append((killed, time.monotonic()))
 
