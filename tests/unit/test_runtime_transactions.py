@@ -12,8 +12,9 @@ from confluent_kafka import KafkaError, KafkaException
 
 from tests.unit.runtime_fakes import FakeClock, FakeConsumer, FakeProducer, accepted, call_for, connection, metrics
 from worker.codec import Codec
-from worker.engine.model import CallKind
+from worker.engine.model import CallKind, PollAnswered, Status
 from worker.errors import ProducerStuck
+from worker.runtime.mailbox import CallAnswered
 from worker.runtime.outbox import Outbox, Outgoing
 from worker.runtime.partitions import Partitions
 from worker.runtime.transactions import CallTimeouts, Outcome, TransactionWriter, fenced
@@ -160,6 +161,24 @@ class TestOutcomes:
         assert settled.outcome is Outcome.FENCED and settled.error is not None
         assert "could not be aborted" in settled.error and [c.request_id for c in settled.give_up] == ["r1"]
         assert rig.writer.stuck and not rig.writer.usable
+
+    async def test_an_abort_refused_as_fenced_leaves_the_producer_replaceable(self) -> None:
+        """The coordinator aborted the transaction itself (it outlived its timeout during
+        a broker outage) and fenced the producer: fenced, not stuck, its answers kept."""
+        rig = await Rig().open()
+        rig.producer.commit_error = KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+        rig.producer.abort_error = KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+        rig.request_read(0, 7, "r1")
+        answer = CallAnswered(0, rig.partitions[0].incarnation, "r0", PollAnswered("RUNNING", Status.RUNNING), None)
+        rig.outbox.note_answer(answer)
+        batch = await rig.writer.cut()
+        assert batch is not None
+        settled = await rig.writer.settle(batch, await rig.writer.write(batch))
+        assert (
+            settled.outcome is Outcome.FENCED and settled.error is not None and "could not be aborted" in settled.error
+        )
+        assert settled.replay == [answer]
+        assert not rig.writer.stuck and rig.writer.usable
 
     @pytest.mark.parametrize(
         "fault",

@@ -402,7 +402,7 @@ class TransactionWriter:
         log.warning("transaction failed; aborting and restoring owned partitions", error=kafka_error.str())
         if not await self._abort():
             why = f"the failed transaction could not be aborted: {kafka_error.str()}"
-            return Settled(Outcome.FENCED, [], give_up, why)
+            return Settled(Outcome.FENCED, [], give_up, why, replay=batch.answers)
         refused = error.records if isinstance(error, RecordsRefused) else []
         return Settled(Outcome.RESYNC, [], give_up, kafka_error.str(), replay=batch.answers, refused=refused)
 
@@ -422,6 +422,11 @@ class TransactionWriter:
         except ProducerStuck:
             return False
         except KafkaException as exc:
+            if fenced(exc.args[0]):
+                # The coordinator aborted it already (it outlived the transaction timeout)
+                # and fenced the producer: nothing hangs, a new producer can take over.
+                log.error("transaction could not be aborted: the producer is fenced", error=exc.args[0].str())
+                return False
             log.error("transaction could not be aborted: the producer is unusable", error=exc.args[0].str())
             self.stuck = True
             return False
