@@ -22,8 +22,10 @@ from worker.testing import OutputReader, Publisher, eventually, itron_request
 async def take_transactional_id(settings: Settings, transactional_id: str) -> None:
     """Another producer with the worker's transactional id: its init fences the worker's."""
     other = Producer(producer_config(settings, transactional_id=transactional_id))
-    await asyncio.to_thread(other.init_transactions, 30)
-    await asyncio.to_thread(other.flush, 5)
+    try:
+        await asyncio.to_thread(other.init_transactions, 30)
+    finally:
+        await asyncio.to_thread(other.close)  # nothing queued: returns at once
 
 
 async def publish(settings: Settings, ids: list[str]) -> None:
