@@ -143,8 +143,9 @@ class ResultStoreError(ExportWorkerError):
 
 
 class WorkerFenced(ExportWorkerError):
-    """The transactional producer was fenced and could not be replaced (fenced again soon
-    after a replacement: another process has this transactional id; or while stopping): stop."""
+    """The transactional producer was fenced and not replaced: over a transaction shorter
+    than the transaction timeout (another process has this transactional id), again soon
+    after a replacement, or while stopping. Stop."""
 
 
 class ProducerStuck(WorkerFenced):

@@ -69,6 +69,7 @@ class Batch:
     # Once written: per partition, the offset after its last export.jobs record (where a
     # store holding this batch stands).
     jobs_offsets: dict[int, int] = field(default_factory=dict)
+    began: float = 0.0  # when its transaction began (monotonic)
 
 
 class Outcome(Enum):
@@ -86,6 +87,7 @@ class Settled:
     replay: list[CallAnswered] = field(default_factory=list)  # resync: answers to apply again
     refused: list[Outgoing] = field(default_factory=list)  # resync: records the broker refused
     batch: Batch | None = None  # committed: what it wrote (for the partition stores)
+    open_s: float = 0.0  # fenced: how long its transaction had been open by then
 
 
 # A record whose delivery was never reported, though its transaction committed.
@@ -287,7 +289,7 @@ class TransactionWriter:
         """
         assert self.producer is not None
         producer = self.producer
-        started = time.monotonic()
+        started = batch.began = time.monotonic()
         # Tracing on: one publish span per job and transaction, for its status and file events.
         published: dict[bytes, tuple[Span | None, bytes, list[str]]] = {}
         ended: BaseException | None = None
@@ -398,18 +400,24 @@ class TransactionWriter:
         self._metrics.transactions.labels("aborted").inc()
         if fenced(kafka_error):
             log.error("transactional producer fenced", error=kafka_error.str())
-            return Settled(Outcome.FENCED, [], give_up, kafka_error.str(), replay=batch.answers)
+            return self._fenced(batch, give_up, kafka_error.str())
         log.warning("transaction failed; aborting and restoring owned partitions", error=kafka_error.str())
         if not await self._abort():
-            why = f"the failed transaction could not be aborted: {kafka_error.str()}"
-            return Settled(Outcome.FENCED, [], give_up, why, replay=batch.answers)
+            return self._fenced(batch, give_up, f"the failed transaction could not be aborted: {kafka_error.str()}")
         refused = error.records if isinstance(error, RecordsRefused) else []
         return Settled(Outcome.RESYNC, [], give_up, kafka_error.str(), replay=batch.answers, refused=refused)
 
+    @staticmethod
+    def _fenced(batch: Batch, give_up: list[Call], why: str) -> Settled:
+        open_s = time.monotonic() - batch.began if batch.began else 0.0
+        return Settled(Outcome.FENCED, [], give_up, why, replay=batch.answers, open_s=open_s)
+
     async def _abort(self) -> bool:
-        """Abort the open transaction; if that fails, the producer's transaction state is
-        unknown and nothing more can be written with it: it is declared stuck (the
-        process exits, its partitions move on, a new producer starts clean)."""
+        """Abort the open transaction. If that fails with a fatal error (fenced, or the
+        transaction state librdkafka#4849 leaves), nothing more can be written with this
+        producer, but a new one can take over (``Worker``). Any other failure leaves its
+        transaction state unknown, and a call may still hang in it: it is declared stuck
+        (the process exits, its partitions move on, a new producer starts clean)."""
         assert self.producer is not None
         try:
             # librdkafka#4849: an abort that reaches the coordinator before it has added the
@@ -423,9 +431,9 @@ class TransactionWriter:
             return False
         except KafkaException as exc:
             if fenced(exc.args[0]):
-                # The coordinator aborted it already (it outlived the transaction timeout)
-                # and fenced the producer: nothing hangs, a new producer can take over.
-                log.error("transaction could not be aborted: the producer is fenced", error=exc.args[0].str())
+                # E.g. the coordinator aborted it already (it outlived the transaction
+                # timeout) and fenced the producer: the call returned, nothing hangs.
+                log.error("transaction could not be aborted: the producer has a fatal error", error=exc.args[0].str())
                 return False
             log.error("transaction could not be aborted: the producer is unusable", error=exc.args[0].str())
             self.stuck = True

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 
 from worker import kafka as kafka_io
 from worker.budgets import Ownership
@@ -150,6 +150,7 @@ class Worker:
         self.consumer: GroupConsumer | None = None
         self.producer: TransactionalProducer | None = None
         self._producer_replaced_at: float | None = None
+        self._fenced: str | None = None  # the producer was fenced and not replaced: stop
         self.side_port: SidePort | None = None
         self._control: ControlFollower | None = None
         self._session: HttpClient | None = None
@@ -429,6 +430,8 @@ class Worker:
             await self._settle(await self.writer.finish())
         if self.writer.stuck:  # noticed inside a rebalance callback, which must not raise
             raise ProducerStuck("the transactional producer is stuck")
+        if self._fenced is not None:  # likewise
+            raise WorkerFenced(self._fenced)
         await self.watchdog.measure_lag(self.consumer)
         await self._rewind(await self.intake.take(messages))
         await self._apply_reports()
@@ -569,8 +572,10 @@ class Worker:
             self._start_calls(settled.start)
             if failed and not self._stopping:
                 await self._rebuild(failed)
-        elif settled.outcome is Outcome.FENCED and not await self._replace_fenced_producer(settled.error):
-            raise WorkerFenced(settled.error or "fenced")
+        elif settled.outcome is Outcome.FENCED and not await self._replace_fenced_producer(settled):
+            # Raised again at the next turn if a rebalance callback catches it here.
+            self._fenced = settled.error or "fenced"
+            raise WorkerFenced(self._fenced)
         elif self._stopping:
             # No resync while leaving (its restore would outlive the consumer), and nothing
             # more may be committed over what was lost: let go of it all.
@@ -583,34 +588,49 @@ class Worker:
             self.refused.remember(
                 settled.refused, self.topics.dlq, f"the broker refused a record of this request: {settled.error}"
             )
-            await self._resync(set(self.partitions), settled.replay)
+            # Partitions being handed over are not read back: they are dropped next, and
+            # their next owner resumes from Kafka.
+            revoking = {n for n in self.partitions if self.partitions[n].revoking}
+            self._forget_uncommitted(revoking)
+            await self._resync(set(self.partitions) - revoking, settled.replay)
 
-    async def _replace_fenced_producer(self, why: str | None) -> bool:
+    async def _replace_fenced_producer(self, settled: Settled) -> bool:
         """Kafka fences the producer when another process takes its transactional id, and
         also when the coordinator aborts a transaction that outlived transaction.timeout.ms
-        (a broker down longer than that while one was open). The two look the same. The
-        second leaves nothing wrong with this process: a new producer takes the id over,
-        and, as after any failed transaction, the owned partitions are read back from
-        Kafka (the group generation still fences what it commits). Fenced again within
-        PRODUCER_FENCES_WINDOW_S, another process has this instance id: this one stops
-        rather than fence it in turn. Returns whether the producer was replaced."""
+        (a broker down that long while one was open). Only the second leaves nothing wrong
+        with this process, and only a transaction open that long can have met it. Then a
+        new producer takes the id over and, as after any failed transaction, the owned
+        partitions are read back from Kafka (the group generation still fences what it
+        commits). At most once per PRODUCER_FENCES_WINDOW_S. Returns whether the producer
+        was replaced; if not, the process stops."""
         if self._stopping or not self.writer.usable:
             return False
-        now = time.monotonic()
-        if self._producer_replaced_at is not None and now - self._producer_replaced_at < PRODUCER_FENCES_WINDOW_S:
+        timeout_s = self.settings.transaction_timeout_ms / 1000
+        if settled.open_s < timeout_s:
             log.error(
-                "fenced again soon after the producer was replaced: another process has this instance id; stopping",
+                "fenced by another process with this transactional id: stopping",
+                transaction_open_s=round(settled.open_s, 3),
+                transaction_timeout_s=timeout_s,
                 instance_id=self.settings.instance_id,
             )
             return False
+        now = time.monotonic()
+        if self._producer_replaced_at is not None and now - self._producer_replaced_at < PRODUCER_FENCES_WINDOW_S:
+            log.error("fenced again soon after the producer was replaced: stopping")
+            return False
         self._producer_replaced_at = now
-        log.warning("replacing the fenced producer; the owned partitions are read back from Kafka", error=why)
-        self.producer = self._producer_factory(
-            kafka_io.producer_config(self.settings, transactional_id=self.transactional_id)
+        log.warning(
+            "replacing the fenced producer (its transaction outlived the transaction timeout); "
+            "the owned partitions are read back from Kafka",
+            transaction_open_s=round(settled.open_s, 3),
+            error=settled.error,
         )
         try:
+            self.producer = self._producer_factory(
+                kafka_io.producer_config(self.settings, transactional_id=self.transactional_id)
+            )
             await self.writer.replace(self.producer)
-        except (KafkaException, ProducerStuck) as exc:
+        except Exception as exc:  # ProducerStuck (init hung) leaves the writer stuck: the CLI exits at once
             log.error("the new transactional producer could not start", error=str(exc))
             return False
         self.metrics.producers_replaced.inc()
