@@ -86,9 +86,10 @@ class ThreadedProducer:
             # from inside flush()/poll() and librdkafka then serves the delivery reports
             # anyway, with that exception still set: Python turns it into a SystemError
             # ("returned a result with an exception set") caused by the KafkaException.
-            if isinstance(exc.__cause__, KafkaException):
-                raise exc.__cause__ from None
-            raise
+            cause = _kafka_cause(exc)
+            if cause is None:
+                raise
+            raise cause from None
 
     async def init_transactions(self, timeout: float) -> None:
         await self._blocking(self._producer.init_transactions, timeout)
@@ -132,5 +133,19 @@ class ThreadedProducer:
         await self._blocking(retrying, self._producer.abort_transaction, time.monotonic() + timeout)
 
     async def close(self) -> None:
-        await self._blocking(self._producer.flush, 0)
-        self._thread.shutdown(wait=False)
+        try:
+            await self._blocking(self._producer.flush, 0)
+        finally:
+            self._thread.shutdown(wait=False)
+
+
+def _kafka_cause(exc: BaseException) -> KafkaException | None:
+    """The KafkaException that ``exc`` was raised from, however deep."""
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KafkaException):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
