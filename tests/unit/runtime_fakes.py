@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
@@ -42,6 +42,9 @@ from worker.runtime.stepper import Stepper
 from worker.runtime.txn_producer import Delivery
 from worker.store import StoreSet
 from worker.vendors.base import JobSpec
+
+if TYPE_CHECKING:
+    from worker.runtime import Worker
 
 NOW_S = 1_700_000_000.0
 POLICY = Policy(jitter=0.0)
@@ -372,3 +375,15 @@ class FakeMessage:
 
 
 NOW_MS_INT = int(NOW_S * 1000)
+
+
+def own_restored(worker: Worker, consumer: FakeConsumer, numbers: tuple[int, ...] = (0, 1)) -> Partitions:
+    """A never-started Worker over ``consumer``, owning these request partitions, restored
+    and read from offset 0 (the test drives its turns)."""
+    worker.consumer = consumer
+    worker.restorer.open(consumer)
+    worker.partitions.claim(set(numbers))
+    for number in numbers:
+        worker.partitions[number].ready = True
+        worker.partitions[number].next_offset = 0
+    return worker.partitions

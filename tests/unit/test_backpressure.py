@@ -20,6 +20,7 @@ from tests.unit.runtime_fakes import (
     FakeProducer,
     accepted,
     connection,
+    own_restored,
 )
 from worker.codec import Codec
 from worker.config import TopicSettings
@@ -126,13 +127,7 @@ class Rig:
         self.worker = Worker(
             settings, connections={}, clock=self.time.clock, read_states=self.read, log_starts=self.log_starts
         )
-        self.worker.consumer = self.consumer
-        self.worker.restorer.open(self.consumer)
-        self.partitions = self.worker.partitions
-        self.partitions.claim({0, 1})
-        for number in (0, 1):
-            self.partitions[number].ready = True
-            self.partitions[number].next_offset = 0
+        self.partitions = own_restored(self.worker, self.consumer)
 
     async def read(self, numbers: list[int]) -> dict[int, OpenJobs]:
         return {n: OpenJobs(self.stored.get(n, [])) for n in numbers}

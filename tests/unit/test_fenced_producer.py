@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings
-from tests.unit.runtime_fakes import FakeClock, FakeConsumer, FakeProducer
+from tests.unit.runtime_fakes import FakeClock, FakeConsumer, FakeProducer, own_restored
 from worker.config import TopicSettings
 from worker.errors import WorkerFenced
 from worker.runtime import Worker
@@ -38,13 +38,7 @@ class Rig:
             log_starts=self.log_starts,
             producer_factory=self.factory,
         )
-        self.worker.consumer = self.consumer
-        self.worker.restorer.open(self.consumer)
-        self.partitions = self.worker.partitions
-        self.partitions.claim({0, 1})
-        for number in (0, 1):
-            self.partitions[number].ready = True
-            self.partitions[number].next_offset = 0
+        self.partitions = own_restored(self.worker, self.consumer)
 
     def factory(self, config: dict[str, Any]) -> FakeProducer:
         self.made.append(FakeProducer())
