@@ -116,6 +116,7 @@ def admin_client(settings: Settings) -> AdminClient:
 # How long start-up waits for topics a peer worker is creating, or whose metadata has not
 # reached every broker of a fresh cluster yet, before it gives up.
 TOPICS_READY_S = 60.0
+_UNREACHABLE = "cannot reach the Kafka cluster"
 
 _TRANSIENT_CODES = frozenset(
     {
@@ -190,16 +191,12 @@ async def _list_topics(admin: AdminClient, timeout: float, topic: str | None = N
     return await asyncio.wait_for(asyncio.to_thread(admin.list_topics, topic=topic, timeout=timeout), timeout + 5)
 
 
-async def _metadata(admin: AdminClient, timeout: float) -> Any:
-    try:
-        return await _list_topics(admin, timeout)
-    except KafkaException as exc:
-        raise BrokerUnavailable(f"cannot reach the Kafka cluster: {exc.args[0].str() if exc.args else exc}") from None
-
-
 async def describe_partitions(admin: AdminClient, topics: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
     """Partition counts of the topics that exist."""
-    return (await _describe(admin, topics, timeout))[0]
+    try:
+        return (await _describe(admin, topics, timeout))[0]
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"{_UNREACHABLE}: {exc.args[0].str() if exc.args else exc}") from None
 
 
 async def _describe(
@@ -207,7 +204,7 @@ async def _describe(
 ) -> tuple[dict[str, int], set[str]]:
     """Partition counts of the topics that exist, and the names of those listed with a
     transient error (being created, or not on every broker yet)."""
-    metadata = await _metadata(admin, timeout)
+    metadata = await _list_topics(admin, timeout)
     wanted = set(topics)
     ready: dict[str, int] = {}
     settling: set[str] = set()
@@ -234,7 +231,8 @@ async def ensure_topics(
     deadline = _Deadline.after(ready_s)
     t = settings.topics
     names = [t.requests, t.status, t.files, t.jobs, t.dlq, t.control]
-    existing, settling = await _describe(admin, names)
+    # A worker started while the cluster is down or restarting waits for it too.
+    existing, settling = await _retrying(_UNREACHABLE, lambda: _describe(admin, names), deadline)
     missing = [n for n in names if n not in existing]
     if missing and not t.create and not set(missing) <= settling:
         absent = [n for n in missing if n not in settling]

@@ -44,6 +44,7 @@ class Cluster:
     """
 
     visible_after: int = 0
+    unreachable_for: int = 0  # list_topics calls that fail first, as while the broker is down
     describe_errors: list[int] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
     listed: int = 0
@@ -51,6 +52,8 @@ class Cluster:
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Metadata:
         self.listed += 1
+        if self.listed <= self.unreachable_for:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Failed to get metadata: Broker transport failure"))
         if self.listed <= self.visible_after:
             return Metadata({})
         counts = {name: (1 if name == T.control else 3) for name in ALL}
@@ -111,6 +114,17 @@ class TestFreshCluster:
         cluster = Cluster(visible_after=3)
         assert ensure(cluster) == {name: (1 if name == T.control else 3) for name in ALL}
         assert sorted(cluster.created) == sorted(ALL)
+
+    def test_a_cluster_down_at_start_is_waited_for(self) -> None:
+        """A worker restarted while its broker restarts: it waits, it does not exit."""
+        cluster = Cluster(unreachable_for=3)
+        assert ensure(cluster)[T.jobs] == 3
+        assert cluster.listed == 4
+
+    def test_a_cluster_that_stays_down_fails_after_the_deadline(self) -> None:
+        cluster = Cluster(unreachable_for=10**9)
+        with pytest.raises(BrokerUnavailable, match=r"cannot reach the Kafka cluster: .*transport.*after 0\.5 s"):
+            ensure(cluster, ready_s=0.5)
 
     def test_topics_that_never_show_fail_after_the_deadline_naming_them(self) -> None:
         cluster = Cluster(visible_after=10**9)
