@@ -313,9 +313,7 @@ class Worker:
             self.side_port = SidePort(self.metrics, self.readiness, self.watchdog.healthy)
             port = await self.side_port.start(settings.http_host, settings.http_port)
             log.info("side port listening", port=port)
-        self.producer = self._producer_factory(
-            kafka_io.producer_config(settings, transactional_id=self.transactional_id)
-        )
+        self.producer = self._new_producer()
         self.consumer = self._consumer_factory(kafka_io.consumer_config(settings))
         await self.writer.open(self.producer, self.consumer)
         self.restorer.open(self.consumer)
@@ -334,6 +332,9 @@ class Worker:
             topic=self.topics.requests,
             connections=sorted(self.connections),
         )
+
+    def _new_producer(self) -> TransactionalProducer:
+        return self._producer_factory(kafka_io.producer_config(self.settings, transactional_id=self.transactional_id))
 
     async def _shutdown(self) -> None:
         """Stop taking requests, let in-flight calls finish within the grace period,
@@ -626,9 +627,7 @@ class Worker:
             error=settled.error,
         )
         try:
-            self.producer = self._producer_factory(
-                kafka_io.producer_config(self.settings, transactional_id=self.transactional_id)
-            )
+            self.producer = self._new_producer()
             await self.writer.replace(self.producer)
         except Exception as exc:  # ProducerStuck (init hung) leaves the writer stuck: the CLI exits at once
             log.error("the new transactional producer could not start", error=str(exc))
