@@ -43,7 +43,7 @@ from worker.limits import (
 )
 from worker.redaction import excerpt
 from worker.tracing import Tracing, path_template
-from worker.vendors.transport import BodyTooLarge, ConnectFailed, HttpClient, TransportError
+from worker.vendors.transport import BodyTooLarge, ConnectFailed, Endpoint, HttpClient, Target, TransportError
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -298,6 +298,7 @@ class VendorHttp:
         self.connection = connection
         self._tracing = tracing or Tracing()
         self.base_url = base_url.rstrip("/")
+        self._endpoint = Endpoint.of(self.base_url)
         self.auth: Auth = auth or NoAuth()
         self.timeout_s = timeout_s
         self.limits = limits or HttpLimits()
@@ -414,9 +415,15 @@ class VendorHttp:
             all_headers["Content-Type"] = "application/x-www-form-urlencoded"
         if headers:
             all_headers.update(headers)
-        url = URL(self.url(path))
-        if params:
-            url = url.extend_query(params)
+        # Most calls go to a plain path under the base URL: split once, not per call.
+        target = None if params or self._endpoint is None else self._endpoint.target(path)
+        url: URL | Target
+        if target is not None:
+            url = target
+        else:
+            url = URL(self.url(path))
+            if params:
+                url = url.extend_query(params)
         # A request that never reached the vendor cannot have created anything.
         reached = method.upper() not in ("GET", "HEAD")
         try:

@@ -34,6 +34,7 @@ import ssl
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -58,6 +59,14 @@ _IDEMPOTENT = frozenset({"GET", "OPTIONS", "PUT", "DELETE"})
 
 Origin = tuple[str, str, int]  # (scheme, host, port)
 
+# A path yarl sends exactly as written: unreserved characters, sub-delimiters, ":" "@"
+# and "/", and only the escapes it keeps (it decodes those of the characters just
+# named, %41 to A, and normalises lower-case hex). Dot segments it resolves.
+_PLAIN_PATH = re.compile(
+    r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]+|%(?:[01][0-9A-F]|2[0235BF]|3[CEF]|5[BCDE]|60|7[BCDF]|[89A-F][0-9A-F]))*"
+)
+_DOT_SEGMENT = re.compile(r"/\.\.?(?=/|$)")
+
 
 @dataclass(frozen=True, slots=True)
 class WireLimits:
@@ -76,6 +85,40 @@ class WireLimits:
     max_head_bytes: int = MAX_ANSWER_HEAD_BYTES
     max_headers: int = MAX_ANSWER_HEADERS
     idle_timeout_s: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A base URL split once: what every request to a path under it shares."""
+
+    origin: Origin
+    host: str  # the Host header's value
+    base_path: str  # already encoded, no trailing slash
+
+    @classmethod
+    def of(cls, base: str) -> Endpoint | None:
+        """``base`` split, or None when it is not an http(s) URL with a host and nothing
+        after its path."""
+        url = URL(base)
+        if url.scheme not in _DEFAULT_PORTS or not url.raw_host or url.raw_query_string or url.raw_fragment:
+            return None
+        port = url.port or _DEFAULT_PORTS[url.scheme]
+        return cls((url.scheme, url.raw_host, port), url.host_port_subcomponent or "", url.raw_path.rstrip("/"))
+
+    def target(self, path: str) -> Target | None:
+        """``base + path`` as yarl would send it, without parsing it again; None for a
+        path only yarl can say how to send (escapes it decodes, dot segments)."""
+        if path[:1] != "/" or not _PLAIN_PATH.fullmatch(path) or _DOT_SEGMENT.search(path):
+            return None
+        return Target(self, self.base_path + path)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A request's origin and its path, ready to be written."""
+
+    endpoint: Endpoint
+    path: str
 
 
 class TransportError(Exception):
@@ -322,7 +365,7 @@ class HttpClient:
     async def request(
         self,
         method: str,
-        url: str | URL,
+        url: str | URL | Target,
         *,
         headers: Mapping[str, str] | None = None,
         body: bytes | None = None,
@@ -338,7 +381,7 @@ class HttpClient:
         if self.closed:
             raise RuntimeError("the HTTP client is closed")
         method = method.upper()
-        target = url if isinstance(url, URL) else URL(url)
+        target = url if isinstance(url, (URL, Target)) else URL(url)
         origin, request = self._request_bytes(method, target, headers or {}, body)
         idempotent = method in _IDEMPOTENT
         loop = asyncio.get_running_loop()
@@ -449,24 +492,30 @@ class HttpClient:
         return conn
 
     def _request_bytes(
-        self, method: str, url: URL, headers: Mapping[str, str], body: bytes | None
+        self, method: str, url: URL | Target, headers: Mapping[str, str], body: bytes | None
     ) -> tuple[Origin, bytes]:
-        scheme = url.scheme
-        if scheme not in _DEFAULT_PORTS or not url.raw_host:
-            raise ValueError(f"not an http(s) URL with a host: {url.scheme}://…")
+        if isinstance(url, Target):
+            origin, host, target = url.endpoint.origin, url.endpoint.host, url.path
+        else:
+            scheme = url.scheme
+            if scheme not in _DEFAULT_PORTS or not url.raw_host:
+                raise ValueError(f"not an http(s) URL with a host: {url.scheme}://…")
+            origin, host, target = (
+                (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme]),
+                url.host_port_subcomponent,
+                url.raw_path_qs,
+            )
         if not _TOKEN.fullmatch(method) or method == "HEAD":
             # HEAD's answer declares a body it does not send: no vendor call uses it.
             raise ValueError(f"{method[:16]!r} is not a method this client sends")
-        target = url.raw_path_qs
         if _UNSAFE_TARGET.search(target):  # yarl encodes these, unless told a URL is encoded
             raise ValueError("the URL's path or query holds a space or a control character")
-        port = url.port or _DEFAULT_PORTS[scheme]
         lines = [
-            f"{method} {target} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"
             f"User-Agent: {self.user_agent}\r\nAccept-Encoding: identity\r\n"
         ]
         for name, value in headers.items():
-            if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value) or name.lower() in _OWN_HEADERS:
+            if not _sendable_name(name) or _UNSAFE_VALUE.search(value):
                 # A value is often a credential a vendor handed out: never echoed.
                 raise ValueError(
                     f"header {name[:64]!r} cannot be sent (a line break, an invalid name or the client's own)"
@@ -476,4 +525,10 @@ class HttpClient:
             lines.append(f"Content-Length: {len(body or b'')}\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode("utf-8")
-        return (scheme, url.raw_host, port), head + body if body else head
+        return origin, head + body if body else head
+
+
+@lru_cache(maxsize=256)  # header names are the adapters' own, a handful per vendor
+def _sendable_name(name: str) -> bool:
+    """A token, and not one of the headers the client writes itself."""
+    return _TOKEN.fullmatch(name) is not None and name.lower() not in _OWN_HEADERS
