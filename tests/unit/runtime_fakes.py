@@ -183,6 +183,7 @@ class FakeConsumer:
         self.committed_offsets: dict[int, int] = {}
         self.committed_errors: dict[int, KafkaError] = {}
         self.committed_raises: KafkaException | None = None
+        self.committed_asked = 0
         self.low_watermarks: dict[int, int] = {}  # where the consumer starts with nothing committed
         self.paused: list[int] = []
         self.resumed: list[int] = []
@@ -194,6 +195,7 @@ class FakeConsumer:
         self.metadata_requests: list[str] = []  # topics whose metadata was asked for
 
     async def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Any]:
+        self.committed_asked += 1
         if self.committed_raises is not None:
             raise self.committed_raises
         return [

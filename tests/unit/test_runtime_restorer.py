@@ -189,9 +189,35 @@ class TestCommittedOffsets:
 
     async def test_a_resync_never_takes_an_unknown_offset_for_none(self) -> None:
         rig = Rig()
+        rig.restorer.resync_lookup_deadline_s = 0.5
         rig.consumer.committed_errors = {1: KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE)}
         with pytest.raises(KafkaException):
             await rig.restorer.committed_offsets({0, 1})
+        assert rig.consumer.committed_asked >= 2  # "not now" is asked again, until the deadline
+
+    async def test_a_resync_asks_again_while_the_cluster_cannot_answer(self) -> None:
+        """Right after a broker restart the lookup times out, or the coordinator is still
+        loading: the resync waits for the answer instead of ending the worker's loop."""
+        rig = Rig()
+        rig.consumer.committed_raises = KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
+        lookup = asyncio.create_task(rig.restorer.committed_offsets({0, 1}))
+        await eventually(lambda: rig.consumer.committed_asked >= 2, timeout=5, what="asked again")
+        assert not lookup.done()
+        rig.consumer.committed_raises = None
+        rig.consumer.committed_errors = {1: KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)}
+        asked = rig.consumer.committed_asked
+        await eventually(lambda: rig.consumer.committed_asked > asked, timeout=5, what="asked while loading")
+        assert not lookup.done()
+        rig.consumer.committed_errors = {}
+        rig.consumer.committed_offsets = {0: 9, 1: 4}
+        assert await asyncio.wait_for(lookup, 5) == {0: 9, 1: 4}
+
+    async def test_a_resync_lookup_refused_for_good_is_not_asked_again(self) -> None:
+        rig = Rig()
+        rig.consumer.committed_raises = KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
+        with pytest.raises(KafkaException):
+            await asyncio.wait_for(rig.restorer.committed_offsets({0}), 5)
+        assert rig.consumer.committed_asked == 1
 
     async def test_a_resync_rewinds_to_the_committed_offsets_and_restores_afresh(self) -> None:
         rig = Rig()

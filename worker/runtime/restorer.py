@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from worker.engine.model import Phase
 from worker.kafka import BrokerUnavailable
@@ -53,6 +53,24 @@ MAX_RETRY_WAIT_S = 10.0
 # How long one lookup of the group's committed offsets may take (at a takeover, and at a resync).
 COMMITTED_LOOKUP_TIMEOUT_S = 10
 RESYNC_LOOKUP_TIMEOUT_S = 30
+# How long a resync keeps asking while the cluster cannot answer (a broker restarting,
+# the group's coordinator moving) before the worker gives up. The loop polls nothing
+# meanwhile: well within max.poll.interval.ms (300 s), drain included.
+RESYNC_LOOKUP_DEADLINE_S = 90.0
+# Errors of a committed-offset lookup that say "not now" rather than "no".
+_LOOKUP_NOT_NOW = frozenset(
+    {
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._WAIT_COORD,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
+)
 # How often the input offsets of partitions whose lookup failed are asked for again.
 LEARN_EVERY_S = 2.0
 
@@ -69,9 +87,11 @@ class Restorer:
         metrics: Metrics,
         log_starts: LogStarts,
         may_resume: Callable[[], bool] = lambda: True,
+        resync_lookup_deadline_s: float = RESYNC_LOOKUP_DEADLINE_S,
     ) -> None:
         """``may_resume``: whether restored partitions may be read at once (not while
         intake is paused for backpressure: the gate resumes them when it reopens)."""
+        self.resync_lookup_deadline_s = resync_lookup_deadline_s
         self._partitions = partitions
         self._log_starts = log_starts
         self._may_resume = may_resume
@@ -152,13 +172,29 @@ class Restorer:
 
     async def committed_offsets(self, numbers: set[int]) -> dict[int, int]:
         """The group's committed offsets (negative: none yet). Unknown is not "none": an
-        error here raises, so a resync never rewinds to the beginning on it."""
+        error here raises, so a resync never rewinds to the beginning on it. While the
+        cluster cannot answer (no answer, the coordinator unavailable or moving) it is
+        asked again, for up to ``resync_lookup_deadline_s``; any other error raises at once."""
         assert self._consumer is not None
-        committed = await self._consumer.committed(self._tps(numbers), timeout=RESYNC_LOOKUP_TIMEOUT_S)
-        for tp in committed:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-        return {tp.partition: tp.offset for tp in committed}
+        deadline = time.monotonic() + self.resync_lookup_deadline_s
+        delay = 0.1
+        while True:
+            timeout = max(1.0, min(RESYNC_LOOKUP_TIMEOUT_S, deadline - time.monotonic()))
+            try:
+                committed = await self._consumer.committed(self._tps(numbers), timeout=timeout)
+                for tp in committed:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+                return {tp.partition: tp.offset for tp in committed}
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.code() not in _LOOKUP_NOT_NOW or time.monotonic() + delay >= deadline:
+                    raise
+                log.warning(
+                    "committed offsets unknown; asking again", partitions=sorted(numbers), error=error.str(), in_s=delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(MAX_RETRY_WAIT_S, delay * 2)
 
     async def rewind_and_restore(
         self, numbers: set[int], committed: dict[int, int], carried: dict[int, Carried] | None = None
