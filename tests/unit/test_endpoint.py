@@ -81,3 +81,4 @@ def test_any_path_is_sent_as_yarl_sends_it(base: str, path: str) -> None:
 def test_a_base_url_with_a_query_is_not_split() -> None:
     assert Endpoint.of("http://h/x?a=1") is None
     assert Endpoint.of("ftp://h/x") is None
+    assert Endpoint.of("http://h:99999") is None

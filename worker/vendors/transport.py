@@ -99,7 +99,11 @@ class Endpoint:
     def of(cls, base: str) -> Endpoint | None:
         """``base`` split, or None when it is not an http(s) URL with a host and nothing
         after its path."""
-        url = URL(base)
+        try:
+            url = URL(base)
+            url.port  # noqa: B018 (raises ValueError for a port out of range)
+        except ValueError:
+            return None  # each call's URL is parsed, and refused, as before
         if url.scheme not in _DEFAULT_PORTS or not url.raw_host or url.raw_query_string or url.raw_fragment:
             return None
         port = url.port or _DEFAULT_PORTS[url.scheme]
