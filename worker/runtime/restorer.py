@@ -87,11 +87,10 @@ class Restorer:
         metrics: Metrics,
         log_starts: LogStarts,
         may_resume: Callable[[], bool] = lambda: True,
-        resync_lookup_deadline_s: float = RESYNC_LOOKUP_DEADLINE_S,
     ) -> None:
         """``may_resume``: whether restored partitions may be read at once (not while
         intake is paused for backpressure: the gate resumes them when it reopens)."""
-        self.resync_lookup_deadline_s = resync_lookup_deadline_s
+        self.resync_lookup_deadline_s = RESYNC_LOOKUP_DEADLINE_S
         self._partitions = partitions
         self._log_starts = log_starts
         self._may_resume = may_resume

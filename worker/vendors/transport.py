@@ -101,13 +101,12 @@ class Endpoint:
         after its path."""
         try:
             url = URL(base)
-            url.port  # noqa: B018 (raises ValueError for a port out of range)
+            split = _origin_of(url)  # a port out of range raises ValueError
         except ValueError:
             return None  # each call's URL is parsed, and refused, as before
-        if url.scheme not in _DEFAULT_PORTS or not url.raw_host or url.raw_query_string or url.raw_fragment:
+        if split is None or url.raw_query_string or url.raw_fragment:
             return None
-        port = url.port or _DEFAULT_PORTS[url.scheme]
-        return cls((url.scheme, url.raw_host, port), url.host_port_subcomponent or "", url.raw_path.rstrip("/"))
+        return cls(*split, url.raw_path.rstrip("/"))
 
     def target(self, path: str) -> Target | None:
         """``base + path`` as yarl would send it, without parsing it again; None for a
@@ -501,14 +500,10 @@ class HttpClient:
         if isinstance(url, Target):
             origin, host, target = url.endpoint.origin, url.endpoint.host, url.path
         else:
-            scheme = url.scheme
-            if scheme not in _DEFAULT_PORTS or not url.raw_host:
+            split = _origin_of(url)
+            if split is None:
                 raise ValueError(f"not an http(s) URL with a host: {url.scheme}://…")
-            origin, host, target = (
-                (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme]),
-                url.host_port_subcomponent,
-                url.raw_path_qs,
-            )
+            (origin, host), target = split, url.raw_path_qs
         if not _TOKEN.fullmatch(method) or method == "HEAD":
             # HEAD's answer declares a body it does not send: no vendor call uses it.
             raise ValueError(f"{method[:16]!r} is not a method this client sends")
@@ -530,6 +525,13 @@ class HttpClient:
         lines.append("\r\n")
         head = "".join(lines).encode("utf-8")
         return origin, head + body if body else head
+
+
+def _origin_of(url: URL) -> tuple[Origin, str] | None:
+    """(origin, Host header value) of an http(s) URL with a host; None for any other."""
+    if url.scheme not in _DEFAULT_PORTS or not url.raw_host:
+        return None
+    return (url.scheme, url.raw_host, url.port or _DEFAULT_PORTS[url.scheme]), url.host_port_subcomponent or ""
 
 
 @lru_cache(maxsize=256)  # header names are the adapters' own, a handful per vendor
