@@ -297,15 +297,20 @@ class VendorHttp:
         self.client = client
         self.connection = connection
         self._tracing = tracing or Tracing()
-        self.base_url = base_url.rstrip("/")
-        self._endpoint = Endpoint.of(self.base_url)
+        self._base_url = base_url.rstrip("/")
+        self._endpoint = Endpoint.of(self._base_url)
         self.auth: Auth = auth or NoAuth()
         self.timeout_s = timeout_s
         self.limits = limits or HttpLimits()
         self._observe = observe
 
+    @property
+    def base_url(self) -> str:
+        """Read-only: plain paths are written from its split (``Endpoint``), made once."""
+        return self._base_url
+
     def url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+        return path if path.startswith(("http://", "https://")) else f"{self._base_url}{path}"
 
     def retry_after(self, answer: Answer) -> float | None:
         """The answer's Retry-After in seconds, within this connection's bound."""
