@@ -59,11 +59,11 @@ async def run(quick: bool) -> list[str]:
             console.print(f"[dim]{time.monotonic() - started:5.0f}s {what}[/dim]")
 
         step("throughput")
-        t = await throughput.measure(bootstrap, 2000 if quick else 5000)
+        t = await throughput.measure(bootstrap, 4000 if quick else throughput.REQUESTS)
         rounds = f"median of {len(t.rounds)} rounds"
         tp, cpu = t.by_throughput, t.by_cpu
         table.add_row(
-            "end-to-end throughput",
+            f"end-to-end throughput ({t.requests:,} requests a run, timed from the first read)",
             f"{tp.worker_rps:.0f} req/s",
             f"{tp.raw_rps:.0f} req/s raw pipeline (each round: the raw runs before and after its worker)",
             f"{tp.ratio:.2f} ({rounds}: {spread(r.ratio for r in t.rounds)})",
@@ -95,7 +95,7 @@ async def run(quick: bool) -> list[str]:
             ),
         ):
             table.add_row(
-                f"throughput with tracing on, {what}",
+                f"throughput with tracing on, {what} ({t.requests // 2:,} requests a run)",
                 f"{traced.traced.rps:.0f} req/s ({traced.traced.cpu_ms:.2f} ms CPU/req)",
                 f"{traced.untraced_rps:.0f} req/s tracing off, the untraced runs right before and after it "
                 f"({traced.before.cpu_ms:.2f}, {traced.after.cpu_ms:.2f} ms CPU/req)",

@@ -89,6 +89,8 @@ def bench_settings(bootstrap: str, name: str, *, partitions: int = 6, **override
 class Process:
     proc: subprocess.Popen[bytes]
     port: int | None = None
+    log: Path | None = None  # where its output goes (appended to: earlier runs' lines come first)
+    log_start: int = 0  # the log's size when it started: its own lines follow
 
     @property
     def pid(self) -> int:
@@ -185,7 +187,9 @@ def start_worker(
     env["EXPORT_WORKER_LOG_LEVEL"] = "info"
     env.update(extra_env or {})
     profile = WORKDIR / f"worker-{name}.prof" if os.environ.get("BENCH_PROFILE") else None
-    return Process(spawn_worker(env, WORKDIR / f"worker-{name}.log", profile=profile), port)
+    log = WORKDIR / f"worker-{name}.log"
+    log_start = log.stat().st_size if log.exists() else 0
+    return Process(spawn_worker(env, log, profile=profile), port, log, log_start)
 
 
 async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
