@@ -197,18 +197,23 @@ async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
         return r.status, await r.text()
 
 
-async def wait_ready(worker: Process, timeout: float = 120.0) -> float:
-    """Seconds until /readyz says ready (partitions assigned and restored)."""
+async def wait_ready(
+    worker: Process, timeout: float = 120.0, *, every_s: float = 0.05, before_poll: Callable[[], object] | None = None
+) -> float:
+    """Seconds until /readyz says ready (partitions assigned and restored), asking every
+    ``every_s``; ``before_poll`` is called right before each time it asks."""
     assert worker.port is not None
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if worker.proc.poll() is not None:
             raise RuntimeError(f"worker exited with {worker.proc.returncode}")
+        if before_poll is not None:
+            before_poll()
         with contextlib.suppress(OSError, aiohttp.ClientError):
             status, body = await scrape(worker.port, "/readyz")
             if status == 200 and "owns partitions []" not in body:
                 return time.monotonic() - started
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every_s)
     raise TimeoutError("worker not ready")
 
 

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -84,7 +85,7 @@ class Throughput:
     records_per_request: float
     traced: TracedRound  # every export traced, spans sent over OTLP/HTTP
     sampled: TracedRound  # SAMPLED_FRACTION of the exports traced
-    first_read_s: float  # the rounds' workers' /readyz to their first request read (the longest)
+    first_read_s: float  # the rounds' workers' /readyz to their first request read (the longest; see WorkerRun)
 
     @property
     def by_throughput(self) -> Round:
@@ -102,7 +103,7 @@ class WorkerRun:
     rps: float
     cpu_ms: float
     written: float  # records per request
-    first_read_s: float  # /readyz to the first request read
+    first_read_s: float  # the last /readyz poll that found it not ready to its first read (as logged)
 
 
 @dataclass
@@ -123,33 +124,49 @@ class TracedRound:
         return self.traced.rps / self.untraced_rps
 
 
-def start_times(log_path: Path, log_start: int) -> tuple[float, float | None]:
-    """From a worker's log, its own lines from byte ``log_start`` on (``time.time()``):
-    when it read its first request, and when it had restored its partitions before that
-    (what /readyz waits for; None if not logged).
+def first_read_at(log_path: Path, log_start: int) -> float:
+    """When a worker read its first request (``time.time()``), from its log: its own lines
+    start at byte ``log_start`` (the file is appended to, run after run).
 
     The first request is stepped, and its ACCEPTED status logged, in the loop turn that
     read it: that line is when the worker read its first request, which is what the raw
     pipeline's clock starts at. It is not seen from outside while the worker runs: its
     /metrics is served by the same event loop that takes the first batches in, and a
-    scrape answered after them started the clock 0.1-0.15 s late, in the worker's favour
-    (and took loop time from it)."""
-    restored: float | None = None
+    scrape answered after them started the clock up to 0.15 s late, in the worker's
+    favour (and took loop time from it)."""
     with log_path.open("rb") as log:
         log.seek(log_start)
         for line in log:
-            if b'"status"' not in line and b"partitions restored" not in line:
+            if b'"status"' not in line:
                 continue
             try:
                 fields = json.loads(line)
             except ValueError:
                 continue
-            at = datetime.fromisoformat(fields["timestamp"]).timestamp()
-            if fields.get("event") == "status":
-                return at, restored
-            if fields.get("event") == "partitions restored":
-                restored = at
+            if not isinstance(fields, dict):
+                continue
+            stamp = fields.get("timestamp")
+            if fields.get("event") == "status" and isinstance(stamp, str):
+                return datetime.fromisoformat(stamp).timestamp()
     raise RuntimeError(f"no status event in {log_path}: the worker logs one per status change at level info")
+
+
+class BeforeReady:
+    """The worker's wall time and CPU seconds sampled right before each /readyz poll, the
+    last two kept: the one before the poll that found it ready was taken before a poll
+    that did not, so before its first read, and within one poll of its readiness."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._samples: deque[tuple[float, float]] = deque(maxlen=2)
+
+    def sample(self) -> None:
+        self._samples.append((time.time(), cpu_seconds(self._pid)))
+
+    @property
+    def last(self) -> tuple[float, float]:
+        """(wall time, CPU seconds) before the last poll that found it not ready."""
+        return self._samples[0]
 
 
 async def publish_requests(settings: Settings, n: int) -> None:
@@ -208,11 +225,13 @@ async def run_worker(bootstrap: str, n: int, sim_url: str, name: str, env: dict[
     worker = start_worker(settings, {"itron": conn}, name, env)
     try:
         async with CommittedCount(settings, settings.topics.files) as files:
-            await wait_ready(worker)
-            # Its CPU from /readyz (restored, reading no request yet: the little it spends
-            # until its first read counts against it).
-            cpu0 = cpu_seconds(worker.pid)
-            ready = time.time()
+            # Polled often, and sampled before each poll: /readyz is served by the loop
+            # that starts reading as soon as it is ready, so a sample taken once it says
+            # so may already count some of the run's work. The CPU it spends from the
+            # sample to its first read counts against it.
+            before = BeforeReady(worker.pid)
+            await wait_ready(worker, every_s=0.01, before_poll=before.sample)
+            ready, cpu0 = before.last
             await files.reach(n, timeout=600)  # every request's FileReady committed
             ended = time.time()
             worker_cpu = cpu_seconds(worker.pid) - cpu0
@@ -242,9 +261,9 @@ async def run_worker(bootstrap: str, n: int, sim_url: str, name: str, env: dict[
     # Timed from its first request read, as the raw pipeline is; how long that took after
     # /readyz is reported apart.
     assert worker.log is not None
-    started, restored = start_times(worker.log, worker.log_start)
+    started = first_read_at(worker.log, worker.log_start)
     written = (len(out.status) + len(out.files)) * 2 / n  # each event comes with a state record
-    return WorkerRun(n / (ended - started), worker_cpu / n * 1000, written, started - (restored or ready))
+    return WorkerRun(n / (ended - started), worker_cpu / n * 1000, written, started - ready)
 
 
 async def run_raw(bootstrap: str, n: int, sim_url: str, name: str, per_request: int) -> tuple[float, float]:
