@@ -95,7 +95,7 @@ async def run(quick: bool) -> list[str]:
             ),
         ):
             table.add_row(
-                f"throughput with tracing on, {t.requests // 2:,} requests a run: {what}",
+                f"throughput with tracing on, {t.traced_requests:,} requests a run: {what}",
                 f"{traced.traced.rps:.0f} req/s ({traced.traced.cpu_ms:.2f} ms CPU/req)",
                 f"{traced.untraced_rps:.0f} req/s tracing off, the untraced runs right before and after it "
                 f"({traced.before.cpu_ms:.2f}, {traced.after.cpu_ms:.2f} ms CPU/req)",

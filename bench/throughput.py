@@ -80,7 +80,8 @@ class Round:
 
 @dataclass
 class Throughput:
-    requests: int
+    requests: int  # a run against the raw pipeline
+    traced_requests: int  # a traced run and each untraced run beside it
     rounds: list[Round]
     records_per_request: float
     traced: TracedRound  # every export traced, spans sent over OTLP/HTTP
@@ -165,7 +166,8 @@ class BeforeReady:
 
     @property
     def last(self) -> tuple[float, float]:
-        """(wall time, CPU seconds) before the last poll that found it not ready."""
+        """(wall time, CPU seconds) before the last poll that found it not ready (or, if
+        the first poll found it ready, before that one)."""
         return self._samples[0]
 
 
@@ -337,6 +339,7 @@ async def measure(bootstrap: str, n: int = REQUESTS, rounds: int = ROUNDS) -> Th
     ]
     return Throughput(
         n,
+        traced_n,
         measured,
         statistics.median(w.written for w, _, _ in plains),
         every,

@@ -26,6 +26,9 @@ STATUS = {
     "error": None,
 }
 
+# A line cut short (a killed process) and lines that only mention "status".
+TORN = '{"event":"status","timestamp":"2026-12-08T01:00:00.00\n["status"]\n{"event":"status"}\n'
+
 
 def worker_lines(monkeypatch: pytest.MonkeyPatch, statuses: int = 3) -> str:
     """What a worker logs as it starts and reads its first requests: lines that mention
@@ -51,11 +54,9 @@ def stamp_of_first_status(text: str) -> float:
 def test_the_first_status_line_of_this_run_is_its_first_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     earlier = worker_lines(monkeypatch)  # an earlier run appended to the same file
     mine = worker_lines(monkeypatch)
-    # A line cut short (a killed process) and lines that only mention "status".
-    torn = '{"event":"status","timestamp":"2026-12-08T01:00:00.00\n["status"]\n{"event":"status"}\n'
     log = tmp_path / "worker-tput-0.log"
-    log.write_text(earlier + torn + mine)
-    first = first_read_at(log, len((earlier + torn).encode()))
+    log.write_text(earlier + TORN + mine)
+    first = first_read_at(log, len((earlier + TORN).encode()))
     assert first == stamp_of_first_status(mine)
     assert first > stamp_of_first_status(earlier)
     # From the start of the file it is the earlier run's.
@@ -63,10 +64,9 @@ def test_the_first_status_line_of_this_run_is_its_first_read(monkeypatch: pytest
 
 
 def test_the_damaged_lines_are_passed_over(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    torn = '{"event":"status","timestamp":"2026-12-08T01:00:00.00\n["status"]\n{"event":"status"}\n'
     mine = worker_lines(monkeypatch)
     log = tmp_path / "worker.log"
-    log.write_text(torn + mine)
+    log.write_text(TORN + mine)
     assert first_read_at(log, 0) == stamp_of_first_status(mine)
 
 
