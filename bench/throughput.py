@@ -259,7 +259,10 @@ async def run_worker(bootstrap: str, n: int, sim_url: str, name: str, env: dict[
                 )
             )
     finally:
-        worker.stop()
+        # Off the loop: stopping waits for the process, and the OTLP receiver of a traced
+        # run answers on this loop, so the spans the worker sends as it stops would wait
+        # on the wait (and be dropped after its flush bound).
+        await asyncio.to_thread(worker.stop)
     # Timed from its first request read, as the raw pipeline is; how long that took after
     # /readyz is reported apart.
     assert worker.log is not None
